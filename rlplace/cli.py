@@ -1,0 +1,116 @@
+"""The ``rlplace`` command: graph, simulate, place, evaluate (see DESIGN.md's contract).
+
+Every input problem surfaces as an `RlplaceError`: one line on stderr, exit status 2, no
+traceback, and no output file written (outputs are written atomically, after the work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rlplace.errors import RlplaceError
+
+OBJECTIVES = ("latency", "pipelined", "throughput")
+DEFAULT_METHOD = "local-search"
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:
+        parser.add_argument("models", nargs="+", metavar="MODEL", help="path/to/file.py:function, zoo:NAME, synthetic:FAMILY or a .json graph")
+    else:
+        parser.add_argument("model", metavar="MODEL", help="path/to/file.py:function, zoo:NAME, synthetic:FAMILY or a .json graph")
+    parser.add_argument("--inference", action="store_true", help="forward graph only (default: training step with backward and optimizer)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="batch size passed to the model function or zoo entry")
+    parser.add_argument("--optimizer", choices=("adam", "sgd", "sgd-momentum"), default="adam", help="optimizer of the training graph (default adam)")
+    parser.add_argument("--max-groups", type=int, default=256, metavar="G", help="coarsen captured graphs to at most G groups before placing (default 256)")
+
+
+def _add_objective_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None, help="latency (default for models), pipelined, or throughput (default for dnn-partitioning graphs)")
+    parser.add_argument("--microbatches", type=int, default=4, metavar="M", help="micro-batches of the pipelined objective (default 4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rlplace`` command."""
+    parser = argparse.ArgumentParser(prog="rlplace", description="Place the ops of a deep-learning model on a cluster of accelerators.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    graph = commands.add_parser("graph", help="summarize a model's op graph")
+    _add_model_options(graph)
+    graph.add_argument("--save", metavar="FILE", help="write the graph as rlplace graph JSON")
+    graph.add_argument("--json", action="store_true", help="print one JSON object")
+
+    simulate = commands.add_parser("simulate", help="simulate one training step of a given placement")
+    _add_model_options(simulate)
+    simulate.add_argument("--placement", required=True, metavar="FILE", help="JSON list of device indices, {op: device} object, or expert:FILE")
+    simulate.add_argument("--cluster", metavar="C", help="cluster YAML file or preset name")
+    _add_objective_options(simulate)
+    simulate.add_argument("--trace", metavar="OUT", help="write a Chrome trace (open in Perfetto)")
+    simulate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    place = commands.add_parser("place", help="place a model on a cluster")
+    _add_model_options(place)
+    place.add_argument("--cluster", metavar="C", help="cluster YAML file or preset name")
+    place.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME", help=f"placement method (default {DEFAULT_METHOD}; see `rlplace methods`)")
+    _add_objective_options(place)
+    place.add_argument("--seed", type=int, default=0, help="seed of randomized methods")
+    place.add_argument("--out", metavar="FILE", help="write the placement JSON")
+    place.add_argument("--device-map", metavar="FILE", help="write an accelerate-style {module: device} map (PyTorch models)")
+    place.add_argument("--trace", metavar="FILE", help="write a Chrome trace of the simulated step")
+    place.add_argument("--plot", metavar="FILE", help="write a picture of the placement (PNG)")
+    place.add_argument("--json", action="store_true", help="print one JSON object")
+
+    evaluate = commands.add_parser("evaluate", help="compare placement methods on models x clusters")
+    _add_model_options(evaluate, many=True)
+    evaluate.add_argument("--cluster", action="append", metavar="C", help="cluster YAML file or preset (repeatable)")
+    evaluate.add_argument("--methods", default=None, metavar="a,b,...", help="comma-separated methods (default: every fast baseline)")
+    _add_objective_options(evaluate)
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of randomized methods")
+    output = evaluate.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    output.add_argument("--csv", action="store_true", help="print CSV rows")
+
+    commands.add_parser("methods", help="list the placement methods")
+    commands.add_parser("presets", help="list the cluster presets")
+    commands.add_parser("zoo", help="list the named models")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlplace`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        from rlplace import commands
+
+        handler = getattr(commands, f"run_{args.command}")
+        return int(handler(args) or 0)
+    except RlplaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(payload: Any) -> None:
+    """Print ``payload`` as one JSON document on stdout."""
+    json.dump(payload, sys.stdout, indent=None, allow_nan=True)
+    sys.stdout.write("\n")
+
+
+def check_output_path(path: str | None) -> None:
+    """Fail before any work if an output file could not be written later."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise RlplaceError(f"cannot write {path}: folder {folder} does not exist")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

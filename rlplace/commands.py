@@ -1,0 +1,226 @@
+"""Implementations of the ``rlplace`` subcommands (argument parsing lives in ``rlplace.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from rlplace.cli import check_output_path, print_json
+from rlplace.errors import RlplaceError
+from rlplace.io import write_text_atomic
+from rlplace.load import load_model, resolve_cluster
+from rlplace.pipeline import Decision, decide, default_objective, require_positive
+from rlplace.report import console, decision_table, evaluation_table, format_bytes, graph_summary
+
+#: Methods `rlplace evaluate` compares when --methods is not given (fast ones only).
+DEFAULT_EVALUATE_METHODS = ("single", "round-robin", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search")
+
+
+def _load(args: argparse.Namespace, spec: str):
+    require_positive("--max-groups", args.max_groups)
+    if args.batch_size is not None:
+        require_positive("--batch-size", args.batch_size)
+    return load_model(spec, inference=args.inference, batch_size=args.batch_size, optimizer=args.optimizer)
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    check_output_path(args.save)
+    model = _load(args, args.model)
+    summary = graph_summary(model.graph, args.max_groups)
+    if args.save:
+        model.graph.save(args.save)
+    if args.json:
+        print_json(summary)
+    else:
+        console().print(_graph_text(summary))
+    return 0
+
+
+def _graph_text(summary: dict[str, Any]) -> str:
+    return (
+        f"[bold]{summary['name']}[/bold]: {summary['num_ops']:,} ops ({summary['num_backward_ops']:,} backward/optimizer), "
+        f"{summary['num_edges']:,} edges, {summary['num_groups']:,} groups at G={summary['max_groups']}\n"
+        f"  forward FLOPs {summary['forward_flops']:.4g}, total FLOPs {summary['total_flops']:.4g}\n"
+        f"  parameters {format_bytes(summary['param_bytes'])}, resident (params + grads + optimizer) {format_bytes(summary['resident_bytes'])}, "
+        f"activations {format_bytes(summary['activation_bytes'])}"
+    )
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from rlplace.costs import CostTable
+    from rlplace.formats import load_placement_spec
+    from rlplace.placement import check_constraints
+    from rlplace.simulate import simulate
+
+    check_output_path(args.trace)
+    require_positive("--microbatches", args.microbatches)
+    model = _load(args, args.model)
+    cluster = resolve_cluster(args.cluster, model)
+    placement = load_placement_spec(args.placement, model.graph, cluster)
+    costs = CostTable.build(model.graph, cluster)
+    check_constraints(model.graph, costs, placement)
+    objective = args.objective or default_objective(model.graph)
+    microbatches = args.microbatches if objective == "pipelined" else 1
+    result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=microbatches, record=bool(args.trace))
+    decision = Decision("given", objective, model.graph, cluster, placement, 0.0, result)
+    if args.trace:
+        from rlplace.trace import write_chrome_trace
+
+        write_chrome_trace(result, model.graph, cluster, args.trace)
+    if args.json:
+        print_json(decision.to_json())
+    else:
+        console().print(decision_table(decision))
+    return 0
+
+
+def run_place(args: argparse.Namespace) -> int:
+    for path in (args.out, args.device_map, args.trace, args.plot):
+        check_output_path(path)
+    require_positive("--microbatches", args.microbatches)
+    if args.method == "policy":
+        raise RlplaceError("no trained policy ships with this version yet; use a baseline method (see `rlplace methods`), e.g. --method local-search")
+    model = _load(args, args.model)
+    cluster = resolve_cluster(args.cluster, model)
+    objective = args.objective or default_objective(model.graph)
+    decision = decide(
+        model, cluster, args.method, objective=objective, microbatches=args.microbatches, seed=args.seed,
+        max_groups=args.max_groups, record=bool(args.trace or args.plot),
+    )
+    device_map_text = None
+    if args.device_map:
+        if decision.coarsening is None and model.module is None:
+            raise RlplaceError("--device-map needs a PyTorch model (file.py:function or zoo:NAME)")
+        device_map_text = json.dumps(_device_map(decision), indent=1)
+    plot_bytes = None
+    if args.plot:
+        from rlplace.plot import placement_png
+
+        plot_bytes = placement_png(decision)
+    # Every output is computed above; only now touch the disk.
+    if args.out:
+        write_text_atomic(args.out, json.dumps(decision.to_json()))
+    if device_map_text is not None:
+        write_text_atomic(args.device_map, device_map_text)
+    if args.trace:
+        from rlplace.trace import write_chrome_trace
+
+        write_chrome_trace(decision.result, decision.graph, cluster, args.trace)
+    if plot_bytes is not None:
+        from rlplace.io import write_bytes_atomic
+
+        write_bytes_atomic(args.plot, plot_bytes)
+    if args.json:
+        print_json(decision.to_json())
+    else:
+        console().print(decision_table(decision))
+    return 0
+
+
+def _device_map(decision: Decision) -> dict[str, str]:
+    from rlplace.coarsen import module_device_map
+
+    return module_device_map(decision.graph, decision.placement, decision.cluster)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    require_positive("--microbatches", args.microbatches)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(DEFAULT_EVALUATE_METHODS)
+    if "policy" in methods:
+        raise RlplaceError("no trained policy ships with this version yet; leave `policy` out of --methods")
+    from rlplace.baselines import check_method_names
+
+    check_method_names([m for m in methods if not m.startswith("expert:")])
+    models = [_load(args, spec) for spec in args.models]
+    rows: list[dict[str, Any]] = []
+    jobs = [(model, cluster_spec) for model in models for cluster_spec in (args.cluster or [None])]
+    with Progress(console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("evaluating", total=len(jobs) * len(methods))
+        for model, cluster_spec in jobs:
+            cluster = resolve_cluster(cluster_spec, model)
+            objective = args.objective or default_objective(model.graph)
+            single_time = None
+            for method in methods:
+                progress.update(task, description=f"{model.graph.name} / {cluster.name} / {method}")
+                rows.append(_evaluate_one(model, cluster, method, objective, args))
+                if method == "single" and rows[-1]["step_time"] is not None:
+                    single_time = rows[-1]["step_time"]
+                progress.advance(task)
+            _add_ratios([r for r in rows if r["model"] == model.spec and r["cluster"] == cluster.name], single_time)
+    if args.json:
+        print_json(rows)
+    elif args.csv:
+        sys.stdout.write(_rows_csv(rows))
+    else:
+        console().print(evaluation_table(rows))
+    return 0
+
+
+def _evaluate_one(model, cluster, method: str, objective: str, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        decision = decide(model, cluster, method, objective=objective, microbatches=args.microbatches, seed=args.seed, max_groups=args.max_groups)
+    except RlplaceError as error:
+        return {"model": model.spec, "cluster": cluster.name, "method": method, "objective": objective, "step_time": None, "error": str(error)}
+    row = decision.to_json()
+    row.update(model=model.spec, cluster=cluster.name, error=None)
+    return row
+
+
+def _add_ratios(rows: list[dict[str, Any]], single_time: float | None) -> None:
+    for row in rows:
+        step = row.get("step_time")
+        ok = step is not None and step > 0
+        row["speedup_vs_single"] = (single_time / step) if ok and single_time is not None else None
+        row["ratio_to_lower_bound"] = (step / row["lower_bound"]) if ok and row.get("lower_bound") else None
+
+
+CSV_FIELDS = ("model", "cluster", "method", "objective", "step_time", "speedup_vs_single", "ratio_to_lower_bound", "max_peak_memory_bytes", "oom", "decide_s", "error")
+
+
+def _rows_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        peak = row.get("peak_memory_bytes")
+        writer.writerow({**row, "max_peak_memory_bytes": max(peak) if peak else None})
+    return buffer.getvalue()
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    from rlplace.baselines import METHOD_DESCRIPTIONS
+
+    for name, text in METHOD_DESCRIPTIONS.items():
+        print(f"{name:15s} {text}")
+    print(f"{'expert:FILE':15s} a human-expert split in the dnn-partitioning output format")
+    print(f"{'policy':15s} the pretrained GNN policy (not shipped yet)")
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from rlplace.cluster_spec import PRESETS, load_cluster
+
+    for name in PRESETS:
+        cluster = load_cluster(name)
+        kinds = ", ".join(sorted({d.kind for d in cluster.devices}))
+        hosts = len({d.host for d in cluster.devices})
+        print(f"{name:18s} {cluster.num_devices} devices ({kinds}) on {hosts} host(s), memory {format_bytes(float(np.sum(cluster.memory)))}")
+    return 0
+
+
+def run_zoo(args: argparse.Namespace) -> int:
+    from rlplace.zoo import ZOO
+
+    for name, entry in ZOO.items():
+        print(f"zoo:{name:22s} {entry.family:12s} {entry.description}")
+    print("synthetic:layered | synthetic:series-parallel | synthetic:fork-join  (options :n=OPS:seed=S)")
+    return 0
+

@@ -1,0 +1,136 @@
+"""One placement decision end to end: coarsen, cost, place, expand, simulate.
+
+`decide` is what ``rlplace place`` and ``rlplace evaluate`` run per (model, cluster, method);
+benchmarks call it too, so every number they print comes from the same path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+from rlplace.load import LoadedModel
+from rlplace.placement import Placement, as_placement, check_constraints
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """A placement of every op of ``graph`` and the simulated evidence for it.
+
+    Attributes:
+        method: the method that decided.
+        objective: latency, pipelined or throughput.
+        graph: the full op graph (placement is in its order).
+        cluster: the cluster placed on.
+        placement: (n,) int64 device per op.
+        decide_s: wall-clock seconds the method took (coarsening and costing excluded).
+        result: the simulator's `SimResult` on the full graph.
+        coarsening: the `Coarsening` used, or None when the graph was placed as is.
+    """
+
+    method: str
+    objective: str
+    graph: OpGraph
+    cluster: Cluster
+    placement: Placement
+    decide_s: float
+    result: Any
+    coarsening: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``place --json`` fields of DESIGN.md."""
+        result = self.result
+        return {
+            "method": self.method,
+            "objective": self.objective,
+            "step_time": float(result.step_time),
+            "time_unit": self.graph.time_unit,
+            "decide_s": self.decide_s,
+            "device_names": self.cluster.device_names,
+            "placement": [int(d) for d in self.placement],
+            "peak_memory_bytes": [float(m) for m in result.peak_memory],
+            "capacity_bytes": [float(c) for c in result.capacity],
+            "oom": bool(result.oom),
+            "overflow_bytes": [float(o) for o in result.overflow_bytes],
+            "lower_bound": float(result.lower_bound),
+            "busy_time": [float(b) for b in result.busy_time],
+            "graph": self.graph.name,
+            "cluster": self.cluster.name,
+            "num_ops": self.graph.num_ops,
+            "num_groups": None if self.coarsening is None else int(self.coarsening.graph.num_ops),
+        }
+
+
+def default_objective(graph: OpGraph) -> str:
+    """Throughput for profiled graphs of the dnn-partitioning data, latency otherwise."""
+    return "throughput" if graph.meta.get("format") == "dnn-partitioning" else "latency"
+
+
+def working_graph(graph: OpGraph, max_groups: int) -> tuple[OpGraph, Any]:
+    """The graph the methods see: captured graphs above ``max_groups`` ops are coarsened.
+
+    Profiled graphs (given times) are placed op by op: their reference results are per op.
+    """
+    if graph.num_ops <= max_groups or graph.has_given_times:
+        return graph, None
+    from rlplace.coarsen import coarsen
+
+    coarsening = coarsen(graph, max_groups)
+    return coarsening.graph, coarsening
+
+
+def decide(
+    model: LoadedModel,
+    cluster: Cluster,
+    method: str,
+    *,
+    objective: str,
+    microbatches: int = 1,
+    seed: int = 0,
+    max_groups: int = 256,
+    record: bool = False,
+) -> Decision:
+    """Place ``model`` on ``cluster`` with ``method`` and simulate the result."""
+    from rlplace.simulate import simulate
+
+    graph = model.graph
+    if method.startswith("expert:"):
+        from rlplace.formats import load_placement_spec
+
+        started = time.perf_counter()
+        placement = load_placement_spec(method, graph, cluster)
+        decide_s = time.perf_counter() - started
+        coarsening = None
+    else:
+        from rlplace.baselines import run_method
+
+        work, coarsening = working_graph(graph, max_groups)
+        work_costs = CostTable.build(work, cluster)
+        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module)
+        decide_s = outcome.decide_s
+        placement = as_placement(coarsening.expand(outcome.placement) if coarsening is not None else outcome.placement, graph, cluster)
+    costs = CostTable.build(graph, cluster)
+    check_constraints(graph, costs, placement)
+    result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, record=record)
+    return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening)
+
+
+def speedup_over_single(decision: Decision, single_time: float) -> float:
+    """How many times faster than the single-device reference (inf-safe)."""
+    if not np.isfinite(single_time) or decision.result.step_time <= 0:
+        return float("nan")
+    return float(single_time / decision.result.step_time)
+
+
+def require_positive(name: str, value: int) -> int:
+    """Validate a positive integer option."""
+    if value < 1:
+        raise RlplaceError(f"{name} must be at least 1 (got {value})")
+    return value

@@ -1,0 +1,106 @@
+"""Human-readable output: rich tables of placements and evaluations, size and time formats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rlplace.graph import OpGraph
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console; wide enough that tables do not wrap in CI logs."""
+    return Console(stderr=stderr, width=160 if not Console().is_terminal else None)
+
+
+def format_bytes(value: float) -> str:
+    """``1.5 GiB`` style (binary units), ``inf`` for uncapped."""
+    if not np.isfinite(value):
+        return "inf"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_time(value: float, unit: str) -> str:
+    """Seconds as ms/us; other units (profiled graphs) as plain numbers with their unit."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    if unit != "s":
+        return f"{value:.6g} {unit}"
+    if value >= 1:
+        return f"{value:.3f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3f} ms"
+    return f"{value * 1e6:.1f} us"
+
+
+def graph_summary(graph: OpGraph, max_groups: int) -> dict[str, Any]:
+    """The ``rlplace graph --json`` fields: counts, FLOPs and bytes of the graph."""
+    from rlplace.pipeline import working_graph
+
+    forward = ~graph.is_backward
+    coarse, _ = working_graph(graph, max_groups)
+    return {
+        "name": graph.name,
+        "num_ops": graph.num_ops,
+        "num_backward_ops": int(np.sum(graph.is_backward)),
+        "num_edges": graph.num_edges,
+        "forward_flops": float(np.sum(graph.flops[forward])),
+        "total_flops": float(np.sum(graph.flops)),
+        "param_bytes": float(np.sum(graph.param_bytes)),
+        "resident_bytes": float(np.sum(graph.resident_bytes)),
+        "activation_bytes": float(np.sum(graph.output_bytes[forward])),
+        "num_groups": coarse.num_ops,
+        "max_groups": max_groups,
+        "time_unit": graph.time_unit,
+        "meta": {k: v for k, v in graph.meta.items() if isinstance(v, (str, int, float, bool))},
+    }
+
+
+def decision_table(decision: Any) -> Table:
+    """Per-device table of one placement: ops, busy time, peak memory against capacity."""
+    result = decision.result
+    unit = decision.graph.time_unit
+    title = (
+        f"{decision.graph.name} on {decision.cluster.name} — {decision.method}, {decision.objective}: "
+        f"step {format_time(result.step_time, unit)} (lower bound {format_time(result.lower_bound, unit)}), "
+        f"decided in {decision.decide_s:.3f} s" + ("  [bold red]OUT OF MEMORY[/]" if result.oom else "")
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("device", "kind", "ops", "busy", "peak memory", "capacity", "status"):
+        table.add_column(column, justify="left" if column in ("device", "kind", "status") else "right")
+    counts = np.bincount(decision.placement, minlength=decision.cluster.num_devices)
+    for d, device in enumerate(decision.cluster.devices):
+        over = result.overflow_bytes[d]
+        table.add_row(
+            device.name, device.kind, f"{counts[d]:,}", format_time(float(result.busy_time[d]), unit),
+            format_bytes(float(result.peak_memory[d])), format_bytes(float(result.capacity[d])),
+            f"[red]over by {format_bytes(float(over))}[/]" if over > 0 else "ok",
+        )
+    return table
+
+
+def evaluation_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per (model, cluster, method) with step time, speed-up, bound ratio, memory."""
+    table = Table(title="rlplace evaluate", title_justify="left")
+    for column in ("model", "cluster", "method", "step time", "speed-up", "/ bound", "max peak mem", "OOM", "decide"):
+        table.add_column(column, justify="left" if column in ("model", "cluster", "method") else "right")
+    for row in rows:
+        if row.get("error"):
+            table.add_row(row["model"], row["cluster"], row["method"], "—", "—", "—", "—", "—", f"[red]{row['error'][:60]}[/]")
+            continue
+        unit = row.get("time_unit", "s")
+        speedup = row.get("speedup_vs_single")
+        ratio = row.get("ratio_to_lower_bound")
+        table.add_row(
+            row["model"], row["cluster"], row["method"], format_time(row["step_time"], unit),
+            "—" if speedup is None else f"{speedup:.2f}x", "—" if ratio is None else f"{ratio:.2f}",
+            format_bytes(max(row["peak_memory_bytes"])), "[red]yes[/]" if row["oom"] else "no", f"{row['decide_s']:.3f} s",
+        )
+    return table
