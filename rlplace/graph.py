@@ -92,7 +92,7 @@ class OpGraph:
             object.__setattr__(self, attr, _readonly(np.asarray(getattr(self, attr), dtype=np.int64)))
         if self.given_times is not None:
             given = np.asarray(self.given_times, dtype=np.float64)
-            object.__setattr__(self, "given_times", _readonly(given.reshape(len(self.names), -1)))
+            object.__setattr__(self, "given_times", _readonly(given.reshape(len(self.names), len(self.time_classes) or -1)))
         if self.edge_given_time is not None:
             object.__setattr__(self, "edge_given_time", _readonly(np.asarray(self.edge_given_time, dtype=np.float64)))
         object.__setattr__(self, "names", tuple(self.names))
@@ -422,7 +422,7 @@ def _check_finite_nonnegative(values: np.ndarray, what: str, names: Sequence[str
     if np.any(bad):
         index = int(np.argmax(bad))
         owner = f"op {names[index]!r}" if names is not None else f"entry {index}"
-        raise RlplaceError(f"{where}: {owner} has {what} = {values[index]!r}; sizes and costs must be finite and non-negative")
+        raise RlplaceError(f"{where}: {owner} has {what} = {float(values[index])!r}; sizes and costs must be finite and non-negative")
 
 
 def _first_duplicate(keys: np.ndarray) -> int:
