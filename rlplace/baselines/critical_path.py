@@ -1,0 +1,50 @@
+"""``critical-path``: list scheduling by bottom level, each op at its earliest start time.
+
+The priority of an op is its bottom level: the longest path from it to the end of the graph,
+counting every op at its time on its fastest device and every edge at its transfer time
+averaged over device pairs. Whenever ops are ready (all producers scheduled), the one with the
+highest bottom level (ties: lower op id) is scheduled on the device where it can *start*
+earliest, after the device's last op (no insertion); ties go to the earlier finish, then the
+lower device index. Devices are limited to those that can run the op's unit and have room
+for it under the memory estimate; the rest of a colocation class follows its first op. The
+schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from rlplace.baselines.common import ListSchedule, bottom_levels, fastest_time, finalize, mean_edge_time, prepare
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement
+
+
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+    """Bottom-level list schedule's placement (module docstring). ``seed`` is unused."""
+    del seed
+    units, budget = prepare(graph, cluster, costs, objective)
+    level = bottom_levels(graph, fastest_time(costs.op_time), mean_edge_time(costs))
+    schedule = ListSchedule(graph, costs, units, budget)
+    n = graph.num_ops
+    missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
+    ready = [(-float(level[op]), op) for op in range(n) if missing[op] == 0]
+    heapq.heapify(ready)
+    while ready:
+        _, op = heapq.heappop(ready)
+        devices = np.flatnonzero(schedule.candidates(op))
+        if devices.size == 0:
+            raise schedule.no_room_error(op, cluster)
+        start = np.maximum(schedule.data_ready(op)[devices], schedule.available[devices])
+        finish = start + costs.op_time[op, devices]
+        pick = int(np.lexsort((devices, finish, start))[0])
+        schedule.assign(op, int(devices[pick]), float(start[pick]))
+        for edge in schedule.edges.outgoing(op).tolist():
+            consumer = int(graph.edge_dst[edge])
+            missing[consumer] -= 1
+            if missing[consumer] == 0:
+                heapq.heappush(ready, (-float(level[consumer]), consumer))
+    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="critical-path")

@@ -1,0 +1,43 @@
+"""``heft``: Heterogeneous Earliest Finish Time (Topcuoglu, Hariri and Wu, 2002).
+
+Ops are ranked by their upward rank, ``rank(i) = w_i + max over i -> j of (c_e + rank(j))``,
+with ``w`` the op's compute time averaged over the devices that can run it and ``c`` the
+edge's transfer time averaged over device pairs; they are scheduled by decreasing rank (ties
+by op id, which keeps a topological order). Each op goes to the device where it finishes
+earliest, allowed to fill an idle gap between already scheduled ops (insertion policy); ties
+go to the lower device index. Devices are limited to those that can run the op's unit and
+have room for it under the memory estimate; the rest of a colocation class follows its first
+op. The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlplace.baselines.common import ListSchedule, bottom_levels, finalize, finite_mean, mean_edge_time, prepare
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement
+
+
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+    """HEFT schedule's placement (module docstring). ``seed`` is unused."""
+    del seed
+    units, budget = prepare(graph, cluster, costs, objective)
+    rank = bottom_levels(graph, finite_mean(costs.op_time), mean_edge_time(costs))
+    schedule = ListSchedule(graph, costs, units, budget)
+    for op in np.lexsort((np.arange(graph.num_ops), -rank)).tolist():
+        devices = np.flatnonzero(schedule.candidates(op))
+        if devices.size == 0:
+            raise schedule.no_room_error(op, cluster)
+        ready = schedule.data_ready(op)
+        best: tuple[float, int, float] | None = None
+        for device in devices.tolist():
+            duration = float(costs.op_time[op, device])
+            start = schedule.insertion_start(device, float(ready[device]), duration)
+            if best is None or start + duration < best[0]:
+                best = (start + duration, device, start)
+        assert best is not None
+        schedule.assign(op, best[1], best[2])
+    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="heft")

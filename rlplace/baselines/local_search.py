@@ -1,0 +1,184 @@
+"""``local-search``: moves and swaps of units, scored by the simulator, from the best fast baseline.
+
+Start: every fast baseline (``START_METHODS``; those that raise are skipped) is scored by
+`rlplace.simulate.Simulator.score` for the requested objective and the best one is kept
+(less memory overflow first, then smaller step time; the order of ``START_METHODS`` breaks
+ties).
+
+Search (first improvement, random order, seeded): the neighbourhood is every move of one unit
+to another device that can run it, plus swaps of two units on different devices. Candidates
+are tried in a fresh random permutation of the moves, with a random swap interleaved with
+probability ``SWAP_PROBABILITY``; the first candidate that scores better is taken and a new
+permutation drawn. A candidate that only ties is taken too (a *sideways* step), which lets the
+search cross the plateaus of the max-load objective, at most ``SIDEWAYS_LIMIT`` times in a row.
+When a whole permutation brings nothing, the search restarts from the best placement so far
+with a few random moves applied (a *kick*). It stops after ``evaluations`` simulations (the
+start's included) and returns the best placement seen, so it is never worse than its start.
+For ``throughput`` (whose memory model is the static sum the estimate uses) moves that
+break the memory estimate are skipped unsimulated; for the other objectives the simulator's
+overflow decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlplace.baselines.common import TIME_TOLERANCE, MemoryLedger, Units, finalize, ledger_for, make_simulator, prepare
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement
+
+#: Default number of simulations.
+DEFAULT_EVALUATIONS = 2000
+#: Fast baselines the search may start from, in tie-breaking order (dp only when installed).
+START_METHODS = ("dp", "m-topo", "m-etf", "heft", "critical-path", "metis", "single", "round-robin")
+SWAP_PROBABILITY = 0.3
+SIDEWAYS_LIMIT = 50
+
+Score = tuple[float, float]
+
+
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    evaluations: int = DEFAULT_EVALUATIONS,
+    start: np.ndarray | None = None,
+    start_methods: Sequence[str] = START_METHODS,
+) -> Placement:
+    """Improve the best fast baseline (or ``start``, an (n,) placement) by local search."""
+    units, budget = prepare(graph, cluster, costs, objective)
+    simulator = make_simulator(graph, cluster, costs, objective)
+    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations)
+    if start is None:
+        starts = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=start_methods)
+        if not starts:
+            raise RlplaceError(f"local-search: none of {', '.join(start_methods)} found a start placement for graph {graph.name!r}")
+    else:
+        starts = {"given": np.asarray(start, dtype=np.int64)}
+    best = search.run([units.contract(p) for p in starts.values()])
+    return finalize(graph, cluster, costs, units.expand(best), objective=objective, method="local-search", simulator=simulator)
+
+
+def start_placements(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str, seed: int, methods: Sequence[str] = START_METHODS
+) -> dict[str, np.ndarray]:
+    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped)."""
+    from rlplace.baselines import METHODS
+
+    found: dict[str, np.ndarray] = {}
+    for name in methods:
+        try:
+            found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed), dtype=np.int64)
+        except RlplaceError:
+            continue
+        except ModuleNotFoundError as error:
+            if error.name != "rlplace.baselines.dp":
+                raise
+    return found
+
+
+class _Search:
+    """State of one local search over (u,) unit assignments."""
+
+    def __init__(self, units: Units, budget: np.ndarray, simulator, rng: np.random.Generator, objective: str, evaluations: int) -> None:
+        self.units = units
+        self.budget = budget
+        self.simulator = simulator
+        self.rng = rng
+        self.check_memory = objective == "throughput"
+        self.left = max(1, int(evaluations))
+
+    def score(self, assignment: np.ndarray) -> Score:
+        self.left -= 1
+        step_time, overflow = self.simulator.score(self.units.expand(assignment))
+        return float(overflow), float(step_time)
+
+    def run(self, starts: list[np.ndarray]) -> np.ndarray:
+        scored = [(self.score(start), position) for position, start in enumerate(starts)]
+        best_key, position = min(scored)
+        best = starts[position].copy()
+        current, current_key = best.copy(), best_key
+        ledger = ledger_for(current, self.units, self.budget)
+        sideways = 0
+        while self.left > 0:
+            improved = False
+            for candidate in self._candidates(current):
+                if self.left <= 0:
+                    break
+                if self.check_memory and not _fits_after(candidate, current, ledger, self.units):
+                    continue
+                trial = current.copy()
+                for unit, device in candidate:
+                    trial[unit] = device
+                key = self.score(trial)
+                if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
+                    sideways = 0 if _better(key, current_key) else sideways + 1
+                    for unit, device in candidate:
+                        ledger.remove(unit, int(current[unit]))
+                        ledger.add(unit, device)
+                    current, current_key = trial, key
+                    if _better(current_key, best_key):
+                        best, best_key = current.copy(), current_key
+                    improved = True
+                    break
+            if not improved and self.left > 0:
+                current = self._kick(best)
+                ledger = ledger_for(current, self.units, self.budget)
+                current_key = self.score(current)
+                sideways = 0
+        return best
+
+    def _candidates(self, current: np.ndarray):
+        """Moves in random order, random swaps interleaved; each a list of (unit, new device)."""
+        units = self.units
+        options = units.allowed.copy()
+        options[np.arange(units.num_units), current] = False
+        move_units, move_devices = np.nonzero(options)
+        for index in self.rng.permutation(move_units.shape[0]).tolist():
+            if units.num_units >= 2 and self.rng.random() < SWAP_PROBABILITY:
+                swap = self._random_swap(current)
+                if swap is not None:
+                    yield swap
+            yield [(int(move_units[index]), int(move_devices[index]))]
+
+    def _random_swap(self, current: np.ndarray) -> list[tuple[int, int]] | None:
+        first, second = (int(v) for v in self.rng.choice(self.units.num_units, size=2, replace=False))
+        a, b = int(current[first]), int(current[second])
+        if a == b or not (self.units.allowed[first, b] and self.units.allowed[second, a]):
+            return None
+        return [(first, b), (second, a)]
+
+    def _kick(self, best: np.ndarray) -> np.ndarray:
+        kicked = best.copy()
+        size = max(2, self.units.num_units // 50)
+        for unit in self.rng.choice(self.units.num_units, size=min(size, self.units.num_units), replace=False).tolist():
+            devices = np.flatnonzero(self.units.allowed[unit])
+            kicked[unit] = int(devices[self.rng.integers(devices.size)])
+        return kicked
+
+
+def _fits_after(candidate: list[tuple[int, int]], current: np.ndarray, ledger: MemoryLedger, units: Units) -> bool:
+    change = np.zeros_like(ledger.used)
+    for unit, device in candidate:
+        change[int(current[unit])] -= units.demand[unit]
+        change[device] += units.demand[unit]
+    after = ledger.used + change
+    return bool(np.all((after <= ledger.budget) | (change <= 0)))
+
+
+def _better(a: Score, b: Score) -> bool:
+    if a[0] != b[0]:
+        return a[0] < b[0]
+    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])
+
+
+def _equal(a: Score, b: Score) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) <= TIME_TOLERANCE * abs(b[1])

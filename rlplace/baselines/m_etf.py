@@ -1,0 +1,88 @@
+"""``m-etf`` (Baechi, SoCC 2020): earliest-task-first list scheduling under memory limits.
+
+Repeatedly, among the ready ops (all producers placed) and the devices each may use, the
+pair with the earliest start time is scheduled, where
+
+    start(op, d) = max(time device d becomes free, time all inputs can be on d)
+
+and inputs arrive ``costs.edge_time`` after their producer ends (no link contention; see
+`rlplace.baselines.common.ListSchedule`). Ties go to the earlier finish, then the lower op
+id, then the lower device index. A device may be used when it can run the op's unit and has
+room for it under the memory estimate; the rest of a colocation class follows its first op.
+The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlplace.baselines.common import ListSchedule, finalize, prepare
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement
+
+
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+    """ETF schedule's placement (module docstring). ``seed`` is unused."""
+    del seed
+    units, budget = prepare(graph, cluster, costs, objective)
+    schedule = ListSchedule(graph, costs, units, budget)
+    run_etf(schedule, cluster)
+    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="m-etf")
+
+
+def run_etf(schedule: ListSchedule, cluster: Cluster, favourite_parent: np.ndarray | None = None) -> None:
+    """Schedule every op of ``schedule`` by ETF.
+
+    Args:
+        favourite_parent: (n,) int64 or None; op j with ``favourite_parent[j] = i >= 0`` goes
+            to i's device whenever that device may take it (m-SCT's favourite-child rule).
+    """
+    graph, costs = schedule.graph, schedule.costs
+    n = graph.num_ops
+    missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
+    ready: list[int] = [op for op in range(n) if missing[op] == 0]
+    arrival: dict[int, np.ndarray] = {op: schedule.data_ready(op) for op in ready}
+    while ready:
+        ops = np.array(ready, dtype=np.int64)
+        mask = _candidate_mask(schedule, ops, favourite_parent)
+        blocked = ~np.any(mask, axis=1)
+        if np.any(blocked):
+            raise schedule.no_room_error(int(ops[int(np.argmax(blocked))]), cluster)
+        start = np.maximum(np.stack([arrival[op] for op in ready]), schedule.available[None, :])
+        finish = start + costs.op_time[ops]
+        rows, columns = np.nonzero(mask)
+        pick = np.lexsort((columns, ops[rows], finish[rows, columns], start[rows, columns]))[0]
+        row, device = int(rows[pick]), int(columns[pick])
+        op = int(ops[row])
+        schedule.assign(op, device, float(start[row, device]))
+        ready.pop(row)
+        del arrival[op]
+        for edge in schedule.edges.outgoing(op):
+            consumer = int(graph.edge_dst[edge])
+            missing[consumer] -= 1
+            if missing[consumer] == 0:
+                ready.append(consumer)
+                arrival[consumer] = schedule.data_ready(consumer)
+
+
+def _candidate_mask(schedule: ListSchedule, ops: np.ndarray, favourite_parent: np.ndarray | None) -> np.ndarray:
+    """(r, k) bool, devices each ready op may use."""
+    units = schedule.units
+    op_units = units.of_op[ops]
+    placed = schedule.unit_device[op_units]
+    room = schedule.ledger.room()
+    mask = units.allowed[op_units] & (units.demand[op_units][:, None] <= room[None, :])
+    fixed = placed >= 0
+    if np.any(fixed):
+        mask[fixed] = False
+        mask[np.flatnonzero(fixed), placed[fixed]] = True
+    if favourite_parent is not None:
+        parents = favourite_parent[ops]
+        for row in np.flatnonzero((parents >= 0) & ~fixed):
+            device = schedule.op_device[parents[row]]
+            if device >= 0 and mask[row, device]:
+                mask[row] = False
+                mask[row, device] = True
+    return mask

@@ -1,0 +1,39 @@
+"""``round-robin``: units dealt to devices in turn, in topological order.
+
+Units (single ops, or whole colocation classes) are taken in the order of their first op.
+A pointer starts at device 0; each unit goes to the first device, from the pointer on
+(cyclically), that can run it and has room for it under the memory estimate of
+`rlplace.baselines.common`; the pointer then moves one past that device. With no colocation
+and no constraints, op ``i`` lands on device ``i mod k``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlplace.baselines.common import MemoryLedger, finalize, prepare, start_assignment_error
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement
+
+
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+    """Deal units to devices cyclically (module docstring). ``seed`` is unused."""
+    del seed
+    units, budget = prepare(graph, cluster, costs, objective)
+    k = cluster.num_devices
+    ledger = MemoryLedger(units, budget)
+    assignment = np.empty(units.num_units, dtype=np.int64)
+    pointer = 0
+    for unit in range(units.num_units):
+        for step in range(k):
+            device = (pointer + step) % k
+            if ledger.fits(unit, device):
+                break
+        else:
+            raise start_assignment_error(graph, cluster, units, unit)
+        assignment[unit] = device
+        ledger.add(unit, device)
+        pointer = (device + 1) % k
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="round-robin")
