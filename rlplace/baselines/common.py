@@ -136,11 +136,26 @@ def build_units(graph: OpGraph, costs: CostTable, objective: str) -> Units:
     return Units(of_op=of_op, first_op=first_op, members=members, demand=demand, allowed=allowed, time=time)
 
 
-def check_feasible(graph: OpGraph, cluster: Cluster, units: Units, budget: np.ndarray) -> None:
-    """Raise `RlplaceError` if the memory estimate proves that no placement exists.
+def unit_memory_floor(graph: OpGraph, units: Units, objective: str) -> np.ndarray:
+    """(u,) bytes a unit certainly needs on its device: its resident bytes, plus (``latency``,
+    ``pipelined``) the largest output + working memory of one of its ops, alive while it runs.
 
-    Checks, in order: a unit that no device can run; a unit larger than every device that can
-    run it; a graph larger than the whole cluster.
+    Unlike the estimate, this is a lower bound on the simulator's peak, so errors built on it
+    are true statements.
+    """
+    floor = np.bincount(units.of_op, weights=graph.resident_bytes, minlength=units.num_units)
+    if objective != "throughput" and graph.num_ops:
+        running = np.zeros(units.num_units)
+        np.maximum.at(running, units.of_op, graph.output_bytes + graph.work_bytes)
+        floor = floor + running
+    return floor
+
+
+def check_feasible(graph: OpGraph, cluster: Cluster, units: Units, objective: str) -> None:
+    """Raise `RlplaceError` if no placement can exist (sound lower bounds, not the estimate).
+
+    Checks, in order: a unit that no device can run; a unit that needs more memory than every
+    device that can run it (`unit_memory_floor`); resident bytes beyond the whole cluster.
     """
     for unit in range(units.num_units):
         if not np.any(units.allowed[unit]):
@@ -148,20 +163,22 @@ def check_feasible(graph: OpGraph, cluster: Cluster, units: Units, budget: np.nd
                 f"{units.describe(graph, unit)} cannot run on any single device of cluster {cluster.name!r}: "
                 "its ops have no time on a common device; give them times on a shared device class or split the class"
             )
-    room = np.where(units.allowed, budget[None, :], -np.inf).max(axis=1) if units.num_units else np.zeros(0)
-    too_big = units.demand > room
+    capacity = cluster.memory
+    need = unit_memory_floor(graph, units, objective)
+    room = np.where(units.allowed, capacity[None, :], -np.inf).max(axis=1) if units.num_units else np.zeros(0)
+    too_big = need > room
     if np.any(too_big):
-        unit = int(np.argmax(units.demand - room))
+        unit = int(np.argmax(need - room))
         where = np.flatnonzero(units.allowed[unit])
-        largest = where[int(np.argmax(budget[where]))]
+        largest = where[int(np.argmax(capacity[where]))]
         raise RlplaceError(
-            f"{units.describe(graph, unit)} needs {format_bytes(units.demand[unit])} but the largest device it can run on, "
-            f"{cluster.devices[largest].name}, has {format_bytes(budget[largest])}; use devices with more memory"
+            f"{units.describe(graph, unit)} needs {format_bytes(need[unit])} but the largest device it can run on, "
+            f"{cluster.devices[largest].name}, has {format_bytes(capacity[largest])}; use devices with more memory"
         )
-    total = float(units.demand.sum())
-    if total > float(budget.sum()):
+    total = float(np.sum(graph.resident_bytes))
+    if total > float(capacity.sum()):
         raise RlplaceError(
-            f"graph {graph.name!r} needs {format_bytes(total)} but cluster {cluster.name!r} has {format_bytes(float(budget.sum()))} "
+            f"graph {graph.name!r} needs {format_bytes(total)} but cluster {cluster.name!r} has {format_bytes(float(capacity.sum()))} "
             "of device memory in all; use more or larger devices"
         )
 
@@ -516,7 +533,7 @@ def prepare(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str) 
         )
     units = build_units(graph, costs, objective)
     budget = memory_budget(graph, cluster, objective)
-    check_feasible(graph, cluster, units, budget)
+    check_feasible(graph, cluster, units, objective)
     return units, budget
 
 

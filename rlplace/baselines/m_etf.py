@@ -36,17 +36,28 @@ def run_etf(schedule: ListSchedule, cluster: Cluster, favourite_parent: np.ndarr
     """Schedule every op of ``schedule`` by ETF.
 
     Args:
-        favourite_parent: (n,) int64 or None; op j with ``favourite_parent[j] = i >= 0`` goes
-            to i's device whenever that device may take it (m-SCT's favourite-child rule).
+        favourite_parent: (n,) int64 or None (m-SCT's favourite children). Op j with
+            ``favourite_parent[j] = i >= 0`` goes to i's device whenever that device may take
+            it; and while the last op placed on a device has an unscheduled favourite child,
+            the device is kept for that child: other ops may use it only when it is the one
+            device they may use.
     """
     graph, costs = schedule.graph, schedule.costs
     n = graph.num_ops
     missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
     ready: list[int] = [op for op in range(n) if missing[op] == 0]
     arrival: dict[int, np.ndarray] = {op: schedule.data_ready(op) for op in ready}
+    favourite_child = None
+    if favourite_parent is not None:
+        favourite_child = np.full(n, -1, dtype=np.int64)
+        children = np.flatnonzero(favourite_parent >= 0)
+        favourite_child[favourite_parent[children]] = children
+    last_op = np.full(costs.num_devices, -1, dtype=np.int64)
     while ready:
         ops = np.array(ready, dtype=np.int64)
         mask = _candidate_mask(schedule, ops, favourite_parent)
+        if favourite_child is not None:
+            _keep_for_favourites(mask, ops, last_op, favourite_child, schedule.op_device)
         blocked = ~np.any(mask, axis=1)
         if np.any(blocked):
             raise schedule.no_room_error(int(ops[int(np.argmax(blocked))]), cluster)
@@ -57,6 +68,7 @@ def run_etf(schedule: ListSchedule, cluster: Cluster, favourite_parent: np.ndarr
         row, device = int(rows[pick]), int(columns[pick])
         op = int(ops[row])
         schedule.assign(op, device, float(start[row, device]))
+        last_op[device] = op
         ready.pop(row)
         del arrival[op]
         for edge in schedule.edges.outgoing(op):
@@ -86,3 +98,17 @@ def _candidate_mask(schedule: ListSchedule, ops: np.ndarray, favourite_parent: n
                 mask[row] = False
                 mask[row, device] = True
     return mask
+
+
+def _keep_for_favourites(mask: np.ndarray, ops: np.ndarray, last_op: np.ndarray, favourite_child: np.ndarray, op_device: np.ndarray) -> None:
+    """Clear, in place, devices kept for a pending favourite child from other ops' (r, k) masks."""
+    has_last = last_op >= 0
+    pending = np.where(has_last, favourite_child[np.maximum(last_op, 0)], -1)
+    waiting = (pending >= 0) & has_last
+    waiting[waiting] = op_device[pending[waiting]] < 0
+    if not np.any(waiting):
+        return
+    for row, op in enumerate(ops.tolist()):
+        kept = waiting & (pending != op) & mask[row]
+        if np.any(kept) and np.any(mask[row] & ~kept):
+            mask[row] &= ~kept

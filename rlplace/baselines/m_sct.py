@@ -17,8 +17,10 @@ edge's transfer time averaged over device pairs (times scaled to O(1) for the so
 solved with ``scipy.optimize.linprog(method="highs")``. An edge is a favourite when
 ``x_e < 0.5``; conflicts (two favourites of one parent or child) keep the smallest ``x``
 (then the largest transfer time). Scheduling is `rlplace.baselines.m_etf.run_etf` with the
-favourite child pinned to its parent's device whenever that device may take it.
-Baechi also lets a device idle while it waits for the favourite child; this version does not.
+favourite child pinned to its parent's device whenever that device may take it, and a device
+whose last op has an unscheduled favourite child kept free for it (other ops use it only when
+they may use no other device). Baechi also lets an *urgent* op (one as ready everywhere as it
+will ever be) take a waiting device; this version does not.
 """
 
 from __future__ import annotations

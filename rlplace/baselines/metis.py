@@ -60,7 +60,7 @@ def partition(graph: OpGraph, units: Units, speed: np.ndarray, k: int, seed: int
     order = np.lexsort((dst, src))
     src, dst, weights = src[order], dst[order], _integer_weights(weights[order])
     adj_starts = np.searchsorted(src, np.arange(u + 1))
-    targets = speed / speed.sum() * (1.0 - 1e-9)
+    targets = speed / speed.sum()
     result = pymetis.part_graph(
         k,
         pymetis.CSRAdjacency(adj_starts.tolist(), dst.tolist()),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import check_objective, format_bytes, make_simulator
+from rlplace.baselines.common import format_bytes, make_simulator, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
@@ -25,7 +25,7 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     ``seed`` is unused (the method is deterministic). Ties in total time go to the lower index.
     """
     del seed
-    check_objective(objective)
+    prepare(graph, cluster, costs, objective)  # clear errors for ops too big for every device
     total_time = costs.op_time.sum(axis=0)
     runs_all = np.isfinite(total_time)
     if not np.any(runs_all):
