@@ -1,0 +1,527 @@
+"""The step-time simulator: objectives, memory, lower bounds.
+
+Model (DESIGN.md, "Simulator model"):
+
+- A device runs one op at a time. An op is ready when every input is on its device; among
+  ready ops an idle device starts the one of lowest priority value (default: topological
+  index; ties by index). All events of one instant are applied before any device picks, so
+  ops that become ready together are taken in priority order.
+- An op's output is sent once per remote device holding a consumer (two consumers on one
+  remote device cost one transfer). The transfer occupies the link ``src -> dst`` (every
+  ordered device pair is its own link) for ``costs.edge_time``; when one producer has several
+  edges to consumers on the same remote device, the one transfer takes the **largest**
+  ``edge_time`` of those edges (the tensor they share is sent once; the largest is the one
+  that covers them all). Transfers on one link run one after another, first come first
+  served in the order they become ready (producers finishing at the same instant: lower
+  instance id first). Computation and communication overlap.
+- ``latency``: the finish time of the last op of one step.
+- ``pipelined``: M micro-batches through the same placement; each micro-batch's op and
+  transfer times are the step's divided by M; GPipe order: a device prefers forward ops of
+  micro-batch 0, 1, ..., then backward ops of micro-batch 0, 1, ... (priority inside a phase
+  and micro-batch as for ``latency``). Micro-batches share no data dependencies (weight
+  gradients accumulate). With M = 1 the objective is computed exactly as ``latency`` (same
+  priorities), so the two agree bit for bit.
+- ``throughput``: the max-load model of Tarnawski et al. (NeurIPS 2020) as the
+  dnn-partitioning README defines it: the load of a device is the time of its ops plus, for
+  every op u with consumers on other devices, a transfer cost on u's device and on each such
+  device; CPUs pay no transfer cost; the objective is the largest load. On general clusters
+  the receiving device pays the edge time on its own link (largest over u's edges to it),
+  the sender pays the largest of the times on its destination links. Imported
+  dnn-partitioning graphs give one cost per producer for every link, which is the paper's
+  model exactly. ``microbatches`` does not apply and is ignored.
+
+Memory (``peak_memory``): resident bytes (parameters, gradients, optimizer state) of every
+op stay on its device the whole step; an op's output lives on its device from the op's start
+until its last local consumer finishes and its transfers have left (its own finish when
+nothing reads it), a received copy from its arrival until the last consumer there finishes;
+working memory while the op runs. A training graph keeps a forward output for its backward
+op through the edge between them, so activations stay until their backward op. At one
+instant ends are released before starts are allocated. Under ``pipelined`` every activation
+and working buffer is one micro-batch's share (the step's divided by M); resident bytes are
+not divided. Under ``throughput`` memory is the static sum of resident bytes per device (the
+paper's constraint; imported graphs have no activations, so both models agree there).
+
+Lower bounds (placement-independent, in `lower_bound`):
+
+- work bound: for any weights s_d > 0, ``max_d L_d >= sum_d s_d L_d / sum_d s_d >=
+  sum_u min_d(s_d t_ud) / sum_d s_d`` (a weighted mean never exceeds the maximum, and op u on
+  device p(u) adds ``s_p t_up >= min_d s_d t_ud`` to the weighted sum), where L_d is device
+  d's busy time and t_ud op u's time on d. We take the better of s_d = 1 and s_d = 1 / W_d
+  with W_d the time of all ops on d; when op times are proportional across devices (a speed
+  per device) the latter is exactly ``1 / sum_d(1 / W_d)``, total work over total speed.
+  (``1 / sum_d(1 / W_d)`` itself is not a bound when ops prefer different devices: two ops
+  with times (1, 100) and (100, 1) have W = (101, 101), which gives 50.5, while the best
+  placement takes 1.) Every objective's step time is at least the largest busy time, so the
+  work bound holds for all three; the pipelined total busy time is the step's.
+- critical-path bound (``latency``, ``pipelined``): the longest path with every op on its
+  fastest device and free communication; under ``pipelined`` one micro-batch's, i.e. divided
+  by M. ``throughput`` uses the work bound only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlplace import _simkernel as kernel
+from rlplace.cluster import CPU, Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+
+OBJECTIVES = ("latency", "pipelined", "throughput")
+
+
+@dataclass(frozen=True, eq=False)
+class TransferLog:
+    """The transfers of a recorded schedule, in the order they were issued.
+
+    Shapes (x transfers):
+        op: (x,) int64, producer op id.
+        microbatch: (x,) int64, micro-batch of the producer instance (0 for ``latency``).
+        src, dst: (x,) int64, sending and receiving device.
+        start, finish: (x,) float64, when the transfer occupies its link, in the time unit.
+    """
+
+    op: np.ndarray
+    microbatch: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    start: np.ndarray
+    finish: np.ndarray
+
+    @property
+    def num_transfers(self) -> int:
+        return int(self.op.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult:
+    """The simulated evidence for one placement.
+
+    Shapes (n ops, k devices, M micro-batches):
+        step_time: objective value in ``time_unit`` (seconds for analytic graphs).
+        busy_time: (k,) compute time per device (whole step, all micro-batches).
+        device_load: (k,) ``throughput``: compute plus transfer load (the max-load model);
+            ``latency`` / ``pipelined``: equal to ``busy_time``.
+        peak_memory, capacity, overflow_bytes: (k,) bytes; overflow = max(0, peak - capacity).
+        oom: any overflow above 0.
+        lower_bound: the objective's placement-independent lower bound (see module doc).
+        critical_path: op ids on the critical path, first to last. ``latency`` /
+            ``pipelined``: walked back from the last-finishing op through whichever dependency
+            (data arrival or device/link occupancy) set each start; under ``pipelined`` an op
+            appears once per micro-batch it is on the path with (see
+            ``critical_path_microbatch``). ``throughput``: the ops of the most loaded device,
+            in topological order.
+        critical_path_microbatch: micro-batch of each entry of ``critical_path``.
+        op_duration: (n,) time of each op on its device for the whole step (the step's time;
+            a micro-batch takes ``op_duration / M``).
+        op_start, op_finish: (n,) ``latency`` / ``pipelined``: start and finish of micro-batch
+            0 of each op; ``throughput``: each device's ops laid back to back in topological
+            order (one steady-state period, not a schedule).
+        microbatch_start, microbatch_finish: (M, n) every micro-batch's start and finish, only
+            when recorded (``record=True``) and the objective has a schedule.
+        transfers: the transfers, only when recorded and the objective has a schedule.
+    """
+
+    objective: str
+    step_time: float
+    busy_time: np.ndarray
+    peak_memory: np.ndarray
+    capacity: np.ndarray
+    overflow_bytes: np.ndarray
+    oom: bool
+    lower_bound: float
+    critical_path: tuple[int, ...]
+    op_start: np.ndarray | None
+    op_finish: np.ndarray | None
+    microbatches: int = 1
+    time_unit: str = "s"
+    placement: np.ndarray | None = None
+    device_load: np.ndarray | None = None
+    op_duration: np.ndarray | None = None
+    critical_path_microbatch: tuple[int, ...] = ()
+    microbatch_start: np.ndarray | None = None
+    microbatch_finish: np.ndarray | None = None
+    transfers: TransferLog | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_overflow(self) -> float:
+        """Bytes over capacity, summed over devices."""
+        return float(self.overflow_bytes.sum())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The scalar and per-device fields as plain JSON values."""
+        return {
+            "objective": self.objective,
+            "step_time": float(self.step_time),
+            "time_unit": self.time_unit,
+            "microbatches": self.microbatches,
+            "lower_bound": float(self.lower_bound),
+            "busy_time": [float(v) for v in self.busy_time],
+            "peak_memory_bytes": [float(v) for v in self.peak_memory],
+            "capacity_bytes": [float(v) for v in self.capacity],
+            "overflow_bytes": [float(v) for v in self.overflow_bytes],
+            "oom": bool(self.oom),
+            "critical_path": [int(v) for v in self.critical_path],
+        }
+
+
+def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
+    """A read-only C-contiguous array of ``dtype``; no copy when ``array`` already is one."""
+    result = np.ascontiguousarray(array, dtype=dtype)
+    if result.flags.writeable:
+        result = result.view()
+        result.flags.writeable = False
+    return result
+
+
+class Simulator:
+    """Precomputes graph structure once for (graph, cluster, costs); evaluates many placements fast.
+
+    Args:
+        graph, cluster, costs: the problem; never modified.
+        objective: one of `OBJECTIVES`.
+        microbatches: M for ``pipelined`` (>= 1); the other objectives ignore it.
+        priority: (n,) optional scheduling priority per op, lower first among ready ops on
+            one device (default: topological index). Ties go to the lower op id.
+
+    A `Simulator` holds no per-call state, so one instance may serve many placements (and
+    threads). `step_time` is the hot path: one call of the compiled event loop.
+    """
+
+    def __init__(
+        self,
+        graph: OpGraph,
+        cluster: Cluster,
+        costs: CostTable,
+        *,
+        objective: str = "latency",
+        microbatches: int = 1,
+        priority: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        if objective not in OBJECTIVES:
+            raise RlplaceError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        if isinstance(microbatches, bool) or not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
+            raise RlplaceError(f"microbatches must be a whole number >= 1, got {microbatches!r}")
+        n, k, m = graph.num_ops, cluster.num_devices, graph.num_edges
+        if costs.op_time.shape != (n, k) or costs.edge_time.shape != (m, k, k):
+            raise RlplaceError(
+                f"cost table does not match graph {graph.name!r} ({n} ops, {m} edges) on cluster {cluster.name!r} ({k} devices): "
+                f"op_time {costs.op_time.shape}, edge_time {costs.edge_time.shape}; build it with CostTable.build(graph, cluster)"
+            )
+        self.graph = graph
+        self.cluster = cluster
+        self.costs = costs
+        self.objective = objective
+        self.microbatches = int(microbatches) if objective == "pipelined" else 1
+        self.num_ops = n
+        self.num_devices = k
+
+        order = np.argsort(graph.edge_src, kind="stable")
+        self._succ_ptr = _frozen(np.searchsorted(graph.edge_src[order], np.arange(n + 1)), np.int64)
+        self._succ_op = _frozen(graph.edge_dst[order], np.int64)
+        self._succ_edge = _frozen(order, np.int64)
+        self._indegree = _frozen(np.bincount(graph.edge_dst, minlength=n), np.int64)
+        self._op_time = _frozen(costs.op_time, np.float64)
+        self._edge_time = _frozen(costs.edge_time, np.float64)
+        self._output_bytes = _frozen(graph.output_bytes, np.float64)
+        self._work_bytes = _frozen(graph.work_bytes, np.float64)
+        self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)
+        self._capacity = _frozen(cluster.memory, np.float64)
+        self._instance_rank, self._rank_instance = self._ranks(priority)
+        self.lower_bound = lower_bound(graph, cluster, costs, objective=objective, microbatches=self.microbatches)
+
+    # ----------------------------------------------------------------- public API
+    def step_time(self, placement: np.ndarray | Sequence[int], *, priority: Sequence[float] | np.ndarray | None = None) -> float:
+        """The objective value of ``placement`` ((n,) device per op); ``inf`` where an op cannot run on its device."""
+        p = self._placement(placement)
+        if self.objective == "throughput":
+            load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
+            return float(load.max())
+        instance_rank, rank_instance = (self._instance_rank, self._rank_instance) if priority is None else self._ranks(priority)
+        return float(
+            kernel.schedule_makespan(
+                self.num_ops,
+                self.microbatches,
+                self.num_devices,
+                self._succ_ptr,
+                self._succ_op,
+                self._succ_edge,
+                self._indegree,
+                self._op_time,
+                self._edge_time,
+                p,
+                instance_rank,
+                rank_instance,
+            )
+        )
+
+    def peak_memory(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
+        """(k,) peak bytes per device (see the module doc for the memory model)."""
+        p = self._placement(placement)
+        if self.objective == "throughput":
+            return self._resident(p)
+        schedule = self._schedule(p, self._instance_rank, self._rank_instance)
+        return self._memory(p, schedule)
+
+    def score(self, placement: np.ndarray | Sequence[int]) -> tuple[float, float]:
+        """(step time, bytes over capacity summed over devices), for search."""
+        p = self._placement(placement)
+        if self.objective == "throughput":
+            peak = self._resident(p)
+            return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
+        schedule = self._schedule(p, self._instance_rank, self._rank_instance)
+        peak = self._memory(p, schedule)
+        return float(schedule[0]), float(np.maximum(peak - self._capacity, 0.0).sum())
+
+    def run(self, placement: np.ndarray | Sequence[int], *, record: bool = False, priority: Sequence[float] | np.ndarray | None = None) -> SimResult:
+        """Full evidence for ``placement``; ``record`` keeps every micro-batch's times and the transfers.
+
+        Raises `RlplaceError` when the placement has the wrong length, names a device that
+        does not exist, or puts an op on a device it cannot run on.
+        """
+        p = self._placement(placement)
+        durations = self._op_time[np.arange(self.num_ops), p]
+        if np.any(np.isinf(durations)):
+            op = int(np.argmax(np.isinf(durations)))
+            raise RlplaceError(f"op {self.graph.names[op]!r} cannot run on device {self.cluster.devices[int(p[op])].name!r} (the graph gives it no time there); move it")
+        busy = np.bincount(p, weights=durations, minlength=self.num_devices)
+        if self.objective == "throughput":
+            return self._throughput_result(p, durations, busy)
+        instance_rank, rank_instance = (self._instance_rank, self._rank_instance) if priority is None else self._ranks(priority)
+        schedule = self._schedule(p, instance_rank, rank_instance)
+        makespan, start, finish, ready_time, ready_via, device_prev, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev = schedule
+        peak = self._memory(p, schedule)
+        path = kernel.critical_path(start, finish, ready_time, ready_via, device_prev, x_instance, x_ready, x_start, x_link_prev)
+        n, microbatches = self.num_ops, self.microbatches
+        starts = start.reshape(microbatches, n)
+        finishes = finish.reshape(microbatches, n)
+        transfers = None
+        if record:
+            ops = x_instance % max(n, 1)
+            transfers = TransferLog(
+                op=_frozen(ops, np.int64),
+                microbatch=_frozen(x_instance // max(n, 1), np.int64),
+                src=_frozen(p[ops], np.int64),
+                dst=_frozen(x_dst, np.int64),
+                start=_frozen(x_start, np.float64),
+                finish=_frozen(x_finish, np.float64),
+            )
+        return self._result(
+            p,
+            step_time=float(makespan),
+            busy=busy,
+            load=busy,
+            peak=peak,
+            path=tuple(int(g % n) for g in path),
+            path_microbatch=tuple(int(g // n) for g in path),
+            durations=durations,
+            op_start=starts[0].copy(),
+            op_finish=finishes[0].copy(),
+            microbatch_start=starts.copy() if record else None,
+            microbatch_finish=finishes.copy() if record else None,
+            transfers=transfers,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _ranks(self, priority: Sequence[float] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(instance_rank, rank_instance), both (M*n,) int64: the order devices prefer instances in."""
+        n, microbatches = self.num_ops, self.microbatches
+        if priority is None:
+            op_rank = np.arange(n, dtype=np.int64)
+        else:
+            values = np.asarray(priority, dtype=np.float64)
+            if values.shape != (n,) or not np.all(np.isfinite(values)):
+                raise RlplaceError(f"priority must hold one finite number per op ({n}), got shape {values.shape}")
+            op_rank = np.empty(n, dtype=np.int64)
+            op_rank[np.lexsort((np.arange(n), values))] = np.arange(n)
+        if microbatches == 1:
+            instance_rank = op_rank
+        else:
+            phase = self.graph.is_backward.astype(np.int64)
+            mb = np.repeat(np.arange(microbatches, dtype=np.int64), n)
+            key = (np.tile(phase, microbatches) * microbatches + mb) * n + np.tile(op_rank, microbatches)
+            instance_rank = np.empty(key.shape[0], dtype=np.int64)
+            instance_rank[np.argsort(key, kind="stable")] = np.arange(key.shape[0])
+        rank_instance = np.empty_like(instance_rank)
+        rank_instance[instance_rank] = np.arange(instance_rank.shape[0])
+        return _frozen(instance_rank, np.int64), _frozen(rank_instance, np.int64)
+
+    def _placement(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
+        p = np.asarray(placement)
+        if p.shape != (self.num_ops,):
+            raise RlplaceError(f"placement has shape {p.shape} but graph {self.graph.name!r} has {self.num_ops} ops; give one device per op in graph order")
+        if p.dtype != np.int64:
+            if not np.issubdtype(p.dtype, np.integer):
+                raise RlplaceError(f"placement must hold integer device indices, got {p.dtype}")
+            p = p.astype(np.int64)
+        p = _frozen(p, np.int64)
+        bad = kernel.first_out_of_range(p, self.num_devices)
+        if bad >= 0:
+            raise RlplaceError(
+                f"placement puts op {self.graph.names[bad]!r} on device {int(p[bad])}, but cluster {self.cluster.name!r} has devices 0..{self.num_devices - 1}"
+            )
+        return p
+
+    def _schedule(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
+        return kernel.schedule_full(
+            self.num_ops,
+            self.microbatches,
+            self.num_devices,
+            self._succ_ptr,
+            self._succ_op,
+            self._succ_edge,
+            self._indegree,
+            self._op_time,
+            self._edge_time,
+            p,
+            instance_rank,
+            rank_instance,
+        )
+
+    def _resident(self, p: np.ndarray) -> np.ndarray:
+        return np.bincount(p, weights=self.graph.resident_bytes, minlength=self.num_devices)
+
+    def _memory(self, p: np.ndarray, schedule: tuple) -> np.ndarray:
+        _, start, finish, _, _, _, x_instance, x_dst, _, _, x_finish, _ = schedule
+        dynamic = kernel.peak_dynamic_memory(
+            self.num_ops,
+            self.microbatches,
+            self.num_devices,
+            self._succ_ptr,
+            self._succ_op,
+            p,
+            self._output_bytes,
+            self._work_bytes,
+            start,
+            finish,
+            x_instance,
+            x_dst,
+            x_finish,
+        )
+        return self._resident(p) + dynamic
+
+    def _throughput_result(self, p: np.ndarray, durations: np.ndarray, busy: np.ndarray) -> SimResult:
+        load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
+        op_start = np.empty(self.num_ops)
+        for d in range(self.num_devices):
+            on_device = np.flatnonzero(p == d)
+            ends = np.cumsum(durations[on_device])
+            op_start[on_device] = ends - durations[on_device]
+        bottleneck = int(np.argmax(load)) if self.num_devices else 0
+        path = tuple(int(i) for i in np.flatnonzero(p == bottleneck))
+        return self._result(
+            p,
+            step_time=float(load.max()),
+            busy=busy,
+            load=load,
+            peak=self._resident(p),
+            path=path,
+            path_microbatch=(0,) * len(path),
+            durations=durations,
+            op_start=op_start,
+            op_finish=op_start + durations,
+            microbatch_start=None,
+            microbatch_finish=None,
+            transfers=None,
+        )
+
+    def _result(
+        self,
+        p: np.ndarray,
+        *,
+        step_time: float,
+        busy: np.ndarray,
+        load: np.ndarray,
+        peak: np.ndarray,
+        path: tuple[int, ...],
+        path_microbatch: tuple[int, ...],
+        durations: np.ndarray,
+        op_start: np.ndarray,
+        op_finish: np.ndarray,
+        microbatch_start: np.ndarray | None,
+        microbatch_finish: np.ndarray | None,
+        transfers: TransferLog | None,
+    ) -> SimResult:
+        overflow = np.maximum(peak - self._capacity, 0.0)
+        return SimResult(
+            objective=self.objective,
+            step_time=step_time,
+            busy_time=_frozen(busy, np.float64),
+            peak_memory=_frozen(peak, np.float64),
+            capacity=self._capacity,
+            overflow_bytes=_frozen(overflow, np.float64),
+            oom=bool(np.any(overflow > 0)),
+            lower_bound=self.lower_bound,
+            critical_path=path,
+            op_start=_frozen(op_start, np.float64),
+            op_finish=_frozen(op_finish, np.float64),
+            microbatches=self.microbatches,
+            time_unit=self.costs.time_unit,
+            placement=p,
+            device_load=_frozen(load, np.float64),
+            op_duration=_frozen(durations, np.float64),
+            critical_path_microbatch=path_microbatch,
+            microbatch_start=None if microbatch_start is None else _frozen(microbatch_start, np.float64),
+            microbatch_finish=None if microbatch_finish is None else _frozen(microbatch_finish, np.float64),
+            transfers=transfers,
+        )
+
+
+def simulate(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    placement: np.ndarray | Sequence[int],
+    *,
+    objective: str = "latency",
+    microbatches: int = 1,
+    record: bool = False,
+    priority: Sequence[float] | np.ndarray | None = None,
+) -> SimResult:
+    """Simulate one placement: `Simulator(...).run(placement, record=record)`."""
+    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, priority=priority).run(placement, record=record)
+
+
+def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
+    """The objective's placement-independent lower bound on the step time (see the module doc)."""
+    if objective not in OBJECTIVES:
+        raise RlplaceError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    op_time = np.asarray(costs.op_time, dtype=np.float64)
+    work = work_bound(op_time)
+    if objective == "throughput" or graph.num_ops == 0:
+        return work
+    order = np.argsort(graph.edge_src, kind="stable")
+    succ_ptr = np.searchsorted(graph.edge_src[order], np.arange(graph.num_ops + 1)).astype(np.int64)
+    succ_op = np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64)
+    fastest = np.ascontiguousarray(op_time.min(axis=1))
+    path = float(kernel.longest_path(succ_ptr, succ_op, fastest))
+    divisor = microbatches if objective == "pipelined" else 1
+    return max(work, path / divisor)
+
+
+def work_bound(op_time: np.ndarray) -> float:
+    """Lower bound on the largest device busy time over all placements.
+
+    Shapes:
+        op_time: (n, k) time of each op on each device, ``inf`` where it cannot run.
+
+    ``max(bound(1), bound(1 / W))`` with ``bound(s) = sum_u min_d(s_d t_ud) / sum_d s_d``
+    and ``W_d`` the finite op times on d summed (proof in the module doc).
+    """
+    if op_time.size == 0:
+        return 0.0
+    finite = np.where(np.isfinite(op_time), op_time, 0.0)
+    totals = finite.sum(axis=0)
+    candidates = [np.ones(op_time.shape[1])]
+    if np.all(totals > 0):
+        candidates.append(1.0 / totals)
+    best = 0.0
+    for weights in candidates:
+        best = max(best, float(np.min(op_time * weights[None, :], axis=1).sum() / weights.sum()))
+    return best

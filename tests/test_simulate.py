@@ -1,0 +1,498 @@
+"""Step-time simulator: hand-computed schedules on tiny graphs, invariants on random DAGs.
+
+Tiny graphs use given times (class ``accelerator``/``cpu``) and given edge times, so every
+op and transfer time below is exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlplace.cluster import Cluster, Device
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+from rlplace.simulate import OBJECTIVES, Simulator, lower_bound, simulate, work_bound
+
+DATA = Path(os.environ.get("RLPLACE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"))
+
+
+# --------------------------------------------------------------------------- helpers
+def device(name: str, memory: float = 1e12, category: str = "accelerator") -> Device:
+    return Device(name, "custom", category, 1e12, 1e12, memory, 1e12)
+
+
+def cluster_of(k: int, memory: float = 1e12, categories: Sequence[str] | None = None) -> Cluster:
+    categories = categories or ["accelerator"] * k
+    return Cluster.build("test", [device(f"d{i}", memory, categories[i]) for i in range(k)], intra_host=(1e9, 0.0))
+
+
+def graph_of(times: Mapping[str, float], edges: Sequence[tuple[str, str, float]], **op_fields: Mapping[str, float]) -> OpGraph:
+    """Ops named in ``times`` order with an accelerator time each; edges (src, dst, transfer time).
+
+    ``op_fields`` maps a field (``output_bytes``, ``resident_bytes``, ``work_bytes``,
+    ``is_backward``) to per-op values.
+    """
+    ops = []
+    for name, t in times.items():
+        op = {"name": name, "times": {"accelerator": t}}
+        for key, values in op_fields.items():
+            if name in values:
+                op[key] = values[name]
+        ops.append(op)
+    return OpGraph.build(ops, [{"src": s, "dst": d, "bytes": 0.0, "time": t} for s, d, t in edges], time_classes=("accelerator",))
+
+
+def place(graph: OpGraph, where: Mapping[str, int]) -> np.ndarray:
+    return np.array([where[name] for name in graph.names], dtype=np.int64)
+
+
+def run(graph: OpGraph, cluster: Cluster, where: Mapping[str, int], **kwargs) -> object:
+    return simulate(graph, cluster, CostTable.build(graph, cluster), place(graph, where), **kwargs)
+
+
+# --------------------------------------------------------------------- latency cases
+def test_chain_on_one_device_is_sum_of_op_times():
+    graph = graph_of({"a": 1.0, "b": 2.5, "c": 0.5}, [("a", "b", 9.0), ("b", "c", 9.0)])
+    result = run(graph, cluster_of(2), {"a": 1, "b": 1, "c": 1})
+    assert result.step_time == 4.0
+    assert list(result.busy_time) == [0.0, 4.0]
+    assert result.critical_path == (0, 1, 2)
+
+
+def test_fork_join_across_two_devices_pays_each_transfer_once():
+    graph = graph_of({"a": 1.0, "b": 2.0, "c": 3.0, "d": 1.0}, [("a", "b", 0.5), ("a", "c", 0.5), ("b", "d", 0.25), ("c", "d", 0.25)])
+    result = run(graph, cluster_of(2), {"a": 0, "b": 0, "c": 1, "d": 0}, record=True)
+    # a [0,1] d0; a->c [1,1.5]; c [1.5,4.5] d1; c->d [4.5,4.75]; d [4.75,5.75] d0
+    assert result.step_time == 5.75
+    assert list(result.op_start) == [0.0, 1.0, 1.5, 4.75]
+    assert result.transfers.num_transfers == 2
+    assert list(result.transfers.start) == [1.0, 4.5]
+    assert result.critical_path == (0, 2, 3)
+
+
+def test_two_consumers_on_one_remote_device_cost_one_transfer():
+    graph = graph_of({"a": 1.0, "b": 0.5, "c": 0.5}, [("a", "b", 1.0), ("a", "c", 1.0)])
+    result = run(graph, cluster_of(2), {"a": 0, "b": 1, "c": 1}, record=True)
+    # one transfer [1,2]; b [2,2.5]; c [2.5,3]  (two serialized transfers would end at 3.5)
+    assert result.step_time == 3.0
+    assert result.transfers.num_transfers == 1
+
+
+def test_one_transfer_takes_the_largest_edge_time_to_that_device():
+    graph = graph_of({"a": 1.0, "b": 0.5, "c": 0.5}, [("a", "b", 1.0), ("a", "c", 1.5)])
+    result = run(graph, cluster_of(2), {"a": 0, "b": 1, "c": 1}, record=True)
+    # one transfer [1,2.5]; b [2.5,3]; c [3,3.5]
+    assert result.step_time == 3.5
+    assert list(result.transfers.finish) == [2.5]
+
+
+def test_two_transfers_on_one_link_serialize_but_different_links_overlap():
+    graph = graph_of({"a": 1.0, "b": 1.0, "c": 1.0, "e": 1.0}, [("a", "c", 3.0), ("b", "e", 3.0)])
+    cluster = cluster_of(3)
+    same_link = run(graph, cluster, {"a": 0, "b": 0, "c": 1, "e": 1}, record=True)
+    # a [0,1], b [1,2]; a->c [1,4]; b->e waits for the link: [4,7]; c [4,5]; e [7,8]
+    assert same_link.step_time == 8.0
+    assert list(same_link.transfers.start) == [1.0, 4.0]
+    # b's tensor goes over link 0->2 instead: [2,5]; e [5,6]
+    assert run(graph, cluster, {"a": 0, "b": 0, "c": 1, "e": 2}).step_time == 6.0
+
+
+def test_priority_decides_among_ready_ops_and_critical_path_follows_the_device():
+    graph = graph_of({"x": 1.0, "y": 1.0, "z": 5.0}, [("y", "z", 0.0)])
+    cluster = cluster_of(2)
+    costs = CostTable.build(graph, cluster)
+    placement = place(graph, {"x": 0, "y": 0, "z": 1})
+    default = simulate(graph, cluster, costs, placement)
+    assert default.step_time == 7.0  # x [0,1], y [1,2], z [2,7]
+    assert default.critical_path == (0, 1, 2)  # y waited for the device, which ran x
+    assert simulate(graph, cluster, costs, placement, priority=[1.0, 0.0, 2.0]).step_time == 6.0
+    assert Simulator(graph, cluster, costs).step_time(placement, priority=np.array([1.0, 0.0, 2.0])) == 6.0
+
+
+# -------------------------------------------------------------------- pipelined cases
+@pytest.mark.parametrize("microbatches", [1, 2, 3, 4, 7])
+def test_two_stage_chain_with_m_microbatches_takes_m_plus_one_stage_times(microbatches):
+    stage = 1.5  # per micro-batch
+    graph = graph_of({"a": stage * microbatches, "b": stage * microbatches}, [("a", "b", 0.0)])
+    result = run(graph, cluster_of(2), {"a": 0, "b": 1}, objective="pipelined", microbatches=microbatches)
+    assert result.step_time == pytest.approx((microbatches + 1) * stage, rel=1e-12)
+
+
+def test_pipelined_runs_forward_of_every_microbatch_before_backward():
+    # one device: f -> b; GPipe order f0 f1 b0 b1, so b0 starts after f1
+    graph = graph_of({"f": 2.0, "b": 4.0}, [("f", "b", 0.0)], is_backward={"b": True})
+    result = run(graph, cluster_of(1), {"f": 0, "b": 0}, objective="pipelined", microbatches=2, record=True)
+    assert result.microbatch_start.tolist() == [[0.0, 2.0], [1.0, 4.0]]
+    assert result.step_time == 6.0
+
+
+def test_pipelined_with_one_microbatch_equals_latency():
+    graph = graph_of(
+        {"f1": 1.0, "f2": 2.0, "loss": 0.5, "b2": 3.0, "b1": 2.0},
+        [("f1", "f2", 0.3), ("f2", "loss", 0.2), ("loss", "b2", 0.1), ("b2", "b1", 0.4), ("f1", "b1", 0.7)],
+        is_backward={"b2": True, "b1": True},
+    )
+    where = {"f1": 0, "f2": 1, "loss": 1, "b2": 0, "b1": 1}
+    latency = run(graph, cluster_of(2), where)
+    pipelined = run(graph, cluster_of(2), where, objective="pipelined", microbatches=1)
+    assert pipelined.step_time == latency.step_time
+    assert pipelined.peak_memory.tolist() == latency.peak_memory.tolist()
+
+
+# ------------------------------------------------------------------------- memory
+def test_device_over_capacity_is_oom_with_the_overflow():
+    graph = graph_of({"a": 1.0, "b": 1.0}, [("a", "b", 0.0)], resident_bytes={"a": 150.0, "b": 30.0})
+    result = run(graph, cluster_of(2, memory=100.0), {"a": 0, "b": 1})
+    assert result.oom
+    assert result.peak_memory.tolist() == [150.0, 30.0]
+    assert result.overflow_bytes.tolist() == [50.0, 0.0]
+    fits = run(graph, cluster_of(2, memory=200.0), {"a": 0, "b": 1})
+    assert not fits.oom and fits.total_overflow == 0.0
+
+
+def training_graph() -> OpGraph:
+    return graph_of(
+        {"f1": 1.0, "f2": 1.0, "loss": 1.0, "b2": 1.0, "b1": 1.0},
+        [("f1", "f2", 0.0), ("f2", "loss", 0.0), ("loss", "b2", 0.0), ("f2", "b2", 0.0), ("b2", "b1", 0.0), ("f1", "b1", 0.0)],
+        output_bytes={"f1": 10.0, "f2": 20.0, "loss": 1.0, "b2": 40.0, "b1": 80.0},
+        work_bytes={"b1": 5.0},
+        resident_bytes={"f1": 100.0},
+        is_backward={"b2": True, "b1": True},
+    )
+
+
+def test_training_activations_stay_until_their_backward_op():
+    graph = training_graph()
+    result = run(graph, cluster_of(1), dict.fromkeys(graph.names, 0))
+    # f1 [0,1] f2 [1,2] loss [2,3] b2 [3,4] b1 [4,5]; f1's output lives [0,5) (b1 reads it),
+    # f2's [1,4), loss's [2,4), b2's [3,5), b1's [4,5) plus 5 working bytes.
+    # [3,4): 10+20+1+40 = 71; [4,5): 10+40+80+5 = 135; + 100 resident
+    assert result.peak_memory.tolist() == [235.0]
+
+
+def test_received_copy_lives_on_the_remote_device_from_arrival_to_last_consumer():
+    graph = graph_of({"a": 1.0, "b": 2.0, "c": 1.0}, [("a", "b", 0.5), ("a", "c", 0.5)], output_bytes={"a": 10.0, "b": 3.0})
+    result = run(graph, cluster_of(2), {"a": 0, "b": 1, "c": 1})
+    # a's output on d0 [0,1.5) until its transfer leaves; copy on d1 [1.5,4.5) (b [1.5,3.5], c [3.5,4.5]); b's output [1.5,3.5)
+    assert result.peak_memory.tolist() == [10.0, 13.0]
+
+
+def test_pipelined_activations_are_one_microbatch_each():
+    graph = graph_of({"a": 1.0, "b": 1.0}, [("a", "b", 0.0)], output_bytes={"a": 100.0})
+    where = {"a": 0, "b": 0}
+    assert run(graph, cluster_of(1), where).peak_memory.tolist() == [100.0]
+    # a0 [0,.5] b0 [.5,1] a1 [1,1.5] b1 [1.5,2]: a0's output [0,1) and a1's [1,2) never overlap
+    assert run(graph, cluster_of(1), where, objective="pipelined", microbatches=2).peak_memory.tolist() == [50.0]
+
+
+# ---------------------------------------------------------------------- throughput
+def test_throughput_is_the_max_load_with_a_cpu_paying_no_transfers():
+    ops = [
+        {"name": "a", "times": {"accelerator": 9.0, "cpu": 4.0}},
+        {"name": "b", "times": {"accelerator": 5.0, "cpu": 50.0}},
+        {"name": "c", "times": {"accelerator": 7.0, "cpu": 70.0}},
+        {"name": "d", "times": {"accelerator": 1.0, "cpu": 10.0}},
+    ]
+    edges = [
+        {"src": "a", "dst": "b", "time": 2.0},
+        {"src": "a", "dst": "c", "time": 2.0},
+        {"src": "b", "dst": "d", "time": 1.0},
+        {"src": "c", "dst": "d", "time": 3.0},
+    ]
+    graph = OpGraph.build(ops, edges, time_classes=("accelerator", "cpu"))
+    cluster = cluster_of(3, categories=["accelerator", "accelerator", "cpu"])
+    result = run(graph, cluster, {"a": 2, "b": 0, "c": 1, "d": 0}, objective="throughput", record=True)
+    # gpu0: b 5 + d 1 + receive a 2 + receive c 3 = 11; gpu1: c 7 + receive a 2 + send c 3 = 12;
+    # cpu: a 4, sends for free
+    assert result.device_load.tolist() == [11.0, 12.0, 4.0]
+    assert result.step_time == 12.0
+    assert result.busy_time.tolist() == [6.0, 7.0, 4.0]
+    assert result.critical_path == (2,)
+    # a on gpu0 instead: gpu0 pays its send once (2) although it feeds two devices
+    moved = run(graph, cluster, {"a": 0, "b": 0, "c": 1, "d": 0}, objective="throughput")
+    assert moved.device_load.tolist() == [9.0 + 5.0 + 1.0 + 2.0 + 3.0, 7.0 + 2.0 + 3.0, 0.0]
+
+
+def test_throughput_memory_is_static_resident_bytes():
+    graph = graph_of({"a": 1.0, "b": 1.0}, [("a", "b", 1.0)], resident_bytes={"a": 60.0, "b": 70.0}, output_bytes={"a": 1000.0})
+    result = run(graph, cluster_of(2, memory=100.0), {"a": 0, "b": 0}, objective="throughput")
+    assert result.peak_memory.tolist() == [130.0, 0.0]
+    assert result.overflow_bytes.tolist() == [30.0, 0.0]
+
+
+def load_dnn_partitioning(graph_file: Path) -> tuple[OpGraph, Cluster, dict]:
+    """Independent minimal reader of the format in the data README (not the project's importer)."""
+    data = json.loads(graph_file.read_text())
+    ops = [
+        {
+            "name": str(node["id"]),
+            "times": {"accelerator": node["fpgaLatency"] if node.get("supportedOnFpga", 1) else math.inf, "cpu": node["cpuLatency"]},
+            "resident_bytes": node.get("size", 0.0),
+            "is_backward": bool(node.get("isBackwardNode", 0)),
+            "coloc": node.get("colorClass"),
+        }
+        for node in data["nodes"]
+    ]
+    edges = [{"src": str(e["sourceId"]), "dst": str(e["destId"]), "time": e["cost"], "bytes": e.get("size", 0.0)} for e in data["edges"]]
+    graph = OpGraph.build(ops, edges, time_classes=("accelerator", "cpu"), time_unit="unit")
+    devices = [device(f"acc{i}", data["maxSizePerFPGA"]) for i in range(data["maxFPGAs"])] + [device("cpu", math.inf, "cpu")]
+    cluster = Cluster.build("dnn", devices, intra_host=(1.0, 0.0))
+    color = {str(node["id"]): node.get("colorClass") for node in data["nodes"]}
+    return graph, cluster, color
+
+
+@pytest.mark.parametrize(
+    ("name", "expert", "one_device"),
+    [("bert24_inference", 20.084, 92.406), ("bert24_training", 49.4049, 217.813), ("resnet50_inference", 43.9183, 201.45)],
+)
+def test_throughput_matches_the_papers_reference_numbers(name, expert, one_device):
+    graph_file = DATA / "graphs" / f"{name}__layer.json"
+    if not graph_file.exists():
+        pytest.skip(f"shared data not found at {DATA}")
+    graph, cluster, color = load_dnn_partitioning(graph_file)
+    costs = CostTable.build(graph, cluster)
+    simulator = Simulator(graph, cluster, costs, objective="throughput")
+    assert simulator.step_time(np.zeros(graph.num_ops, dtype=np.int64)) == pytest.approx(one_device, rel=1e-5)
+    split = json.loads((DATA / "human-experts" / f"{name}_expert.json").read_text())
+    where: dict[str, int] = {}
+    for d, fpga in enumerate(split["fpgas"]):
+        where.update({str(node): d for node in fpga["nodes"]})
+    where.update({str(node): cluster.num_devices - 1 for node in split["cpus"][0]["nodes"]})
+    class_device = {color[op]: d for op, d in where.items() if color[op] is not None}
+    placement = np.array([where.get(op, class_device.get(color[op], -1)) for op in graph.names])
+    assert simulator.step_time(placement) == pytest.approx(expert, rel=1e-4)
+    assert simulator.lower_bound <= expert
+
+
+# ----------------------------------------------------------------- lower bound
+def test_work_bound_is_total_work_over_total_speed_for_uniform_speeds():
+    op_time = np.array([[2.0, 1.0], [4.0, 2.0], [6.0, 3.0]])  # device 1 twice as fast
+    assert work_bound(op_time) == pytest.approx(1.0 / (1.0 / 12.0 + 1.0 / 6.0))
+
+
+def test_work_bound_stays_sound_when_ops_prefer_different_devices():
+    op_time = np.array([[1.0, 100.0], [100.0, 1.0]])  # best placement: busy time 1
+    assert work_bound(op_time) <= 1.0 + 1e-12
+
+
+def test_lower_bound_is_work_or_fastest_critical_path():
+    graph = graph_of({"a": 1.0, "b": 2.0, "c": 3.0}, [("a", "b", 5.0), ("a", "c", 5.0)])
+    cluster = cluster_of(2)
+    costs = CostTable.build(graph, cluster)
+    assert lower_bound(graph, cluster, costs) == 4.0  # a then c, free communication
+    assert lower_bound(graph, cluster, costs, objective="throughput") == 3.0  # 6 / 2 devices
+    assert lower_bound(graph, cluster, costs, objective="pipelined", microbatches=2) == 3.0
+
+
+# ---------------------------------------------------------------------- errors
+def test_bad_inputs_raise_clear_errors():
+    graph = graph_of({"a": 1.0, "b": 1.0}, [("a", "b", 0.0)])
+    cluster = cluster_of(2)
+    costs = CostTable.build(graph, cluster)
+    with pytest.raises(RlplaceError, match="objective"):
+        Simulator(graph, cluster, costs, objective="speed")
+    with pytest.raises(RlplaceError, match="microbatches"):
+        Simulator(graph, cluster, costs, objective="pipelined", microbatches=0)
+    simulator = Simulator(graph, cluster, costs)
+    with pytest.raises(RlplaceError, match="2 ops"):
+        simulator.step_time([0])
+    with pytest.raises(RlplaceError, match=r"devices 0\.\.1"):
+        simulator.run([0, 2])
+    with pytest.raises(RlplaceError, match="priority"):
+        simulator.run([0, 1], priority=[0.0])
+    with pytest.raises(RlplaceError, match="cost table"):
+        Simulator(graph, cluster_of(3), costs)
+
+
+def test_op_on_a_device_it_cannot_run_on():
+    ops = [{"name": "a", "times": {"accelerator": 1.0, "cpu": 1.0}}, {"name": "b", "times": {"accelerator": math.inf, "cpu": 2.0}}]
+    graph = OpGraph.build(ops, [{"src": "a", "dst": "b", "time": 0.0}], time_classes=("accelerator", "cpu"))
+    cluster = cluster_of(2, categories=["accelerator", "cpu"])
+    simulator = Simulator(graph, cluster, CostTable.build(graph, cluster))
+    assert simulator.step_time([0, 0]) == math.inf
+    assert simulator.step_time([0, 1]) == 3.0
+    with pytest.raises(RlplaceError, match="cannot run"):
+        simulator.run([0, 0])
+
+
+# ------------------------------------------------------------------- random DAGs
+def reference_schedule(op_time: np.ndarray, edge_src, edge_dst, edge_time: np.ndarray, is_backward, placement, microbatches: int = 1) -> float:
+    """A plain-Python rendering of the documented rules, written independently of the kernel."""
+    n, k = op_time.shape
+    consumers: dict[int, list[tuple[int, int]]] = {i: [] for i in range(n)}
+    pending: dict[tuple[int, int], int] = {}
+    for e, (s, d) in enumerate(zip(edge_src, edge_dst, strict=True)):
+        consumers[int(s)].append((int(d), e))
+    indegree = np.bincount(np.asarray(edge_dst, dtype=np.int64), minlength=n)
+    instances = [(mb, i) for mb in range(microbatches) for i in range(n)]
+    for inst in instances:
+        pending[inst] = int(indegree[inst[1]])
+
+    def preference(inst: tuple[int, int]) -> tuple:
+        mb, i = inst
+        return (i,) if microbatches == 1 else (bool(is_backward[i]), mb, i)
+
+    ready: list[set] = [set() for _ in range(k)]
+    for inst in instances:
+        if pending[inst] == 0:
+            ready[placement[inst[1]]].add(inst)
+    running: dict[int, tuple[float, tuple[int, int]]] = {}
+    link_queue: dict[tuple[int, int], list[int]] = {}
+    link_running: dict[tuple[int, int], tuple[float, int]] = {}
+    transfers: list[tuple[tuple[int, int], int, float]] = []  # (producer instance, dst, duration)
+    now, makespan = 0.0, 0.0
+    while True:
+        for d in range(k):
+            if d not in running and ready[d]:
+                inst = min(ready[d], key=preference)
+                ready[d].remove(inst)
+                running[d] = (now + op_time[inst[1], d] / microbatches, inst)
+        for link, queue in link_queue.items():
+            if link not in link_running and queue:
+                x = queue.pop(0)
+                link_running[link] = (now + transfers[x][2], x)
+        ends = [end for end, _ in running.values()] + [end for end, _ in link_running.values()]
+        if not ends:
+            return makespan
+        now = min(ends)
+        for d, (end, inst) in sorted(running.items(), key=lambda item: item[1][1][0] * n + item[1][1][1]):
+            if end != now:
+                continue
+            del running[d]
+            makespan = max(makespan, now)
+            mb, i = inst
+            remote: dict[int, float] = {}
+            for j, e in consumers[i]:
+                dj = placement[j]
+                if dj == d:
+                    pending[(mb, j)] -= 1
+                    if pending[(mb, j)] == 0:
+                        ready[d].add((mb, j))
+                else:
+                    remote[dj] = max(remote.get(dj, 0.0), edge_time[e, d, dj] / microbatches)
+            for dj in sorted(remote):
+                transfers.append((inst, dj, remote[dj]))
+                link_queue.setdefault((d, dj), []).append(len(transfers) - 1)
+        for link, (end, x) in sorted(link_running.items(), key=lambda item: item[1][1]):
+            if end != now:
+                continue
+            del link_running[link]
+            (mb, i), dj, _ = transfers[x]
+            for j, _e in consumers[i]:
+                if placement[j] == dj:
+                    pending[(mb, j)] -= 1
+                    if pending[(mb, j)] == 0:
+                        ready[dj].add((mb, j))
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 9))
+    k = draw(st.integers(1, 3))
+    pairs = [(s, d) for d in range(n) for s in range(d)]
+    chosen = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=min(len(pairs), 14))) if pairs else []
+    chosen.sort()
+    op_time = np.array(draw(st.lists(st.lists(st.integers(0, 4), min_size=k, max_size=k), min_size=n, max_size=n)), dtype=np.float64)
+    edge_time = np.array(draw(st.lists(st.lists(st.integers(0, 3), min_size=k * k, max_size=k * k), min_size=len(chosen), max_size=len(chosen))), dtype=np.float64)
+    edge_time = edge_time.reshape(len(chosen), k, k) * (1 - np.eye(k))[None]
+    is_backward = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    output_bytes = draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))
+    ops = [{"name": f"o{i}", "is_backward": is_backward[i], "output_bytes": output_bytes[i], "resident_bytes": 1.0} for i in range(n)]
+    graph = OpGraph.build(ops, [{"src": f"o{s}", "dst": f"o{d}", "bytes": 8.0} for s, d in chosen])
+    cluster = cluster_of(k)
+    costs = CostTable(op_time=op_time, edge_time=edge_time, time_unit="s")
+    placement = np.array(draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)), dtype=np.int64)
+    microbatches = draw(st.integers(1, 3))
+    return graph, cluster, costs, placement, microbatches
+
+
+RANDOM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RANDOM
+@given(problems())
+def test_schedule_matches_an_independent_reference(problem):
+    graph, cluster, costs, placement, microbatches = problem
+    expected = reference_schedule(costs.op_time, graph.edge_src, graph.edge_dst, costs.edge_time, graph.is_backward, placement, microbatches)
+    objective = "pipelined" if microbatches > 1 else "latency"
+    assert Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches).step_time(placement) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@RANDOM
+@given(problems(), st.sampled_from(OBJECTIVES))
+def test_step_time_is_at_least_the_lower_bound(problem, objective):
+    graph, cluster, costs, placement, microbatches = problem
+    result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches)
+    assert result.step_time >= result.lower_bound * (1 - 1e-9)
+    assert result.lower_bound == lower_bound(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    assert np.all(result.peak_memory >= np.bincount(placement, weights=graph.resident_bytes, minlength=cluster.num_devices))
+
+
+@RANDOM
+@given(problems(), st.sampled_from(OBJECTIVES))
+def test_one_device_gives_the_sum_of_compute(problem, objective):
+    graph, cluster, costs, placement, microbatches = problem
+    device_index = int(placement[0])
+    result = simulate(graph, cluster, costs, np.full(graph.num_ops, device_index), objective=objective, microbatches=microbatches)
+    assert result.step_time == pytest.approx(costs.op_time[:, device_index].sum(), rel=1e-9, abs=1e-12)
+
+
+@RANDOM
+@given(problems())
+def test_pipelined_with_one_microbatch_is_latency_exactly(problem):
+    graph, cluster, costs, placement, _ = problem
+    latency = simulate(graph, cluster, costs, placement)
+    pipelined = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=1)
+    assert pipelined.step_time == latency.step_time
+    assert pipelined.critical_path == latency.critical_path
+
+
+@RANDOM
+@given(problems())
+def test_critical_path_is_a_chain_of_dependencies_ending_last(problem):
+    graph, cluster, costs, placement, microbatches = problem
+    objective = "pipelined" if microbatches > 1 else "latency"
+    result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches, record=True)
+    starts, finishes = result.microbatch_start, result.microbatch_finish
+    path = list(zip(result.critical_path_microbatch, result.critical_path, strict=True))
+    assert finishes[path[-1]] == result.step_time
+    assert starts[path[0]] == 0.0
+    for earlier, later in itertools.pairwise(path):
+        assert finishes[earlier] <= starts[later]
+
+
+@RANDOM
+@given(problems(), st.sampled_from(OBJECTIVES))
+def test_inputs_are_unchanged(problem, objective):
+    graph, cluster, costs, placement, microbatches = problem
+    before = [np.array(a, copy=True) for a in (costs.op_time, costs.edge_time, placement, graph.edge_src, graph.output_bytes, cluster.bandwidth)]
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    simulator.run(placement, record=True)
+    simulator.score(placement)
+    after = (costs.op_time, costs.edge_time, placement, graph.edge_src, graph.output_bytes, cluster.bandwidth)
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert placement.flags.writeable  # the caller's array is not frozen behind its back
+
+
+@RANDOM
+@given(problems())
+def test_score_and_peak_memory_agree_with_run(problem):
+    graph, cluster, costs, placement, microbatches = problem
+    objective = "pipelined" if microbatches > 1 else "latency"
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    result = simulator.run(placement)
+    assert simulator.score(placement) == (result.step_time, result.total_overflow)
+    assert simulator.peak_memory(placement).tolist() == result.peak_memory.tolist()
+    assert simulator.step_time(placement) == result.step_time
