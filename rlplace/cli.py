@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def print_json(payload: Any) -> None:
     """Print ``payload`` as one JSON document on stdout."""
-    json.dump(payload, sys.stdout, indent=None, allow_nan=True)
+    json.dump(payload, sys.stdout, allow_nan=False)
     sys.stdout.write("\n")
 
 

@@ -56,7 +56,7 @@ class Decision:
             "device_names": self.cluster.device_names,
             "placement": [int(d) for d in self.placement],
             "peak_memory_bytes": [float(m) for m in result.peak_memory],
-            "capacity_bytes": [float(c) for c in result.capacity],
+            "capacity_bytes": [float(c) if np.isfinite(c) else None for c in result.capacity],  # None: uncapped
             "oom": bool(result.oom),
             "overflow_bytes": [float(o) for o in result.overflow_bytes],
             "lower_bound": float(result.lower_bound),
