@@ -145,7 +145,7 @@ class OpGraph:
             if src >= dst:
                 raise RlplaceError(
                     f"{where}: edge {self.names[src]!r} -> {self.names[dst]!r} goes against the topological order; "
-                    "build graphs with OpGraph.build, which sorts ops and rejects cycles"
+                    "list ops in topological order (OpGraph.build sorts them)"
                 )
         if m:
             keys = self.edge_src * n + self.edge_dst
@@ -339,14 +339,21 @@ class OpGraph:
             edge_time = None
             if edges and "time" in edges[0]:
                 edge_time = np.array([float(e["time"]) for e in edges], dtype=np.float64)
+            names = tuple(str(op["name"]) for op in ops)
+            edge_src = np.array([int(e["src"]) for e in edges], dtype=np.int64)
+            edge_dst = np.array([int(e["dst"]) for e in edges], dtype=np.int64)
+            in_range = np.all((edge_src >= 0) & (edge_src < n) & (edge_dst >= 0) & (edge_dst < n))
+            if in_range and np.any(edge_src >= edge_dst):
+                # Name a cycle if there is one; an acyclic but unsorted graph fails validation below.
+                _topological_order(n, edge_src, edge_dst, names, str(data.get("name", source)))
             return cls(
-                names=tuple(str(op["name"]) for op in ops),
+                names=names,
                 kinds=tuple(str(op.get("kind", "op")) for op in ops),
                 **{attr: np.array([float(op.get(attr, 0.0)) for op in ops], dtype=np.float64) for attr in _FLOAT_FIELDS},
                 is_backward=np.array([bool(op.get("is_backward", False)) for op in ops], dtype=bool),
                 coloc=np.array([int(op.get("coloc", NO_CLASS)) for op in ops], dtype=np.int64),
-                edge_src=np.array([int(e["src"]) for e in edges], dtype=np.int64),
-                edge_dst=np.array([int(e["dst"]) for e in edges], dtype=np.int64),
+                edge_src=edge_src,
+                edge_dst=edge_dst,
                 edge_bytes=np.array([float(e.get("bytes", 0.0)) for e in edges], dtype=np.float64),
                 given_times=given,
                 time_classes=time_classes,
@@ -357,6 +364,8 @@ class OpGraph:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RlplaceError(f"{source}: malformed rlplace graph ({type(exc).__name__}: {exc})") from None
+        except RlplaceError as exc:
+            raise RlplaceError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         """Write the JSON form atomically (a temporary file renamed into place)."""
