@@ -163,7 +163,7 @@ def test_negative_edge_bytes_rejected() -> None:
 def test_edge_against_topological_order_is_rejected() -> None:
     data = diamond().to_json_dict()
     data["edges"][0] = {"src": 1, "dst": 0, "bytes": 0.0}
-    with pytest.raises(RlplaceError, match="goes against the topological order"):
+    with pytest.raises(RlplaceError, match="topological order"):
         OpGraph.from_json_dict(data)
 
 
