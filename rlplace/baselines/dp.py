@@ -1,0 +1,621 @@
+"""``dp``: the best contiguous split, by dynamic programming over ideals (Tarnawski et al., NeurIPS 2020).
+
+**Blocks.** Ops are first grouped into blocks that any contiguous split keeps whole:
+
+1. every colocation class is one block (ops without a class are blocks of their own); a
+   backward op belongs to its forward op's block through the class (imported training
+   graphs give forward and backward op one ``colorClass``);
+2. the *forward graph* between blocks has the edges between forward ops, plus, for a block
+   holding only backward ops (an "orphan", e.g. a backward op without a class), the
+   backward edges touching it mirrored (reversed), so that the backward pass runs through the
+   devices in reverse order, as the paper does;
+3. blocks on a cycle of the forward graph are merged (a contiguous split cannot separate them);
+4. a forward block with zero time on every device, zero resident bytes, no edge to a backward
+   op and exactly one neighbour joins that neighbour (an input or a weight leaf): this never
+   makes a split worse and cuts the number of ideals.
+
+**Throughput** (``objective="throughput"``, the paper's max-load model, exact). An *ideal* is
+a set of blocks closed under predecessors in the forward graph. A contiguous split is a chain
+of ideals ``{} = I_0 ⊂ I_1 ⊂ ... ⊂ I_r = all``; stage j gets ``I_j \\ I_{j-1}`` on the j-th
+device of a device sequence. Identical devices (same op times, memory and category) are
+interchangeable, so the program runs over (how many devices of each kind are used, ideal):
+
+    dp[s][I] = min( dp[s - e_t][I],                                      (device of kind t unused)
+                    min over ideals J ⊂ I of max(dp[s - e_t][J], load_t(I \\ J)) )
+
+where ``load_t(D)`` is the time of D's ops on a kind-t device plus, unless t is a CPU, the
+transfer cost of D in the max-load model (for each op in D with a consumer outside, the
+largest edge time to those consumers; for each op outside with consumers in D, the largest
+edge time into D), and ``inf`` when D's resident bytes exceed the device memory or an op of D
+cannot run there. With one accelerator kind and one CPU kind this is the paper's
+``dp[cpus][fpgas][ideal]``. Ideals are enumerated by breadth-first search over downsets held
+as Python integer bitsets; for each ideal I the sub-ideals J are visited by a second search
+down the Hasse diagram, which updates the transfer cost of ``I \\ J`` incrementally (only ops
+touching the block that joins the set change). Edge times are taken as the mean over device
+pairs (exact for imported graphs and for clusters whose links are all alike); the placement
+returned is scored by the simulator. When a graph has more than `IDEAL_LIMIT` ideals, blocks
+are put in one topological order (a chain, whose ideals are its prefixes) and the program is
+exact over splits of that order; `DpSolution.linearized` says so. With more than
+`MAX_DEVICE_STATES` (count per kind) states, devices are taken in cluster order.
+
+**Latency / pipelined.** The blocks, in one topological order, are cut into at most k
+consecutive stages, stage j on the j-th device of the devices sorted fastest first. The same
+program over that chain proposes, for every number of stages 1..k, the split that minimizes
+the largest stage cost (stage compute + its boundary transfers, memory from the estimate of
+`rlplace.baselines.common`); the simulator scores these k candidates under the objective and
+the best is returned (a pipeline's step is governed by its slowest stage; one step's latency
+also by the sum, which the simulator, not the model, measures).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from rlplace.baselines.common import check_objective, finalize, make_simulator, mean_edge_time, memory_budget, op_memory_demand
+from rlplace.cluster import CPU, Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.placement import Placement, as_placement
+
+#: Pairs of ideals the program may evaluate; about N^2 / 2 for N ideals (measured: 2.0 M pairs
+#: for 2 774 ideals, 90 M for 14 435), at roughly a microsecond each.
+PAIR_BUDGET = 10_000_000
+#: Beyond this many ideals the blocks are linearized (the authors' C++ tool stops at 60 000).
+IDEAL_LIMIT = math.isqrt(2 * PAIR_BUDGET)
+#: Beyond this many (count per device kind) states devices are taken in cluster order.
+MAX_DEVICE_STATES = 64
+
+
+@dataclass(frozen=True, eq=False)
+class Blocks:
+    """Ops grouped into the blocks a contiguous split keeps whole, in topological order.
+
+    Shapes (n ops, b blocks):
+        of_op: (n,) int64, block of each op; blocks are numbered in a topological order of
+            the forward graph (ties: the block with the smallest op id first).
+        predecessors: b Python ints, bit j set when block j precedes the block in the forward graph.
+        successors: b lists of block ids.
+    """
+
+    of_op: np.ndarray
+    predecessors: tuple[int, ...]
+    successors: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.predecessors)
+
+
+@dataclass(frozen=True, eq=False)
+class IdealLattice:
+    """The ideals of the forward block graph and the Hasse diagram between them.
+
+    Shapes (N ideals, W = ceil(b / 64) words, E Hasse edges):
+        words: (N, W) int64, ideal bitsets (bit j of word j // 64), in breadth-first order
+            (nondecreasing size; ideal 0 is empty, ideal N-1 holds every block).
+        down_ptr: (N + 1,) int64; ``down_sub[down_ptr[i]:down_ptr[i+1]]`` are the ideals
+            one block smaller than ideal i, ``down_block`` the block removed.
+        linearized: blocks were chained in one topological order (too many ideals otherwise).
+    """
+
+    words: np.ndarray
+    down_ptr: np.ndarray
+    down_sub: np.ndarray
+    down_block: np.ndarray
+    linearized: bool
+
+    @property
+    def num_ideals(self) -> int:
+        return int(self.words.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class DpSolution:
+    """What `solve` found.
+
+    Attributes:
+        placement: (n,) device per op.
+        model_value: the program's objective (max-load for ``throughput``; the largest stage
+            cost for the others).
+        step_time: the simulator's objective value of ``placement``.
+        num_blocks, num_ideals, ideal_pairs: sizes of the search (pairs (I, J) evaluated).
+        linearized: the ideals are prefixes of one topological order of the blocks.
+        candidates: ``latency``/``pipelined``: (stages used, model value, simulated time) per candidate.
+    """
+
+    placement: Placement
+    model_value: float
+    step_time: float
+    num_blocks: int
+    num_ideals: int
+    ideal_pairs: int
+    linearized: bool
+    candidates: tuple[tuple[int, float, float], ...] = field(default_factory=tuple)
+
+
+def place(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1
+) -> Placement:
+    """The best contiguous split (module docstring); ``seed`` is unused (deterministic)."""
+    del seed
+    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches).placement
+
+
+def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> DpSolution:
+    """Run the program for ``objective`` and return the placement with the search statistics."""
+    check_objective(objective)
+    if costs.op_time.shape != (graph.num_ops, cluster.num_devices):
+        raise RlplaceError(
+            f"cost table is {costs.op_time.shape[0]}x{costs.op_time.shape[1]} but graph {graph.name!r} has {graph.num_ops} ops "
+            f"and cluster {cluster.name!r} {cluster.num_devices} devices; build it with CostTable.build(graph, cluster)"
+        )
+    if graph.num_ops == 0:
+        return DpSolution(as_placement([], graph, cluster), 0.0, 0.0, 0, 1, 0, False)
+    blocks = contract_blocks(graph, costs)
+    if objective == "throughput":
+        return _solve_throughput(graph, cluster, costs, blocks)
+    return _solve_stages(graph, cluster, costs, blocks, objective, microbatches)
+
+
+# ---------------------------------------------------------------------------------- blocks
+def contract_blocks(graph: OpGraph, costs: CostTable) -> Blocks:
+    """Group ops into blocks (module docstring, steps 1-4)."""
+    n = graph.num_ops
+    backward = graph.is_backward
+    label = np.where(graph.coloc != NO_CLASS, graph.coloc, -1 - np.arange(n))
+    _, block = np.unique(label, return_inverse=True)
+    block = block.reshape(-1).astype(np.int64)
+    has_forward = np.zeros(n, dtype=bool)
+    has_forward[block[~backward]] = True
+    src, dst = graph.edge_src, graph.edge_dst
+    forward_edge = ~backward[src] & ~backward[dst]
+    # Orphan status is fixed before any merge, so mirrored edges stay (as in the authors' tool).
+    mirrored = backward[src] & backward[dst] & (~has_forward[block[src]] | ~has_forward[block[dst]])
+    tail = np.concatenate([src[forward_edge], dst[mirrored]])
+    head = np.concatenate([dst[forward_edge], src[mirrored]])
+
+    while True:
+        count = int(block.max()) + 1
+        a, b = block[tail], block[head]
+        keep = a != b
+        matrix = coo_matrix((np.ones(int(keep.sum())), (a[keep], b[keep])), shape=(count, count))
+        components, component = connected_components(matrix, directed=True, connection="strong")
+        if components == count:
+            break
+        block = component[block].astype(np.int64)
+
+    block = _merge_zero_leaves(graph, costs, block, tail, head)
+    return _order_blocks(block, tail, head)
+
+
+def _merge_zero_leaves(graph: OpGraph, costs: CostTable, block: np.ndarray, tail: np.ndarray, head: np.ndarray) -> np.ndarray:
+    count = int(block.max()) + 1
+    zero_op = np.all(costs.op_time == 0.0, axis=1) & (graph.resident_bytes == 0.0) & ~graph.is_backward
+    touches_backward = np.zeros(graph.num_ops, dtype=bool)
+    mixed = graph.is_backward[graph.edge_src] != graph.is_backward[graph.edge_dst]
+    touches_backward[graph.edge_src[mixed]] = True
+    touches_backward[graph.edge_dst[mixed]] = True
+    eligible = np.ones(count, dtype=bool)
+    np.logical_and.at(eligible, block, zero_op & ~touches_backward)
+    neighbours: list[set[int]] = [set() for _ in range(count)]
+    for a, b in zip(block[tail].tolist(), block[head].tolist(), strict=True):
+        if a != b:
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+    parent = list(range(count))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for leaf in range(count):
+        if eligible[leaf] and len(neighbours[leaf]) == 1:
+            parent[find(leaf)] = find(next(iter(neighbours[leaf])))
+    root = np.array([find(x) for x in range(count)], dtype=np.int64)
+    return root[block]
+
+
+def _order_blocks(block: np.ndarray, tail: np.ndarray, head: np.ndarray) -> Blocks:
+    """Renumber blocks 0..b-1 in a topological order (Kahn, smallest first op first)."""
+    labels, first_op = np.unique(block, return_index=True)
+    dense = np.searchsorted(labels, block)
+    count = labels.shape[0]
+    edges = {(a, b) for a, b in zip(dense[tail].tolist(), dense[head].tolist(), strict=True) if a != b}
+    out: list[list[int]] = [[] for _ in range(count)]
+    indegree = [0] * count
+    for a, b in edges:
+        out[a].append(b)
+        indegree[b] += 1
+    heap = [(int(first_op[x]), x) for x in range(count) if indegree[x] == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        _, x = heapq.heappop(heap)
+        order.append(x)
+        for y in out[x]:
+            indegree[y] -= 1
+            if indegree[y] == 0:
+                heapq.heappush(heap, (int(first_op[y]), y))
+    if len(order) != count:
+        raise AssertionError("forward block graph still has a cycle after merging strong components")
+    rank = np.empty(count, dtype=np.int64)
+    rank[np.array(order, dtype=np.int64)] = np.arange(count)
+    predecessors = [0] * count
+    successors: list[list[int]] = [[] for _ in range(count)]
+    for a, b in sorted(edges):
+        predecessors[int(rank[b])] |= 1 << int(rank[a])
+        successors[int(rank[a])].append(int(rank[b]))
+    return Blocks(of_op=rank[dense].astype(np.int64), predecessors=tuple(predecessors), successors=tuple(tuple(s) for s in successors))
+
+
+# ---------------------------------------------------------------------------------- ideals
+def enumerate_ideals(blocks: Blocks, *, limit: int = IDEAL_LIMIT) -> IdealLattice | None:
+    """All ideals by breadth-first search over downsets (Python int bitsets); None past ``limit``."""
+    b = blocks.num_blocks
+    predecessors, successors = blocks.predecessors, blocks.successors
+    ideals = [0]
+    index = {0: 0}
+    addable = [sum(1 << v for v in range(b) if predecessors[v] == 0)]
+    hasse: list[tuple[int, int, int]] = []  # (larger ideal, smaller ideal, block removed)
+    position = 0
+    while position < len(ideals):
+        ideal, candidates = ideals[position], addable[position]
+        remaining = candidates
+        while remaining:
+            low = remaining & -remaining
+            remaining ^= low
+            vertex = low.bit_length() - 1
+            larger = ideal | low
+            found = index.get(larger)
+            if found is None:
+                found = len(ideals)
+                if found >= limit:
+                    return None
+                index[larger] = found
+                ideals.append(larger)
+                new_candidates = candidates ^ low
+                for w in successors[vertex]:
+                    if predecessors[w] & ~larger == 0:
+                        new_candidates |= 1 << w
+                addable.append(new_candidates)
+            hasse.append((found, position, vertex))
+        position += 1
+    return _lattice(ideals, hasse, b, linearized=False)
+
+
+def chain_ideals(num_blocks: int) -> IdealLattice:
+    """The ideals of the chain 0 -> 1 -> ... -> b-1: its prefixes."""
+    ideals = [(1 << p) - 1 for p in range(num_blocks + 1)]
+    hasse = [(p, p - 1, p - 1) for p in range(1, num_blocks + 1)]
+    return _lattice(ideals, hasse, num_blocks, linearized=True)
+
+
+def _lattice(ideals: list[int], hasse: list[tuple[int, int, int]], num_blocks: int, *, linearized: bool) -> IdealLattice:
+    width = max(1, math.ceil(num_blocks / 64))
+    raw = b"".join(ideal.to_bytes(8 * width, "little") for ideal in ideals)
+    words = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(len(ideals), width)
+    edges = np.array(sorted(hasse), dtype=np.int64).reshape(-1, 3)
+    down_ptr = np.searchsorted(edges[:, 0], np.arange(len(ideals) + 1)).astype(np.int64)
+    return IdealLattice(words=words, down_ptr=down_ptr, down_sub=edges[:, 1].copy(), down_block=edges[:, 2].copy(), linearized=linearized)
+
+
+# ---------------------------------------------------------------------- device sequences
+@dataclass(frozen=True, eq=False)
+class _Devices:
+    """Device kinds and the (count per kind) states of the program.
+
+    Shapes (T kinds, S states):
+        members: T lists of device indices of each kind, in cluster order.
+        prev_state: (S, T) int64, the state with one device of kind t fewer, -1 if none.
+    """
+
+    members: tuple[tuple[int, ...], ...]
+    prev_state: np.ndarray
+
+    @property
+    def representative(self) -> list[int]:
+        return [m[0] for m in self.members]
+
+
+def _kinds(cluster: Cluster, costs: CostTable, budget: np.ndarray) -> _Devices:
+    groups: dict[tuple, list[int]] = {}
+    for d, device in enumerate(cluster.devices):
+        key = (device.category, float(budget[d]), costs.op_time[:, d].tobytes())
+        groups.setdefault(key, []).append(d)
+    members = tuple(tuple(g) for g in groups.values())
+    states = math.prod(len(g) + 1 for g in members)
+    if states > MAX_DEVICE_STATES:
+        return _sequence(tuple(range(cluster.num_devices)))
+    strides = np.cumprod([1] + [len(g) + 1 for g in members[:-1]])
+    prev = np.full((states, len(members)), -1, dtype=np.int64)
+    for s in range(states):
+        for t, g in enumerate(members):
+            if (s // strides[t]) % (len(g) + 1) > 0:
+                prev[s, t] = s - strides[t]
+    return _Devices(members=members, prev_state=prev)
+
+
+def _sequence(order: tuple[int, ...]) -> _Devices:
+    """Devices taken in the given order: state s = the first s devices."""
+    k = len(order)
+    prev = np.full((k + 1, k), -1, dtype=np.int64)
+    for s in range(1, k + 1):
+        prev[s, s - 1] = s - 1
+    return _Devices(members=tuple((d,) for d in order), prev_state=prev)
+
+
+# ------------------------------------------------------------------------------- program
+@dataclass(frozen=True, eq=False)
+class _Program:
+    dp: np.ndarray
+    choice_kind: np.ndarray
+    choice_sub: np.ndarray
+    pairs: int
+
+
+def _run_program(
+    graph: OpGraph, costs: CostTable, blocks: Blocks, lattice: IdealLattice, devices: _Devices, demand: np.ndarray, budget: np.ndarray, is_cpu: np.ndarray
+) -> _Program:
+    nb = blocks.num_blocks
+    reps = devices.representative
+    block_time = np.zeros((nb, len(reps)))
+    np.add.at(block_time, blocks.of_op, costs.op_time[:, reps])
+    block_size = np.bincount(blocks.of_op, weights=demand, minlength=nb).astype(np.float64)
+    kind_cap = budget[reps].astype(np.float64)
+    kind_pays = ~is_cpu[reps]
+
+    n = graph.num_ops
+    edge_cost = graph.edge_given_time if graph.edge_given_time is not None else mean_edge_time(costs)
+    order = np.argsort(graph.edge_src, kind="stable")
+    out_ptr = np.searchsorted(graph.edge_src[order], np.arange(n + 1)).astype(np.int64)
+    out_block = blocks.of_op[graph.edge_dst[order]].astype(np.int64)
+    out_cost = edge_cost[order].astype(np.float64)
+    touch: list[set[int]] = [set() for _ in range(nb)]
+    for u in range(n):
+        lo, hi = out_ptr[u], out_ptr[u + 1]
+        if hi > lo and np.any(out_cost[lo:hi] > 0):
+            touch[int(blocks.of_op[u])].add(u)
+            for c in set(out_block[lo:hi].tolist()):
+                touch[c].add(u)
+    touch_ptr = np.zeros(nb + 1, dtype=np.int64)
+    touch_ptr[1:] = np.cumsum([len(t) for t in touch])
+    touch_op = np.array([u for t in touch for u in sorted(t)], dtype=np.int64)
+
+    dp, kind, sub, pairs = _split_program(
+        lattice.words,
+        lattice.down_ptr,
+        lattice.down_sub,
+        lattice.down_block,
+        block_time,
+        block_size,
+        kind_cap,
+        kind_pays,
+        devices.prev_state,
+        blocks.of_op,
+        out_ptr,
+        out_block,
+        out_cost,
+        touch_ptr,
+        touch_op,
+    )
+    return _Program(dp=dp, choice_kind=kind, choice_sub=sub, pairs=int(pairs))
+
+
+def _backtrack(program: _Program, lattice: IdealLattice, blocks: Blocks, devices: _Devices, state: int) -> np.ndarray:
+    """(n,) device per op of the split that reaches ``state`` with every block placed."""
+    ideal = lattice.num_ideals - 1
+    stages: list[tuple[int, int, int]] = []  # (kind, larger ideal, smaller ideal), last stage first
+    while ideal != 0:
+        kind = int(program.choice_kind[state, ideal])
+        sub = int(program.choice_sub[state, ideal])
+        if sub != ideal:
+            stages.append((kind, ideal, sub))
+        state = int(devices.prev_state[state, kind])
+        ideal = sub
+    block_device = np.full(blocks.num_blocks, -1, dtype=np.int64)
+    used = [0] * len(devices.members)
+    for kind, larger, smaller in reversed(stages):
+        device = devices.members[kind][used[kind]]
+        used[kind] += 1
+        stage = lattice.words[larger] & ~lattice.words[smaller]
+        for j in range(blocks.num_blocks):
+            if (stage[j >> 6] >> (j & 63)) & 1:
+                block_device[j] = device
+    return block_device[blocks.of_op]
+
+
+def _infeasible(graph: OpGraph, cluster: Cluster, objective: str) -> RlplaceError:
+    return RlplaceError(
+        f"dp: no contiguous split of graph {graph.name!r} over cluster {cluster.name!r} fits device memory "
+        f"(objective {objective}) with every op on a device that can run it; use more or larger devices, or a non-contiguous method such as m-etf"
+    )
+
+
+def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks) -> DpSolution:
+    lattice = enumerate_ideals(blocks)
+    if lattice is None:
+        lattice = chain_ideals(blocks.num_blocks)
+    budget = memory_budget(graph, cluster, "throughput")
+    devices = _kinds(cluster, costs, budget)
+    is_cpu = np.array([d.category == CPU for d in cluster.devices], dtype=bool)
+    program = _run_program(graph, costs, blocks, lattice, devices, op_memory_demand(graph, "throughput"), budget, is_cpu)
+    full_state = devices.prev_state.shape[0] - 1
+    value = float(program.dp[full_state, -1])
+    if not math.isfinite(value):
+        raise _infeasible(graph, cluster, "throughput")
+    simulator = make_simulator(graph, cluster, costs, "throughput")
+    placement = finalize(graph, cluster, costs, _backtrack(program, lattice, blocks, devices, full_state), objective="throughput", method="dp", simulator=simulator)
+    return DpSolution(
+        placement=placement,
+        model_value=value,
+        step_time=float(simulator.step_time(placement)),
+        num_blocks=blocks.num_blocks,
+        num_ideals=lattice.num_ideals,
+        ideal_pairs=program.pairs,
+        linearized=lattice.linearized,
+    )
+
+
+def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int) -> DpSolution:
+    from rlplace.simulate import Simulator
+
+    lattice = chain_ideals(blocks.num_blocks)
+    total = np.where(np.isfinite(costs.op_time), costs.op_time, np.inf).sum(axis=0)
+    order = tuple(int(d) for d in np.argsort(total, kind="stable"))
+    devices = _sequence(order)
+    is_cpu = np.array([d.category == CPU for d in cluster.devices], dtype=bool)
+    demand = op_memory_demand(graph, objective)
+    budget = memory_budget(graph, cluster, objective)
+    program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu)
+    if not np.any(np.isfinite(program.dp[1:, -1])):
+        # The estimate counts every activation as live all step; let the simulator judge instead.
+        program = _run_program(graph, costs, blocks, lattice, devices, demand, np.full(cluster.num_devices, np.inf), is_cpu)
+        if not np.any(np.isfinite(program.dp[1:, -1])):
+            raise _infeasible(graph, cluster, objective)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    best: tuple[bool, float, int] | None = None
+    best_placement = None
+    candidates = []
+    for stages in range(1, cluster.num_devices + 1):
+        value = float(program.dp[stages, -1])
+        if not math.isfinite(value) or (stages > 1 and value == float(program.dp[stages - 1, -1])):
+            continue  # no split, or the same split as with fewer stages
+        placement = as_placement(_backtrack(program, lattice, blocks, devices, stages), graph, cluster)
+        step, overflow = simulator.score(placement)
+        candidates.append((stages, value, float(step)))
+        key = (overflow > 0, float(step), stages)
+        if best is None or key < best:
+            best, best_placement = key, placement
+    assert best is not None and best_placement is not None
+    placement = finalize(graph, cluster, costs, best_placement, objective=objective, method="dp", simulator=simulator)
+    return DpSolution(
+        placement=placement,
+        model_value=float(next(v for s, v, _ in candidates if s == best[2])),
+        step_time=float(simulator.step_time(placement)),
+        num_blocks=blocks.num_blocks,
+        num_ideals=lattice.num_ideals,
+        ideal_pairs=program.pairs,
+        linearized=True,
+        candidates=tuple(candidates),
+    )
+
+
+# --------------------------------------------------------------------------- the kernel
+@njit(cache=True)
+def _in_set(words: np.ndarray, larger: int, smaller: int, block: int) -> bool:
+    """Block ``block`` is in ideal ``larger`` and not in ideal ``smaller``."""
+    word, bit = block >> 6, block & 63
+    return ((words[larger, word] >> bit) & 1) == 1 and ((words[smaller, word] >> bit) & 1) == 0
+
+
+@njit(cache=True)
+def _transfer_share(u, words, larger, smaller, op_block, out_ptr, out_block, out_cost):
+    """Transfer cost op u adds to the set ``larger \\ smaller`` in the max-load model."""
+    inside = _in_set(words, larger, smaller, op_block[u])
+    share = 0.0
+    for e in range(out_ptr[u], out_ptr[u + 1]):
+        if _in_set(words, larger, smaller, out_block[e]) != inside and out_cost[e] > share:
+            share = out_cost[e]
+    return share
+
+
+@njit(cache=True)
+def _split_program(
+    words, down_ptr, down_sub, down_block, block_time, block_size, kind_cap, kind_pays, prev_state, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op
+):
+    """dp[s, I] over (device states, ideals); see the module docstring.
+
+    Returns (dp (S, N), choice_kind (S, N), choice_sub (S, N), pairs evaluated). A choice with
+    ``choice_sub == I`` leaves the device of that kind unused.
+    """
+    num_ideals = words.shape[0]
+    num_states, num_kinds = prev_state.shape
+    dp = np.full((num_states, num_ideals), np.inf)
+    choice_kind = np.full((num_states, num_ideals), -1, dtype=np.int64)
+    choice_sub = np.full((num_states, num_ideals), -1, dtype=np.int64)
+    for s in range(num_states):
+        dp[s, 0] = 0.0
+    stamp = np.full(num_ideals, -1, dtype=np.int64)
+    queue = np.empty(num_ideals, dtype=np.int64)
+    set_time = np.zeros((num_ideals, num_kinds))
+    set_size = np.zeros(num_ideals)
+    set_comm = np.zeros(num_ideals)
+    best = np.empty(num_states)
+    best_kind = np.empty(num_states, dtype=np.int64)
+    best_sub = np.empty(num_states, dtype=np.int64)
+    pairs = 0
+    for ideal in range(1, num_ideals):
+        best[:] = np.inf
+        best_kind[:] = -1
+        best_sub[:] = -1
+        stamp[ideal] = ideal
+        queue[0] = ideal
+        head, tail = 0, 1
+        set_time[ideal, :] = 0.0
+        set_size[ideal] = 0.0
+        set_comm[ideal] = 0.0
+        while head < tail:
+            sub = queue[head]
+            head += 1
+            if sub != ideal:
+                pairs += 1
+                for s in range(1, num_states):
+                    for t in range(num_kinds):
+                        p = prev_state[s, t]
+                        if p < 0 or set_size[sub] > kind_cap[t]:
+                            continue
+                        load = set_time[sub, t]
+                        if kind_pays[t]:
+                            load += set_comm[sub]
+                        candidate = max(dp[p, sub], load)
+                        if candidate < best[s]:
+                            best[s] = candidate
+                            best_kind[s] = t
+                            best_sub[s] = sub
+            # Below `sub` every set is larger: prune when no kind can take it or beat any best.
+            worst = 0.0
+            for s in range(1, num_states):
+                worst = max(worst, best[s])
+            hopeless = True
+            for t in range(num_kinds):
+                if set_size[sub] <= kind_cap[t] and set_time[sub, t] < worst:
+                    hopeless = False
+            if hopeless:
+                continue
+            for e in range(down_ptr[sub], down_ptr[sub + 1]):
+                smaller = down_sub[e]
+                if stamp[smaller] == ideal:
+                    continue
+                stamp[smaller] = ideal
+                block = down_block[e]
+                for t in range(num_kinds):
+                    set_time[smaller, t] = set_time[sub, t] + block_time[block, t]
+                set_size[smaller] = set_size[sub] + block_size[block]
+                delta = 0.0
+                for x in range(touch_ptr[block], touch_ptr[block + 1]):
+                    u = touch_op[x]
+                    delta += _transfer_share(u, words, ideal, smaller, op_block, out_ptr, out_block, out_cost)
+                    delta -= _transfer_share(u, words, ideal, sub, op_block, out_ptr, out_block, out_cost)
+                set_comm[smaller] = set_comm[sub] + delta
+                queue[tail] = smaller
+                tail += 1
+        for s in range(1, num_states):
+            value, kind, choice = best[s], best_kind[s], best_sub[s]
+            for t in range(num_kinds):
+                p = prev_state[s, t]
+                if p >= 0 and dp[p, ideal] <= value:
+                    value, kind, choice = dp[p, ideal], t, ideal
+            dp[s, ideal] = value
+            choice_kind[s, ideal] = kind
+            choice_sub[s, ideal] = choice
+    return dp, choice_kind, choice_sub, pairs

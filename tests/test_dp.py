@@ -1,0 +1,280 @@
+"""Tests of the ``dp`` baseline: blocks, ideals, brute force on tiny graphs, the paper's numbers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlplace.baselines import dp
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.formats import load_dnn_partitioning
+from rlplace.formats.dnn_partitioning import dnn_partitioning_cluster
+from rlplace.graph import OpGraph
+from rlplace.simulate import Simulator
+
+
+def shared_data_dir() -> Path:
+    override = os.environ.get("RLPLACE_SHARED_DATA")
+    if override:
+        return Path(override) / "dnn-partitioning"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
+
+
+DATA = shared_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "graphs").is_dir(), reason=f"shared data absent at {DATA}")
+
+#: graph file stem, README "dp (contiguous optimum)" max-load.
+REFERENCE = [
+    ("bert24_inference__layer", 17.7899),
+    ("bert24_training__layer", 41.7458),
+    ("resnet50_inference__layer", 33.7747),
+    ("resnet50_training__layer", 78.6318),
+    ("bert_l-3_inference__operator", 27.9186),
+    ("bert_l-3_training__operator", 65.3031),
+    ("bert_l-6_inference__operator", 29.5795),
+    ("resnet50_inference__operator", 124.349),
+]
+
+
+def profiled_graph(ops: list[dict], edges: list[tuple[str, str, float]], name: str = "tiny") -> OpGraph:
+    """Graph with given accelerator/CPU times; edges are (src, dst, transfer time)."""
+    return OpGraph.build(
+        ops,
+        [{"src": s, "dst": d, "bytes": 0.0, "time": t} for s, d, t in edges],
+        name=name,
+        time_classes=("accelerator", "cpu"),
+    )
+
+
+def op(name: str, accelerator: float, cpu: float | None = None, **extra: object) -> dict:
+    return {"name": name, "times": {"accelerator": accelerator, "cpu": accelerator * 10 if cpu is None else cpu}, **extra}
+
+
+# -------------------------------------------------------------------------------- blocks
+def test_cycle_through_a_colocation_class_becomes_one_block() -> None:
+    # a -> b -> c with a and c colocated: the class graph has A -> b -> A, one block in all.
+    graph = profiled_graph([op("a", 1, coloc=0), op("b", 1), op("c", 1, coloc=0), op("d", 1)], [("a", "b", 1), ("b", "c", 1), ("c", "d", 1)])
+    blocks = dp.contract_blocks(graph, CostTable.build(graph, dnn_partitioning_cluster(2, 0, 1e9)))
+    assert blocks.of_op.tolist() == [0, 0, 0, 1]
+    assert blocks.predecessors == (0, 0b1)
+
+
+def test_zero_leaf_joins_its_only_neighbour_but_a_weighty_one_does_not() -> None:
+    graph = profiled_graph(
+        [op("input", 0, 0), op("weight", 0, 0, param_bytes=8.0), op("x", 2), op("y", 3)],
+        [("input", "x", 1), ("weight", "x", 1), ("x", "y", 1)],
+    )
+    blocks = dp.contract_blocks(graph, CostTable.build(graph, dnn_partitioning_cluster(2, 0, 1e9)))
+    of = dict(zip(graph.names, blocks.of_op.tolist(), strict=True))
+    assert of["input"] == of["x"]
+    assert len({of["weight"], of["x"], of["y"]}) == 3
+
+
+def test_orphan_backward_ops_are_mirrored() -> None:
+    # forward a -> b; backward gb -> ga without classes: forward graph gets ga -> gb.
+    graph = profiled_graph(
+        [op("a", 1), op("b", 1), op("gb", 1, is_backward=True), op("ga", 1, is_backward=True)],
+        [("a", "b", 1), ("b", "gb", 1), ("gb", "ga", 1)],
+    )
+    blocks = dp.contract_blocks(graph, CostTable.build(graph, dnn_partitioning_cluster(2, 0, 1e9)))
+    of = dict(zip(graph.names, blocks.of_op.tolist(), strict=True))
+    assert blocks.num_blocks == 4
+    assert blocks.predecessors[of["b"]] == 1 << of["a"]
+    assert blocks.predecessors[of["gb"]] == 1 << of["ga"]
+
+
+def test_ideals_of_a_diamond() -> None:
+    graph = profiled_graph([op("a", 1), op("b", 1), op("c", 1), op("d", 1)], [("a", "b", 1), ("a", "c", 1), ("b", "d", 1), ("c", "d", 1)])
+    blocks = dp.contract_blocks(graph, CostTable.build(graph, dnn_partitioning_cluster(2, 0, 1e9)))
+    lattice = dp.enumerate_ideals(blocks)
+    assert lattice is not None and not lattice.linearized
+    assert sorted(int(w) for w in lattice.words[:, 0]) == [0b0, 0b1, 0b11, 0b101, 0b111, 0b1111]
+    assert lattice.down_ptr[-1] == 6  # Hasse edges: {a}-{}, {ab}-{a}, {ac}-{a}, {abc}-{ab}, {abc}-{ac}, {abcd}-{abc}
+    assert dp.enumerate_ideals(blocks, limit=4) is None
+    chain = dp.chain_ideals(4)
+    assert chain.linearized and [int(w) for w in chain.words[:, 0]] == [0, 1, 3, 7, 15]
+
+
+# --------------------------------------------------------------------- throughput, exact
+def test_training_pair_split_by_hand() -> None:
+    # Classes A = {a, ga}, B = {b, gb}. On one accelerator: 3 + 2 + 4 + 5 = 14.
+    # Split A | B: A pays 3 + 4, a -> b (1) out, gb -> ga (2) in: 10; B pays 2 + 5 + 2 + 1 = 10.
+    graph = profiled_graph(
+        [op("a", 3, coloc=0), op("b", 2, coloc=1), op("gb", 5, coloc=1, is_backward=True), op("ga", 4, coloc=0, is_backward=True)],
+        [("a", "b", 1), ("b", "gb", 1), ("gb", "ga", 2), ("a", "ga", 1)],
+    )
+    cluster = dnn_partitioning_cluster(2, 0, 1e9)
+    solution = dp.solve(graph, cluster, CostTable.build(graph, cluster), objective="throughput")
+    assert solution.model_value == pytest.approx(10.0)
+    assert solution.step_time == pytest.approx(10.0)
+    assert solution.placement.tolist() == [0, 1, 1, 0]
+
+
+def test_memory_cap_forces_a_split_and_infeasible_caps_are_reported() -> None:
+    graph = profiled_graph([op("a", 1, param_bytes=6.0), op("b", 1, param_bytes=6.0)], [("a", "b", 5)])
+    roomy = dnn_partitioning_cluster(2, 0, 100.0)
+    assert dp.place(graph, roomy, CostTable.build(graph, roomy), objective="throughput").tolist() == [0, 0]
+    tight = dnn_partitioning_cluster(2, 0, 10.0)
+    assert dp.place(graph, tight, CostTable.build(graph, tight), objective="throughput").tolist() == [0, 1]
+    tiny = dnn_partitioning_cluster(2, 0, 5.0)
+    with pytest.raises(RlplaceError, match="no contiguous split"):
+        dp.place(graph, tiny, CostTable.build(graph, tiny), objective="throughput")
+
+
+def test_cpu_only_op_goes_to_the_cpu() -> None:
+    graph = profiled_graph([op("a", 1), op("b", math.inf, 2.0), op("c", 1)], [("a", "b", 0.5), ("b", "c", 0.5)])
+    cluster = dnn_partitioning_cluster(2, 1, 1e9)
+    placement = dp.place(graph, cluster, CostTable.build(graph, cluster), objective="throughput")
+    assert placement[1] == 2
+
+
+def random_problem(seed: int) -> tuple[OpGraph, Cluster]:
+    """At most 8 ops, inference only, some colocation, zero-cost leaves and CPU-only ops; 2-3 devices (at most one CPU)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 9))
+    ops = []
+    for i in range(n):
+        accelerator = float(rng.choice([0.0, *rng.uniform(0.5, 5.0, 4)]))
+        cpu = float(rng.uniform(1.0, 20.0)) if accelerator else 0.0
+        if rng.random() < 0.1:
+            accelerator = math.inf
+        size = 0.0 if accelerator == 0.0 else float(rng.integers(0, 5))
+        ops.append(op(f"o{i}", accelerator, cpu, param_bytes=size, coloc=int(rng.integers(0, 2)) if rng.random() < 0.25 else None))
+    edges = []
+    for j in range(1, n):
+        for i in rng.choice(j, size=min(j, int(rng.integers(1, 3))), replace=False):
+            edges.append((f"o{int(i)}", f"o{j}", float(rng.uniform(0.0, 2.0))))
+    graph = profiled_graph(ops, edges, name=f"random{seed}")
+    cpus = 1 if np.any(np.isinf(graph.given_times[:, 0])) else int(rng.integers(0, 2))
+    accelerators = int(rng.integers(1, 4 - cpus)) if cpus else int(rng.integers(2, 4))
+    memory = float(rng.choice([6.0, 10.0, 1e9]))
+    return graph, dnn_partitioning_cluster(accelerators, cpus, memory)
+
+
+def contiguous(graph: OpGraph, placement: tuple[int, ...], k: int) -> bool:
+    """Devices can be ordered so that every edge goes forward or stays: the device quotient is acyclic."""
+    quotient = {(placement[s], placement[d]) for s, d in zip(graph.edge_src.tolist(), graph.edge_dst.tolist(), strict=True) if placement[s] != placement[d]}
+    remaining = set(range(k))
+    while remaining:
+        source = next((d for d in remaining if not any(b == d and a in remaining for a, b in quotient)), None)
+        if source is None:
+            return False
+        remaining.remove(source)
+    return True
+
+
+def brute_force_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable) -> float:
+    simulator = Simulator(graph, cluster, costs, objective="throughput")
+    k = cluster.num_devices
+    best = math.inf
+    for placement in itertools.product(range(k), repeat=graph.num_ops):
+        array = np.array(placement)
+        if np.any(np.isinf(costs.op_time[np.arange(graph.num_ops), array])):
+            continue
+        classes = graph.coloc >= 0
+        if any(len(set(array[classes & (graph.coloc == c)].tolist())) > 1 for c in (0, 1)):
+            continue
+        if np.any(np.bincount(array, weights=graph.resident_bytes, minlength=k) > cluster.memory):
+            continue
+        if contiguous(graph, placement, k):
+            best = min(best, simulator.step_time(array))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_throughput_equals_brute_force_over_contiguous_splits(seed: int) -> None:
+    graph, cluster = random_problem(seed)
+    costs = CostTable.build(graph, cluster)
+    expected = brute_force_throughput(graph, cluster, costs)
+    if math.isinf(expected):
+        with pytest.raises(RlplaceError, match="no contiguous split"):
+            dp.solve(graph, cluster, costs, objective="throughput")
+        return
+    solution = dp.solve(graph, cluster, costs, objective="throughput")
+    assert solution.step_time == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert solution.model_value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert contiguous(graph, tuple(solution.placement.tolist()), cluster.num_devices)
+
+
+# ---------------------------------------------------------------------- latency, pipelined
+def brute_force_stage_model(graph: OpGraph, cluster: Cluster, costs: CostTable, stages: int) -> float:
+    """Min over cuts of the op order into <= ``stages`` consecutive runs (run j on device j) of the max-load."""
+    simulator = Simulator(graph, cluster, costs, objective="throughput")
+    n = graph.num_ops
+    best = math.inf
+    for cuts in range(stages):
+        for bounds in itertools.combinations(range(1, n), cuts):
+            placement = np.searchsorted(np.array(bounds, dtype=np.int64), np.arange(n), side="right")
+            best = min(best, simulator.step_time(placement))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("objective", ["latency", "pipelined"])
+def test_stage_candidates_are_the_best_consecutive_splits(seed: int, objective: str) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(2, 8))
+    ops = [op(f"o{i}", float(rng.uniform(0.5, 5.0))) for i in range(n)]
+    edges = [(f"o{i}", f"o{j}", float(rng.uniform(0.0, 2.0))) for j in range(1, n) for i in range(j) if j == i + 1 or rng.random() < 0.3]
+    graph = profiled_graph(ops, edges)
+    cluster = dnn_partitioning_cluster(int(rng.integers(2, 4)), 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    solution = dp.solve(graph, cluster, costs, objective=objective, microbatches=4)
+    assert solution.candidates, "at least the one-stage split"
+    for stages, model_value, simulated in solution.candidates:
+        assert model_value == pytest.approx(brute_force_stage_model(graph, cluster, costs, stages), rel=1e-9)
+        assert simulated >= solution.step_time - 1e-12
+    one_device = Simulator(graph, cluster, costs, objective=objective, microbatches=4).step_time(np.zeros(n, dtype=np.int64))
+    assert solution.step_time <= one_device + 1e-12
+
+
+def test_pipelined_chain_is_cut_in_the_middle() -> None:
+    graph = profiled_graph([op(f"o{i}", 1.0) for i in range(4)], [(f"o{i}", f"o{i + 1}", 0.01) for i in range(3)])
+    cluster = dnn_partitioning_cluster(2, 0, 1e9)
+    solution = dp.solve(graph, cluster, CostTable.build(graph, cluster), objective="pipelined", microbatches=8)
+    assert solution.placement.tolist() == [0, 0, 1, 1]
+    assert [c[0] for c in solution.candidates] == [1, 2]
+
+
+def test_place_is_deterministic_and_read_only() -> None:
+    graph, cluster = random_problem(3)
+    costs = CostTable.build(graph, cluster)
+    first = dp.place(graph, cluster, costs, objective="latency", seed=0)
+    assert not first.flags.writeable
+    assert first.tolist() == dp.place(graph, cluster, costs, objective="latency", seed=7).tolist()
+
+
+def test_too_many_ideals_fall_back_to_a_chain() -> None:
+    # 24 independent ops: 2^24 ideals, far past the limit.
+    graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(24)], [])
+    cluster = dnn_partitioning_cluster(3, 0, 1e9)
+    solution = dp.solve(graph, cluster, CostTable.build(graph, cluster), objective="throughput")
+    assert solution.linearized and solution.num_ideals == 25
+    assert solution.step_time == pytest.approx(solution.model_value)
+    assert solution.step_time < sum(1.0 + i for i in range(24)) / 2
+
+
+def test_bad_objective() -> None:
+    graph, cluster = random_problem(0)
+    with pytest.raises(RlplaceError, match="unknown objective"):
+        dp.place(graph, cluster, CostTable.build(graph, cluster), objective="fastest")
+
+
+# ------------------------------------------------------------------------- shared data
+@needs_data
+@pytest.mark.parametrize(("stem", "reference"), REFERENCE)
+def test_reference_contiguous_optimum(stem: str, reference: float) -> None:
+    problem = load_dnn_partitioning(DATA / "graphs" / f"{stem}.json")
+    costs = CostTable.build(problem.graph, problem.cluster)
+    solution = dp.solve(problem.graph, problem.cluster, costs, objective="throughput")
+    assert not solution.linearized
+    assert abs(solution.step_time - reference) / reference <= 1e-3
+    assert solution.step_time == pytest.approx(solution.model_value, rel=1e-9)
+    assert np.all(np.bincount(solution.placement, weights=problem.graph.resident_bytes, minlength=problem.cluster.num_devices) <= problem.cluster.memory)
