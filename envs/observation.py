@@ -83,8 +83,8 @@ class StaticObservation:
     """The parts of one pair's observation that do not change during an episode (padded).
 
     ``edge_src``/``edge_dst`` (E',) are the kept edges unpadded (E' <= E), for the dynamic
-    ``crosses`` feature; ``group_time`` (G, k) and ``capacity`` (k,) feed the device load and
-    memory features.
+    ``crosses`` feature; ``group_time`` (G, k) and ``inverse_capacity`` (k,) (1 / bytes, 0 for an
+    uncapped device) feed the device load and memory features.
     """
 
     arrays: dict[str, np.ndarray]
@@ -93,7 +93,7 @@ class StaticObservation:
     edge_src: np.ndarray
     edge_dst: np.ndarray
     group_time: np.ndarray
-    capacity: np.ndarray
+    inverse_capacity: np.ndarray
     single_time: float
 
 
@@ -238,7 +238,7 @@ class ObservationEncoder:
             edge_src=edge_src,
             edge_dst=edge_dst,
             group_time=np.where(capable, group_time, 0.0),
-            capacity=capacity,
+            inverse_capacity=np.where(np.isfinite(capacity), 1.0 / capacity, 0.0),
             single_time=problem.single_time,
         )
 
@@ -264,15 +264,15 @@ class ObservationEncoder:
             obs["current_node"][0] = current
         obs["node_device"][:num_groups] = placement
         ends_src, ends_dst = placement[static.edge_src], placement[static.edge_dst]
-        obs["edge_features"][: static.edge_src.size, _CROSSES] = (ends_src >= 0) & (ends_dst >= 0) & (ends_src != ends_dst)
+        # an unplaced end is -1, so two ends differ and are both placed iff min >= 0 and they differ
+        obs["edge_features"][: static.edge_src.size, _CROSSES] = (np.minimum(ends_src, ends_dst) >= 0) & (ends_src != ends_dst)
         devices = obs["device_features"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            left = np.where(np.isfinite(static.capacity), 1.0 - memory_used / static.capacity, 1.0)
-        devices[:k, _MEMORY_LEFT] = np.clip(left, 0.0, 1.0)
-        if np.any(placed):
-            load = np.bincount(placement[placed], weights=static.group_time[placed, placement[placed]], minlength=k)
-            devices[:k, _LOAD] = load / static.single_time
-        obs["global_features"][_PROGRESS] = placed.sum() / num_groups
+        devices[:k, _MEMORY_LEFT] = np.clip(1.0 - memory_used * static.inverse_capacity, 0.0, 1.0)
+        placed_count = int(np.count_nonzero(placed))
+        if placed_count:
+            where = placement[placed]
+            devices[:k, _LOAD] = np.bincount(where, weights=static.group_time[placed, where], minlength=k) / static.single_time
+        obs["global_features"][_PROGRESS] = placed_count / num_groups
         return obs
 
 

@@ -22,6 +22,7 @@ from .specs import ModelEntry, builtin_clusters, builtin_models, pair_table, res
 
 ACTION_FORMS = ("one-shot", "sequential")
 OOM_MODES = ("repair", "penalty")
+MEMORY_MASKS = ("bound", "resident")
 OBJECTIVES = ("latency", "pipelined", "throughput")
 
 
@@ -46,8 +47,8 @@ class PlacementEnv(gym.Env):
         A device is masked out when it is absent from the cluster, when an op of the group
         (or of a group colocated with it) cannot run there, or when its colocation unit's
         resident bytes exceed the device's memory. In sequential form the mask also removes
-        devices without room for the group given what is already placed (see
-        ``rlplace.envs.ledger``), and a group whose colocation class is already placed may only
+        devices without room for the group given what is already placed (a safe upper
+        bound of peak memory, see ``rlplace.envs.ledger`` and ``memory_mask``), and a group whose colocation class is already placed may only
         take that class's device. An action outside the mask is replaced by the group's lowest
         allowed device (``info["invalid_actions"]`` counts them); in one-shot the groups of a
         colocation unit follow its first group (``rlplace.envs.repair``).
@@ -93,6 +94,10 @@ class PlacementEnv(gym.Env):
         reward_source: ``"simulator"`` or a factory ``(graph, cluster, costs, *, objective,
             microbatches) -> RewardSource`` (see ``rlplace.envs.reward``).
         oom_mode: ``repair`` or ``penalty``; oom_penalty: the penalty scale.
+        memory_mask: sequential form only. ``bound`` (default): the mask keeps a safe upper
+            bound of each device's peak memory, so no offered device can overflow (loose: up
+            to 2-3x the simulated peak on training graphs); ``resident``: it checks resident
+            bytes only, and a final overflow goes to ``oom_mode``.
         reference_method: the ``rlplace.baselines`` method that sets T_ref, or
             ``"speed-proportional-split"`` (the env's own fallback, see ``rlplace.envs.problem``).
         render_mode: ``ansi`` or ``rgb_array``.
@@ -114,12 +119,14 @@ class PlacementEnv(gym.Env):
         reward_source: str | Callable[..., RewardSource] = "simulator",
         oom_mode: str = "repair",
         oom_penalty: float = 1.0,
+        memory_mask: str = "bound",
         reference_method: str = "m-topo",
         render_mode: str | None = None,
     ) -> None:
         _check_choice("objective", objective, OBJECTIVES)
         _check_choice("action_form", action_form, ACTION_FORMS)
         _check_choice("oom_mode", oom_mode, OOM_MODES)
+        _check_choice("memory_mask", memory_mask, MEMORY_MASKS)
         if render_mode is not None:
             _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
         for name, value in (("max_nodes", max_nodes), ("max_devices", max_devices), ("microbatches", microbatches)):
@@ -148,6 +155,7 @@ class PlacementEnv(gym.Env):
         self.reward_source = reward_source
         self.oom_mode = oom_mode
         self.oom_penalty = float(oom_penalty)
+        self.memory_mask = memory_mask
         self.reference_method = reference_method
         self.render_mode = render_mode
 
@@ -158,6 +166,7 @@ class PlacementEnv(gym.Env):
         else:
             self.action_space = spaces.Discrete(self.max_devices)
         self._cache: dict[tuple[int, int], tuple[PlacementProblem, StaticObservation, np.ndarray]] = {}
+        self._initial_observations: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._problem: PlacementProblem | None = None
         self._static: StaticObservation | None = None
         self._one_shot_mask: np.ndarray | None = None
@@ -211,7 +220,7 @@ class PlacementEnv(gym.Env):
         self._done = False
         self._current = 0
         if self.action_form == "sequential":
-            self._ledger = MemoryLedger(problem)
+            self._ledger = MemoryLedger(problem, resident_only=self.memory_mask == "resident")
             self._mask = self._sequential_mask(0)
             if not np.any(self._mask):
                 raise RlplaceError(
@@ -225,7 +234,10 @@ class PlacementEnv(gym.Env):
             "reference_time": problem.reference_time,
             "reference_method": problem.reference_method,
         }
-        return self._observation(), info
+        key = (model, cluster)
+        if key not in self._initial_observations:
+            self._initial_observations[key] = self._observation()
+        return {name: array.copy() for name, array in self._initial_observations[key].items()}, info
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._done or self._problem is None:
@@ -259,11 +271,7 @@ class PlacementEnv(gym.Env):
         assert problem is not None
         if action.shape != (self.max_nodes,):
             raise ValueError(f"one-shot action must have shape ({self.max_nodes},), got {action.shape}")
-        chosen = action[: problem.num_groups]
-        legal = legalize(problem, chosen)
-        k = problem.num_devices
-        in_range = (chosen >= 0) & (chosen < k)
-        invalid = int(np.sum(~in_range | ~problem.allowed[np.arange(chosen.size), np.where(in_range, chosen, 0)]))
+        legal, invalid = legalize(problem, action[: problem.num_groups])
         reward, info = self._finish(legal)
         info["invalid_actions"] = invalid
         return self._observation(), reward, True, False, info
@@ -313,7 +321,10 @@ class PlacementEnv(gym.Env):
         moves = 0
         if repair and not isinstance(source, SimulatorRewardSource) and np.any(problem.peak_memory(problem.expand(group_placement)) > problem.capacity):
             group_placement, _, moves = repair_memory(problem, group_placement)
-        step_time, overflow = source.evaluate(problem.expand(group_placement))
+        if isinstance(source, SimulatorRewardSource) and problem.surely_fits(group_placement):
+            step_time, overflow = float(problem.simulator.step_time(problem.expand(group_placement))), 0.0  # no memory pass needed
+        else:
+            step_time, overflow = source.evaluate(problem.expand(group_placement))
         if repair and overflow > 0 and isinstance(source, SimulatorRewardSource):
             group_placement, _, moves = repair_memory(problem, group_placement)
             if moves:

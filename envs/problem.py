@@ -87,7 +87,7 @@ class PlacementProblem:
 
     @property
     def num_groups(self) -> int:
-        return int(self.group_of_op.max()) + 1 if self.group_of_op.size else 0
+        return int(self.group_time.shape[0])
 
     @property
     def num_devices(self) -> int:
@@ -96,6 +96,21 @@ class PlacementProblem:
     def expand(self, group_placement: np.ndarray) -> np.ndarray:
         """(G,) device per group -> (n,) int64 device per op of the full graph."""
         return np.asarray(group_placement, dtype=np.int64)[self.group_of_op]
+
+    def surely_fits(self, group_placement: np.ndarray) -> bool:
+        """Whether a coarse upper bound of the simulated peak fits every device: per device its
+        groups' resident and output bytes, plus a copy of every exported output and the largest
+        working memory of the graph. When it holds the simulator's memory pass can be skipped."""
+        held = np.bincount(group_placement, weights=self.resident + self.transient, minlength=self.num_devices)
+        return bool(np.all(held + self._copy_and_work_bound <= self.capacity))
+
+    @property
+    def _copy_and_work_bound(self) -> float:
+        cached = self.__dict__.get("_bound_cache")
+        if cached is None:
+            cached = float(self.export.sum() + (self.work.max() if self.work.size else 0.0))
+            object.__setattr__(self, "_bound_cache", cached)
+        return cached
 
     def peak_memory(self, placement: np.ndarray) -> np.ndarray:
         """(k,) bytes, the simulator's memory model for a full-graph placement."""
@@ -209,7 +224,7 @@ def _with_reference(problem: PlacementProblem, method: str) -> PlacementProblem:
     from .repair import legalize, repair_memory
 
     group_placement, used = _reference_groups(problem, method)
-    group_placement = legalize(problem, group_placement)
+    group_placement, _ = legalize(problem, group_placement)
     placement = problem.expand(group_placement)
     step_time, overflow = problem.reward_source.evaluate(placement)
     if overflow > 0:
@@ -278,7 +293,7 @@ def _coarsen(graph: OpGraph, max_nodes: int) -> tuple[OpGraph, Any, np.ndarray]:
             f"graph {graph.name!r} ({graph.num_ops} ops) coarsens to {group_graph.num_ops} groups at best, "
             f"more than max_nodes={max_nodes}; raise max_nodes"
         )
-    group_of_op = np.asarray(coarsening.expand(np.arange(group_graph.num_ops, dtype=np.int64)), dtype=np.int64)
+    group_of_op = np.asarray(coarsening.group_of, dtype=np.int64)
     return group_graph, coarsening, group_of_op
 
 

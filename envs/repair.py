@@ -22,15 +22,16 @@ if TYPE_CHECKING:
     from .problem import PlacementProblem
 
 
-def legalize(problem: PlacementProblem, choice: np.ndarray) -> np.ndarray:
-    """(G,) chosen devices (any int) -> (G,) int64 legal devices (rule 1 of the module docstring)."""
+def legalize(problem: PlacementProblem, choice: np.ndarray) -> tuple[np.ndarray, int]:
+    """(G,) chosen devices (any int) -> ((G,) int64 legal devices, number of choices outside the
+    mask) by rule 1 of the module docstring."""
     choice = np.asarray(choice, dtype=np.int64)
     k = problem.num_devices
     in_range = (choice >= 0) & (choice < k)
     clipped = np.where(in_range, choice, 0)
     ok = in_range & problem.allowed[np.arange(choice.size), clipped]
     devices = np.where(ok, clipped, problem.first_allowed)
-    return devices[problem.unit_leader]
+    return devices[problem.unit_leader], int(choice.size - np.count_nonzero(ok))
 
 
 def repair_memory(problem: PlacementProblem, group_placement: np.ndarray) -> tuple[np.ndarray, bool, int]:
