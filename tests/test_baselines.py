@@ -218,6 +218,19 @@ def test_others_fit_a_graph_larger_than_one_device(method: str) -> None:
         assert placement == [0, 0, 1, 1]
 
 
+def test_greedy_that_strands_an_op_falls_back_to_repair() -> None:
+    # a 1 GB, b 2 GB, c 2 GB, d 3 GB on two 4 GB devices, transfers 10. ETF puts a, b on gpu0
+    # (3 GB), c on gpu1 (2 GB); d (3 GB) then fits nowhere. The fallback schedules without
+    # limits (all on gpu0, 8 GB) and repairs: d (the largest, no single unit frees 4 GB) moves
+    # to gpu1, then a (the smallest that frees the remaining 1 GB) follows: {b, c} | {a, d}.
+    graph = graph_of(
+        {"a": 1, "b": 1, "c": 1, "d": 1},
+        [("a", "b", 10), ("b", "c", 10), ("c", "d", 10)],
+        resident={"a": 1 * GB, "b": 2 * GB, "c": 2 * GB, "d": 3 * GB},
+    )
+    assert decide("m-etf", graph, gpus(2, 4 * GB)) == [1, 0, 0, 1]
+
+
 # dp (another module) reports memory through the shared final check, in its own words.
 @pytest.mark.parametrize("method", GRAPH_METHODS)
 def test_an_op_larger_than_every_device_is_named(method: str) -> None:

@@ -23,7 +23,7 @@ Shapes used below: n ops, m edges, k devices, u units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,10 @@ from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.placement import Placement, as_placement, check_constraints
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
+
+
+class NoRoomError(RlplaceError):
+    """A greedy pass met a unit that fits on no device any more (see `fit_with_fallback`)."""
 #: Relative tolerance under which two step times count as equal.
 TIME_TOLERANCE = 1e-12
 
@@ -374,11 +378,11 @@ class ListSchedule:
             position -= 1
         intervals.insert(position, (start, start + duration))
 
-    def no_room_error(self, op: int, cluster: Cluster) -> RlplaceError:
+    def no_room_error(self, op: int, cluster: Cluster) -> NoRoomError:
         """Error for an op whose unit fits on no device any more."""
         unit = int(self.units.of_op[op])
         room = self.ledger.room()
-        return RlplaceError(
+        return NoRoomError(
             f"{self.units.describe(self.graph, unit)} needs {format_bytes(self.units.demand[unit])} but the devices that can run it "
             f"have at most {format_bytes(float(np.max(np.where(self.units.allowed[unit], room, -np.inf))))} left once earlier ops are placed; "
             f"cluster {cluster.name!r} is too small for this graph under this heuristic (try local-search or more memory)"
@@ -515,12 +519,31 @@ def repair_exact(
     )
 
 
-def start_assignment_error(graph: OpGraph, cluster: Cluster, units: Units, unit: int) -> RlplaceError:
+def start_assignment_error(graph: OpGraph, cluster: Cluster, units: Units, unit: int) -> NoRoomError:
     """Error for a unit that no device with room can take during a greedy pass."""
-    return RlplaceError(
+    return NoRoomError(
         f"{units.describe(graph, unit)} ({format_bytes(float(units.demand[unit]))}) fits on no device of cluster {cluster.name!r} "
         "once the ops before it are placed; use more or larger devices"
     )
+
+
+def fit_with_fallback(
+    graph: OpGraph, cluster: Cluster, units: Units, budget: np.ndarray, decide: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(u,) assignment from ``decide(budget)``; if that greedy pass runs out of room, from
+    ``decide`` with unlimited memory followed by `repair_estimate` under ``budget``.
+
+    Greedy passes commit memory early and can strand a large unit late although a placement
+    exists; the fallback keeps the heuristic's choices and moves as few units as it can.
+    """
+    try:
+        return decide(budget)
+    except NoRoomError as first_failure:
+        unlimited = decide(np.full_like(budget, np.inf))
+        try:
+            return repair_estimate(graph, cluster, units, unlimited, budget)
+        except RlplaceError:
+            raise first_failure from None
 
 
 def prepare(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str) -> tuple[Units, np.ndarray]:

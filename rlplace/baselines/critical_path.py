@@ -8,6 +8,8 @@ earliest, after the device's last op (no insertion); ties go to the earlier fini
 lower device index. Devices are limited to those that can run the op's unit and have room
 for it under the memory estimate; the rest of a colocation class follows its first op. The
 schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+If a unit finds no room, the schedule is redone without memory limits and repaired
+(`rlplace.baselines.common.fit_with_fallback`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import heapq
 
 import numpy as np
 
-from rlplace.baselines.common import ListSchedule, bottom_levels, fastest_time, finalize, mean_edge_time, prepare
+from rlplace.baselines.common import ListSchedule, bottom_levels, fastest_time, finalize, fit_with_fallback, mean_edge_time, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
@@ -28,23 +30,28 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     del seed
     units, budget = prepare(graph, cluster, costs, objective)
     level = bottom_levels(graph, fastest_time(costs.op_time), mean_edge_time(costs))
-    schedule = ListSchedule(graph, costs, units, budget)
     n = graph.num_ops
-    missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
-    ready = [(-float(level[op]), op) for op in range(n) if missing[op] == 0]
-    heapq.heapify(ready)
-    while ready:
-        _, op = heapq.heappop(ready)
-        devices = np.flatnonzero(schedule.candidates(op))
-        if devices.size == 0:
-            raise schedule.no_room_error(op, cluster)
-        start = np.maximum(schedule.data_ready(op)[devices], schedule.available[devices])
-        finish = start + costs.op_time[op, devices]
-        pick = int(np.lexsort((devices, finish, start))[0])
-        schedule.assign(op, int(devices[pick]), float(start[pick]))
-        for edge in schedule.edges.outgoing(op).tolist():
-            consumer = int(graph.edge_dst[edge])
-            missing[consumer] -= 1
-            if missing[consumer] == 0:
-                heapq.heappush(ready, (-float(level[consumer]), consumer))
-    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="critical-path")
+
+    def decide(limit: np.ndarray) -> np.ndarray:
+        schedule = ListSchedule(graph, costs, units, limit)
+        missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
+        ready = [(-float(level[op]), op) for op in range(n) if missing[op] == 0]
+        heapq.heapify(ready)
+        while ready:
+            _, op = heapq.heappop(ready)
+            devices = np.flatnonzero(schedule.candidates(op))
+            if devices.size == 0:
+                raise schedule.no_room_error(op, cluster)
+            start = np.maximum(schedule.data_ready(op)[devices], schedule.available[devices])
+            finish = start + costs.op_time[op, devices]
+            pick = int(np.lexsort((devices, finish, start))[0])
+            schedule.assign(op, int(devices[pick]), float(start[pick]))
+            for edge in schedule.edges.outgoing(op).tolist():
+                consumer = int(graph.edge_dst[edge])
+                missing[consumer] -= 1
+                if missing[consumer] == 0:
+                    heapq.heappush(ready, (-float(level[consumer]), consumer))
+        return schedule.unit_device
+
+    assignment = fit_with_fallback(graph, cluster, units, budget, decide)
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="critical-path")

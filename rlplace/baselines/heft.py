@@ -8,13 +8,15 @@ earliest, allowed to fill an idle gap between already scheduled ops (insertion p
 go to the lower device index. Devices are limited to those that can run the op's unit and
 have room for it under the memory estimate; the rest of a colocation class follows its first
 op. The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+If a unit finds no room, the schedule is redone without memory limits and repaired
+(`rlplace.baselines.common.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import ListSchedule, bottom_levels, finalize, finite_mean, mean_edge_time, prepare
+from rlplace.baselines.common import ListSchedule, bottom_levels, finalize, finite_mean, fit_with_fallback, mean_edge_time, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
@@ -26,18 +28,24 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     del seed
     units, budget = prepare(graph, cluster, costs, objective)
     rank = bottom_levels(graph, finite_mean(costs.op_time), mean_edge_time(costs))
-    schedule = ListSchedule(graph, costs, units, budget)
-    for op in np.lexsort((np.arange(graph.num_ops), -rank)).tolist():
-        devices = np.flatnonzero(schedule.candidates(op))
-        if devices.size == 0:
-            raise schedule.no_room_error(op, cluster)
-        ready = schedule.data_ready(op)
-        best: tuple[float, int, float] | None = None
-        for device in devices.tolist():
-            duration = float(costs.op_time[op, device])
-            start = schedule.insertion_start(device, float(ready[device]), duration)
-            if best is None or start + duration < best[0]:
-                best = (start + duration, device, start)
-        assert best is not None
-        schedule.assign(op, best[1], best[2])
-    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="heft")
+    order = np.lexsort((np.arange(graph.num_ops), -rank)).tolist()
+
+    def decide(limit: np.ndarray) -> np.ndarray:
+        schedule = ListSchedule(graph, costs, units, limit)
+        for op in order:
+            devices = np.flatnonzero(schedule.candidates(op))
+            if devices.size == 0:
+                raise schedule.no_room_error(op, cluster)
+            ready = schedule.data_ready(op)
+            best: tuple[float, int, float] | None = None
+            for device in devices.tolist():
+                duration = float(costs.op_time[op, device])
+                start = schedule.insertion_start(device, float(ready[device]), duration)
+                if best is None or start + duration < best[0]:
+                    best = (start + duration, device, start)
+            assert best is not None
+            schedule.assign(op, best[1], best[2])
+        return schedule.unit_device
+
+    assignment = fit_with_fallback(graph, cluster, units, budget, decide)
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="heft")

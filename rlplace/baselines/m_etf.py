@@ -10,13 +10,15 @@ and inputs arrive ``costs.edge_time`` after their producer ends (no link content
 id, then the lower device index. A device may be used when it can run the op's unit and has
 room for it under the memory estimate; the rest of a colocation class follows its first op.
 The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
+If a unit finds no room, the schedule is redone without memory limits and repaired
+(`rlplace.baselines.common.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import ListSchedule, finalize, prepare
+from rlplace.baselines.common import ListSchedule, finalize, fit_with_fallback, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
@@ -27,9 +29,14 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     """ETF schedule's placement (module docstring). ``seed`` is unused."""
     del seed
     units, budget = prepare(graph, cluster, costs, objective)
-    schedule = ListSchedule(graph, costs, units, budget)
-    run_etf(schedule, cluster)
-    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="m-etf")
+
+    def decide(limit: np.ndarray) -> np.ndarray:
+        schedule = ListSchedule(graph, costs, units, limit)
+        run_etf(schedule, cluster)
+        return schedule.unit_device
+
+    assignment = fit_with_fallback(graph, cluster, units, budget, decide)
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-etf")
 
 
 def run_etf(schedule: ListSchedule, cluster: Cluster, favourite_parent: np.ndarray | None = None) -> None:

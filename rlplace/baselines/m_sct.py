@@ -21,13 +21,15 @@ favourite child pinned to its parent's device whenever that device may take it, 
 whose last op has an unscheduled favourite child kept free for it (other ops use it only when
 they may use no other device). Baechi also lets an *urgent* op (one as ready everywhere as it
 will ever be) take a waiting device; this version does not.
+If a unit finds no room, the schedule is redone without memory limits and repaired
+(`rlplace.baselines.common.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import EdgeIndex, ListSchedule, finalize, finite_mean, mean_edge_time, prepare
+from rlplace.baselines.common import EdgeIndex, ListSchedule, finalize, finite_mean, fit_with_fallback, mean_edge_time, prepare
 from rlplace.baselines.m_etf import run_etf
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
@@ -45,9 +47,14 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     units, budget = prepare(graph, cluster, costs, objective)
     relaxed = solve_favourite_lp(graph, finite_mean(costs.op_time), mean_edge_time(costs))
     favourite_parent = favourite_parents(graph, relaxed, mean_edge_time(costs))
-    schedule = ListSchedule(graph, costs, units, budget)
-    run_etf(schedule, cluster, favourite_parent)
-    return finalize(graph, cluster, costs, schedule.op_device, objective=objective, method="m-sct")
+
+    def decide(limit: np.ndarray) -> np.ndarray:
+        schedule = ListSchedule(graph, costs, units, limit)
+        run_etf(schedule, cluster, favourite_parent)
+        return schedule.unit_device
+
+    assignment = fit_with_fallback(graph, cluster, units, budget, decide)
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-sct")
 
 
 def solve_favourite_lp(graph: OpGraph, op_time: np.ndarray, edge_time: np.ndarray) -> np.ndarray:

@@ -8,14 +8,15 @@ the rounding remainder to the last device, however slow, so here ``T`` is the sm
 which the walk places every unit (bisection, 60 steps; the walk only gets further as ``T``
 grows). The result is the contiguous split that balances compute best under memory caps;
 communication is ignored. A unit that cannot run on the walk's device goes to the fastest
-device that can run it and has room, without moving the walk.
+device that can run it and has room, without moving the walk. If memory stops the walk at any
+cap, the walk is redone without memory limits and repaired (`common.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import MemoryLedger, Units, finalize, prepare, start_assignment_error
+from rlplace.baselines.common import MemoryLedger, Units, finalize, fit_with_fallback, prepare, start_assignment_error
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
@@ -30,6 +31,16 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
     units, budget = prepare(graph, cluster, costs, objective)
     time = np.where(units.allowed, units.time, 0.0)
     high = float(time.max(axis=1).sum()) if units.num_units else 0.0
+
+    def decide(limit: np.ndarray) -> np.ndarray:
+        return smallest_cap_walk(units, limit, high, graph, cluster)
+
+    assignment = fit_with_fallback(graph, cluster, units, budget, decide)
+    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-topo")
+
+
+def smallest_cap_walk(units: Units, budget: np.ndarray, high: float, graph: OpGraph, cluster: Cluster) -> np.ndarray:
+    """The walk under the smallest cap in [0, ``high``] that places every unit (bisection)."""
     assignment, left_over = walk(units, budget, high)
     if assignment is None:
         # Every device can take all compute at this cap, so memory stopped the walk.
@@ -44,7 +55,7 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
             high, assignment = middle, candidate
         if high - low <= 1e-12 * high:
             break
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-topo")
+    return assignment
 
 
 def walk(units: Units, budget: np.ndarray, cap: float) -> tuple[np.ndarray | None, int]:

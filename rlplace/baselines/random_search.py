@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import MemoryLedger, Units, finalize, make_simulator, prepare, start_assignment_error
+from rlplace.baselines.common import MemoryLedger, Units, finalize, fit_with_fallback, make_simulator, prepare, start_assignment_error
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
@@ -48,8 +48,10 @@ def place(
         if best is None or key < best_key:
             best, best_key = placement, key
     if best is None:
+        # Every draw stranded a unit; place the last draw without memory limits and repair it.
         assert failure is not None
-        raise failure
+        assignment = fit_with_fallback(graph, cluster, units, budget, lambda limit: random_assignment(units, limit, rng, graph, cluster))
+        best = units.expand(assignment)
     return finalize(graph, cluster, costs, best, objective=objective, method="random", simulator=simulator)
 
 
