@@ -36,7 +36,8 @@ Keys, shapes and dtypes (N = max_nodes, E = max_edges, D = max_devices):
     1 ``capable``      fraction of groups allowed on it
     2 ``memory``       log1p(capacity / the graph's resident bytes), 10 for an uncapped device
     3 ``memory_rel``   capacity / mem_scale (1 = average device), 10 for an uncapped device
-    4 ``memory_left``  1 - (memory bound of what is placed) / capacity, in [0, 1]
+    4 ``memory_left``  1 - (memory of what is placed) / capacity, in [0, 1]; the memory is the
+                       sequential ledger's safe bound, or resident + output bytes in one-shot
     5 ``load``         summed time of the groups placed on it / fastest single-device time
     6 ``cpu``          1 for a CPU
 ``device_mask`` (D,) int8: 1 for a real device.

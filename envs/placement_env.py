@@ -47,11 +47,12 @@ class PlacementEnv(gym.Env):
         A device is masked out when it is absent from the cluster, when an op of the group
         (or of a group colocated with it) cannot run there, or when its colocation unit's
         resident bytes exceed the device's memory. In sequential form the mask also removes
-        devices without room for the group given what is already placed (a safe upper
-        bound of peak memory, see ``rlplace.envs.ledger`` and ``memory_mask``), and a group whose colocation class is already placed may only
-        take that class's device. An action outside the mask is replaced by the group's lowest
-        allowed device (``info["invalid_actions"]`` counts them); in one-shot the groups of a
-        colocation unit follow its first group (``rlplace.envs.repair``).
+        devices without room for the group given what is already placed (a safe upper bound
+        of peak memory, see ``rlplace.envs.ledger`` and ``memory_mask``), and a group whose
+        colocation class is already placed may only take that class's device. An action
+        outside the mask is replaced by the group's lowest allowed device
+        (``info["invalid_actions"]`` counts them); in one-shot the groups of a colocation unit
+        follow its first group (``rlplace.envs.repair``).
 
     Observation Space:
         A ``Dict`` of padded arrays: ``node_features`` (max_nodes, 13), ``node_device``,

@@ -463,3 +463,33 @@ def test_maskable_ppo_learns_for_a_tiny_budget(form):
         assert mask.reshape(48, 4)[np.arange(48), action].all()
     else:
         assert mask[int(action)]
+
+
+# ------------------------------------------------------------------ shared dnn-partitioning data
+def shared_data_dir():
+    import os
+    from pathlib import Path
+
+    override = os.environ.get("RLPLACE_SHARED_DATA")
+    base = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return base / "dnn-partitioning"
+
+
+def test_dnn_partitioning_graph_runs_on_its_own_cluster_and_replays_the_expert_split():
+    from rlplace.formats.dnn_partitioning import load_expert_split
+
+    data = shared_data_dir()
+    graph_file = data / "graphs" / "bert24_training__layer.json"
+    expert_file = data / "human-experts" / "bert24_training_expert.json"
+    if not (graph_file.is_file() and expert_file.is_file()):
+        pytest.skip(f"shared dnn-partitioning data not found under {data}")
+    env = make_env(models=[str(graph_file)], clusters=["4xV100-nvlink"], objective="throughput", max_nodes=64)
+    _, info = env.reset(seed=0)
+    problem = env.problem(0, 0)
+    assert problem.cluster.name == env.models[0].own_cluster.name  # the file's cluster, not the given one
+    expert = load_expert_split(expert_file, problem.graph, problem.cluster)
+    expected = simulate(problem.graph, problem.cluster, problem.costs, expert, objective="throughput").step_time
+    _, reward, _, _, info = env.step(pad(np.asarray(expert), 64))
+    assert info["invalid_actions"] == 0 and np.array_equal(info["placement"], expert)
+    assert info["step_time"] == expected
+    assert reward == pytest.approx((problem.reference_time - expected) / problem.reference_time)
