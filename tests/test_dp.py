@@ -228,7 +228,8 @@ def test_stage_candidates_are_the_best_consecutive_splits(seed: int, objective: 
     costs = CostTable.build(graph, cluster)
     solution = dp.solve(graph, cluster, costs, objective=objective, microbatches=4)
     assert solution.candidates, "at least the one-stage split"
-    for stages, model_value, simulated in solution.candidates:
+    for stages, margin, model_value, simulated, overflow in solution.candidates:
+        assert margin == 1.0 and overflow == 0.0
         assert model_value == pytest.approx(brute_force_stage_model(graph, cluster, costs, stages), rel=1e-9)
         assert simulated >= solution.step_time - 1e-12
     one_device = Simulator(graph, cluster, costs, objective=objective, microbatches=4).step_time(np.zeros(n, dtype=np.int64))
@@ -259,6 +260,16 @@ def test_too_many_ideals_fall_back_to_a_chain() -> None:
     assert solution.linearized and solution.num_ideals == 25
     assert solution.step_time == pytest.approx(solution.model_value)
     assert solution.step_time < sum(1.0 + i for i in range(24)) / 2
+
+
+def test_long_chains_are_cut_into_balanced_runs() -> None:
+    graph = profiled_graph([op(f"o{i}", 1.0) for i in range(10)], [(f"o{i}", f"o{i + 1}", 0.1) for i in range(9)])
+    costs = CostTable.build(graph, dnn_partitioning_cluster(2, 0, 1e9))
+    runs = dp.chain_segments(dp.contract_blocks(graph, costs), costs, limit=4)
+    assert runs.num_blocks == 4
+    assert runs.of_op.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert runs.predecessors == (0, 0b1, 0b10, 0b100)
+    assert dp.chain_segments(dp.contract_blocks(graph, costs), costs, limit=20).of_op.tolist() == list(range(10))
 
 
 def test_bad_objective() -> None:

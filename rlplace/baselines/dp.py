@@ -35,16 +35,20 @@ touching the block that joins the set change). Edge times are taken as the mean 
 pairs (exact for imported graphs and for clusters whose links are all alike); the placement
 returned is scored by the simulator. When a graph has more than `IDEAL_LIMIT` ideals, blocks
 are put in one topological order (a chain, whose ideals are its prefixes) and the program is
-exact over splits of that order; `DpSolution.linearized` says so. With more than
+exact over splits of that order (`DpSolution.linearized` says so); a chain longer than
+`CHAIN_LIMIT` is first cut into that many runs of consecutive blocks (`chain_segments`). With more than
 `MAX_DEVICE_STATES` (count per kind) states, devices are taken in cluster order.
 
-**Latency / pipelined.** The blocks, in one topological order, are cut into at most k
-consecutive stages, stage j on the j-th device of the devices sorted fastest first. The same
-program over that chain proposes, for every number of stages 1..k, the split that minimizes
-the largest stage cost (stage compute + its boundary transfers, memory from the estimate of
-`rlplace.baselines.common`); the simulator scores these k candidates under the objective and
-the best is returned (a pipeline's step is governed by its slowest stage; one step's latency
-also by the sum, which the simulator, not the model, measures).
+**Latency / pipelined.** The blocks, in one topological order (at most `CHAIN_LIMIT` runs
+of them, `chain_segments`), are cut into at most k consecutive stages, stage j on the j-th
+device of the devices sorted fastest first. The same program over that chain proposes, for
+every number of stages 1..k, the split that minimizes the largest stage cost (stage compute
+plus its boundary transfers; memory from the estimate of `rlplace.baselines.common`). The
+simulator scores these k candidates under the objective and the best within memory wins; if
+all overflow (the estimate omits received copies), the program runs again with the budgets
+scaled by `MEMORY_MARGINS`. A pipeline's step is governed by its slowest stage, which the
+model captures; one step's latency also by the sum of the stages, which only the simulator
+measures, so the one-stage split is always among the candidates.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ from rlplace.placement import Placement, as_placement
 PAIR_BUDGET = 10_000_000
 #: Beyond this many ideals the blocks are linearized (the authors' C++ tool stops at 60 000).
 IDEAL_LIMIT = math.isqrt(2 * PAIR_BUDGET)
+#: Longest chain of blocks the linear program runs over (about CHAIN_LIMIT^2 / 2 pairs).
+CHAIN_LIMIT = 1024
+#: Fractions of the memory budget the stage program tries, in turn, until the simulator finds
+#: a candidate within memory (latency / pipelined; the estimate omits received copies).
+MEMORY_MARGINS = (1.0, 0.9, 0.8, 0.65, 0.5)
 #: Beyond this many (count per device kind) states devices are taken in cluster order.
 MAX_DEVICE_STATES = 64
 
@@ -128,7 +137,8 @@ class DpSolution:
         step_time: the simulator's objective value of ``placement``.
         num_blocks, num_ideals, ideal_pairs: sizes of the search (pairs (I, J) evaluated).
         linearized: the ideals are prefixes of one topological order of the blocks.
-        candidates: ``latency``/``pipelined``: (stages used, model value, simulated time) per candidate.
+        candidates: ``latency``/``pipelined``: (stages used, memory margin, model value,
+            simulated time, simulated bytes over capacity) per candidate the simulator scored.
     """
 
     placement: Placement
@@ -138,7 +148,7 @@ class DpSolution:
     num_ideals: int
     ideal_pairs: int
     linearized: bool
-    candidates: tuple[tuple[int, float, float], ...] = field(default_factory=tuple)
+    candidates: tuple[tuple[int, float, float, float, float], ...] = field(default_factory=tuple)
 
 
 def place(
@@ -300,6 +310,29 @@ def chain_ideals(num_blocks: int) -> IdealLattice:
     return _lattice(ideals, hasse, num_blocks, linearized=True)
 
 
+def chain_segments(blocks: Blocks, costs: CostTable, *, limit: int = CHAIN_LIMIT) -> Blocks:
+    """``blocks`` as a chain in their topological order, cut into at most ``limit`` runs.
+
+    Consecutive blocks are grouped so that each run holds about the same share of the total
+    fastest-device time (plus an equal share of the count, so zero-time blocks spread too);
+    with ``limit`` or fewer blocks each block is its own run. The chain's ideals are its prefixes.
+    """
+    count = blocks.num_blocks
+    if count <= limit:
+        segment = np.arange(count, dtype=np.int64)
+    else:
+        fastest = np.min(costs.op_time, axis=1) if costs.op_time.shape[1] else np.zeros(blocks.of_op.shape[0])
+        weight = np.bincount(blocks.of_op, weights=np.where(np.isfinite(fastest), fastest, 0.0), minlength=count)
+        weight = weight / max(float(weight.sum()), 1e-300) + 1.0 / count
+        before = np.concatenate([[0.0], np.cumsum(weight)[:-1]]) / weight.sum()
+        segment = np.minimum((before * limit).astype(np.int64), limit - 1)
+        segment = np.unique(segment, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    runs = int(segment.max()) + 1 if count else 0
+    predecessors = tuple(((1 << (r - 1)) if r else 0) for r in range(runs))
+    successors = tuple(((r + 1,) if r + 1 < runs else ()) for r in range(runs))
+    return Blocks(of_op=segment[blocks.of_op], predecessors=predecessors, successors=successors)
+
+
 def _lattice(ideals: list[int], hasse: list[tuple[int, int, int]], num_blocks: int, *, linearized: bool) -> IdealLattice:
     width = max(1, math.ceil(num_blocks / 64))
     raw = b"".join(ideal.to_bytes(8 * width, "little") for ideal in ideals)
@@ -444,6 +477,7 @@ def _infeasible(graph: OpGraph, cluster: Cluster, objective: str) -> RlplaceErro
 def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks) -> DpSolution:
     lattice = enumerate_ideals(blocks)
     if lattice is None:
+        blocks = chain_segments(blocks, costs)
         lattice = chain_ideals(blocks.num_blocks)
     budget = memory_budget(graph, cluster, "throughput")
     devices = _kinds(cluster, costs, budget)
@@ -469,42 +503,47 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
 def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int) -> DpSolution:
     from rlplace.simulate import Simulator
 
+    blocks = chain_segments(blocks, costs)
     lattice = chain_ideals(blocks.num_blocks)
     total = np.where(np.isfinite(costs.op_time), costs.op_time, np.inf).sum(axis=0)
-    order = tuple(int(d) for d in np.argsort(total, kind="stable"))
-    devices = _sequence(order)
+    devices = _sequence(tuple(int(d) for d in np.argsort(total, kind="stable")))
     is_cpu = np.array([d.category == CPU for d in cluster.devices], dtype=bool)
     demand = op_memory_demand(graph, objective)
     budget = memory_budget(graph, cluster, objective)
-    program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu)
-    if not np.any(np.isfinite(program.dp[1:, -1])):
-        # The estimate counts every activation as live all step; let the simulator judge instead.
-        program = _run_program(graph, costs, blocks, lattice, devices, demand, np.full(cluster.num_devices, np.inf), is_cpu)
-        if not np.any(np.isfinite(program.dp[1:, -1])):
-            raise _infeasible(graph, cluster, objective)
     simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
-    best: tuple[bool, float, int] | None = None
-    best_placement = None
-    candidates = []
-    for stages in range(1, cluster.num_devices + 1):
-        value = float(program.dp[stages, -1])
-        if not math.isfinite(value) or (stages > 1 and value == float(program.dp[stages - 1, -1])):
-            continue  # no split, or the same split as with fewer stages
-        placement = as_placement(_backtrack(program, lattice, blocks, devices, stages), graph, cluster)
-        step, overflow = simulator.score(placement)
-        candidates.append((stages, value, float(step)))
-        key = (overflow > 0, float(step), stages)
-        if best is None or key < best:
-            best, best_placement = key, placement
-    assert best is not None and best_placement is not None
+    best: tuple[float, float, int] | None = None
+    best_placement: Placement | None = None
+    best_value = math.inf
+    candidates: list[tuple[int, float, float, float, float]] = []
+    pairs = 0
+    # The estimate misses received copies of remote inputs: when every candidate overflows
+    # in the simulator, ask the program again with a safety margin; last, with no cap at all.
+    for margin in (*MEMORY_MARGINS, math.inf):
+        caps = budget * margin if math.isfinite(margin) else np.full(cluster.num_devices, np.inf)
+        program = _run_program(graph, costs, blocks, lattice, devices, demand, caps, is_cpu)
+        pairs += program.pairs
+        for stages in range(1, cluster.num_devices + 1):
+            value = float(program.dp[stages, -1])
+            if not math.isfinite(value) or (stages > 1 and value == float(program.dp[stages - 1, -1])):
+                continue  # no split, or the same split as with fewer stages
+            placement = as_placement(_backtrack(program, lattice, blocks, devices, stages), graph, cluster)
+            step, overflow = simulator.score(placement)
+            candidates.append((stages, margin, value, float(step), float(overflow)))
+            key = (float(overflow), float(step), stages)
+            if best is None or key < best:
+                best, best_placement, best_value = key, placement, value
+        if best is not None and best[0] == 0.0:
+            break
+    if best_placement is None:
+        raise _infeasible(graph, cluster, objective)
     placement = finalize(graph, cluster, costs, best_placement, objective=objective, method="dp", simulator=simulator)
     return DpSolution(
         placement=placement,
-        model_value=float(next(v for s, v, _ in candidates if s == best[2])),
+        model_value=best_value,
         step_time=float(simulator.step_time(placement)),
         num_blocks=blocks.num_blocks,
         num_ideals=lattice.num_ideals,
-        ideal_pairs=program.pairs,
+        ideal_pairs=pairs,
         linearized=True,
         candidates=tuple(candidates),
     )
@@ -519,14 +558,27 @@ def _in_set(words: np.ndarray, larger: int, smaller: int, block: int) -> bool:
 
 
 @njit(cache=True)
-def _transfer_share(u, words, larger, smaller, op_block, out_ptr, out_block, out_cost):
-    """Transfer cost op u adds to the set ``larger \\ smaller`` in the max-load model."""
-    inside = _in_set(words, larger, smaller, op_block[u])
-    share = 0.0
+def _transfer_change(u, block, words, larger, smaller, op_block, out_ptr, out_block, out_cost):
+    """Change of op u's transfer cost on the set ``larger \\ smaller`` when ``block`` joins it.
+
+    In the max-load model an op inside the set pays its largest edge time to consumers
+    outside, an op outside pays its largest edge time to consumers inside.
+    """
+    own = op_block[u]
+    inside_before = _in_set(words, larger, smaller, own)
+    inside_after = inside_before or own == block
+    before = 0.0
+    after = 0.0
     for e in range(out_ptr[u], out_ptr[u + 1]):
-        if _in_set(words, larger, smaller, out_block[e]) != inside and out_cost[e] > share:
-            share = out_cost[e]
-    return share
+        target = out_block[e]
+        target_before = _in_set(words, larger, smaller, target)
+        target_after = target_before or target == block
+        cost = out_cost[e]
+        if target_before != inside_before and cost > before:
+            before = cost
+        if target_after != inside_after and cost > after:
+            after = cost
+    return after - before
 
 
 @njit(cache=True)
@@ -603,9 +655,7 @@ def _split_program(
                 set_size[smaller] = set_size[sub] + block_size[block]
                 delta = 0.0
                 for x in range(touch_ptr[block], touch_ptr[block + 1]):
-                    u = touch_op[x]
-                    delta += _transfer_share(u, words, ideal, smaller, op_block, out_ptr, out_block, out_cost)
-                    delta -= _transfer_share(u, words, ideal, sub, op_block, out_ptr, out_block, out_cost)
+                    delta += _transfer_change(touch_op[x], block, words, ideal, sub, op_block, out_ptr, out_block, out_cost)
                 set_comm[smaller] = set_comm[sub] + delta
                 queue[tail] = smaller
                 tail += 1
