@@ -1,0 +1,114 @@
+"""Turn a placement of a captured `OpGraph` into a device for every node the executor runs.
+
+The executor's forward program is traced the way `rlplace.capture` traces a training graph,
+so most forward nodes carry the name of a captured forward op and take that op's device.
+The rest are matched as follows:
+
+* parameters and buffers live on the device of the op that owns them
+  (``graph.meta["op_params"]`` / ``["op_buffers"]``), which is also where capture puts their
+  memory and their optimizer update;
+* the model's inputs live where the captured ``input`` ops are placed (in input order);
+* a node capture folded away (a view of a parameter, a ``getitem``) runs with its first
+  placed consumer, else with its producer, else with the majority of the captured ops of
+  its module.
+
+Backward ops and optimizer updates are not assigned here: the backward of a node runs where
+the node ran and an update where its parameter lives, which is what a placement that keeps
+colocation classes together (`rlplace.placement.check_constraints`) asks for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlplace.graph import OpGraph
+from rlplace.measure.program import ForwardProgram
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Devices of the executor's nodes and how they were found.
+
+    Attributes:
+        node_device: node or placeholder name -> device index.
+        matched_by_name: forward nodes whose name is a captured forward op.
+        num_nodes: forward nodes of the program.
+    """
+
+    node_device: dict[str, int]
+    matched_by_name: int
+    num_nodes: int
+
+    @property
+    def matched_fraction(self) -> float:
+        return self.matched_by_name / self.num_nodes if self.num_nodes else 1.0
+
+
+def assign_devices(program: ForwardProgram, graph: OpGraph, placement: np.ndarray) -> Assignment:
+    """Device of every node and placeholder of ``program`` under ``placement`` of ``graph``.
+
+    Shapes:
+        placement: (n,) int64 device per op of ``graph``, in graph order.
+    """
+    forward_ops = {graph.names[i]: i for i in range(graph.num_ops) if not graph.is_backward[i]}
+    devices: dict[str, int] = {}
+    matched = 0
+    for node in program.nodes:
+        op = forward_ops.get(node.name)
+        if op is not None and graph.kinds[op] != "input":
+            devices[node.name] = int(placement[op])
+            matched += 1
+    _assign_placeholders(program, graph, placement, devices)
+    _assign_unmatched(program, graph, placement, devices)
+    return Assignment(devices, matched, len(program.nodes))
+
+
+def _assign_placeholders(program: ForwardProgram, graph: OpGraph, placement: np.ndarray, devices: dict[str, int]) -> None:
+    owner: dict[str, int] = {}
+    for key in ("op_params", "op_buffers"):
+        for op, names in enumerate(graph.meta.get(key) or []):
+            for tensor_name in names:
+                owner.setdefault(str(tensor_name), int(placement[op]))
+    for canonical, aliases in (graph.meta.get("param_aliases") or {}).items():
+        if canonical in owner:
+            for alias in aliases:
+                owner.setdefault(str(alias), owner[canonical])
+    for placeholder, fqn in (*program.parameters.items(), *program.buffers.items()):
+        if fqn in owner:
+            devices[placeholder] = owner[fqn]
+    input_ops = [i for i in range(graph.num_ops) if graph.kinds[i] == "input"]
+    if len(input_ops) == len(program.user_inputs):
+        for placeholder, op in zip(program.user_inputs, input_ops, strict=True):
+            devices[placeholder] = int(placement[op])
+
+
+def _assign_unmatched(program: ForwardProgram, graph: OpGraph, placement: np.ndarray, devices: dict[str, int]) -> None:
+    consumers: dict[str, list[str]] = {}
+    for node in program.nodes:
+        for inp in node.all_input_nodes:
+            consumers.setdefault(inp.name, []).append(node.name)
+    for node in reversed(program.nodes):  # first placed consumer (consumers come later)
+        if node.name not in devices:
+            placed = [devices[user] for user in consumers.get(node.name, []) if user in devices]
+            if placed:
+                devices[node.name] = placed[0]
+    by_module: dict[str, Counter[int]] = {}
+    paths = graph.meta.get("module_paths") or []
+    for op, path in enumerate(paths):
+        if not graph.is_backward[op] and graph.kinds[op] != "input":
+            by_module.setdefault(str(path), Counter())[int(placement[op])] += 1
+    previous = 0
+    for node in program.nodes:  # producer, else module majority, else the node before
+        if node.name not in devices:
+            producers = [devices[inp.name] for inp in node.all_input_nodes if inp.name in devices]
+            module_votes = by_module.get(program.module_paths.get(node.name, ""))
+            if producers:
+                devices[node.name] = producers[0]
+            elif module_votes:
+                devices[node.name] = module_votes.most_common(1)[0][0]
+            else:
+                devices[node.name] = previous
+        previous = devices[node.name]

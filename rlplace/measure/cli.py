@@ -1,0 +1,144 @@
+"""``rlplace measure`` and ``rlplace calibrate``: handlers the ``rlplace`` command calls.
+
+Argument parsing lives in ``rlplace.cli``; these functions read the parsed namespace
+(attribute names below) and return the exit status. Missing optional attributes take their
+defaults, so a parser may leave options out.
+
+``rlplace measure MODEL --placement P`` reads: ``model``, ``placement`` (file or
+``expert:FILE``), ``cluster`` (None), ``profile`` (None), ``backend`` (``gloo``), ``steps``
+(10), ``warmup`` (3), ``timeout`` (120 s), ``threads`` (1), ``batch_size`` (None),
+``optimizer`` (``adam``), ``seed`` (0), ``json`` (False).
+
+``rlplace calibrate`` reads: ``out`` (None: print only), ``backend`` (``gloo``), ``devices``
+(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from rlplace.errors import RlplaceError
+
+
+def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, allow_nan=True))
+
+
+def _devices_in_placement(spec: str) -> int | None:
+    """Devices a placement file refers to, read before any cluster exists (None if unknown)."""
+    if spec.startswith("expert:") or not os.path.isfile(spec):
+        return None
+    from rlplace.io import read_json
+
+    data = read_json(spec)
+    if isinstance(data, dict) and isinstance(data.get("placement"), list):
+        data = data["placement"]
+    if isinstance(data, list) and data and all(isinstance(v, int) and not isinstance(v, bool) for v in data):
+        return max(data) + 1
+    if isinstance(data, dict) and data and all(isinstance(v, str) and v.startswith("rank") and v[4:].isdigit() for v in data.values()):
+        return max(int(v[4:]) for v in data.values()) + 1
+    return None
+
+
+def run_measure_command(args: argparse.Namespace) -> int:
+    """Time training steps of a placed model and print them beside the simulator's prediction."""
+    from rlplace.measure.calibrate import apply_profile, load_profile
+    from rlplace.measure.recipe import ModelRecipe
+    from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
+
+    steps, warmup = int(_option(args, "steps", 10)), int(_option(args, "warmup", 3))
+    timeout = float(_option(args, "timeout", 120.0))
+    backend = str(_option(args, "backend", "gloo"))
+    threads = int(_option(args, "threads", 1))
+    if steps < 1 or warmup < 0:
+        raise RlplaceError(f"--steps must be at least 1 and --warmup at least 0 (got {steps} and {warmup})")
+    if not timeout > 0:
+        raise RlplaceError(f"--timeout must be positive (got {timeout})")
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise RlplaceError(f"--batch-size must be at least 1 (got {batch_size})")
+    profile = load_profile(args.profile) if getattr(args, "profile", None) else None
+    cluster_spec = getattr(args, "cluster", None)
+    if cluster_spec:
+        from rlplace.cluster_spec import load_cluster
+
+        cluster = load_cluster(cluster_spec)
+        if profile is not None:
+            cluster = apply_profile(cluster, profile)
+    else:
+        devices = _devices_in_placement(args.placement) or (len(profile.devices) if profile is not None else 2)
+        cluster = local_cpu_cluster(devices, profile)
+    recipe = ModelRecipe(str(args.model), batch_size, int(_option(args, "seed", 0)))
+    setup = MeasureSetup.prepare(recipe, cluster, optimizer=str(_option(args, "optimizer", "adam")))
+    from rlplace.formats import load_placement_spec
+
+    placement = setup.check(load_placement_spec(args.placement, setup.graph, cluster))
+    simulated = setup.simulate(placement)
+    assignment = setup.assignment(placement)
+    (measurement,) = measure(setup, [placement], backend=backend, steps=steps, warmup=warmup, threads=threads, timeout_s=timeout)
+    payload = {
+        "measured_step_time": measurement.measured_step_time,
+        "simulated_step_time": float(simulated.step_time),
+        "relative_error": relative_error(float(simulated.step_time), measurement.measured_step_time),
+        "step_times": list(measurement.step_times),
+        "steps": steps,
+        "warmup": warmup,
+        "backend": backend,
+        "threads": threads,
+        "world_size": cluster.num_devices,
+        "device_names": cluster.device_names,
+        "cluster": cluster.name,
+        "profile": getattr(args, "profile", None),
+        "model": str(args.model),
+        "graph": setup.graph.name,
+        "num_ops": setup.graph.num_ops,
+        "executor_nodes": assignment.num_nodes,
+        "nodes_matched_by_name": assignment.matched_by_name,
+        "segments": measurement.segments,
+        "messages_per_step": measurement.messages,
+        "loss": measurement.loss,
+        "placement": [int(d) for d in placement],
+    }
+    if getattr(args, "json", False):
+        _print_json(payload)
+    else:
+        print(
+            f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps} steps after {warmup} warm-up, "
+            f"{backend}, {cluster.num_devices} devices, {threads} thread(s) each)\n"
+            f"simulated step time  {payload['simulated_step_time'] * 1e3:.3f} ms  (latency objective, cluster {cluster.name})\n"
+            f"relative error       {payload['relative_error'] * 100:.1f} %\n"
+            f"segments {measurement.segments}, messages per step {measurement.messages}, loss {measurement.loss:.6g}"
+        )
+    return 0
+
+
+def run_calibrate_command(args: argparse.Namespace) -> int:
+    """Profile the local devices and links; write the profile JSON when ``--out`` is given."""
+    from rlplace.measure.calibrate import calibrate, profile_summary, write_profile
+
+    out = getattr(args, "out", None)
+    if out:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise RlplaceError(f"cannot write {out}: folder {folder} does not exist")
+    devices = int(_option(args, "devices", 2))
+    profile = calibrate(
+        devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0))
+    )
+    if out:
+        write_profile(profile, out)
+    if getattr(args, "json", False):
+        _print_json(profile.to_json())
+    else:
+        print("\n".join(profile_summary(profile)))
+        if out:
+            print(f"profile written to {out}; pass it with --profile {out}")
+    return 0

@@ -1,0 +1,222 @@
+"""Measure placements of one model: capture, assign, run for real, and simulate beside it.
+
+`MeasureSetup.prepare` builds the model from its recipe (real weights), captures its training
+graph (what placements index) and traces the executor's forward program once. `measure`
+then times any number of placements, either in this process (``backend="local"``, several
+torch devices) or with one rank per device (``gloo``/``nccl``, `launch_local`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlplace.cluster import CPU, Cluster, Device
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+from rlplace.measure.assign import Assignment, assign_devices
+from rlplace.measure.calibrate import Profile, apply_profile, profile_cluster
+from rlplace.measure.distributed import BACKENDS, MeasureJob, launch_local
+from rlplace.measure.program import ForwardProgram, export_forward
+from rlplace.measure.recipe import ModelRecipe
+from rlplace.placement import Placement, as_placement, check_constraints
+
+#: ``local`` runs every device in this process; the others start one process per device.
+ALL_BACKENDS = (*BACKENDS, "local")
+#: Links between local CPU ranks when no profile says better (gloo over loopback TCP).
+LOOPBACK_LINK = (2e9, 50e-6)
+
+
+def local_cpu_cluster(num_devices: int, profile: Profile | None = None) -> Cluster:
+    """``num_devices`` CPU ranks of this host (``rank0`` ...), calibrated when ``profile`` is given.
+
+    Without a profile the devices are the catalog's generic ``cpu`` and links are loopback
+    TCP (`LOOPBACK_LINK`): fine for checking that a measurement runs, not for fidelity.
+    """
+    if num_devices < 1:
+        raise RlplaceError(f"a measurement needs at least one device (got {num_devices})")
+    if profile is not None and len(profile.devices) == num_devices:
+        return profile_cluster(profile, name=f"local-{num_devices}xcpu")
+    from rlplace.catalog import catalog_device
+
+    devices = [catalog_device("cpu", f"rank{rank}") for rank in range(num_devices)]
+    devices = [Device(d.name, d.kind, CPU, d.fp32_flops, d.fp16_flops, d.memory, d.memory_bandwidth, 0) for d in devices]
+    cluster = Cluster.build(f"local-{num_devices}xcpu", devices, intra_host=LOOPBACK_LINK)
+    return apply_profile(cluster, profile) if profile is not None else cluster
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Timed training steps of one placement.
+
+    Attributes:
+        step_times: seconds of each timed step (the slowest rank's, in distributed mode).
+        loss: loss of the last step.
+        segments: forward segments (+1 for the loss) the placement splits into.
+        messages: tensors sent between devices per step (activations and gradients).
+        backend: ``gloo``, ``nccl`` or ``local``.
+    """
+
+    step_times: tuple[float, ...]
+    loss: float
+    segments: int
+    messages: int
+    backend: str
+    state: Mapping[str, Any] | None = None
+
+    @property
+    def measured_step_time(self) -> float:
+        """Median of the timed steps (seconds)."""
+        return float(statistics.median(self.step_times))
+
+
+@dataclass(frozen=True, eq=False)
+class MeasureSetup:
+    """A model ready to be measured under many placements.
+
+    Attributes:
+        recipe: how every process rebuilds the model.
+        module, inputs: the model with real weights and its example inputs.
+        graph: the captured training graph; placements index its ops.
+        program: the executor's forward program.
+        cluster: the devices placements refer to (and the simulator's view of them).
+        optimizer: optimizer of the training step.
+    """
+
+    recipe: ModelRecipe
+    module: torch.nn.Module
+    inputs: Any
+    graph: OpGraph
+    program: ForwardProgram
+    cluster: Cluster
+    optimizer: str = "adam"
+
+    @classmethod
+    def prepare(cls, recipe: ModelRecipe, cluster: Cluster, *, optimizer: str = "adam", graph: OpGraph | None = None) -> MeasureSetup:
+        """Build, capture (unless ``graph`` is given) and trace the model."""
+        module, inputs = recipe.build()
+        if graph is None:
+            from rlplace.capture import capture_model
+
+            graph = capture_model(module, inputs, training=True, optimizer=optimizer, name=_graph_name(recipe.spec))
+        program = export_forward(module, inputs)
+        return cls(recipe, module, inputs, graph, program, cluster, optimizer)
+
+    @property
+    def costs(self) -> CostTable:
+        cached = self.__dict__.get("_costs")
+        if cached is None:
+            cached = CostTable.build(self.graph, self.cluster)
+            object.__setattr__(self, "_costs", cached)
+        return cached
+
+    def check(self, placement: Sequence[int] | np.ndarray) -> Placement:
+        """The placement as a checked array; `RlplaceError` when the executor cannot honour it.
+
+        The executor runs a backward op where its forward op ran and an optimizer update
+        where its parameter lives, so colocation classes must not be split.
+        """
+        checked = as_placement(placement, self.graph, self.cluster)
+        check_constraints(self.graph, self.costs, checked)
+        return checked
+
+    def assignment(self, placement: Sequence[int] | np.ndarray) -> Assignment:
+        """Device of every node the executor runs."""
+        return assign_devices(self.program, self.graph, self.check(placement))
+
+    def simulate(self, placement: Sequence[int] | np.ndarray) -> Any:
+        """The simulator's `SimResult` for one training step (latency objective)."""
+        from rlplace.simulate import simulate
+
+        return simulate(self.graph, self.cluster, self.costs, self.check(placement), objective="latency")
+
+
+def measure(
+    setup: MeasureSetup,
+    placements: Sequence[Sequence[int] | np.ndarray],
+    *,
+    backend: str = "gloo",
+    steps: int = 10,
+    warmup: int = 3,
+    threads: int = 1,
+    timeout_s: float = 120.0,
+    return_state: bool = False,
+    fault: Mapping[str, Any] | None = None,
+) -> list[Measurement]:
+    """Time ``steps`` training steps (after ``warmup``) of every placement.
+
+    Raises:
+        RlplaceError: a bad option or a placement the executor cannot honour.
+        MeasureFailure: a rank crashed, hung or ran past ``timeout_s`` (distributed backends).
+    """
+    if backend not in ALL_BACKENDS:
+        raise RlplaceError(f"unknown backend {backend!r}; use one of {', '.join(ALL_BACKENDS)}")
+    if steps < 1 or warmup < 0:
+        raise RlplaceError(f"need at least one timed step and no negative warm-up (got steps={steps}, warmup={warmup})")
+    if not timeout_s > 0:
+        raise RlplaceError(f"timeout must be positive (got {timeout_s})")
+    assignments = [setup.assignment(placement).node_device for placement in placements]
+    k = setup.cluster.num_devices
+    if backend == "local":
+        return [_measure_in_process(setup, assignment, steps, warmup, threads, return_state) for assignment in assignments]
+    job = MeasureJob(
+        model=setup.recipe.to_json(),
+        assignments=assignments,
+        num_devices=k,
+        backend=backend,
+        steps=steps,
+        warmup=warmup,
+        threads=threads,
+        optimizer=setup.optimizer,
+        timeout_s=timeout_s,
+        return_state=return_state,
+        fault=dict(fault or {}),
+    )
+    result = launch_local(job)
+    return [
+        Measurement(tuple(entry["step_times"]), float(entry["loss"]), int(entry["segments"]), int(entry["messages"]), backend, entry.get("state"))
+        for entry in result["results"]
+    ]
+
+
+def _measure_in_process(setup: MeasureSetup, assignment: Mapping[str, int], steps: int, warmup: int, threads: int, return_state: bool) -> Measurement:
+    from rlplace.measure.executor import LocalExecutor
+    from rlplace.measure.plan import plan_segments
+
+    k = setup.cluster.num_devices
+    gpus = torch.cuda.device_count()
+    devices = [torch.device("cuda", i) for i in range(k)] if gpus >= k else [torch.device("cpu")] * k
+    plan = plan_segments(setup.program, assignment, k)
+    executor = LocalExecutor(setup.program, plan, devices, optimizer=setup.optimizer)
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        times, loss = executor.timed_steps(steps, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
+    state = None
+    if return_state:
+        state = {group: {name: tensor.tolist() for name, tensor in tensors.items()} for group, tensors in executor.state().items()}
+    return Measurement(tuple(times), loss, len(plan.segments), len(plan.messages), "local", state)
+
+
+def _graph_name(spec: str) -> str:
+    """The graph name `rlplace.load` gives: the zoo name, the file's stem, else the function."""
+    if spec.startswith("zoo:"):
+        return spec.removeprefix("zoo:")
+    location, _, function = spec.rpartition(":")
+    return Path(location).stem if location.endswith(".py") else function or spec
+
+
+def relative_error(simulated: float, measured: float) -> float:
+    """``|simulated - measured| / measured`` (inf when nothing was measured)."""
+    return abs(simulated - measured) / measured if measured > 0 else math.inf
