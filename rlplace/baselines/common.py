@@ -534,16 +534,19 @@ def fit_with_fallback(
     ``decide`` with unlimited memory followed by `repair_estimate` under ``budget``.
 
     Greedy passes commit memory early and can strand a large unit late although a placement
-    exists; the fallback keeps the heuristic's choices and moves as few units as it can.
+    exists; the fallback keeps the heuristic's choices and moves as few units as it can. When
+    even the repair cannot meet the (conservative) estimate, the unlimited assignment is
+    returned as is: `finalize` then checks it against the simulator's exact peak memory and
+    repairs it or explains why it cannot.
     """
     try:
         return decide(budget)
-    except NoRoomError as first_failure:
+    except NoRoomError:
         unlimited = decide(np.full_like(budget, np.inf))
         try:
             return repair_estimate(graph, cluster, units, unlimited, budget)
         except RlplaceError:
-            raise first_failure from None
+            return unlimited
 
 
 def prepare(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str) -> tuple[Units, np.ndarray]:

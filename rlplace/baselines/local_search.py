@@ -7,9 +7,10 @@ ties).
 
 Search (first improvement, random order, seeded): the neighbourhood is every move of one unit
 to another device that can run it, plus swaps of two units on different devices. Candidates
-are tried in a fresh random permutation of the moves, with a random swap interleaved with
-probability ``SWAP_PROBABILITY``; the first candidate that scores better is taken and a new
-permutation drawn. A candidate that only ties is taken too (a *sideways* step), which lets the
+are tried in a fresh random permutation of the moves, moves of the units on the simulated
+critical path (for ``throughput``: on the most loaded device) first, with a random swap
+interleaved with probability ``SWAP_PROBABILITY``; the first candidate that scores better is
+taken and a new permutation drawn (and the critical path simulated again). A candidate that only ties is taken too (a *sideways* step), which lets the
 search cross the plateaus of the max-load objective, at most ``SIDEWAYS_LIMIT`` times in a row.
 When a whole permutation brings nothing, the search restarts from the best placement so far
 with a few random moves applied (a *kick*). It stops after ``evaluations`` simulations (the
@@ -38,6 +39,8 @@ DEFAULT_EVALUATIONS = 2000
 START_METHODS = ("dp", "m-topo", "m-etf", "heft", "critical-path", "metis", "single", "round-robin")
 SWAP_PROBABILITY = 0.3
 SIDEWAYS_LIMIT = 50
+#: Try moves of critical-path units first.
+FOCUS_CRITICAL_PATH = True
 
 Score = tuple[float, float]
 
@@ -142,12 +145,28 @@ class _Search:
         options = units.allowed.copy()
         options[np.arange(units.num_units), current] = False
         move_units, move_devices = np.nonzero(options)
-        for index in self.rng.permutation(move_units.shape[0]).tolist():
+        order = self.rng.permutation(move_units.shape[0])
+        focus = self._focus(current) if FOCUS_CRITICAL_PATH else None
+        if focus is not None:
+            # Moves of the units that set the step time come first (stable: random within each group).
+            order = order[np.argsort(~focus[move_units[order]], kind="stable")]
+        for index in order.tolist():
             if units.num_units >= 2 and self.rng.random() < SWAP_PROBABILITY:
                 swap = self._random_swap(current)
                 if swap is not None:
                     yield swap
             yield [(int(move_units[index]), int(move_devices[index]))]
+
+    def _focus(self, current: np.ndarray) -> np.ndarray | None:
+        """(u,) bool, units holding an op of the simulated critical path (``throughput``: the
+        bottleneck device's ops), or None when the placement cannot be simulated in full."""
+        try:
+            path = self.simulator.run(self.units.expand(current)).critical_path
+        except RlplaceError:
+            return None
+        focus = np.zeros(self.units.num_units, dtype=bool)
+        focus[self.units.of_op[np.asarray(path, dtype=np.int64)]] = True
+        return focus
 
     def _random_swap(self, current: np.ndarray) -> list[tuple[int, int]] | None:
         first, second = (int(v) for v in self.rng.choice(self.units.num_units, size=2, replace=False))
