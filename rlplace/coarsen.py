@@ -1,0 +1,857 @@
+"""Coarsening: contract ops into at most G groups whose quotient graph is still a DAG, and back.
+
+A placer works on the coarse graph (one op per group) and `Coarsening.expand` turns its
+answer into a placement of the original ops; `Coarsening.device_map` turns an op placement
+into accelerate's ``{module path: device}`` map.
+
+Pipeline (every step keeps the quotient acyclic):
+
+1. **Atoms.** Each colocation class is contracted into one atom when that keeps the graph a
+   DAG. A class whose contraction would close a cycle — typically a layer's forward op tied
+   to its backward op, with the rest of the network in between — stays spread over several
+   atoms; the coarse graph then gives every group holding part of it one shared coarse
+   colocation class, so any coarse placement that respects the coarse classes expands to an
+   op placement that respects the original ones.
+2. **Labels.** A strategy labels atoms: ``module`` (module paths from ``graph.meta
+   ["module_paths"]``, refined best-first from the root, forward and backward apart),
+   ``chain`` (single-producer/single-consumer chains, always safe), ``metis`` (pymetis
+   k-way parts of the undirected graph) or ``topo`` (one label; step 4 cuts it).
+3. **Acyclic refinement.** Labels that sit on a cycle of the quotient are split by the
+   number of label changes on the longest path into each atom; an edge between two
+   different parts then always raises that number, so no cycle is left.
+4. **Contiguous merge.** While there are more than G parts, the two neighbours with the
+   smallest combined weight in a topological order of the quotient are merged; contiguous
+   runs of a topological order never form a cycle.
+
+Group numbers follow a topological order of the coarse graph (edges go from lower to higher).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from rlplace.cluster import Cluster
+from rlplace.errors import RlplaceError
+from rlplace.graph import NO_CLASS, OpGraph
+
+METHODS = ("auto", "module", "chain", "metis", "topo")
+#: Rounds of SCC-targeted splitting before every label is split (which always succeeds).
+_MAX_REFINE_ROUNDS = 32
+#: Budgets tried to leave room for mirrors and the splits of step 3.
+_MAX_BUDGET_ROUNDS = 8
+
+
+@dataclass(frozen=True, eq=False)
+class Coarsening:
+    """Ops grouped into a coarse graph, with the mapping both ways.
+
+    Shapes (n fine ops, G groups):
+        graph: the coarse `OpGraph`, one op per group, in a topological order.
+        group_of: (n,) int64, group of each fine op.
+        source: the fine graph.
+        method: the strategy that made the labels (``module``, ``chain``, ``metis``,
+            ``topo`` or ``atoms`` when the atoms already fit).
+    """
+
+    graph: OpGraph
+    group_of: np.ndarray
+    source: OpGraph
+    method: str
+
+    @property
+    def num_groups(self) -> int:
+        return self.graph.num_ops
+
+    def members(self, group: int) -> np.ndarray:
+        """Fine op ids of ``group``, ascending."""
+        return np.flatnonzero(self.group_of == group)
+
+    def expand(self, group_placement: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(G,) device per group -> (n,) read-only int64 device per fine op."""
+        groups = np.asarray(group_placement)
+        if groups.shape != (self.num_groups,):
+            raise RlplaceError(f"group placement has shape {groups.shape}, but the coarse graph has {self.num_groups} groups; give one device per group")
+        if groups.size and (not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0):
+            raise RlplaceError("a group placement holds non-negative integer device indices")
+        placement = groups.astype(np.int64)[self.group_of]
+        placement.setflags(write=False)
+        return placement
+
+    def device_map(self, op_placement: Sequence[int] | np.ndarray, cluster: Cluster) -> dict[str, str]:
+        """accelerate-style ``{module path: device name}`` for a placement of the fine ops."""
+        return module_device_map(self.source, op_placement, cluster)
+
+
+# --------------------------------------------------------------------------- entry point
+def coarsen(graph: OpGraph, max_groups: int = 256, *, method: str = "auto", seed: int = 0) -> Coarsening:
+    """Group the ops of ``graph`` into at most ``max_groups`` groups (see the module docstring).
+
+    ``method="auto"`` keeps the atoms when they fit, else uses module paths when the graph
+    has them, else chains. ``seed`` only matters for ``metis``.
+    """
+    if method not in METHODS:
+        raise RlplaceError(f"unknown coarsening method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(max_groups, bool) or not isinstance(max_groups, (int, np.integer)) or max_groups < 1:
+        raise RlplaceError(f"max_groups must be a positive integer (got {max_groups!r})")
+    max_groups = int(max_groups)
+    paths = _module_paths(graph)
+    if method == "module" and paths is None:
+        raise RlplaceError(f"graph {graph.name!r} has no module paths (meta['module_paths']); coarsen it with method 'chain', 'metis' or 'topo'")
+    atoms = _atoms(graph)
+    atom_weight = np.bincount(atoms.atom_of, weights=_op_weights(graph), minlength=atoms.dag.num_nodes)
+    if method == "auto":
+        method = _auto_method(atoms.dag.num_nodes, max_groups, has_paths=paths is not None)
+    if method == "atoms":
+        labels = np.arange(atoms.dag.num_nodes, dtype=np.int64)
+    else:
+        keys_for = _module_keys(graph, paths or [], atoms) if method == "module" else _unit_keys(method, atoms, atom_weight, seed)
+        labels = _fit_budget(keys_for, atoms.dag, max_groups)
+        if method == "metis" and _num_labels(labels) < min(max_groups, atoms.dag.num_nodes) // 2:
+            # METIS ignores edge directions; when its parts are far from convex, the acyclic
+            # splits leave too few groups, and a topological-order split does better.
+            method = "topo"
+            labels = _fit_budget(_unit_keys(method, atoms, atom_weight, seed), atoms.dag, max_groups)
+    groups_of_atom = _merge_contiguous(labels, atoms.dag, atom_weight, max_groups)
+    group_of = groups_of_atom[atoms.atom_of] if graph.num_ops else np.zeros(0, dtype=np.int64)
+    group_of.setflags(write=False)
+    coarse = _coarse_graph(graph, group_of, paths, method, max_groups)
+    return Coarsening(graph=coarse, group_of=group_of, source=graph, method=method)
+
+
+def _num_labels(labels: np.ndarray) -> int:
+    return int(labels.max()) + 1 if labels.size else 0
+
+
+def _auto_method(num_nodes: int, max_groups: int, *, has_paths: bool) -> str:
+    if num_nodes <= max_groups:
+        return "atoms"
+    return "module" if has_paths else "chain"
+
+
+def _fit_budget(keys_for: Callable[[int], np.ndarray], dag: _Dag, max_groups: int) -> np.ndarray:
+    """Acyclic labels from ``keys_for(budget)`` for the largest budget whose parts fit ``max_groups``.
+
+    Mirrors and acyclic splits make more parts than the budget, so the budget is searched
+    (proportional guesses, then bisection). When no budget fits, the last labels are
+    returned and `_merge_contiguous` finishes the job.
+    """
+    fits_at, fails_at = 0, max_groups + 1
+    best: np.ndarray | None = None
+    best_count = -1
+    budget = max_groups
+    labels = np.zeros(dag.num_nodes, dtype=np.int64)
+    for _ in range(_MAX_BUDGET_ROUNDS):
+        labels = _refine_acyclic(keys_for(budget), dag)
+        count = int(labels.max()) + 1 if labels.size else 0
+        if count <= max_groups:
+            fits_at = budget
+            if count > best_count:
+                best, best_count = labels, count
+            if count == max_groups:
+                break
+            budget = (fits_at + fails_at) // 2
+        else:
+            fails_at = budget
+            budget = max(fits_at + 1, min(fails_at - 1, budget * max_groups // count))
+        if fails_at - fits_at <= 1:
+            break
+    return best if best is not None else labels
+
+
+# --------------------------------------------------------------------------- atoms
+@dataclass(frozen=True)
+class _Dag:
+    """A DAG whose nodes are numbered in a topological order.
+
+    Shapes (k nodes, E edges):
+        first_op: (k,) int64, smallest fine op id in each node (tie-break for orders).
+        src, dst: (E,) int64, unique edges, ``src < dst``, sorted by (dst, src).
+        edge_bytes: (E,) float64, bytes of the fine edges each edge stands for.
+    """
+
+    first_op: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    edge_bytes: np.ndarray
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.first_op.shape[0])
+
+    def induced(self, keep: np.ndarray) -> tuple[_Dag, np.ndarray]:
+        """The subgraph on the nodes where ``keep`` is true, and their ids here."""
+        ids = np.flatnonzero(keep)
+        new_id = np.full(self.num_nodes, -1, dtype=np.int64)
+        new_id[ids] = np.arange(ids.size)
+        inside = keep[self.src] & keep[self.dst]
+        return _Dag(self.first_op[ids], new_id[self.src[inside]], new_id[self.dst[inside]], self.edge_bytes[inside]), ids
+
+
+@dataclass(frozen=True)
+class _Atoms:
+    """Ops contracted into atoms.
+
+    Shapes (n ops, A atoms):
+        atom_of: (n,) int64.
+        dag: the atom DAG.
+        anchor: (A,) int64; for a *mirror* atom (an op of a colocation class that could not
+            be contracted, on the other side of forward/backward from the class's first op)
+            the atom of that first op, else -1.
+        backward: (A,) bool, every op of the atom is a backward op.
+    """
+
+    atom_of: np.ndarray
+    dag: _Dag
+    anchor: np.ndarray
+
+    backward: np.ndarray
+
+    @property
+    def mirror(self) -> np.ndarray:
+        return self.anchor >= 0
+
+    @property
+    def follower(self) -> np.ndarray:
+        """(A,) bool: backward atoms that are neither mirrors nor anchors, in a graph with mirrors.
+
+        They follow a neighbouring mirror's group instead of being labelled on their own.
+        """
+        mirror = self.mirror
+        if not np.any(mirror):
+            return np.zeros_like(mirror)
+        is_anchor = np.zeros_like(mirror)
+        is_anchor[self.anchor[mirror]] = True
+        return self.backward & ~mirror & ~is_anchor
+
+
+def _atoms(graph: OpGraph) -> _Atoms:
+    """Contract every colocation class whose contraction leaves no cycle; mark the mirrors of the others."""
+    n = graph.num_ops
+    ops = np.arange(n, dtype=np.int64)
+    label = ops.copy()
+    has_class = graph.coloc != NO_CLASS
+    undo = np.zeros(n, dtype=bool)
+    first = np.zeros(0, dtype=np.int64)
+    if np.any(has_class):
+        classes = graph.coloc[has_class]
+        first = np.full(int(classes.max()) + 1, n, dtype=np.int64)
+        np.minimum.at(first, classes, ops[has_class])
+        label[has_class] = first[classes]
+        cyclic = _on_cycle(label, graph.edge_src, graph.edge_dst, n)
+        # A class is undone when its atom lies on a cycle; undoing only those leaves a DAG
+        # (a cycle after undoing would map onto a cycle through a kept atom before).
+        undo = has_class & cyclic[label]
+        label[undo] = ops[undo]
+    _, atom_of = np.unique(label, return_inverse=True)
+    atom_of = atom_of.astype(np.int64).reshape(-1)
+    num_nodes = int(atom_of.max()) + 1 if n else 0
+    first_op = np.full(num_nodes, n, dtype=np.int64)
+    np.minimum.at(first_op, atom_of, ops)
+    a, b = atom_of[graph.edge_src], atom_of[graph.edge_dst]
+    cross = a != b
+    keys, inverse = np.unique(a[cross] * num_nodes + b[cross], return_inverse=True)
+    edge_bytes = np.bincount(inverse.reshape(-1), weights=graph.edge_bytes[cross], minlength=keys.size)
+    src, dst = keys // max(num_nodes, 1), keys % max(num_nodes, 1)
+    if np.any(src > dst):
+        rank = _topological_rank(num_nodes, src, dst, first_op)
+        atom_of = rank[atom_of]
+        reordered = np.empty_like(first_op)
+        reordered[rank] = first_op
+        first_op = reordered
+        src, dst = rank[src], rank[dst]
+    order = np.lexsort((src, dst))
+    anchor = np.full(num_nodes, -1, dtype=np.int64)
+    mirror_ops = np.flatnonzero(undo)
+    if mirror_ops.size:
+        class_first = first[graph.coloc[mirror_ops]]
+        mirror_ops = mirror_ops[graph.is_backward[mirror_ops] != graph.is_backward[class_first]]
+        anchor[atom_of[mirror_ops]] = atom_of[first[graph.coloc[mirror_ops]]]
+    dag = _Dag(first_op=first_op, src=src[order], dst=dst[order], edge_bytes=edge_bytes[order])
+    backward = np.bincount(atom_of, weights=(~graph.is_backward).astype(np.float64), minlength=num_nodes) == 0
+    return _Atoms(atom_of=atom_of, dag=dag, anchor=anchor, backward=backward)
+
+
+def _on_cycle(part_of: np.ndarray, src: np.ndarray, dst: np.ndarray, num_parts: int) -> np.ndarray:
+    """(num_parts,) bool: the part lies on a cycle of the quotient graph."""
+    a, b = part_of[src], part_of[dst]
+    keep = a != b
+    if not np.any(keep):
+        return np.zeros(num_parts, dtype=bool)
+    matrix = coo_matrix((np.ones(int(keep.sum()), dtype=np.int8), (a[keep], b[keep])), shape=(num_parts, num_parts)).tocsr()
+    _, component = connected_components(matrix, directed=True, connection="strong")
+    size = np.bincount(component)
+    return size[component] > 1
+
+
+def _quotient_edges(part_of: np.ndarray, src: np.ndarray, dst: np.ndarray, num_parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique edges between different parts, sorted by (src part, dst part)."""
+    a, b = part_of[src], part_of[dst]
+    keep = a != b
+    keys = np.unique(a[keep] * num_parts + b[keep])
+    return keys // max(num_parts, 1), keys % max(num_parts, 1)
+
+
+def _topological_rank(k: int, src: np.ndarray, dst: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """(k,) rank of each node in Kahn's order, ties by smallest ``priority``; needs a DAG."""
+    indegree = np.bincount(dst, minlength=k).tolist()
+    order = np.argsort(src, kind="stable")
+    bounds = np.searchsorted(src[order], np.arange(k + 1)).tolist()
+    consumers = dst[order].tolist()
+    prio = priority.tolist()
+    heap = [(prio[v], v) for v in range(k) if indegree[v] == 0]
+    heapq.heapify(heap)
+    rank = [0] * k
+    position = 0
+    while heap:
+        _, v = heapq.heappop(heap)
+        rank[v] = position
+        position += 1
+        for w in consumers[bounds[v] : bounds[v + 1]]:
+            indegree[w] -= 1
+            if indegree[w] == 0:
+                heapq.heappush(heap, (prio[w], w))
+    if position != k:
+        raise AssertionError("coarsening produced a cyclic quotient graph")
+    return np.asarray(rank, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- weights
+def _op_weights(graph: OpGraph) -> np.ndarray:
+    """(n,) float64 balance weight per op: shares of compute, memory traffic and resident memory, plus a count term."""
+    n = graph.num_ops
+    if n == 0:
+        return np.zeros(0)
+    if graph.given_times is not None:
+        finite = np.where(np.isinf(graph.given_times), np.nan, graph.given_times)
+        with np.errstate(all="ignore"):
+            time = np.nan_to_num(np.nanmin(np.where(np.all(np.isnan(finite), axis=1, keepdims=True), 0.0, finite), axis=1))
+        terms = [time, graph.resident_bytes]
+    else:
+        terms = [graph.flops, graph.bytes_accessed, graph.resident_bytes]
+    weight = np.full(n, 1.0 / n)
+    for term in terms:
+        total = float(term.sum())
+        if total > 0:
+            weight += term / total
+    return weight
+
+
+# --------------------------------------------------------------------------- strategies
+def _module_paths(graph: OpGraph) -> list[str] | None:
+    paths = graph.meta.get("module_paths") if isinstance(graph.meta, Mapping) else None
+    if not isinstance(paths, Sequence) or isinstance(paths, str) or len(paths) != graph.num_ops:
+        return None
+    cleaned = ["" if p is None else str(p) for p in paths]
+    return cleaned if any(cleaned) else None
+
+
+def _module_keys(graph: OpGraph, paths: list[str], atoms: _Atoms) -> Callable[[int], np.ndarray]:
+    """Budget -> atom keys (module prefix, direction); a mirror takes its anchor's prefix, backward."""
+    tree = _ModuleTree(paths, graph.is_backward, _op_weights(graph))
+    mirror = atoms.mirror
+
+    def keys_for(budget: int) -> np.ndarray:
+        keys = tree.labels(budget)[atoms.dag.first_op]
+        keys[mirror] = keys[atoms.anchor[mirror]] | 1
+        return keys
+
+    return keys_for
+
+
+def _unit_keys(method: str, atoms: _Atoms, atom_weight: np.ndarray, seed: int) -> Callable[[int], np.ndarray]:
+    """Budget -> atom keys: ``method`` labels the non-mirror atoms, each mirror follows its anchor.
+
+    A mirror's weight counts on its anchor, since colocation puts them on one device.
+    """
+    mirror = atoms.mirror
+    follower = atoms.follower
+    sub, ids = atoms.dag.induced(~mirror & ~follower)
+    position = np.full(atoms.dag.num_nodes, -1, dtype=np.int64)
+    position[ids] = np.arange(ids.size)
+    unit_weight = atom_weight[ids] + np.bincount(position[atoms.anchor[mirror]], weights=atom_weight[mirror], minlength=ids.size)
+    chains = _chain_labels(sub) if method == "chain" else None
+
+    def keys_for(budget: int) -> np.ndarray:
+        if method == "metis":
+            base = _metis_labels(sub, unit_weight, budget, seed)
+        else:
+            start = chains if chains is not None else np.arange(sub.num_nodes, dtype=np.int64)
+            base = _merge_contiguous(start, sub, unit_weight, budget)
+        keys = np.full(atoms.dag.num_nodes, -1, dtype=np.int64)
+        keys[ids] = base * 2
+        keys[mirror] = keys[atoms.anchor[mirror]] + 1
+        if np.any(follower):
+            keys = _follow(keys, mirror, follower, atoms.dag)
+        return keys
+
+    return keys_for
+
+
+def _follow(keys: np.ndarray, mirror: np.ndarray, follower: np.ndarray, dag: _Dag) -> np.ndarray:
+    """Give each follower the key of its first mirror/follower producer, else consumer, else a new key.
+
+    Two linear passes over the DAG (producers in topological order, then consumers in reverse).
+    """
+    k = dag.num_nodes
+    key = keys.tolist()
+    source = (mirror | follower).tolist()
+    todo = follower.tolist()
+    known = [not t for t in todo]
+    by_dst = np.searchsorted(dag.dst, np.arange(k + 1)).tolist()
+    producers = dag.src.tolist()
+    order = np.lexsort((dag.dst, dag.src))
+    by_src = np.searchsorted(dag.src[order], np.arange(k + 1)).tolist()
+    consumers = dag.dst[order].tolist()
+    for v in range(k):
+        if todo[v]:
+            for p in producers[by_dst[v] : by_dst[v + 1]]:
+                if known[p] and source[p]:
+                    key[v], known[v] = key[p], True
+                    break
+    for v in range(k - 1, -1, -1):
+        if not known[v]:
+            for c in consumers[by_src[v] : by_src[v + 1]]:
+                if known[c] and source[c]:
+                    key[v], known[v] = key[c], True
+                    break
+    result = np.asarray(key, dtype=np.int64)
+    lonely = ~np.asarray(known, dtype=bool)
+    result[lonely] = int(result.max()) + 1 + 2 * np.arange(int(lonely.sum()))
+    return result
+
+
+class _ModuleTree:
+    """The module hierarchy of a graph's ops, refined best-first under a group budget.
+
+    A group is (module prefix, direction). Refining a prefix replaces its group(s) by one
+    per child module plus one for the ops that sit directly in the prefix.
+    """
+
+    def __init__(self, paths: list[str], is_backward: np.ndarray, weight: np.ndarray) -> None:
+        unique_paths, path_id = np.unique(np.asarray(paths, dtype=object), return_inverse=True)
+        self.paths: list[str] = [str(p) for p in unique_paths]
+        self.path_id = path_id.astype(np.int64).reshape(-1)
+        self.direction = is_backward.astype(np.int64)
+        pair = self.path_id * 2 + self.direction
+        present = np.bincount(pair, minlength=2 * len(self.paths)).reshape(-1, 2) > 0
+        path_weight = np.bincount(self.path_id, weights=weight, minlength=len(self.paths))
+        # Tree nodes are prefixes; each keeps its children, the directions of the ops directly
+        # in it and in its subtree, and its subtree weight.
+        self.children: dict[str, set[str]] = {"": set()}
+        self.own_dirs: dict[str, set[int]] = {"": set()}
+        self.subtree_dirs: dict[str, set[int]] = {"": set()}
+        self.subtree_weight: dict[str, float] = {"": 0.0}
+        for index, path in enumerate(self.paths):
+            dirs = {d for d in (0, 1) if present[index, d]}
+            parts = path.split(".") if path else []
+            prefixes = ["", *(".".join(parts[: depth + 1]) for depth in range(len(parts)))]
+            for depth, prefix in enumerate(prefixes):
+                if prefix not in self.children:
+                    self.children[prefix] = set()
+                    self.own_dirs[prefix] = set()
+                    self.subtree_dirs[prefix] = set()
+                    self.subtree_weight[prefix] = 0.0
+                if depth:
+                    self.children[prefixes[depth - 1]].add(prefix)
+                self.subtree_dirs[prefix] |= dirs
+                self.subtree_weight[prefix] += float(path_weight[index])
+            self.own_dirs[path] |= dirs
+
+    def labels(self, budget: int) -> np.ndarray:
+        """(n,) int64 label ``2 * prefix id + direction`` per op, the heaviest prefixes expanded while the count fits ``budget``."""
+        expanded: set[str] = set()
+        count = len(self.subtree_dirs[""])
+        heap = [(-self.subtree_weight[""], "")]
+        while heap:
+            _, prefix = heapq.heappop(heap)
+            if not self.children[prefix]:
+                continue
+            after = count - len(self.subtree_dirs[prefix]) + len(self.own_dirs[prefix])
+            after += sum(len(self.subtree_dirs[child]) for child in self.children[prefix])
+            if after > budget:
+                continue
+            expanded.add(prefix)
+            count = after
+            for child in sorted(self.children[prefix]):
+                heapq.heappush(heap, (-self.subtree_weight[child], child))
+        group_prefix = [self._group_prefix(path, expanded) for path in self.paths]
+        _, prefix_id = np.unique(np.asarray(group_prefix, dtype=object), return_inverse=True)
+        return prefix_id.astype(np.int64).reshape(-1)[self.path_id] * 2 + self.direction
+
+    @staticmethod
+    def _group_prefix(path: str, expanded: set[str]) -> str:
+        """The shortest prefix of ``path`` that is not expanded (``path`` itself if all are)."""
+        if "" not in expanded:
+            return ""
+        parts = path.split(".") if path else []
+        for depth in range(len(parts)):
+            prefix = ".".join(parts[: depth + 1])
+            if prefix not in expanded:
+                return prefix
+        return path
+
+
+def _chain_labels(dag: _Dag) -> np.ndarray:
+    """Label nodes by maximal chains: an edge u -> v joins them when u has one consumer and v one producer."""
+    k = dag.num_nodes
+    out_degree = np.bincount(dag.src, minlength=k)
+    in_degree = np.bincount(dag.dst, minlength=k)
+    chain = (out_degree[dag.src] == 1) & (in_degree[dag.dst] == 1)
+    matrix = coo_matrix((np.ones(int(chain.sum()), dtype=np.int8), (dag.src[chain], dag.dst[chain])), shape=(k, k))
+    _, component = connected_components(matrix, directed=False)
+    return component.astype(np.int64)
+
+
+def _metis_labels(dag: _Dag, weight: np.ndarray, max_parts: int, seed: int) -> np.ndarray:
+    """pymetis k-way parts of the undirected DAG: vertex weight = balance weight, edge weight = bytes."""
+    import pymetis
+
+    k = dag.num_nodes
+    parts = min(max_parts, k)
+    if parts <= 1:
+        return np.zeros(k, dtype=np.int64)
+    if parts >= k:
+        return np.arange(k, dtype=np.int64)
+    if dag.src.size == 0:
+        return np.arange(k, dtype=np.int64) % parts
+    scale = 1e6 / max(float(dag.edge_bytes.max()), 1.0)
+    e_weight = np.maximum(1, np.round(dag.edge_bytes * scale)).astype(np.int64)
+    rows = np.concatenate([dag.src, dag.dst])
+    cols = np.concatenate([dag.dst, dag.src])
+    weights = np.concatenate([e_weight, e_weight])
+    order = np.lexsort((cols, rows))
+    xadj = np.searchsorted(rows[order], np.arange(k + 1))
+    v_weight = np.maximum(1, np.round(weight * (1e6 / max(float(weight.sum()), 1e-300)))).astype(np.int64)
+    _, membership = pymetis.part_graph(
+        parts,
+        adjacency=pymetis.CSRAdjacency(xadj.tolist(), cols[order].tolist()),
+        vweights=v_weight.tolist(),
+        eweights=weights[order].tolist(),
+        options=pymetis.Options(seed=int(seed)),
+    )
+    return np.asarray(membership, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- acyclic repair
+def _refine_acyclic(labels: np.ndarray, dag: _Dag) -> np.ndarray:
+    """Split the labels that lie on quotient cycles until the quotient is a DAG; compact ids."""
+    labels = _compact(labels)
+    for round_index in range(_MAX_REFINE_ROUNDS + 2):
+        k = int(labels.max()) + 1 if labels.size else 0
+        cyclic = _on_cycle(labels, dag.src, dag.dst, max(k, 1))
+        if not np.any(cyclic[labels]):
+            return labels
+        changes = _label_changes(labels, dag)
+        split = cyclic[labels] if round_index < _MAX_REFINE_ROUNDS else np.ones(labels.size, dtype=bool)
+        key = np.where(split, labels * (int(changes.max()) + 1) + changes, -1 - labels)
+        labels = _compact(key)
+    raise AssertionError("acyclic refinement did not converge")
+
+
+def _label_changes(labels: np.ndarray, dag: _Dag) -> np.ndarray:
+    """(A,) longest-path count of label changes into each atom (atoms are in topological order).
+
+    Linear in atoms + edges; along any edge between different labels the count rises.
+    """
+    k = dag.num_nodes
+    bounds = np.searchsorted(dag.dst, np.arange(k + 1)).tolist()
+    producers = dag.src.tolist()
+    label = labels.tolist()
+    changes = [0] * k
+    for v in range(k):
+        lo, hi = bounds[v], bounds[v + 1]
+        if lo == hi:
+            continue
+        own = label[v]
+        best = 0
+        for p in producers[lo:hi]:
+            c = changes[p] + (label[p] != own)
+            if c > best:
+                best = c
+        changes[v] = best
+    return np.asarray(changes, dtype=np.int64)
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(labels, return_inverse=True)
+    return inverse.astype(np.int64).reshape(-1)
+
+
+# --------------------------------------------------------------------------- merging
+def _merge_contiguous(labels: np.ndarray, dag: _Dag, atom_weight: np.ndarray, max_groups: int) -> np.ndarray:
+    """(A,) final group per atom: parts in topological order, lightest neighbours merged until <= max_groups."""
+    if labels.size == 0:
+        return labels
+    labels = _compact(labels)
+    k = int(labels.max()) + 1
+    first_atom = np.full(k, labels.size, dtype=np.int64)
+    np.minimum.at(first_atom, labels, np.arange(labels.size))
+    src, dst = _quotient_edges(labels, dag.src, dag.dst, k)
+    rank = _topological_rank(k, src, dst, first_atom)
+    part_weight = np.bincount(rank[labels], weights=atom_weight, minlength=k)
+    if k <= max_groups:
+        return rank[labels]
+    segment = _merge_lightest_neighbours(part_weight, max_groups)
+    return segment[rank[labels]]
+
+
+def _merge_lightest_neighbours(weight: np.ndarray, max_groups: int) -> np.ndarray:
+    """(k,) segment id per position of a sequence after merging the lightest adjacent pairs."""
+    k = weight.size
+    w = weight.tolist()
+    nxt = list(range(1, k + 1))
+    prv = list(range(-1, k - 1))
+    alive = [True] * k
+    version = [0] * k
+    heap = [(w[i] + w[i + 1], i, 0) for i in range(k - 1)]
+    heapq.heapify(heap)
+    count = k
+    while count > max_groups and heap:
+        _, i, ver = heapq.heappop(heap)
+        if not alive[i] or ver != version[i] or nxt[i] >= k:
+            continue
+        j = nxt[i]
+        w[i] += w[j]
+        alive[j] = False
+        nxt[i] = nxt[j]
+        if nxt[j] < k:
+            prv[nxt[j]] = i
+        count -= 1
+        version[i] += 1
+        if nxt[i] < k:
+            heapq.heappush(heap, (w[i] + w[nxt[i]], i, version[i]))
+        p = prv[i]
+        if p >= 0:
+            version[p] += 1
+            heapq.heappush(heap, (w[p] + w[i], p, version[p]))
+    head = np.cumsum(np.asarray(alive, dtype=np.int64)) - 1
+    return head
+
+
+# --------------------------------------------------------------------------- coarse graph
+def _coarse_graph(graph: OpGraph, group_of: np.ndarray, paths: list[str] | None, method: str, max_groups: int) -> OpGraph:
+    """One op per group: sums of costs and sizes, bytes crossing groups, shared colocation classes."""
+    g = int(group_of.max()) + 1 if group_of.size else 0
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(group_of, weights=values, minlength=g)
+
+    src_group, dst_group = group_of[graph.edge_src], group_of[graph.edge_dst]
+    cross = src_group != dst_group
+    # A producer's tensor goes once to each consumer group (the largest of its edges there).
+    edge_key = graph.edge_src[cross] * g + dst_group[cross]
+    sent_key, sent_index = np.unique(edge_key, return_inverse=True)
+    sent_index = sent_index.reshape(-1)
+    sent_bytes = np.zeros(sent_key.size)
+    np.maximum.at(sent_bytes, sent_index, graph.edge_bytes[cross])
+    pair = group_of[sent_key // g] * g + sent_key % g
+    group_pair, pair_index = np.unique(pair, return_inverse=True)
+    pair_index = pair_index.reshape(-1)
+    edge_bytes = np.bincount(pair_index, weights=sent_bytes, minlength=group_pair.size)
+    edge_time = None
+    if graph.edge_given_time is not None:
+        sent_time = np.zeros(sent_key.size)
+        np.maximum.at(sent_time, sent_index, graph.edge_given_time[cross])
+        edge_time = np.bincount(pair_index, weights=sent_time, minlength=group_pair.size)
+
+    out_degree = np.bincount(graph.edge_src, minlength=graph.num_ops)
+    leaves = np.zeros(graph.num_ops, dtype=bool)
+    leaves[graph.edge_src[cross]] = True
+    leaves |= out_degree == 0
+    given = None
+    if graph.given_times is not None:
+        given = np.stack([total(graph.given_times[:, c]) for c in range(graph.given_times.shape[1])], axis=1).reshape(g, -1)
+
+    labels = _group_labels(graph, group_of, g, paths)
+    meta: dict[str, Any] = {
+        "coarsened_from": graph.name,
+        "coarsen_method": method,
+        "max_groups": max_groups,
+        "group_sizes": np.bincount(group_of, minlength=g).tolist(),
+    }
+    if paths is not None:
+        meta["module_paths"] = _common_prefixes(paths, group_of, g)
+    op_params = graph.meta.get("op_params")
+    if isinstance(op_params, Sequence) and len(op_params) == graph.num_ops:
+        merged: list[list[str]] = [[] for _ in range(g)]
+        for op, names in enumerate(op_params):
+            if names:
+                merged[int(group_of[op])].extend(str(name) for name in names)
+        meta["op_params"] = [sorted(set(names)) for names in merged]
+    return OpGraph(
+        names=tuple(labels),
+        kinds=tuple(_dominant_kinds(graph, group_of, g)),
+        flops=total(graph.flops),
+        bytes_accessed=total(graph.bytes_accessed),
+        output_bytes=total(np.where(leaves, graph.output_bytes, 0.0)),
+        param_bytes=total(graph.param_bytes),
+        resident_bytes=total(graph.resident_bytes),
+        work_bytes=total(graph.work_bytes),
+        is_backward=np.bincount(group_of, weights=(~graph.is_backward).astype(np.float64), minlength=g) == 0,
+        coloc=_coarse_coloc(graph.coloc, group_of, g),
+        edge_src=group_pair // max(g, 1),
+        edge_dst=group_pair % max(g, 1),
+        edge_bytes=edge_bytes,
+        given_times=given,
+        time_classes=graph.time_classes,
+        edge_given_time=edge_time,
+        time_unit=graph.time_unit,
+        name=f"{graph.name}/coarse",
+        meta=meta,
+    )
+
+
+def _coarse_coloc(coloc: np.ndarray, group_of: np.ndarray, g: int) -> np.ndarray:
+    """(G,) coarse class: groups holding parts of one fine class share a class; -1 for the others."""
+    result = np.full(g, NO_CLASS, dtype=np.int64)
+    has_class = coloc != NO_CLASS
+    if not np.any(has_class):
+        return result
+    classes = coloc[has_class]
+    groups = group_of[has_class]
+    first_group = np.full(int(classes.max()) + 1, g, dtype=np.int64)
+    np.minimum.at(first_group, classes, groups)
+    link = first_group[classes] != groups
+    if not np.any(link):
+        return result
+    tied = np.zeros(g, dtype=bool)
+    tied[groups[link]] = True
+    tied[first_group[classes[link]]] = True
+    matrix = coo_matrix((np.ones(int(link.sum()), dtype=np.int8), (first_group[classes[link]], groups[link])), shape=(g, g))
+    _, component = connected_components(matrix, directed=False)
+    result[tied] = _compact(component[tied])
+    return result
+
+
+def _dominant_kinds(graph: OpGraph, group_of: np.ndarray, g: int) -> list[str]:
+    """The kind with the most FLOPs in each group (the most frequent kind where no op has FLOPs)."""
+    if g == 0:
+        return []
+    kind_names, kind_id = np.unique(np.asarray(graph.kinds, dtype=object), return_inverse=True)
+    kind_id = kind_id.reshape(-1)
+    cells = group_of * kind_names.size + kind_id
+    flops = np.bincount(cells, weights=graph.flops, minlength=g * kind_names.size).reshape(g, -1)
+    counts = np.bincount(cells, minlength=g * kind_names.size).reshape(g, -1)
+    score = np.where(flops.max(axis=1, keepdims=True) > 0, flops, counts)
+    return [str(kind_names[i]) for i in score.argmax(axis=1).tolist()]
+
+
+def _group_labels(graph: OpGraph, group_of: np.ndarray, g: int, paths: list[str] | None) -> list[str]:
+    """Unique names: the common module path (or first op's name), `` (bwd)`` for backward groups."""
+    first = np.full(g, graph.num_ops, dtype=np.int64)
+    np.minimum.at(first, group_of, np.arange(graph.num_ops))
+    size = np.bincount(group_of, minlength=g)
+    backward = np.bincount(group_of, weights=(~graph.is_backward).astype(np.float64), minlength=g) == 0
+    if paths is not None:
+        bases = [p or "<root>" for p in _common_prefixes(paths, group_of, g)]
+    else:
+        bases = [graph.names[int(first[i])] + (f" +{int(size[i]) - 1}" if size[i] > 1 else "") for i in range(g)]
+    labels: list[str] = []
+    seen: dict[str, int] = {}
+    for i in range(g):
+        base = bases[i] + (" (bwd)" if backward[i] and paths is not None else "")
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        labels.append(base if count == 0 else f"{base}#{count + 1}")
+    taken = set(labels)
+    if len(taken) != g:  # a generated "#k" name collided with an original name
+        labels = [f"{label}@{i}" for i, label in enumerate(labels)]
+    return labels
+
+
+def _common_prefixes(paths: list[str], group_of: np.ndarray, g: int) -> list[str]:
+    """Per group, the longest module path that is a prefix (by components) of all its ops' paths."""
+    unique_paths, path_id = np.unique(np.asarray(paths, dtype=object), return_inverse=True)
+    pairs = np.unique(group_of * unique_paths.size + path_id.reshape(-1))
+    prefixes: list[list[str] | None] = [None] * g
+    for key in pairs.tolist():
+        group, index = divmod(key, unique_paths.size)
+        parts = str(unique_paths[index]).split(".") if unique_paths[index] else []
+        current = prefixes[group]
+        if current is None:
+            prefixes[group] = parts
+            continue
+        common = 0
+        while common < min(len(current), len(parts)) and current[common] == parts[common]:
+            common += 1
+        prefixes[group] = current[:common]
+    return [".".join(p or []) for p in prefixes]
+
+
+# --------------------------------------------------------------------------- device maps
+def module_device_map(graph: OpGraph, op_placement: Sequence[int] | np.ndarray, cluster: Cluster) -> dict[str, str]:
+    """accelerate-style ``{module path: device name}`` covering every parameter of the graph.
+
+    A parameter goes where the op that owns it runs (the first op listing it in
+    ``graph.meta["op_params"]`` with parameter bytes, else the first op listing it). A module
+    whose parameters all share one device is one key (``""`` for the whole model); a module
+    split across devices is replaced by its children, and its own parameters appear by their
+    full names.
+    """
+    op_params = graph.meta.get("op_params")
+    if not isinstance(op_params, Sequence) or len(op_params) != graph.num_ops:
+        raise RlplaceError(
+            f"graph {graph.name!r} does not record which op owns which parameter (meta['op_params']); device maps need a graph captured from a module"
+        )
+    placement = np.asarray(op_placement)
+    if placement.shape != (graph.num_ops,):
+        raise RlplaceError(f"placement has {placement.size} entries but graph {graph.name!r} has {graph.num_ops} ops; give one device per op")
+    if placement.size and (placement.min() < 0 or placement.max() >= cluster.num_devices):
+        raise RlplaceError(f"placement uses device indices outside 0..{cluster.num_devices - 1} of cluster {cluster.name!r}")
+    device_of: dict[str, int] = {}
+    weak: dict[str, int] = {}
+    for op, names in enumerate(op_params):
+        for name in names or ():
+            target = device_of if graph.param_bytes[op] > 0 else weak
+            target.setdefault(str(name), int(placement[op]))
+    for name, device in weak.items():
+        device_of.setdefault(name, device)
+    if not device_of:
+        return {}
+    children: dict[str, set[str]] = {"": set()}
+    own: dict[str, list[str]] = {"": []}
+    for name in device_of:
+        module = name.rpartition(".")[0]
+        own.setdefault(module, []).append(name)
+        node = module
+        while node:
+            parent = node.rpartition(".")[0]
+            children.setdefault(node, set())
+            own.setdefault(node, [])
+            if node in children.setdefault(parent, set()):
+                break
+            children[parent].add(node)
+            node = parent
+    devices: dict[str, frozenset[int]] = {}
+
+    def subtree_devices(node: str) -> frozenset[int]:
+        found = {device_of[name] for name in own.get(node, [])}
+        for child in children.get(node, ()):
+            found |= subtree_devices(child)
+        devices[node] = frozenset(found)
+        return devices[node]
+
+    subtree_devices("")
+    names = cluster.device_names
+    result: dict[str, str] = {}
+    stack = [""]
+    while stack:
+        node = stack.pop()
+        if len(devices[node]) == 1:
+            result[node] = names[next(iter(devices[node]))]
+            continue
+        for name in own.get(node, []):
+            result[name] = names[device_of[name]]
+        stack.extend(sorted(children.get(node, ()), reverse=True))
+    return dict(sorted(result.items(), key=lambda item: _natural_key(item[0])))
+
+
+def _natural_key(path: str) -> list[tuple[int, int | str]]:
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split(".")]
