@@ -111,3 +111,8 @@ def bench_transformer(batch_size: int = 8) -> tuple[nn.Module, tuple[torch.Tenso
 def bench_cnn(batch_size: int = 8) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """CNN of 3 stages on 32x32 images."""
     return cnn(batch_size=batch_size, size=32, channels=16)
+
+
+def tiny_transformer(batch_size: int = 2) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """One encoder block of width 32 on 8 tokens (tests)."""
+    return transformer(batch_size=batch_size, seq=8, dim=32, layers=1)

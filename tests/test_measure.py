@@ -1,0 +1,233 @@
+"""Measured step time: executor = unplaced model, segment plan, assignment, profile, reward, failures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from torch import nn
+
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.measure.assign import assign_devices
+from rlplace.measure.calibrate import DeviceProfile, Profile, apply_profile, load_profile, write_profile
+from rlplace.measure.distributed import MeasureFailure
+from rlplace.measure.executor import LocalExecutor, reference_step
+from rlplace.measure.plan import Message, plan_segments
+from rlplace.measure.program import export_forward
+from rlplace.measure.recipe import ModelRecipe
+from rlplace.measure.reward import MeasuredReward, MeasureOptions
+from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure
+
+MODELS = ("rlplace.measure.models:mlp", "rlplace.measure.models:cnn", "rlplace.measure.models:tiny_transformer")
+
+
+class Chain(nn.Module):
+    """x -> Linear a -> ReLU -> Linear b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def respect_colocation(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
+    """Every op of a colocation class on the device of the class's first op."""
+    fixed = placement.copy()
+    first: dict[int, int] = {}
+    for op in range(graph.num_ops):
+        label = int(graph.coloc[op])
+        if label != NO_CLASS:
+            fixed[op] = first.setdefault(label, int(fixed[op]))
+    return fixed
+
+
+def assert_same_state(state: dict, reference: dict, *, atol: float = 1e-6) -> None:
+    for group in ("grads", "parameters", "buffers"):
+        assert set(state[group]) == set(reference[group]), group
+        for name, expected in reference[group].items():
+            actual = torch.as_tensor(state[group][name], dtype=torch.float64)
+            torch.testing.assert_close(actual, expected.double(), atol=atol, rtol=1e-5, msg=f"{group} {name}")
+
+
+def no_rank_processes() -> bool:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "rlplace.measure.distributed" in " ".join(child.cmdline()):
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def built(request: pytest.FixtureRequest):
+    module, inputs = ModelRecipe(request.param).build()
+    return module, inputs, export_forward(module, inputs)
+
+
+# ----------------------------------------------------------------------------- executor
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_placed_step_equals_unplaced_step(built, seed: int) -> None:
+    module, inputs, program = built
+    rng = random.Random(seed)
+    assignment = {node.name: rng.randrange(3) for node in program.nodes}
+    plan = plan_segments(program, assignment, 3)
+    assert len({segment.device for segment in plan.segments}) > 1
+    executor = LocalExecutor(program, plan, ["cpu"] * 3)
+    loss = executor.step()
+    reference_loss, reference = reference_step(module, inputs)
+    assert loss == pytest.approx(reference_loss, rel=1e-6, abs=1e-7)
+    assert_same_state(executor.state(), reference)
+
+
+def test_two_device_chain_plan_is_hand_computed() -> None:
+    module = Chain()
+    program = export_forward(module, (torch.randn(2, 4),))
+    matmuls = [node.name for node in program.nodes if "addmm" in str(node.target)]
+    assert len(matmuls) == 2
+    first = [node.name for node in program.nodes].index(matmuls[0])
+    assignment = {node.name: (0 if index <= first else 1) for index, node in enumerate(program.nodes)}
+    plan = plan_segments(program, assignment, 2)
+    assert [segment.device for segment in plan.segments] == [0, 1, 1]
+    assert plan.segments[-1].is_loss
+    assert plan.messages == (Message("value", matmuls[0], 0, 1), Message("grad", matmuls[0], 1, 0))
+    assert plan.bytes_moved(program) == 2 * 2 * 4 * 4  # (2, 4) fp32 forward and back
+    homes = {program.parameters[p]: plan.home[p] for p in program.parameters}
+    assert homes == {"a.weight": 0, "a.bias": 0, "b.weight": 1, "b.bias": 1}
+
+
+def test_assignment_follows_captured_placement() -> None:
+    from rlplace.capture import capture_model
+
+    module = Chain()
+    inputs = (torch.randn(2, 4),)
+    graph = capture_model(module, inputs, optimizer="sgd")
+    program = export_forward(module, inputs)
+    placement = respect_colocation(graph, np.array([i % 2 for i in range(graph.num_ops)], dtype=np.int64))
+    assignment = assign_devices(program, graph, placement)
+    for node in program.nodes:
+        if node.name in graph.names and not graph.is_backward[graph.index_of(node.name)]:
+            assert assignment.node_device[node.name] == placement[graph.index_of(node.name)]
+    for op, names in enumerate(graph.meta["op_params"]):
+        for name in names:
+            placeholder = next(p for p, fqn in program.parameters.items() if fqn == name)
+            assert assignment.node_device[placeholder] == placement[op]
+    assert assignment.matched_by_name >= 3  # addmm, relu, addmm_1; the weight transposes are folded by capture
+
+
+# ----------------------------------------------------------------------------- profile
+def _profile() -> Profile:
+    devices = tuple(DeviceProfile(f"rank{r}", "cpu", 1e11, 5e10, 2e10, 5e-6) for r in range(2))
+    return Profile(devices, np.array([[math.inf, 1e9], [1e9, math.inf]]), np.array([[0.0, 1e-4], [1e-4, 0.0]]), "gloo", 1)
+
+
+def test_apply_profile_makes_costs_reproduce_measured_rates() -> None:
+    cluster = apply_profile(local_cpu_cluster(2), _profile())
+    assert isinstance(cluster, Cluster) and cluster.num_devices == 2
+    graph = OpGraph.build(
+        [{"name": "mm", "kind": "matmul", "flops": 1e9, "bytes_accessed": 1e3, "output_bytes": 1e6}, {"name": "add", "kind": "elementwise", "bytes_accessed": 2e7}],
+        [{"src": "mm", "dst": "add", "bytes": 1e6}],
+    )
+    costs = CostTable.build(graph, cluster)
+    launch = 1e-6  # rlplace.costs.LAUNCH_OVERHEAD_S["cpu"]
+    np.testing.assert_allclose(costs.op_time[0], [1e9 / 1e11 + launch] * 2)
+    np.testing.assert_allclose(costs.op_time[1], [2e7 / 2e10 + launch] * 2)
+    np.testing.assert_allclose(costs.edge_time[0, 0, 1], 1e-4 + 1e6 / 1e9)
+
+
+def test_profile_round_trips_and_bad_files_fail_clearly(tmp_path) -> None:
+    path = tmp_path / "profile.json"
+    write_profile(_profile(), path)
+    loaded = load_profile(path)
+    assert loaded.devices == _profile().devices
+    np.testing.assert_array_equal(loaded.bandwidth, _profile().bandwidth)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(RlplaceError, match="not an rlplace profile"):
+        load_profile(bad)
+    with pytest.raises(RlplaceError, match="calibrates 2 devices"):
+        apply_profile(local_cpu_cluster(3), _profile())
+
+
+# ----------------------------------------------------------------------------- commands
+def test_measure_command_prints_the_contract_fields(tmp_path, capsys) -> None:
+    from rlplace.measure.cli import run_measure_command
+
+    setup = MeasureSetup.prepare(ModelRecipe(MODELS[0]), local_cpu_cluster(2))
+    placement = respect_colocation(setup.graph, (np.arange(setup.graph.num_ops) * 2 >= setup.graph.num_ops).astype(np.int64))
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps([int(d) for d in placement]))
+    args = argparse.Namespace(model=MODELS[0], placement=str(path), backend="local", steps=2, warmup=1, json=True)
+    assert run_measure_command(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["steps"] == 2 and payload["backend"] == "local" and payload["world_size"] == 2
+    assert payload["measured_step_time"] > 0 and payload["simulated_step_time"] > 0
+    assert len(payload["step_times"]) == 2 and payload["placement"] == [int(d) for d in placement]
+
+
+def test_measure_command_rejects_graph_files(tmp_path) -> None:
+    from rlplace.measure.cli import run_measure_command
+
+    path = tmp_path / "p.json"
+    path.write_text("[0]")
+    with pytest.raises(RlplaceError, match="measurement runs PyTorch code"):
+        run_measure_command(argparse.Namespace(model="graph.json", placement=str(path)))
+
+
+# ----------------------------------------------------------------------------- reward
+def test_measured_reward_caches_and_penalizes_bad_placements() -> None:
+    setup = MeasureSetup.prepare(ModelRecipe(MODELS[0]), local_cpu_cluster(2))
+    reward = MeasuredReward(setup, MeasureOptions(backend="local", steps=1, warmup=0, failure_factor=7.0))
+    placement = np.zeros(setup.graph.num_ops, dtype=np.int64)
+    first = reward.evaluate(placement)
+    assert reward.evaluate(placement) == first
+    assert (reward.measurements, reward.cache_hits) == (1, 1)
+    assert first[0] > 0 and first[1] == 0.0
+    split = placement.copy()
+    classes = setup.graph.coloc
+    op = int(np.flatnonzero(classes != NO_CLASS)[-1])  # a backward or optimizer op away from its class
+    split[op] = 1
+    step_time, _ = reward.evaluate(split)
+    assert step_time == pytest.approx(7.0 * reward.single_device_time)
+    assert "colocation" in reward.failures[-1]
+
+
+# ----------------------------------------------------------------------------- distributed
+def test_two_gloo_ranks_equal_unplaced_step() -> None:
+    recipe = ModelRecipe(MODELS[1])
+    setup = MeasureSetup.prepare(recipe, local_cpu_cluster(2), optimizer="sgd")
+    forward = np.flatnonzero(~setup.graph.is_backward)
+    placement = np.zeros(setup.graph.num_ops, dtype=np.int64)
+    placement[forward[len(forward) // 2 :]] = 1
+    placement = respect_colocation(setup.graph, placement)
+    (measurement,) = measure(setup, [placement], backend="gloo", steps=1, warmup=0, timeout_s=120, return_state=True)
+    reference_loss, reference = reference_step(setup.module, setup.inputs, optimizer="sgd")
+    assert measurement.messages > 0 and measurement.segments >= 3
+    assert measurement.loss == pytest.approx(reference_loss, rel=1e-6)
+    assert_same_state(measurement.state, reference, atol=1e-5)
+    assert no_rank_processes()
+
+
+@pytest.mark.parametrize(("fault", "timeout", "message"), [("exit", 120.0, "rank 1 exited with status 3"), ("hang", 4.0, "timed out after 4 s")])
+def test_dead_or_hung_rank_fails_within_timeout_and_leaves_nothing(fault: str, timeout: float, message: str) -> None:
+    setup = MeasureSetup.prepare(ModelRecipe(MODELS[0]), local_cpu_cluster(2))
+    placement = respect_colocation(setup.graph, (np.arange(setup.graph.num_ops) % 2).astype(np.int64))
+    started = time.monotonic()
+    with pytest.raises(MeasureFailure, match=message):
+        measure(setup, [placement], backend="gloo", steps=2, warmup=1, timeout_s=timeout, fault={"rank": 1, "kind": fault})
+    assert time.monotonic() - started < timeout + 15.0
+    assert no_rank_processes()
