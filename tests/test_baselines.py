@@ -149,6 +149,18 @@ def test_fork_join_placements(method: str, expected: list[int]) -> None:
         assert latency(FORK_JOIN, gpus(2), placement) == pytest.approx(7.0)
 
 
+@pytest.mark.parametrize("method", ["metis", "m-topo"])
+def test_a_device_three_times_faster_gets_three_times_the_work(method: str) -> None:
+    # A chain of 8 ops, 1 each on the GPU and 3 on the CPU (device 0), transfers 0.1. m-topo:
+    # the smallest cap that places the chain in two contiguous chunks is 6 (2 ops x 3 on the
+    # CPU, 6 ops x 1 on the GPU). metis: target part weights 1/4 and 3/4 give parts of 2 and 6
+    # ops with one cut edge; the assignment of least total time maps the 2-op part to the CPU.
+    ops = {f"o{i}": {ACCELERATOR: 1, CPU: 3} for i in range(8)}
+    graph = graph_of(ops, [(f"o{i}", f"o{i + 1}", 0.1) for i in range(7)], classes=(ACCELERATOR, CPU))
+    cluster = Cluster.build("cpu+gpu", [device("cpu0", math.inf, CPU), device("gpu0")], intra_host=(1e9, 0.0))
+    assert decide(method, graph, cluster) == [0, 0, 1, 1, 1, 1, 1, 1]
+
+
 # s -> x (10) and s -> y (1), transfers 2. The SCT LP must make x the favourite child:
 # the x path takes 1 + 2 x_sx + 10 and the y path 1 + 2 x_sy + 1 with x_sx + x_sy >= 1, so the
 # makespan 11 needs x_sx = 0, x_sy = 1 (unique optimum).
@@ -229,6 +241,20 @@ def test_greedy_that_strands_an_op_falls_back_to_repair() -> None:
         resident={"a": 1 * GB, "b": 2 * GB, "c": 2 * GB, "d": 3 * GB},
     )
     assert decide("m-etf", graph, gpus(2, 4 * GB)) == [1, 0, 0, 1]
+
+
+def test_finalize_moves_units_off_a_device_over_its_exact_peak() -> None:
+    from rlplace.baselines.common import finalize
+
+    # Three independent 4 GB ops all on gpu0 (10 GB) overflow it by 2 GB; each alone covers
+    # the overflow, so the first (a) moves to gpu1, the device with the most slack.
+    graph = graph_of({"a": 1, "b": 1, "c": 1}, [], resident={n: 4 * GB for n in "abc"})
+    cluster = gpus(2, 10 * GB)
+    costs = CostTable.build(graph, cluster)
+    placement = finalize(graph, cluster, costs, np.zeros(3, dtype=np.int64), objective="latency", method="test")
+    assert placement.tolist() == [1, 0, 0]
+    with pytest.raises(RlplaceError, match=r"test: no placement .* gpu\d needs 12 GB at its peak but has 10 GB"):
+        finalize(graph, gpus(1, 10 * GB), CostTable.build(graph, gpus(1, 10 * GB)), np.zeros(3, dtype=np.int64), objective="latency", method="test")
 
 
 # dp (another module) reports memory through the shared final check, in its own words.

@@ -15,15 +15,19 @@ Memory estimate (what the heuristics respect while they decide):
   largest ``work_bytes`` of any op (a device runs one op at a time). Received copies of remote
   inputs are not counted.
 
-The simulator gives the exact peak memory; `finalize` checks it once at the end and, if a
-device is over, moves units off it (`repair_exact`) before giving up with a clear error.
+The estimate can be far above the simulator's peak for graphs whose activations die early
+(inference), never below it by more than received copies. Errors that claim no placement
+exists use sound lower bounds instead (`check_feasible`). Greedy passes that run out of room
+under the estimate are redone without limits and repaired (`fit_with_fallback`). The
+simulator gives the exact peak memory; `finalize` checks it once at the end and, if a device
+is over, moves units off it (`repair_exact`) before giving up with a clear error.
 
 Shapes used below: n ops, m edges, k devices, u units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +42,14 @@ from rlplace.placement import Placement, as_placement, check_constraints
 OBJECTIVES = ("latency", "pipelined", "throughput")
 
 
-class NoRoomError(RlplaceError):
-    """A greedy pass met a unit that fits on no device any more (see `fit_with_fallback`)."""
 #: Relative tolerance under which two step times count as equal.
 TIME_TOLERANCE = 1e-12
+#: Moves `repair_exact` simulates per step before it gives up.
+EXACT_REPAIR_TRIES = 8
+
+
+class NoRoomError(RlplaceError):
+    """A greedy pass met a unit that fits on no device any more (see `fit_with_fallback`)."""
 
 
 def check_objective(objective: str) -> str:
@@ -424,17 +432,7 @@ def repair_estimate(graph: OpGraph, cluster: Cluster, units: Units, unit_device:
 
 def _move_off(units: Units, assignment: np.ndarray, ledger: MemoryLedger, device: int, overflow: float, room: np.ndarray) -> bool:
     """Move one unit off ``device`` to free ``overflow`` bytes; ``room`` is the free space per device."""
-    on_device = np.flatnonzero(assignment == device)
-    on_device = on_device[units.demand[on_device] > 0]
-    if on_device.size == 0:
-        return False
-    demand = units.demand[on_device]
-    # Units that alone remove the overflow come first (smallest first), then the rest, largest first.
-    fixes = np.flatnonzero(demand >= overflow)
-    rest = np.flatnonzero(demand < overflow)
-    order = np.concatenate([fixes[np.argsort(demand[fixes], kind="stable")], rest[np.argsort(-demand[rest], kind="stable")]])
-    for position in order:
-        unit = int(on_device[position])
+    for unit in _units_to_move(units, assignment, device, overflow):
         options = units.allowed[unit] & (room >= units.demand[unit])
         options[device] = False
         if np.any(options):
@@ -492,14 +490,15 @@ def repair_exact(
 ) -> np.ndarray:
     """Move units off devices whose simulated peak memory exceeds capacity.
 
-    Each step takes the most overflowing device and moves one unit (as in `repair_estimate`,
-    sizes from the estimate) to the device with the most simulated slack. Raises
-    `RlplaceError` when no move is possible or the step limit (units + 1) is reached.
+    Each step takes the most overflowing device and tries, in order, up to
+    ``EXACT_REPAIR_TRIES`` of its units (those whose estimated size alone covers the overflow,
+    smallest first, then the others, largest first), each to the device with the most
+    simulated slack that can run it; the first move that lowers the total simulated overflow
+    is kept. Raises `RlplaceError` when no tried move helps or the step limit (units + 1) is
+    reached.
     """
     units = build_units(graph, costs, objective)
     assignment = units.contract(placement)
-    budget = cluster.memory
-    ledger = ledger_for(assignment, units, budget)
     capacity = cluster.memory
     peak = np.asarray(simulator.peak_memory(units.expand(assignment)), dtype=np.float64)
     for _ in range(units.num_units + 1):
@@ -507,9 +506,21 @@ def repair_exact(
         device = int(np.argmax(over))
         if over[device] <= 0:
             return units.expand(assignment)
-        if not _move_off(units, assignment, ledger, device, float(over[device]), capacity - peak):
+        total = float(np.maximum(over, 0.0).sum())
+        improved = False
+        for unit in _units_to_move(units, assignment, device, float(over[device]))[:EXACT_REPAIR_TRIES]:
+            options = units.allowed[unit].copy()
+            options[device] = False
+            if not np.any(options):
+                continue
+            trial = assignment.copy()
+            trial[unit] = int(np.argmax(np.where(options, capacity - peak, -np.inf)))
+            trial_peak = np.asarray(simulator.peak_memory(units.expand(trial)), dtype=np.float64)
+            if float(np.maximum(trial_peak - capacity, 0.0).sum()) < total:
+                assignment, peak, improved = trial, trial_peak, True
+                break
+        if not improved:
             break
-        peak = np.asarray(simulator.peak_memory(units.expand(assignment)), dtype=np.float64)
     over = peak - capacity
     device = int(np.argmax(over))
     raise RlplaceError(
@@ -517,6 +528,17 @@ def repair_exact(
         f"needs {format_bytes(float(peak[device]))} at its peak but has {format_bytes(float(capacity[device]))}; "
         "use more or larger devices, or a smaller batch"
     )
+
+
+def _units_to_move(units: Units, assignment: np.ndarray, device: int, overflow: float) -> list[int]:
+    """Units on ``device`` with memory, those whose estimate covers ``overflow`` first (smallest first), then the rest (largest first)."""
+    on_device = np.flatnonzero(assignment == device)
+    on_device = on_device[units.demand[on_device] > 0]
+    demand = units.demand[on_device]
+    fixes = np.flatnonzero(demand >= overflow)
+    rest = np.flatnonzero(demand < overflow)
+    order = np.concatenate([fixes[np.argsort(demand[fixes], kind="stable")], rest[np.argsort(-demand[rest], kind="stable")]])
+    return [int(on_device[i]) for i in order]
 
 
 def start_assignment_error(graph: OpGraph, cluster: Cluster, units: Units, unit: int) -> NoRoomError:
@@ -561,8 +583,3 @@ def prepare(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str) 
     budget = memory_budget(graph, cluster, objective)
     check_feasible(graph, cluster, units, objective)
     return units, budget
-
-
-def argmin_first(values: Sequence[float] | np.ndarray) -> int:
-    """Index of the smallest value, the first one on ties."""
-    return int(np.argmin(np.asarray(values, dtype=np.float64)))

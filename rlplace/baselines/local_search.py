@@ -61,9 +61,11 @@ def place(
     simulator = make_simulator(graph, cluster, costs, objective)
     search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations)
     if start is None:
-        starts = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=start_methods)
+        failures: dict[str, str] = {}
+        starts = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures)
         if not starts:
-            raise RlplaceError(f"local-search: none of {', '.join(start_methods)} found a start placement for graph {graph.name!r}")
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
+            raise RlplaceError(f"local-search: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     else:
         starts = {"given": np.asarray(start, dtype=np.int64)}
     best = search.run([units.contract(p) for p in starts.values()])
@@ -71,16 +73,28 @@ def place(
 
 
 def start_placements(
-    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str, seed: int, methods: Sequence[str] = START_METHODS
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str,
+    seed: int,
+    methods: Sequence[str] = START_METHODS,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped)."""
+    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped).
+
+    ``failures``, when given, receives method name -> error message for those that raised.
+    """
     from rlplace.baselines import METHODS
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
         try:
             found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed), dtype=np.int64)
-        except RlplaceError:
+        except RlplaceError as error:
+            if failures is not None:
+                failures[name] = str(error)
             continue
         except ModuleNotFoundError as error:
             if error.name != "rlplace.baselines.dp":
