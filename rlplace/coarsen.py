@@ -42,8 +42,10 @@ from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 
 METHODS = ("auto", "module", "chain", "metis", "topo")
-#: Rounds of SCC-targeted splitting before every label is split (which always succeeds).
+#: Rounds of targeted splitting before every label is split (which always succeeds).
 _MAX_REFINE_ROUNDS = 32
+#: Above this many labels the convexity test (bitsets of labels per node) is skipped.
+_MAX_BITSET_LABELS = 4096
 #: Budgets tried to leave room for mirrors and the splits of step 3.
 _MAX_BUDGET_ROUNDS = 8
 
@@ -356,10 +358,16 @@ def _module_keys(graph: OpGraph, paths: list[str], atoms: _Atoms) -> Callable[[i
     """Budget -> atom keys (module prefix, direction); a mirror takes its anchor's prefix, backward."""
     tree = _ModuleTree(paths, graph.is_backward, _op_weights(graph))
     mirror = atoms.mirror
+    # Backward ops outside any module (gradient accumulation, the loss's backward ...) are
+    # scattered through the backward pass; as one root group they would be cut to pieces.
+    no_module = np.array([not paths[op] for op in atoms.dag.first_op.tolist()], dtype=bool)
+    homeless = atoms.follower & no_module
 
     def keys_for(budget: int) -> np.ndarray:
         keys = tree.labels(budget)[atoms.dag.first_op]
         keys[mirror] = keys[atoms.anchor[mirror]] | 1
+        if np.any(homeless):
+            keys = _follow(keys, atoms.backward & ~homeless, homeless, atoms.dag)
         return keys
 
     return keys_for
@@ -394,33 +402,45 @@ def _unit_keys(method: str, atoms: _Atoms, atom_weight: np.ndarray, seed: int) -
     return keys_for
 
 
-def _follow(keys: np.ndarray, mirror: np.ndarray, follower: np.ndarray, dag: _Dag) -> np.ndarray:
-    """Give each follower the key of its first mirror/follower producer, else consumer, else a new key.
+def _follow(keys: np.ndarray, sources: np.ndarray, todo: np.ndarray, dag: _Dag) -> np.ndarray:
+    """Give each ``todo`` node the key of a neighbour: its latest producer among ``sources``,
+    else its latest already-keyed ``todo`` producer, else (second pass, in reverse) its earliest
+    such consumer, else a new key of its own.
 
-    Two linear passes over the DAG (producers in topological order, then consumers in reverse).
+    The latest producer is the most local context: a gradient accumulation joins the layer
+    whose gradient it adds, not the chain of accumulations before it. Linear in nodes + edges.
     """
     k = dag.num_nodes
     key = keys.tolist()
-    source = (mirror | follower).tolist()
-    todo = follower.tolist()
-    known = [not t for t in todo]
+    is_source = sources.tolist()
+    pending = todo.tolist()
+    known = [not t for t in pending]
     by_dst = np.searchsorted(dag.dst, np.arange(k + 1)).tolist()
     producers = dag.src.tolist()
     order = np.lexsort((dag.dst, dag.src))
     by_src = np.searchsorted(dag.src[order], np.arange(k + 1)).tolist()
     consumers = dag.dst[order].tolist()
+
+    def pick(neighbours: list[int]) -> int:
+        fallback = -1
+        for node in neighbours:
+            if known[node]:
+                if is_source[node]:
+                    return node
+                if pending[node] and fallback < 0:
+                    fallback = node
+        return fallback
+
     for v in range(k):
-        if todo[v]:
-            for p in producers[by_dst[v] : by_dst[v + 1]]:
-                if known[p] and source[p]:
-                    key[v], known[v] = key[p], True
-                    break
+        if pending[v]:
+            chosen = pick(producers[by_dst[v] : by_dst[v + 1]][::-1])
+            if chosen >= 0:
+                key[v], known[v] = key[chosen], True
     for v in range(k - 1, -1, -1):
         if not known[v]:
-            for c in consumers[by_src[v] : by_src[v + 1]]:
-                if known[c] and source[c]:
-                    key[v], known[v] = key[c], True
-                    break
+            chosen = pick(consumers[by_src[v] : by_src[v + 1]])
+            if chosen >= 0:
+                key[v], known[v] = key[chosen], True
     result = np.asarray(key, dtype=np.int64)
     lonely = ~np.asarray(known, dtype=bool)
     result[lonely] = int(result.max()) + 1 + 2 * np.arange(int(lonely.sum()))
@@ -517,10 +537,9 @@ def _metis_labels(dag: _Dag, weight: np.ndarray, max_parts: int, seed: int) -> n
     parts = min(max_parts, k)
     if parts <= 1:
         return np.zeros(k, dtype=np.int64)
-    if parts >= k:
-        return np.arange(k, dtype=np.int64)
-    if dag.src.size == 0:
-        return np.arange(k, dtype=np.int64) % parts
+    if 2 * parts > k or dag.src.size == 0:
+        # Nearly one node per part (where METIS' bisection fails on empty halves), or no edges.
+        return _merge_contiguous(np.arange(k, dtype=np.int64), dag, weight, parts)
     scale = 1e6 / max(float(dag.edge_bytes.max()), 1.0)
     e_weight = np.maximum(1, np.round(dag.edge_bytes * scale)).astype(np.int64)
     rows = np.concatenate([dag.src, dag.dst])
@@ -541,18 +560,52 @@ def _metis_labels(dag: _Dag, weight: np.ndarray, max_parts: int, seed: int) -> n
 
 # --------------------------------------------------------------------------- acyclic repair
 def _refine_acyclic(labels: np.ndarray, dag: _Dag) -> np.ndarray:
-    """Split the labels that lie on quotient cycles until the quotient is a DAG; compact ids."""
+    """Split labels until the quotient is a DAG; compact ids.
+
+    First every non-convex label (a path leaves it and comes back) is split, then, for
+    labels that are convex but still sit on a quotient cycle, those on the cycle are split.
+    A split groups a label's nodes by `_label_changes`, which separates the two ends of
+    every path that leaves the label, so each round makes progress; after
+    `_MAX_REFINE_ROUNDS` rounds every label is split, which always yields a DAG.
+    """
     labels = _compact(labels)
     for round_index in range(_MAX_REFINE_ROUNDS + 2):
-        k = int(labels.max()) + 1 if labels.size else 0
-        cyclic = _on_cycle(labels, dag.src, dag.dst, max(k, 1))
-        if not np.any(cyclic[labels]):
-            return labels
+        k = _num_labels(labels)
+        split_label = _nonconvex_labels(labels, dag) if k <= _MAX_BITSET_LABELS else np.zeros(k, dtype=bool)
+        if not np.any(split_label):
+            split_label = _on_cycle(labels, dag.src, dag.dst, max(k, 1))
+            if not np.any(split_label):
+                return labels
         changes = _label_changes(labels, dag)
-        split = cyclic[labels] if round_index < _MAX_REFINE_ROUNDS else np.ones(labels.size, dtype=bool)
-        key = np.where(split, labels * (int(changes.max()) + 1) + changes, -1 - labels)
-        labels = _compact(key)
+        split = split_label[labels] if round_index < _MAX_REFINE_ROUNDS else np.ones(labels.size, dtype=bool)
+        labels = _compact(np.where(split, labels * (int(changes.max()) + 1) + changes, -1 - labels))
     raise AssertionError("acyclic refinement did not converge")
+
+
+def _nonconvex_labels(labels: np.ndarray, dag: _Dag) -> np.ndarray:
+    """(K,) bool: some path leaves the label and comes back to it.
+
+    One reverse pass with Python integers as bitsets of the labels reachable from each node.
+    """
+    k = dag.num_nodes
+    order = np.lexsort((dag.dst, dag.src))
+    by_src = np.searchsorted(dag.src[order], np.arange(k + 1)).tolist()
+    consumers = dag.dst[order].tolist()
+    label = labels.tolist()
+    reach = [0] * k
+    bad: set[int] = set()
+    for v in range(k - 1, -1, -1):
+        own = label[v]
+        bits = 0
+        for c in consumers[by_src[v] : by_src[v + 1]]:
+            below = reach[c]
+            if label[c] != own and (below >> own) & 1:
+                bad.add(own)
+            bits |= below | (1 << label[c])
+        reach[v] = bits
+    mask = np.zeros(_num_labels(labels), dtype=bool)
+    mask[list(bad)] = True
+    return mask
 
 
 def _label_changes(labels: np.ndarray, dag: _Dag) -> np.ndarray:

@@ -85,12 +85,12 @@ def series_parallel(n: int = 200, *, seed: int = 0, parallel_prob: float = 0.35,
     with a new op (series) or, with probability ``parallel_prob``, adds a new op as a parallel
     path between the edge's ends.
     """
-    _check_size(n, minimum=2)
+    _check_size(n, minimum=1)
     rng = np.random.default_rng(seed)
     # Ops are created with provisional ids; a series-parallel edge list stays acyclic, and
     # `_skeleton` renumbers ops in a topological order.
-    src = [0]
-    dst = [1]
+    src = [0] if n > 1 else []
+    dst = [1] if n > 1 else []
     for new_op in range(2, n):
         edge = int(rng.integers(0, len(src)))
         u, v = src[edge], dst[edge]
