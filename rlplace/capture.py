@@ -41,7 +41,7 @@ import operator
 import re
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,8 @@ def capture_model(
     args, kwargs = _move_inputs(args, device), _move_inputs(kwargs, device)
 
     canonical = _canonical_names(module)
-    started = time.perf_counter()
+    trainable = [canonical[name] for name, param in module.named_parameters() if param.requires_grad]
+    started = (time.perf_counter(), time.process_time())
     was_training = module.training
     module.train(training)
     try:
@@ -142,15 +143,15 @@ def capture_model(
             if not training:
                 built = _convert_fx(exported.graph, _export_roles(exported), flops, canonical)
             elif backward == "rule":
-                built, backward_used = _capture_by_rule(exported, module, flops, canonical, optimizer), "rule"
+                built, backward_used = _capture_by_rule(exported, flops, canonical, optimizer, trainable), "rule"
             else:
                 try:
-                    built, backward_used = _capture_joint(exported, args, kwargs, flops, canonical, optimizer, stack), "joint"
+                    built, backward_used = _capture_joint(exported, args, kwargs, flops, canonical, optimizer, trainable, stack), "joint"
                 except Exception as exc:  # AOTAutograd can fail on any op; the rule still gives a graph
                     if backward == "joint":
                         raise RlplaceError(f"{graph_name}: tracing the backward pass failed ({_first_line(exc)}); retry with backward='rule'") from exc
                     logger.warning("capture %s: joint forward/backward trace failed (%s); deriving the backward pass by rule", graph_name, _first_line(exc))
-                    built, backward_used = _capture_by_rule(exported, module, flops, canonical, optimizer), "rule"
+                    built, backward_used = _capture_by_rule(exported, flops, canonical, optimizer, trainable), "rule"
                     note = f"joint trace failed: {_first_line(exc)}"
             _log_phase(graph_name, f"ops ({backward_used} backward)", started)
     finally:
@@ -195,8 +196,10 @@ def capture_spec(
     return OpGraph(**{**{f: getattr(graph, f) for f in _GRAPH_FIELDS}, "meta": {**graph.meta, "spec": spec}})
 
 
-def _log_phase(graph_name: str, phase: str, started: float) -> None:
-    logger.info("capture %s: %s done at %.2f s", graph_name, phase, time.perf_counter() - started)
+def _log_phase(graph_name: str, phase: str, started: tuple[float, float]) -> None:
+    """Log how long capture has run so far: wall seconds and this process's CPU seconds."""
+    wall, cpu = time.perf_counter() - started[0], time.process_time() - started[1]
+    logger.info("capture %s: %s done at %.2f s wall, %.2f s CPU", graph_name, phase, wall, cpu)
 
 
 # ============================================================================ building
@@ -627,8 +630,10 @@ def _joint_gradients(graph: torch.fx.Graph, source: Mapping[torch.fx.Node, tuple
 
 
 # ============================================================================ training
-def _capture_by_rule(exported: torch.export.ExportedProgram, module: nn.Module, flops: _FlopCounter, canonical: Mapping[str, str], optimizer: str) -> _Built:
-    trainable = [canonical.get(param_name, param_name) for param_name, param in module.named_parameters() if param.requires_grad]
+def _capture_by_rule(
+    exported: torch.export.ExportedProgram, flops: _FlopCounter, canonical: Mapping[str, str], optimizer: str, trainable: Sequence[str]
+) -> _Built:
+    """Forward ops from the exported program, backward and optimizer by `_add_backward_by_rule`."""
     return _add_backward_by_rule(_convert_fx(exported.graph, _export_roles(exported), flops, canonical), optimizer, trainable)
 
 
@@ -639,22 +644,101 @@ def _capture_joint(
     flops: _FlopCounter,
     canonical: Mapping[str, str],
     optimizer: str,
+    trainable: Sequence[str],
     stack: contextlib.ExitStack,
 ) -> _Built:
-    """Forward + backward ATen graph from AOTAutograd, plus optimizer ops."""
+    """Forward + backward ATen graph from AOTAutograd, plus optimizer ops.
+
+    Raises `_IncompleteBackward` when no trainable parameter the forward reads gets a
+    gradient (the caller then falls back to the rule).
+    """
     import torch.fx.traceback as fx_traceback
     from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
     from torch.export.graph_signature import TensorArgument
 
     graph_module = exported.module()
     _use_memory_efficient_attention(graph_module)
+    fake_args, fake_kwargs = _on_fake_cpu(graph_module, args, kwargs)
     with fx_traceback.preserve_node_meta():
-        joint = aot_export_joint_with_descriptors(stack, graph_module, args, kwargs)
+        joint = aot_export_joint_with_descriptors(stack, graph_module, fake_args, fake_kwargs)
     user_inputs = [spec.arg.name for spec in exported.graph_signature.input_specs if spec.kind.name == "USER_INPUT" and isinstance(spec.arg, TensorArgument)]
     graph = joint.graph_module.graph
     built = _convert_fx(graph, _joint_roles(graph, user_inputs), flops, canonical, joint=True)
+    used = [name for name in trainable if name in built.param_owner]
+    missing = [name for name in used if name not in built.grads]
+    if used and len(missing) == len(used):
+        raise _IncompleteBackward(f"the traced backward pass computes none of the {len(used)} parameter gradients")
+    if missing:
+        logger.warning("capture: no gradient reaches %d of %d trainable parameters (first: %s)", len(missing), len(used), missing[0])
     _add_optimizer_ops(built, optimizer)
     return built
+
+
+class _IncompleteBackward(RuntimeError):
+    """The joint trace lost the backward pass (no parameter gets a gradient)."""
+
+
+def _on_fake_cpu(graph_module: torch.fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Move ``graph_module`` (our private copy) and the inputs onto fake CPU tensors.
+
+    AOTAutograd traces some composite ops wrongly on the meta device (in torch 2.13 the
+    backward of ``cross_entropy`` silently disappears: ``nll_loss`` is treated as having no
+    derivative), while fake CPU tensors trace them like real ones and still allocate
+    nothing. Parameters and buffers are replaced by fake tensors of the same shape, dtype
+    and ``requires_grad``; tensors the graph creates on ``meta`` are created on CPU instead.
+
+    Returns:
+        The inputs as fake CPU tensors (non-tensors unchanged).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    cpu = torch.device("cpu")
+    mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
+
+    def fake(tensor: torch.Tensor) -> torch.Tensor:
+        with mode:
+            return torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device=cpu)
+
+    for qualified_name, param in list(graph_module.named_parameters(remove_duplicate=False)):
+        owner_name, _, attribute = qualified_name.rpartition(".")
+        owner = graph_module.get_submodule(owner_name)
+        setattr(owner, attribute, nn.Parameter(fake(param), requires_grad=param.requires_grad))
+    for qualified_name, buffer in list(graph_module.named_buffers(remove_duplicate=False)):
+        owner_name, _, attribute = qualified_name.rpartition(".")
+        graph_module.get_submodule(owner_name)._buffers[attribute] = fake(buffer)
+    for name, value in list(vars(graph_module).items()):
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            setattr(graph_module, name, fake(value))  # lifted constants
+    _retarget_meta_device(graph_module, cpu)
+    fake_inputs = torch.utils._pytree.tree_map(lambda leaf: fake(leaf) if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    return fake_inputs[0], fake_inputs[1]
+
+
+def _retarget_meta_device(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
+    """Rewrite ``device=meta`` arguments of calls (arange, zeros, to ...) to ``device``, in every subgraph."""
+    meta = torch.device("meta")
+
+    def retarget(value: Any) -> Any:
+        if isinstance(value, torch.device) and value == meta:
+            return device
+        if isinstance(value, str) and value == "meta":
+            return str(device)
+        return value
+
+    for submodule in graph_module.modules():  # higher-order ops keep their bodies in submodules
+        if not isinstance(submodule, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in submodule.graph.nodes:
+            if node.op != "call_function":
+                continue
+            new_args, new_kwargs = torch.utils._pytree.tree_map(retarget, (node.args, node.kwargs))
+            if new_args != node.args or new_kwargs != node.kwargs:
+                node.args, node.kwargs = new_args, new_kwargs
+                changed = True
+        if changed:
+            submodule.recompile()
 
 
 def _add_optimizer_ops(built: _Built, optimizer: str) -> None:
@@ -766,6 +850,8 @@ class _FlopCounter:
             return 0.0
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda arg: arg.meta.get("val"))
         formula = self._registry.get(target._overloadpacket)
+        if target._overloadpacket is torch.ops.aten.convolution_backward:
+            return _conv_backward_flops(formula, args, kwargs, node.meta.get("val"))
         if formula is not None:
             return float(formula(*args, out_val=node.meta.get("val"), **kwargs))
         if not target.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd):
@@ -779,6 +865,26 @@ class _FlopCounter:
                 target(*meta_args, **meta_kwargs)
             self._cache[key] = float(counter.get_total_flops())
         return self._cache[key]
+
+
+def _conv_backward_flops(formula: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], out_val: Any) -> float:
+    """FlopCounterMode's ``convolution_backward`` count with the weight gradient of a grouped
+    convolution divided by ``groups``.
+
+    torch 2.13 counts that term as a dense convolution (``C_in * C_out`` channel pairs instead
+    of ``C_in * C_out / groups``), so a depthwise convolution's backward would read ``C``
+    times too many FLOPs; the input gradient term is right and kept as is.
+    """
+    groups = int(args[9]) if len(args) > 9 else int(kwargs.get("groups", 1))
+    mask = list(args[10] if len(args) > 10 else kwargs["output_mask"])
+    head = list(args[:10])
+
+    def count(output_mask: list[bool]) -> float:
+        return float(formula(*head, output_mask, *args[11:], out_val=out_val, **kwargs))
+
+    grad_input = count([mask[0], False, False]) if mask[0] else 0.0
+    grad_weight = count([False, mask[1], False]) if mask[1] else 0.0
+    return grad_input + grad_weight / max(groups, 1)
 
 
 def _as_meta(value: Any) -> Any:
@@ -838,6 +944,9 @@ _KIND_BY_NAME: dict[str, frozenset[str]] = {
     "embedding": frozenset({"embedding", "embedding_dense_backward", "embedding_backward", "embedding_bag", "_embedding_bag", "_embedding_bag_backward"}),
     "reduction": frozenset(
         {
+            "binary_cross_entropy",
+            "binary_cross_entropy_with_logits",
+            "binary_cross_entropy_backward",
             "sum",
             "mean",
             "amax",
@@ -896,9 +1005,22 @@ def op_kind(target: Any) -> str:
         return "attention"
     if "norm" in name and not name.startswith("normal") and name not in _NORM_REDUCTIONS:
         return "norm"
-    if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
+    if "pool" in name:
+        return "reduction"
+    if _is_pointwise(name, target):
         return "elementwise"
     return "other"
+
+
+def _is_pointwise(name: str, target: Any) -> bool:
+    """Tagged pointwise, or the backward of a pointwise op (``hardtanh_backward`` ...)."""
+    if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
+        return True
+    if not name.endswith("_backward"):
+        return False
+    forward = getattr(torch.ops.aten, name.removesuffix("_backward"), None)
+    overload = getattr(forward, "default", None) if forward is not None else None
+    return isinstance(overload, torch._ops.OpOverload) and torch.Tag.pointwise in overload.tags
 
 
 def _op_name(target: Any) -> str:

@@ -85,6 +85,12 @@ def load_model_spec(spec: str, *, batch_size: int | None = None) -> LoadedModel:
     return LoadedModel(module=module, example_inputs=example_inputs, name=f"{path.stem}:{function_name}", batch_size=batch_size)
 
 
+def load_model_function(spec: str, *, batch_size: int | None = None) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+    """``(module, example_inputs)`` of a ``path/to/file.py:function`` spec (see `load_model_spec`)."""
+    loaded = load_model_spec(spec, batch_size=batch_size)
+    return loaded.module, loaded.example_inputs
+
+
 def _import_file(path: Path, spec: str) -> ModuleType:
     if not path.is_file():
         raise RlplaceError(f"model spec {spec!r}: file {str(path)!r} does not exist")

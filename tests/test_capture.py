@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rlplace.capture import OPTIMIZERS, capture_model, capture_spec, op_kind
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.modelspec import is_python_spec, load_model_spec, parse_python_spec
+from rlplace.modelspec import is_python_spec, load_model_function, load_model_spec, parse_python_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny_models.py"
@@ -219,6 +219,40 @@ def test_mlp_training_joint_graph():
         assert graph.meta["module_paths"][i] == graph.meta["module_paths"][partners[0]]
 
 
+class Classifier(nn.Module):
+    """Computes its own loss, as the zoo models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.fc(x), target)
+
+
+def test_training_graph_through_a_cross_entropy_loss():
+    """The loss's backward is traced (on meta, AOTAutograd would drop nll_loss's derivative)."""
+    graph = capture_model(on_meta(Classifier), {"x": x_meta(2, 4), "target": torch.zeros(2, dtype=torch.long, device="meta")})
+    assert graph.meta["backward"] == "joint"
+    targets = graph.meta["aten_targets"]
+    assert "aten.nll_loss_backward.default" in targets and "aten._log_softmax_backward_data.default" in targets
+    matmul = np.array([kind == "matmul" for kind in graph.kinds])
+    assert graph.flops[graph.is_backward & matmul].sum() == 2 * 3 * 2 * 4  # dW
+    assert sorted(graph.names[i] for i, kind in enumerate(graph.kinds) if kind == "optimizer") == ["adam.fc.bias", "adam.fc.weight"]
+
+
+def test_grouped_convolution_backward_flops():
+    """dX and dW of a depthwise conv each cost its forward FLOPs (FlopCounterMode's own
+    formula would count dW as a dense conv, 8x too many here)."""
+    module = on_meta(lambda: nn.Sequential(nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)))
+    graph = capture_model(module, (x_meta(2, 8, 16, 16),))
+    conv = np.array([kind == "conv" for kind in graph.kinds])
+    pointwise = 2 * 2 * 16 * 16 * 8 * 8  # 2 * N * H * W * C_out * C_in
+    depthwise = 2 * 2 * 16 * 16 * 9 * 8  # 2 * N * H * W * k^2 * C_out * (C_in / groups)
+    assert graph.flops[~graph.is_backward & conv].sum() == pointwise + depthwise
+    assert graph.flops[graph.is_backward & conv].sum() == pointwise + 2 * depthwise  # first conv: dW only
+
+
 @pytest.mark.parametrize(("optimizer", "factor"), [("adam", 4), ("adamw", 4), ("sgd-momentum", 3), ("sgd", 2)])
 def test_optimizer_state_memory(optimizer: str, factor: int):
     graph = capture_model(on_meta(mlp), (x_meta(2, 4),), optimizer=optimizer)
@@ -390,6 +424,8 @@ def test_spec_loads_with_and_without_batch_size():
     assert loaded.name == "tiny_models:mlp"
     assert load_model_spec(f"{TINY}:mlp", batch_size=5).example_inputs[0].shape == (5, 4)
     assert load_model_spec(f"{TINY}:fixed_batch").example_inputs[0].shape == (3, 4)
+    module, inputs = load_model_function(f"{TINY}:mlp_keyword_inputs", batch_size=6)
+    assert isinstance(module, nn.Sequential) and inputs["input"].shape == (6, 4)
 
 
 def test_capture_spec_positional_keyword_and_none_inputs():
