@@ -51,7 +51,8 @@ def layered(n: int = 200, *, seed: int = 0, width: int = 8, skip_prob: float = 0
     """A layered DAG: ``n`` forward ops in layers of 1..``width`` ops.
 
     Every op of a layer reads 1..3 ops of the previous layer and, with probability
-    ``skip_prob``, one op of an earlier layer (a residual connection).
+    ``skip_prob``, one op of an earlier layer (a residual connection); every op outside the
+    last layer is read by the next one.
     """
     _check_size(n, width=width)
     rng = np.random.default_rng(seed)
@@ -59,17 +60,24 @@ def layered(n: int = 200, *, seed: int = 0, width: int = 8, skip_prob: float = 0
     start = 0
     while start < n:
         size = min(int(rng.integers(1, width + 1)), n - start)
+        if start == 0 and n > 1:
+            size = min(size, n - 1)  # at least two layers, so no op is isolated
         layers.append(np.arange(start, start + size))
         start += size
     src: list[int] = []
     dst: list[int] = []
     for depth in range(1, len(layers)):
         previous = layers[depth - 1]
+        unread = set(previous.tolist())
         for op in layers[depth].tolist():
             fan_in = min(int(rng.integers(1, 4)), previous.size)
             for producer in rng.choice(previous, size=fan_in, replace=False).tolist():
                 src.append(producer)
                 dst.append(op)
+                unread.discard(producer)
+        for producer in sorted(unread):  # every op but the last layer's feeds the next layer
+            src.append(producer)
+            dst.append(int(rng.choice(layers[depth])))
             if depth >= 2 and rng.random() < skip_prob:
                 earlier = layers[int(rng.integers(0, depth - 1))]
                 src.append(int(rng.choice(earlier)))
