@@ -195,6 +195,19 @@ def _rows_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def run_measure(args: argparse.Namespace) -> int:
+    from rlplace.measure.cli import run_measure_command
+
+    return run_measure_command(args)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from rlplace.measure.cli import run_calibrate_command
+
+    check_output_path(args.out)
+    return run_calibrate_command(args)
+
+
 def run_methods(args: argparse.Namespace) -> int:
     from rlplace.baselines import METHOD_DESCRIPTIONS
 

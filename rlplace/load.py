@@ -43,11 +43,12 @@ def load_model(spec: str, *, inference: bool = False, batch_size: int | None = N
     """Resolve a MODEL spec (see module docstring) into a `LoadedModel`."""
     if spec.startswith("zoo:"):
         from rlplace.capture import capture_model
-        from rlplace.zoo import zoo_model
+        from rlplace.zoo import ZOO, zoo_model
 
         name = spec.removeprefix("zoo:")
         module, inputs = zoo_model(name, batch_size=batch_size)
-        graph = capture_model(module, inputs, training=not inference, optimizer=optimizer, name=name)
+        batch = batch_size or ZOO[name].batch_size
+        graph = capture_model(module, inputs, training=not inference, optimizer=optimizer, batch_size=batch, name=name)
         return LoadedModel(spec=spec, graph=graph, module=module)
     if spec.startswith("synthetic:"):
         from rlplace.synthetic import synthetic_graph
