@@ -35,13 +35,15 @@ fed by the parameter's gradient and colocated with the parameter's owner.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import operator
 import re
+import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -342,10 +344,33 @@ def _move_inputs(value: Any, device: torch.device | None) -> Any:
 
 
 def _export(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> torch.export.ExportedProgram:
+    # On failure torch prints the partial graph to stderr; our one-line error replaces it.
+    printed = io.StringIO()
     try:
-        return torch.export.export(module, args, kwargs, strict=False)
+        with contextlib.redirect_stderr(printed), _quiet_loggers(_NOISY_TORCH_LOGGERS):
+            exported = torch.export.export(module, args, kwargs, strict=False)
     except Exception as exc:  # export raises many types; all mean "this model cannot be traced"
+        logger.debug("torch.export of %s printed:\n%s", name, printed.getvalue())
         raise RlplaceError(_explain_export_failure(exc, name)) from exc
+    sys.stderr.write(printed.getvalue())
+    return exported
+
+
+#: Loggers that print the traced graph as a warning before export raises; our error says it in one line.
+_NOISY_TORCH_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export.non_strict_utils")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: Sequence[str]) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
 
 
 _DATA_DEPENDENT = ("data-dependent", "GuardOnDataDependentSymNode", "Could not guard on", "Could not extract specialized integer")
@@ -370,6 +395,7 @@ def _first_line(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         line = line.strip()
         if line and not line.startswith(("def ", "#")):
+            line = line.split(".  ")[0]  # torch appends details after two spaces
             return f"{type(exc).__name__}: {line}"
     return type(exc).__name__
 
@@ -522,7 +548,7 @@ def _convert_fx(
             name=node.name,
             kind="view" if view else op_kind(node.target),
             aten=_target_name(node.target),
-            module_path=_module_path(node, backward=is_backward),
+            module_path=_module_path(node, backward=is_backward) or _inherited_path(built, inputs, is_backward),
             flops=0.0 if view else flops.count(node),
             output_bytes=out_bytes,
             is_backward=is_backward,
@@ -546,6 +572,14 @@ def _convert_fx(
         built.coloc_links.extend((seq_anchor[seq], op_id) for op_id, seq in backward_seq if seq in seq_anchor)
         built.grads = _joint_gradients(graph, source, canonical)
     return built
+
+
+def _inherited_path(built: _Built, inputs: Sequence[tuple[Any, ...]], is_backward: bool) -> str:
+    """Module path of a backward op autograd made outside any module (gradient sums): its
+    first producer's, so coarsening by module keeps it with the layer it belongs to."""
+    if not is_backward:
+        return ""
+    return next((built.ops[src[1]].module_path for src in inputs if src[0] == "op" and built.ops[src[1]].module_path), "")
 
 
 def _record_tensor(built: _Built, tensor_name: str, value: Any) -> None:
@@ -685,7 +719,8 @@ def _on_fake_cpu(graph_module: torch.fx.GraphModule, args: tuple[Any, ...], kwar
     backward of ``cross_entropy`` silently disappears: ``nll_loss`` is treated as having no
     derivative), while fake CPU tensors trace them like real ones and still allocate
     nothing. Parameters and buffers are replaced by fake tensors of the same shape, dtype
-    and ``requires_grad``; tensors the graph creates on ``meta`` are created on CPU instead.
+    and ``requires_grad``; tensors the graph creates on another device (meta, cuda) are
+    created on CPU instead.
 
     Returns:
         The inputs as fake CPU tensors (non-tensors unchanged).
@@ -710,19 +745,19 @@ def _on_fake_cpu(graph_module: torch.fx.GraphModule, args: tuple[Any, ...], kwar
     for name, value in list(vars(graph_module).items()):
         if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
             setattr(graph_module, name, fake(value))  # lifted constants
-    _retarget_meta_device(graph_module, cpu)
+    _retarget_devices(graph_module, cpu)
     fake_inputs = torch.utils._pytree.tree_map(lambda leaf: fake(leaf) if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
     return fake_inputs[0], fake_inputs[1]
 
 
-def _retarget_meta_device(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
-    """Rewrite ``device=meta`` arguments of calls (arange, zeros, to ...) to ``device``, in every subgraph."""
-    meta = torch.device("meta")
+def _retarget_devices(graph_module: torch.fx.GraphModule, device: torch.device) -> None:
+    """Rewrite device arguments of calls (``arange(device=meta)``, ``to("cuda")`` ...) to
+    ``device``, in every subgraph, so the graph runs on the fake tensors of `_on_fake_cpu`."""
 
     def retarget(value: Any) -> Any:
-        if isinstance(value, torch.device) and value == meta:
+        if isinstance(value, torch.device) and value != device:
             return device
-        if isinstance(value, str) and value == "meta":
+        if isinstance(value, str) and (value == "meta" or value.split(":")[0] in ("cuda", "xpu", "mps")):
             return str(device)
         return value
 
@@ -846,6 +881,8 @@ class _FlopCounter:
 
     def count(self, node: torch.fx.Node) -> float:
         target = node.target
+        if isinstance(target, torch._ops.HigherOrderOperator):
+            return self._count_higher_order(node)
         if not isinstance(target, torch._ops.OpOverload):
             return 0.0
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda arg: arg.meta.get("val"))
@@ -865,6 +902,27 @@ class _FlopCounter:
                 target(*meta_args, **meta_kwargs)
             self._cache[key] = float(counter.get_total_flops())
         return self._cache[key]
+
+    def _count_higher_order(self, node: torch.fx.Node) -> float:
+        """Run a higher-order op (``wrap_with_set_grad_enabled``, ``cond`` ...) on meta
+        tensors under FlopCounterMode; its body graph comes from the owning module."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        owner = node.graph.owning_module
+
+        def resolve(arg: torch.fx.Node) -> Any:
+            if arg.op == "get_attr" and owner is not None:
+                return operator.attrgetter(str(arg.target))(owner)
+            return _as_meta(arg.meta.get("val"))
+
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), resolve)
+        try:
+            with FlopCounterMode(display=False) as counter:
+                node.target(*args, **kwargs)  # type: ignore[operator]
+        except Exception as exc:  # a body that cannot run on meta: count it as 0, say so
+            logger.debug("capture: cannot count FLOPs of %s (%s)", node.name, _first_line(exc))
+            return 0.0
+        return float(counter.get_total_flops())
 
 
 def _conv_backward_flops(formula: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], out_val: Any) -> float:

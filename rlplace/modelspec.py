@@ -115,9 +115,7 @@ def _find_function(module: ModuleType, function_name: str, spec: str) -> Callabl
     function = getattr(module, function_name, None)
     if function is None:
         available = sorted(
-            name
-            for name, value in vars(module).items()
-            if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+            name for name, value in vars(module).items() if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == module.__name__
         )
         hint = f"; functions defined there: {', '.join(available)}" if available else ""
         raise RlplaceError(f"model spec {spec!r}: the file defines no {function_name!r}{hint}")
