@@ -38,7 +38,9 @@ def main() -> None:
     started = time.perf_counter()
     graph = zoo_graph(args.model, training=True)
     capture_s = time.perf_counter() - started
-    print(f"model {args.model}: {graph.num_ops} ops, {graph.num_edges} edges, {graph.flops.sum() / 1e12:.1f} TFLOP per step, backward={graph.meta.get('backward')}")
+    print(
+        f"model {args.model}: {graph.num_ops} ops, {graph.num_edges} edges, {graph.flops.sum() / 1e12:.1f} TFLOP per step, backward={graph.meta.get('backward')}"
+    )
     print(f"capture        {capture_s:7.2f} s   peak RSS {peak_rss_gb():.2f} GB")
 
     first_total = None

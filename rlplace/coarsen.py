@@ -7,23 +7,35 @@ into accelerate's ``{module path: device}`` map.
 Pipeline (every step keeps the quotient acyclic):
 
 1. **Atoms.** Each colocation class is contracted into one atom when that keeps the graph a
-   DAG. A class whose contraction would close a cycle — typically a layer's forward op tied
-   to its backward op, with the rest of the network in between — stays spread over several
-   atoms; the coarse graph then gives every group holding part of it one shared coarse
-   colocation class, so any coarse placement that respects the coarse classes expands to an
-   op placement that respects the original ones.
-2. **Labels.** A strategy labels atoms: ``module`` (module paths from ``graph.meta
-   ["module_paths"]``, refined best-first from the root, forward and backward apart),
-   ``chain`` (single-producer/single-consumer chains, always safe), ``metis`` (pymetis
-   k-way parts of the undirected graph) or ``topo`` (one label; step 4 cuts it).
-3. **Acyclic refinement.** Labels that sit on a cycle of the quotient are split by the
-   number of label changes on the longest path into each atom; an edge between two
-   different parts then always raises that number, so no cycle is left.
-4. **Contiguous merge.** While there are more than G parts, the two neighbours with the
-   smallest combined weight in a topological order of the quotient are merged; contiguous
-   runs of a topological order never form a cycle.
+   DAG. A class whose contraction would close a cycle stays spread over several atoms —
+   in a training graph that is every class, since a forward op is tied to its backward ops
+   with the rest of the network in between. The class's ops on the other side of
+   forward/backward from its first op are *mirrors* of that first op (the *anchor*).
+2. **Labels.** A strategy labels the atoms under a group budget: ``module`` (module paths
+   from ``graph.meta["module_paths"]``, the heaviest modules refined best-first from the
+   root, forward and backward apart), ``chain`` (single-producer/single-consumer chains,
+   then neighbours merged in topological order), ``metis`` (pymetis k-way parts of the
+   undirected graph) or ``topo`` (a balanced split of a topological order). Only anchors and
+   ordinary atoms are labelled by the strategy: every mirror takes its anchor's label on the
+   backward side, so forward group i and the backward group mirroring it pair up, and
+   backward ops in no class (gradient accumulations) join a neighbouring backward group.
+3. **Acyclic refinement.** Non-convex labels (a path leaves and re-enters them), then labels
+   still on a quotient cycle, are split by the number of label changes on the longest path
+   into each atom; an edge between two different parts always raises that number, so
+   splitting everything would leave no cycle, and targeted splits usually suffice. The
+   budget of step 2 is searched so that the parts fit G after the splits; when METIS's
+   parts are so far from convex that fewer than G/2 groups remain, ``topo`` replaces it.
+4. **Contiguous merge.** While there are still more than G parts, the two neighbours with
+   the smallest combined weight in a topological order of the quotient are merged;
+   contiguous runs of a topological order never form a cycle.
 
-Group numbers follow a topological order of the coarse graph (edges go from lower to higher).
+The coarse graph sums costs and sizes over each group (``given_times`` per class too), keeps
+``output_bytes`` of the outputs read outside the group (or by nobody), and carries one edge
+per ordered pair of groups whose bytes are the sum, over producer ops, of each producer's
+tensor once per consumer group (the largest of its edges there; given edge times the same
+way). Groups holding parts of one colocation class share a coarse colocation class, so a
+coarse placement that respects the coarse classes expands to one that respects the
+original ones. Group numbers follow a topological order of the coarse graph.
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ from rlplace.graph import NO_CLASS, OpGraph
 METHODS = ("auto", "module", "chain", "metis", "topo")
 #: Rounds of targeted splitting before every label is split (which always succeeds).
 _MAX_REFINE_ROUNDS = 32
+#: Sequences longer than this many times the group budget are pre-cut by cumulative weight.
+_PRESPLIT = 8
 #: Above this many labels the convexity test (bitsets of labels per node) is skipped.
 _MAX_BITSET_LABELS = 4096
 #: Budgets tried to leave room for mirrors and the splits of step 3.
@@ -656,7 +670,18 @@ def _merge_contiguous(labels: np.ndarray, dag: _Dag, atom_weight: np.ndarray, ma
 
 
 def _merge_lightest_neighbours(weight: np.ndarray, max_groups: int) -> np.ndarray:
-    """(k,) segment id per position of a sequence after merging the lightest adjacent pairs."""
+    """(k,) segment id per position of a sequence after merging the lightest adjacent pairs.
+
+    A long sequence is first cut by cumulative weight into ``_PRESPLIT * max_groups`` runs
+    (vectorized), so the greedy merge works on a few thousand items at most.
+    """
+    if weight.size > _PRESPLIT * max_groups:
+        runs = _PRESPLIT * max_groups
+        before = np.concatenate([[0.0], np.cumsum(weight)[:-1]])
+        total = float(weight.sum())
+        run_of = np.minimum((before * (runs / total)).astype(np.int64), runs - 1) if total > 0 else np.arange(weight.size) * runs // weight.size
+        run_of = _compact(run_of)
+        return _merge_lightest_neighbours(np.bincount(run_of, weights=weight), max_groups)[run_of]
     k = weight.size
     w = weight.tolist()
     nxt = list(range(1, k + 1))

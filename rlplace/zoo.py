@@ -252,7 +252,7 @@ ZOO: dict[str, ZooEntry] = {
     ),
     "mixtral-tiny": ZooEntry(
         "moe",
-        "Mixtral-style MoE (transformers): 2 layers, d=512, 8 experts, top-2 (batched_mm experts)",
+        "Mixtral MoE (transformers, batched_mm experts): 2 layers, d=512, 8 experts, top-2; gathers expert weights per token (1 GB tensors)",
         _hf_causal_lm(
             "MixtralConfig",
             "MixtralForCausalLM",

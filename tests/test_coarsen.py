@@ -214,7 +214,11 @@ def test_module_paths_split_forward_and_backward() -> None:
 def test_given_times_and_edge_times_are_summed() -> None:
     ops = [{"name": f"o{i}", "times": {"gpu": float(i + 1), "cpu": 10.0 * (i + 1)}} for i in range(4)]
     ops[3]["times"] = {"gpu": float("inf"), "cpu": 40.0}
-    edges = [{"src": "o0", "dst": "o1", "bytes": 1, "time": 0.5}, {"src": "o1", "dst": "o2", "bytes": 1, "time": 0.25}, {"src": "o2", "dst": "o3", "bytes": 1, "time": 2.0}]
+    edges = [
+        {"src": "o0", "dst": "o1", "bytes": 1, "time": 0.5},
+        {"src": "o1", "dst": "o2", "bytes": 1, "time": 0.25},
+        {"src": "o2", "dst": "o3", "bytes": 1, "time": 2.0},
+    ]
     graph = OpGraph.build(ops, edges, time_classes=("gpu", "cpu"), time_unit="ms")
     result = coarsen(graph, 2, method="topo")
     coarse = result.graph
