@@ -15,6 +15,7 @@ The table is computed once per (graph, cluster) and is read-only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +94,34 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
     free = np.array([kind in FREE_KINDS for kind in graph.kinds])
     times = np.empty((n, k), dtype=np.float64)
     for d, device in enumerate(cluster.devices):
-        compute = graph.flops / (device.peak_flops(precision) * efficiency)
-        memory = graph.bytes_accessed / (device.memory_bandwidth * BANDWIDTH_EFFICIENCY)
+        compute_efficiency, bandwidth_efficiency, launch = efficiency, BANDWIDTH_EFFICIENCY, LAUNCH_OVERHEAD_S[device.category]
+        calibrated = _calibration(cluster, d)
+        if calibrated is not None:  # measured per-kind efficiencies and launch cost (rlplace.measure.calibrate)
+            by_kind, launch = calibrated
+            compute_efficiency = np.array([by_kind.get(kind, default) for kind, default in zip(graph.kinds, efficiency, strict=True)])
+            bandwidth_efficiency = np.array([by_kind.get(kind, BANDWIDTH_EFFICIENCY) for kind in graph.kinds])
+        compute = graph.flops / (device.peak_flops(precision) * compute_efficiency)
+        memory = graph.bytes_accessed / (device.memory_bandwidth * bandwidth_efficiency)
         does_work = ((graph.flops > 0) | (graph.bytes_accessed > 0)) & ~free
-        times[:, d] = np.where(does_work, np.maximum(compute, memory) + LAUNCH_OVERHEAD_S[device.category], 0.0)
+        times[:, d] = np.where(does_work, np.maximum(compute, memory) + launch, 0.0)
     return times
+
+
+def _calibration(cluster: Cluster, device: int) -> tuple[dict[str, float], float] | None:
+    """Per-kind efficiency and launch cost measured for ``device``, if the cluster carries them.
+
+    ``cluster.meta["calibration"]["devices"][device]`` holds ``kind_efficiency`` (fraction of
+    the device's FLOP/s and memory bandwidth an op of each kind reaches) and
+    ``launch_overhead_s``, as `rlplace.measure.calibrate.apply_profile` writes them.
+    """
+    calibration = cluster.meta.get("calibration") if isinstance(cluster.meta, Mapping) else None
+    if not isinstance(calibration, Mapping):
+        return None
+    entries = calibration.get("devices") or []
+    entry = entries[device] if device < len(entries) else None
+    if not isinstance(entry, Mapping):
+        return None
+    return {str(kind): float(value) for kind, value in (entry.get("kind_efficiency") or {}).items()}, float(entry.get("launch_overhead_s", 0.0))
 
 
 def _edge_times(graph: OpGraph, cluster: Cluster) -> np.ndarray:

@@ -23,7 +23,7 @@ from rlplace.measure.calibrate import DeviceProfile, Profile, apply_profile, loa
 from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import LocalExecutor, reference_step
 from rlplace.measure.plan import Message, plan_segments
-from rlplace.measure.program import export_forward
+from rlplace.measure.program import export_forward, is_getitem
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.reward import MeasuredReward, MeasureOptions
 from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure
@@ -92,6 +92,17 @@ def test_placed_step_equals_unplaced_step(built, seed: int) -> None:
     reference_loss, reference = reference_step(module, inputs)
     assert loss == pytest.approx(reference_loss, rel=1e-6, abs=1e-7)
     assert_same_state(executor.state(), reference)
+
+
+def test_executor_nodes_carry_the_captured_op_names(built) -> None:
+    from rlplace.capture import capture_model
+
+    module, inputs, program = built
+    names = set(capture_model(module, inputs).names)
+    unmatched = [node for node in program.nodes if node.name not in names]
+    assert len(unmatched) < len(program.nodes) / 2
+    for node in unmatched:  # only what capture folds: tuple unpacking and views of parameters
+        assert is_getitem(node) or all(inp.name in program.parameters for inp in node.all_input_nodes), node.name
 
 
 def test_two_device_chain_plan_is_hand_computed() -> None:

@@ -8,6 +8,8 @@ with the same backend and thread count) and each rank times, concurrently:
 * element-wise additions of activation-sized tensors -> ``memory_bandwidth`` (bytes/s);
 * a one-element op through the executor's call path -> ``op_overhead_s`` (s per op);
 
+(single-threaded CPU ops are timed by thread CPU time, see `op_clock`)
+
 then every ordered pair of ranks times ping-pongs of small and large messages ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s). The profile is JSON (`write_profile`);
 `apply_profile` returns a cluster whose devices and links carry the calibrated numbers,
@@ -46,6 +48,8 @@ CONV_SHAPES = ((8, 16, 16, 32), (8, 16, 32, 16), (8, 32, 64, 8), (8, 3, 16, 32))
 ELEMENTWISE_SIZES = (1 << 16, 1 << 18, 1 << 20)
 #: Bytes of the messages that measure link bandwidth.
 LINK_BYTES = 4 << 20
+#: Percentile of link timings kept (see `profile_links`).
+LINK_PERCENTILE = 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,13 @@ class DeviceProfile:
         matmul_flops, conv_flops: FLOP/s reached by fp32 matmuls and convolutions.
         memory_bandwidth: bytes/s read plus written by element-wise ops.
         op_overhead_s: fixed time of one op through the executor (dispatch, Python).
+        kind_efficiency: per op kind of `rlplace.costs`, the fraction of ``matmul_flops``
+            (compute-bound ops) and of ``memory_bandwidth`` (memory-bound ops) that ops of the
+            kind reach in whole training steps, fitted on `CALIBRATION_MODELS` (empty when
+            not fitted).
+        launch_overhead_s: fitted fixed cost per op of a training step (forward dispatch,
+            autograd, allocations), None when not fitted.
+        fit: calibration model -> (measured, fitted) step time in seconds on this device.
     """
 
     name: str
@@ -66,6 +77,9 @@ class DeviceProfile:
     conv_flops: float
     memory_bandwidth: float
     op_overhead_s: float
+    kind_efficiency: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    launch_overhead_s: float | None = None
+    fit: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,7 +122,7 @@ class Profile:
         if data.get("version") != PROFILE_VERSION:
             raise RlplaceError(f"{source}: profile version {data.get('version')!r} is not supported (expected {PROFILE_VERSION}); recalibrate")
         try:
-            devices = tuple(DeviceProfile(**{f.name: entry[f.name] for f in dataclasses.fields(DeviceProfile)}) for entry in data["devices"])
+            devices = tuple(_device_from_json(entry) for entry in data["devices"])
             k = len(devices)
             bandwidth = np.array([[math.inf if a == b else float(data["links"]["bandwidth"][a][b]) for b in range(k)] for a in range(k)])
             latency = np.array([[0.0 if a == b else float(data["links"]["latency"][a][b]) for b in range(k)] for a in range(k)])
@@ -117,10 +131,21 @@ class Profile:
         if not devices:
             raise RlplaceError(f"{source}: the profile has no devices")
         for device in devices:
-            rates = (device.matmul_flops, device.conv_flops, device.memory_bandwidth)
-            if not all(math.isfinite(r) and r > 0 for r in rates) or not device.op_overhead_s >= 0:
+            rates = (device.matmul_flops, device.conv_flops, device.memory_bandwidth, *device.kind_efficiency.values())
+            if not all(math.isfinite(r) and r > 0 for r in rates) or not device.op_overhead_s >= 0 or not (device.launch_overhead_s or 0.0) >= 0:
                 raise RlplaceError(f"{source}: device {device.name!r} has a non-positive rate; recalibrate")
         return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), int(data.get("threads", 0)), dict(data.get("meta") or {}))
+
+
+def _device_from_json(entry: Mapping[str, Any]) -> DeviceProfile:
+    required = ("name", "device", "matmul_flops", "conv_flops", "memory_bandwidth", "op_overhead_s")
+    launch = entry.get("launch_overhead_s")
+    return DeviceProfile(
+        **{key: entry[key] for key in required},
+        kind_efficiency={str(k): float(v) for k, v in (entry.get("kind_efficiency") or {}).items()},
+        launch_overhead_s=None if launch is None else float(launch),
+        fit={str(k): (float(v[0]), float(v[1])) for k, v in (entry.get("fit") or {}).items()},
+    )
 
 
 def write_profile(profile: Profile, path: str | Path) -> None:
@@ -139,12 +164,15 @@ def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
     """A copy of ``cluster`` whose devices and links carry the calibrated numbers.
 
     Device i takes profile device i (a one-device profile serves every device; a profile of
-    more devices gives the first k). Peak FP32
-    FLOP/s becomes ``matmul_flops / COMPUTE_EFFICIENCY["matmul"]`` and memory bandwidth
-    ``memory_bandwidth / BANDWIDTH_EFFICIENCY``, so the roofline of `rlplace.costs` gives a
-    matmul and a streaming op exactly their measured rate; FP16 peaks keep their ratio to
-    FP32. Links take the profile's matrix when it has k devices, else the mean measured link
-    for every pair. Memory capacities, hosts and names are kept.
+    more devices gives the first k). With fitted per-kind efficiencies, a device's FP32
+    FLOP/s and memory bandwidth become the measured matmul rate and element-wise bandwidth,
+    and ``meta["calibration"]`` carries the per-kind efficiencies and per-op launch cost that
+    `rlplace.costs.CostTable` then uses instead of its defaults. Without them, FP32 FLOP/s
+    becomes ``matmul_flops / COMPUTE_EFFICIENCY["matmul"]`` and bandwidth
+    ``memory_bandwidth / BANDWIDTH_EFFICIENCY``, so the default roofline gives a matmul and a
+    streaming op exactly their measured rates. FP16 peaks keep their ratio to FP32. Links take
+    the profile's matrix when it covers k devices, else the mean measured link for every
+    pair. Memory capacities, hosts and names are kept.
 
     Shapes: the profile's (c, c) link matrices become the cluster's (k, k) ones (c >= k).
     """
@@ -155,27 +183,26 @@ def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
     if 1 < count < k:
         raise RlplaceError(f"the profile calibrates {count} devices but cluster {cluster.name!r} has {k}; calibrate with {k} ranks or use a one-device profile")
     devices = []
+    calibration = []
     for index, device in enumerate(cluster.devices):
         measured = profile.devices[index if count >= k else 0]
-        fp32 = measured.matmul_flops / COMPUTE_EFFICIENCY["matmul"]
-        devices.append(
-            dataclasses.replace(
-                device,
-                fp32_flops=fp32,
-                fp16_flops=fp32 * (device.fp16_flops / device.fp32_flops),
-                memory_bandwidth=measured.memory_bandwidth / BANDWIDTH_EFFICIENCY,
-            )
-        )
+        fitted = bool(measured.kind_efficiency) and measured.launch_overhead_s is not None
+        fp32 = measured.matmul_flops if fitted else measured.matmul_flops / COMPUTE_EFFICIENCY["matmul"]
+        bandwidth = measured.memory_bandwidth if fitted else measured.memory_bandwidth / BANDWIDTH_EFFICIENCY
+        devices.append(dataclasses.replace(device, fp32_flops=fp32, fp16_flops=fp32 * (device.fp16_flops / device.fp32_flops), memory_bandwidth=bandwidth))
+        calibration.append({"kind_efficiency": dict(measured.kind_efficiency), "launch_overhead_s": measured.launch_overhead_s} if fitted else None)
     if count >= k and k > 1:
-        bandwidth, latency = profile.bandwidth[:k, :k].copy(), profile.latency[:k, :k].copy()
-    else:
+        bandwidth_matrix, latency_matrix = profile.bandwidth[:k, :k].copy(), profile.latency[:k, :k].copy()
+    elif count > 1:
         off = ~np.eye(count, dtype=bool)
-        mean_bandwidth = float(np.mean(profile.bandwidth[off])) if count > 1 else float(np.min(cluster.bandwidth[~np.eye(k, dtype=bool)], initial=math.inf))
-        mean_latency = float(np.mean(profile.latency[off])) if count > 1 else float(np.max(cluster.latency, initial=0.0))
-        bandwidth = np.where(np.eye(k, dtype=bool), math.inf, mean_bandwidth if count > 1 else cluster.bandwidth)
-        latency = np.where(np.eye(k, dtype=bool), 0.0, mean_latency if count > 1 else cluster.latency)
-    meta = {**dict(cluster.meta), "profile": {"backend": profile.backend, "threads": profile.threads, "op_overhead_s": [d.op_overhead_s for d in profile.devices]}}
-    return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth, latency=latency, meta=meta)
+        bandwidth_matrix = np.where(np.eye(k, dtype=bool), math.inf, float(np.mean(profile.bandwidth[off])))
+        latency_matrix = np.where(np.eye(k, dtype=bool), 0.0, float(np.mean(profile.latency[off])))
+    else:
+        bandwidth_matrix, latency_matrix = cluster.bandwidth, cluster.latency
+    meta = {**dict(cluster.meta), "profile": {"backend": profile.backend, "threads": profile.threads}}
+    if any(entry is not None for entry in calibration):
+        meta["calibration"] = {"devices": calibration}
+    return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth_matrix, latency=latency_matrix, meta=meta)
 
 
 def profile_cluster(profile: Profile, *, name: str = "calibrated") -> Cluster:
@@ -199,25 +226,40 @@ def profile_cluster(profile: Profile, *, name: str = "calibrated") -> Cluster:
 
 
 # ============================================================================ timing
-def _median_time(run: Callable[[], Any], *, min_seconds: float = 0.05, rounds: int = 5, synchronize: Callable[[], None] = lambda: None) -> float:
+def op_clock(device: torch.device) -> Callable[[], float]:
+    """The clock that times an op on ``device``.
+
+    A single-threaded CPU op runs entirely in the calling thread, so its thread CPU time is
+    its duration on a dedicated core, unaffected by other processes competing for the host
+    (which inflate wall-clock timings of short kernels at random). Anything else (several
+    torch threads, GPUs) is timed by the wall clock.
+    """
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
+def _median_time(
+    run: Callable[[], Any], *, min_seconds: float = 0.05, rounds: int = 5, synchronize: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Median over ``rounds`` of the mean time of ``run`` in batches of at least ``min_seconds``."""
     run()
     synchronize()
-    started = time.perf_counter()
+    started = clock()
     calls = 0
-    while time.perf_counter() - started < min_seconds / 4 or calls < 2:
+    while clock() - started < min_seconds / 4 or calls < 2:
         run()
         calls += 1
     synchronize()
-    per_call = (time.perf_counter() - started) / calls
+    per_call = (clock() - started) / calls
     batch = max(1, int(min_seconds / max(per_call, 1e-9)))
     samples = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = clock()
         for _ in range(batch):
             run()
         synchronize()
-        samples.append((time.perf_counter() - started) / batch)
+        samples.append((clock() - started) / batch)
     return statistics.median(samples)
 
 
@@ -226,6 +268,7 @@ def profile_device(device: torch.device | str = "cpu", *, name: str = "rank0", m
     from torch.fx.node import map_arg
 
     device = torch.device(device)
+    clock = op_clock(device)
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -236,21 +279,21 @@ def profile_device(device: torch.device | str = "cpu", *, name: str = "rank0", m
     for m, k, n in MATMUL_SHAPES:
         a = torch.randn(m, k, generator=generator).to(device)
         b = torch.randn(k, n, generator=generator).to(device)
-        seconds = _median_time(lambda a=a, b=b: torch.mm(a, b), min_seconds=min_seconds, synchronize=synchronize)
+        seconds = _median_time(lambda a=a, b=b: torch.mm(a, b), min_seconds=min_seconds, synchronize=synchronize, clock=clock)
         matmul_rates.append(2.0 * m * k * n / seconds)
     conv_rates = []
     for batch, cin, cout, size in CONV_SHAPES:
         x = torch.randn(batch, cin, size, size, generator=generator).to(device)
         w = torch.randn(cout, cin, 3, 3, generator=generator).to(device)
-        seconds = _median_time(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), min_seconds=min_seconds, synchronize=synchronize)
+        seconds = _median_time(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1), min_seconds=min_seconds, synchronize=synchronize, clock=clock)
         conv_rates.append(2.0 * batch * cout * size * size * cin * 9 / seconds)
     bandwidths = []
     for elements in ELEMENTWISE_SIZES:
         x = torch.randn(elements, generator=generator).to(device)
         y = torch.randn(elements, generator=generator).to(device)
-        seconds = _median_time(lambda x=x, y=y: torch.add(x, y), min_seconds=min_seconds, synchronize=synchronize)
+        seconds = _median_time(lambda x=x, y=y: torch.add(x, y), min_seconds=min_seconds, synchronize=synchronize, clock=clock)
         bandwidths.append(3.0 * 4 * elements / seconds)
-    overhead = _op_overhead(device, map_arg, min_seconds, synchronize)
+    overhead = _op_overhead(device, map_arg, min_seconds, synchronize, clock)
     return DeviceProfile(
         name=name,
         device=str(device),
@@ -261,7 +304,7 @@ def profile_device(device: torch.device | str = "cpu", *, name: str = "rank0", m
     )
 
 
-def _op_overhead(device: torch.device, map_arg: Callable[..., Any], min_seconds: float, synchronize: Callable[[], None]) -> float:
+def _op_overhead(device: torch.device, map_arg: Callable[..., Any], min_seconds: float, synchronize: Callable[[], None], clock: Callable[[], float]) -> float:
     """Seconds of one tiny op run the way `DeviceWorker.forward` runs a node."""
     graph = torch.fx.Graph()
     a, b = graph.placeholder("a"), graph.placeholder("b")
@@ -272,15 +315,121 @@ def _op_overhead(device: torch.device, map_arg: Callable[..., Any], min_seconds:
         args = map_arg(node.args, lambda inp: env[inp.name])
         env["out"] = node.target(*args)
 
-    return _median_time(run, min_seconds=min_seconds, synchronize=synchronize)
+    return _median_time(run, min_seconds=min_seconds, synchronize=synchronize, clock=clock)
 
 
-def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 30, large_bytes: int = LINK_BYTES) -> tuple[list[float], list[float]]:
+#: Op kinds whose efficiency calibration fits (`rlplace.capture.op_kind`); views are free.
+FIT_KINDS = ("matmul", "conv", "attention", "embedding", "norm", "elementwise", "reduction", "optimizer", "other")
+#: Bounds of a fitted efficiency, as a fraction of the measured matmul rate / bandwidth.
+EFFICIENCY_BOUNDS = (0.01, 4.0)
+#: The fit's weak prior: every kind at this efficiency (rows weighted `PRIOR_WEIGHT` against
+#: 1 per calibration model, in relative error).
+PRIOR_EFFICIENCY = 0.5
+PRIOR_WEIGHT = 0.05
+
+
+def roofline_features(graph: Any, peak_flops: float, bandwidth: float) -> tuple[np.ndarray, int]:
+    """Per kind of `FIT_KINDS`, the summed roofline time (s) of the graph's ops at the given
+    rates, and the number of ops that cost anything (free kinds excluded).
+
+    Shapes: returns ((len(FIT_KINDS),) float64, int).
+    """
+    from rlplace.costs import FREE_KINDS
+
+    features = np.zeros(len(FIT_KINDS))
+    working = 0
+    for op, kind in enumerate(graph.kinds):
+        if kind in FREE_KINDS or (graph.flops[op] <= 0 and graph.bytes_accessed[op] <= 0):
+            continue
+        column = FIT_KINDS.index(kind) if kind in FIT_KINDS else FIT_KINDS.index("other")
+        features[column] += max(graph.flops[op] / peak_flops, graph.bytes_accessed[op] / bandwidth)
+        working += 1
+    return features, working
+
+
+def fit_kind_efficiency(
+    device: torch.device | str,
+    peak_flops: float,
+    bandwidth: float,
+    *,
+    prior_launch_s: float = 1e-5,
+    steps: int = 8,
+    warmup: int = 3,
+    models: Sequence[str] | None = None,
+) -> tuple[dict[str, float], float, dict[str, tuple[float, float]]]:
+    """Fit per-kind efficiencies and a per-op launch cost to measured training steps.
+
+    Runs every calibration model (`rlplace.measure.models.CALIBRATION_MODELS`) on ``device``
+    with the executor, and solves, by non-negative least squares on relative errors,
+    ``step time = sum over kinds of roofline time / efficiency + launch * working ops``,
+    where the roofline uses ``peak_flops`` and ``bandwidth`` and capture's FLOPs and bytes.
+
+    Returns:
+        (efficiency per kind present in the models, launch cost in seconds,
+        model -> (measured, fitted) step time).
+    """
+    from scipy.optimize import nnls
+
+    from rlplace.capture import capture_model
+    from rlplace.measure.executor import LocalExecutor
+    from rlplace.measure.models import CALIBRATION_MODELS, calibration_model
+    from rlplace.measure.plan import plan_segments
+    from rlplace.measure.program import export_forward
+
+    device = torch.device(device)
+    clock = op_clock(device)
+    names = list(models or CALIBRATION_MODELS)
+    rows, times = [], []
+    for name in names:
+        module, inputs = calibration_model(name)
+        graph = capture_model(module, inputs, optimizer="adam", name=name)
+        program = export_forward(module, inputs)
+        plan = plan_segments(program, {node.name: 0 for node in program.nodes}, 1)
+        executor = LocalExecutor(program, plan, [device])
+        samples = []
+        for step in range(warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = clock()
+            executor.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                samples.append(clock() - started)
+        features, working = roofline_features(graph, peak_flops, bandwidth)
+        rows.append([*features, float(working)])
+        times.append(statistics.median(samples))
+    matrix = np.array(rows)
+    measured = np.array(times)
+    weighted = matrix / measured[:, None]  # minimize relative errors
+    scale = np.where(weighted.max(axis=0) > 0, weighted.max(axis=0), 1.0)
+    # A weak prior (efficiency PRIOR_EFFICIENCY, launch = the bare op overhead x 3) keeps kinds
+    # that share their models with others from running to the bounds.
+    prior = np.array([1.0 / PRIOR_EFFICIENCY] * len(FIT_KINDS) + [max(prior_launch_s, 1e-7)])
+    prior_rows = np.diag(PRIOR_WEIGHT / (prior * scale))
+    system = np.vstack([weighted / scale, prior_rows])
+    target = np.concatenate([np.ones(len(names)), np.full(len(prior), PRIOR_WEIGHT)])
+    solution, _ = nnls(system, target)
+    solution = solution / scale
+    low, high = EFFICIENCY_BOUNDS
+    efficiency = {}
+    for column, kind in enumerate(FIT_KINDS):
+        if matrix[:, column].any():
+            efficiency[kind] = float(np.clip(1.0 / solution[column], low, high)) if solution[column] > 0 else high
+    launch = float(solution[-1])
+    inverse = np.array([1.0 / efficiency.get(kind, high) for kind in FIT_KINDS] + [1.0])
+    fitted = matrix @ np.concatenate([inverse[:-1], [launch]])
+    return efficiency, launch, {name: (float(m), float(f)) for name, m, f in zip(names, measured, fitted, strict=True)}
+
+
+def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, large_bytes: int = LINK_BYTES) -> tuple[list[float], list[float]]:
     """Bandwidth (bytes/s) and one-way latency (s) from this rank to every rank.
 
     Every rank calls this; pairs are timed one at a time (the others wait at a barrier).
-    Latency is half the median round trip of a 4-byte message; bandwidth divides the large
-    message's bytes by its one-way time minus that latency.
+    Latency is half the `LINK_PERCENTILE` round trip of a 4-byte message; bandwidth divides
+    the large message's bytes by its one-way time (same percentile) minus that latency. A low
+    percentile, not the median, because other processes on a shared host only ever add
+    delay: the fast samples are the link's own.
     """
     import torch.distributed as dist
 
@@ -306,9 +455,9 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                     dist.recv(small, peer)
                     dist.send(small, peer)
                 round_trips.append(time.perf_counter() - started)
-            one_way = statistics.median(round_trips) / 2
+            one_way = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
             transfers = []
-            for _ in range(max(3, repeats // 5)):
+            for _ in range(max(5, repeats // 4)):
                 started = time.perf_counter()
                 if rank == src:
                     dist.send(large, peer)
@@ -318,8 +467,8 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                     dist.send(small, peer)
                 transfers.append(time.perf_counter() - started)
             if rank == src:
-                seconds = max(statistics.median(transfers) - 2 * one_way, 1e-9)
-                bandwidth[dst] = large_bytes / seconds
+                transfer = float(np.percentile(transfers, LINK_PERCENTILE)) - 2 * one_way  # minus the send's and the ack's latency
+                bandwidth[dst] = large_bytes / max(transfer, float(np.percentile(transfers, LINK_PERCENTILE)) / 2)
                 latency[dst] = one_way
     return bandwidth, latency
 
@@ -341,6 +490,10 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
     try:
         dist.barrier()
         measured = profile_device(device, name=f"rank{rank}", min_seconds=float(job.get("min_seconds", 0.05)))
+        if job.get("fit", True):
+            efficiency, launch, fit = fit_kind_efficiency(device, measured.matmul_flops, measured.memory_bandwidth, prior_launch_s=3 * measured.op_overhead_s)
+            measured = dataclasses.replace(measured, kind_efficiency=efficiency, launch_overhead_s=launch, fit=fit)
+        dist.barrier()
         bandwidth, latency = profile_links(rank, world_size, device)
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
@@ -361,23 +514,38 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
     return profile.to_json()
 
 
-def calibrate(num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05) -> Profile:
-    """Calibrate ``num_devices`` local ranks (one process each) and return the profile."""
+def calibrate(
+    num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None
+) -> Profile:
+    """Calibrate ``num_devices`` local ranks (one process each) and return the profile.
+
+    ``fit`` also fits per-kind efficiencies and the per-op launch cost on the calibration
+    models (`fit_kind_efficiency`, tens of seconds); without it only the raw rates are kept.
+    ``nice`` sets the ranks' CPU priority (see `rlplace.measure.distributed.launch_job`).
+    """
     from rlplace.measure.distributed import launch_job
 
     if num_devices < 1:
         raise RlplaceError(f"calibration needs at least one device (got {num_devices})")
-    job = {"kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds}
-    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads), "calibration result")
+    job = {"kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit}
+    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice), "calibration result")
 
 
 def profile_summary(profile: Profile) -> list[str]:
     """Human-readable lines: one per device, one per link."""
-    lines = [
-        f"{d.name} ({d.device}): matmul {d.matmul_flops / 1e9:.1f} GFLOP/s, conv {d.conv_flops / 1e9:.1f} GFLOP/s, "
-        f"element-wise {d.memory_bandwidth / 1e9:.1f} GB/s, {d.op_overhead_s * 1e6:.1f} us per op"
-        for d in profile.devices
-    ]
+    lines = []
+    for d in profile.devices:
+        lines.append(
+            f"{d.name} ({d.device}): matmul {d.matmul_flops / 1e9:.1f} GFLOP/s, conv {d.conv_flops / 1e9:.1f} GFLOP/s, "
+            f"element-wise {d.memory_bandwidth / 1e9:.1f} GB/s, {d.op_overhead_s * 1e6:.1f} us per bare op"
+        )
+        if d.kind_efficiency and d.launch_overhead_s is not None:
+            efficiencies = ", ".join(f"{kind} {value:.2f}" for kind, value in d.kind_efficiency.items())
+            errors = [abs(f - m) / m for m, f in d.fit.values() if m > 0]
+            lines.append(
+                f"  fitted: {d.launch_overhead_s * 1e6:.1f} us per op; efficiency {efficiencies}; "
+                f"median fit error {statistics.median(errors) * 100 if errors else float('nan'):.1f}% over {len(errors)} calibration models"
+            )
     k = len(profile.devices)
     for a in range(k):
         for b in range(k):

@@ -44,6 +44,7 @@ from rlplace.measure.program import ValueInfo
 
 BACKENDS = ("gloo", "nccl")
 RESULT_FILE = "result.json"
+NICE_VARIABLE = "RLPLACE_RANK_NICE"
 
 
 class MeasureFailure(RlplaceError):
@@ -174,23 +175,34 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
             transport = DistTransport(plan, rank, program.values)
             worker = DeviceWorker(program, plan, rank, device, transport, optimizer=job.optimizer)
             times: list[float] = []
+            cpu_times: list[float] = []
             for step in range(job.warmup + job.steps):
                 if step == job.warmup and job.fault.get("rank") == rank:
                     _inject_fault(str(job.fault.get("kind", "exit")))
                 dist.barrier()
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.thread_time()
                 _run_step(worker, plan)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if step >= job.warmup:
                     times.append(time.perf_counter() - started)
+                    cpu_times.append(time.thread_time() - cpu_started)
             slowest = torch.tensor(times, dtype=torch.float64)
+            busy = torch.zeros(world_size, dtype=torch.float64)
+            busy[rank] = float(sorted(cpu_times)[len(cpu_times) // 2])
             if job.backend == "nccl":
-                slowest = slowest.to(device)
+                slowest, busy = slowest.to(device), busy.to(device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            dist.all_reduce(busy, op=dist.ReduceOp.SUM)
             loss = torch.tensor([float(worker.loss.detach()) if worker.loss is not None else float("-inf")], dtype=torch.float64, device=slowest.device)
             dist.all_reduce(loss, op=dist.ReduceOp.MAX)
-            entry: dict[str, Any] = {"step_times": slowest.cpu().tolist(), "loss": float(loss.item()), "segments": len(plan.segments), "messages": len(plan.messages)}
+            entry: dict[str, Any] = {
+                "step_times": slowest.cpu().tolist(),
+                "cpu_times": busy.cpu().tolist(),
+                "loss": float(loss.item()),
+                "segments": len(plan.segments),
+                "messages": len(plan.messages),
+            }
             if job.return_state:
                 states: list[Any] = [None] * world_size
                 dist.all_gather_object(states, _state_json(worker.state()))
@@ -243,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="job JSON written by rlplace measure")
     parser.add_argument("--out", required=True, help="folder for result.json (rank 0) and error-<rank>.txt")
     args = parser.parse_args(argv)
+    _apply_priority()
     rank = int(os.environ.get("RANK", "0"))
     out = Path(args.out)
     try:
@@ -267,6 +280,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _apply_priority() -> None:
+    """Raise this rank's CPU priority when the launcher asks (``RLPLACE_RANK_NICE``).
+
+    Threads started later (torch's, gloo's) inherit it; the rank's session (its own, see
+    `launch_job`) gets it too, since with autogroup scheduling the kernel shares the CPU
+    between sessions first. A negative value needs root; it keeps other processes on a shared
+    host from stretching measured step times, as if each rank had its core to itself (what
+    the simulator assumes of a device).
+    """
+    value = os.environ.get(NICE_VARIABLE)
+    if not value:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, int(value))
+        autogroup = Path("/proc/self/autogroup")
+        if autogroup.exists():  # with autogroup scheduling, nice only ranks threads inside one session
+            autogroup.write_text(value, encoding="ascii")
+    except (OSError, ValueError) as exc:
+        print(f"rlplace: cannot set nice {value}: {exc}", file=sys.stderr)
+
+
 # ============================================================================ launcher
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
@@ -275,13 +309,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def launch_local(job: MeasureJob, *, python: str | None = None) -> dict[str, Any]:
+def launch_local(job: MeasureJob, *, nice: int | None = None, python: str | None = None) -> dict[str, Any]:
     """Run a measurement with one local subprocess per rank; rank 0's result (`launch_job`)."""
-    return launch_job(job.to_json(), job.num_devices, timeout_s=job.timeout_s, threads=job.threads, python=python)
+    return launch_job(job.to_json(), job.num_devices, timeout_s=job.timeout_s, threads=job.threads, nice=nice, python=python)
 
 
-def launch_job(job: Mapping[str, Any], num_ranks: int, *, timeout_s: float, threads: int = 1, python: str | None = None) -> dict[str, Any]:
+def launch_job(
+    job: Mapping[str, Any], num_ranks: int, *, timeout_s: float, threads: int = 1, nice: int | None = None, python: str | None = None
+) -> dict[str, Any]:
     """Run ``job`` (a JSON-able dict) with one local subprocess per rank; return rank 0's result.
+
+    ``nice`` sets the ranks' CPU priority (negative values need root; see `_apply_priority`).
 
     Raises:
         MeasureFailure: a rank exited with an error or a signal, or the job ran past
@@ -306,6 +344,8 @@ def launch_job(job: Mapping[str, Any], num_ranks: int, *, timeout_s: float, thre
                 }
                 if threads > 0:
                     environment["OMP_NUM_THREADS"] = str(threads)
+                if nice is not None:
+                    environment[NICE_VARIABLE] = str(nice)
                 command = [python or sys.executable, "-m", "rlplace.measure.distributed", "--job", str(job_file), "--out", str(out)]
                 with (Path(folder) / f"stderr-{rank}.txt").open("wb") as stderr:  # a file: a full pipe would block the rank
                     processes.append(subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
@@ -342,11 +382,21 @@ def _failure_message(failed: Sequence[tuple[int, int]], out: Path) -> str:
         if error_file.is_file():
             reported.append(f"rank {rank} failed: {error_file.read_text(encoding='utf-8').splitlines()[0]}")
         elif code < 0:
-            silent.append(f"rank {rank} was killed by signal {signal.Signals(-code).name}")
+            silent.append(f"rank {rank} was killed by signal {signal.Signals(-code).name}{_stderr_tail(out, rank)}")
         else:
-            silent.append(f"rank {rank} exited with status {code} without reporting an error")
+            silent.append(f"rank {rank} exited with status {code} without reporting an error{_stderr_tail(out, rank)}")
     reports = silent + reported
     return reports[0] + (f" (and {len(reports) - 1} more ranks failed)" if len(reports) > 1 else "")
+
+
+def _stderr_tail(out: Path, rank: int) -> str:
+    """The last non-empty line the rank wrote to stderr, as ``: <line>`` (or nothing)."""
+    path = out.parent / f"stderr-{rank}.txt"
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1][:300]}" if lines else ""
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:

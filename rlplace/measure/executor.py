@@ -132,7 +132,7 @@ class DeviceWorker:
         for placeholder, tensor in zip(program.user_inputs, program.inputs, strict=True):
             if plan.home[placeholder] == device_index:
                 self.placeholder_values[placeholder] = tensor.detach().to(self.device, copy=True)
-        self.optimizer = make_optimizer(optimizer, [p for p in self.parameters.values() if p.requires_grad])
+        self.updates = self._updates_by_segment(optimizer)
         self.nodes = {node.name: node for node in program.nodes}
         self.callables = {node.name: node_callable(node, self.device.type) for node in program.nodes}
         # What this device sends after each forward stage / each segment's backward, and
@@ -224,6 +224,9 @@ class DeviceWorker:
             grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             self._add_grad(value, grad)
         self._send_grads(segment.index)
+        update = self.updates.get(segment.index)
+        if update is not None:
+            update.step()
 
     def finish(self) -> None:
         """Collect gradients of parameters used on other devices, then update the parameters."""
@@ -234,11 +237,36 @@ class DeviceWorker:
                 continue
             parameter = self.parameters[fqn]
             parameter.grad = grad if parameter.grad is None else parameter.grad + grad
-        if self.optimizer is not None:
-            self.optimizer.step()
+        update = self.updates.get(PLACEHOLDER_STAGE)
+        if update is not None:
+            update.step()
         self.transport.flush()
 
     # ------------------------------------------------------------------ helpers
+    def _updates_by_segment(self, optimizer: str) -> dict[int, torch.optim.Optimizer]:
+        """One optimizer per group of parameters whose gradients are complete at the same time.
+
+        A parameter used only on this device is final after the backward of its earliest
+        local user, so it is updated right then (as the simulator lets an update run as soon
+        as its gradient exists); a parameter also used elsewhere waits for the remote
+        gradients at the end of the step (`PLACEHOLDER_STAGE`).
+        """
+        used_remotely = {m.value for m in self.plan.messages if m.kind == "value" and m.src == self.index}
+        earliest: dict[str, int] = {}
+        for segment in self.segments:
+            for value in segment.inputs:
+                if value in self.program.parameters:
+                    earliest.setdefault(value, segment.index)
+        groups: dict[int, list[nn.Parameter]] = {}
+        for placeholder, fqn in self.program.parameters.items():
+            parameter = self.parameters.get(fqn)
+            if parameter is None or not parameter.requires_grad:
+                continue
+            stage = PLACEHOLDER_STAGE if placeholder in used_remotely else earliest.get(placeholder, PLACEHOLDER_STAGE)
+            groups.setdefault(stage, []).append(parameter)
+        built = {stage: make_optimizer(optimizer, parameters) for stage, parameters in groups.items()}
+        return {stage: update for stage, update in built.items() if update is not None}
+
     def _value(self, value: str) -> Any:
         if value not in self.local:
             home = self.plan.home[value]

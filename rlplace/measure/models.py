@@ -52,7 +52,10 @@ class TinyTransformer(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Conv + BatchNorm + ReLU stages, global average pooling, linear classifier.
+    """Conv + BatchNorm + ReLU stages (stride 2 from the second on), global average pooling,
+    linear classifier. Downsampling uses strided convolutions, not max-pooling: capture counts
+    max-pooling as a reduction, but on CPUs it runs far below that kind's speed (see the
+    calibration notes in `rlplace.measure.calibrate`).
 
     Shapes: input (batch, 3, size, size) -> output (batch, classes).
     """
@@ -63,9 +66,7 @@ class SmallCNN(nn.Module):
         width = 3
         for stage in range(stages):
             out = channels * (2**stage)
-            blocks += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-            if stage < stages - 1:
-                blocks.append(nn.MaxPool2d(2))
+            blocks += [nn.Conv2d(width, out, 3, stride=1 if stage == 0 else 2, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
             width = out
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Linear(width, classes)
@@ -116,3 +117,141 @@ def bench_cnn(batch_size: int = 8) -> tuple[nn.Module, tuple[torch.Tensor]]:
 def tiny_transformer(batch_size: int = 2) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """One encoder block of width 32 on 8 tokens (tests)."""
     return transformer(batch_size=batch_size, seq=8, dim=32, layers=1)
+
+
+# ----------------------------------------------------------------------------- calibration
+class _Chain(nn.Module):
+    """Applies ``layers`` in order; the calibration models are built from it."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class _Pointwise(nn.Module):
+    """A chain of element-wise ops with a learned scale (one element-wise op per line)."""
+
+    def __init__(self, ops: int = 6) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale
+        for index in range(self.ops):
+            y = torch.tanh(y) if index % 3 == 0 else (torch.nn.functional.gelu(y) if index % 3 == 1 else y * x + 0.5)
+        return y
+
+
+class _Softmaxes(nn.Module):
+    """Softmax and mean reductions over the last dimension, with a learned bias."""
+
+    def __init__(self, width: int, rounds: int = 3) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.rounds = rounds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x + self.bias
+        for _ in range(self.rounds):
+            y = torch.softmax(y, dim=-1) - y.mean(dim=-1, keepdim=True)
+        return y
+
+
+class _Attention(nn.Module):
+    """One projection to queries, keys and values, then scaled dot-product attention.
+
+    Shapes: input (batch, seq, heads * dim) -> output (batch, heads, seq, dim).
+    """
+
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.project = nn.Linear(heads * dim, 3 * heads * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self.project(x).view(batch, seq, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class _Matrices(nn.Module):
+    """Many weight matrices applied to a tiny batch: the optimizer update dominates."""
+
+    def __init__(self, count: int, width: int) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(nn.Parameter(torch.randn(width, width) / width**0.5) for _ in range(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for weight in self.weights:
+            x = x @ weight
+        return x
+
+
+class _Embed(nn.Module):
+    """Token embedding averaged over the sequence."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens).mean(dim=1)
+
+
+def _calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    torch.manual_seed(0)
+    g = _generator(1)
+    if name == "linear-wide":
+        return _Chain(*(nn.Linear(512, 512) for _ in range(3))), (torch.randn(256, 512, generator=g),)
+    if name == "linear-narrow":
+        return _Chain(*(nn.Linear(96, 96) for _ in range(6))), (torch.randn(1024, 96, generator=g),)
+    if name == "conv":
+        return _Chain(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)), (torch.randn(8, 16, 32, 32, generator=g),)
+    if name == "conv-strided":
+        return _Chain(nn.Conv2d(3, 24, 3, padding=1), nn.Conv2d(24, 48, 3, stride=2, padding=1)), (torch.randn(8, 3, 32, 32, generator=g),)
+    if name == "batchnorm":
+        return _Chain(*(nn.BatchNorm2d(32) for _ in range(4))), (torch.randn(8, 32, 32, 32, generator=g),)
+    if name == "layernorm":
+        return _Chain(*(nn.LayerNorm(256) for _ in range(6))), (torch.randn(32, 64, 256, generator=g),)
+    if name == "pointwise":
+        return _Pointwise(9), (torch.randn(256, 1024, generator=g),)
+    if name == "attention":
+        return _Attention(4, 32), (torch.randn(8, 128, 128, generator=g),)
+    if name == "reduction":
+        return _Softmaxes(1024), (torch.randn(256, 1024, generator=g),)
+    if name == "embedding":
+        return _Embed(8192, 64), (torch.randint(0, 8192, (64, 128), generator=g),)
+    if name == "optimizer":
+        return _Matrices(8, 384), (torch.randn(2, 384, generator=g),)
+    if name == "tiny-ops":
+        return _Pointwise(30), (torch.randn(8, 8, generator=g),)
+    raise KeyError(name)
+
+
+#: Small models, each dominated by one op kind of `rlplace.costs`, that calibration runs to
+#: fit per-kind efficiencies and the per-op overhead (`rlplace.measure.calibrate`).
+CALIBRATION_MODELS = (
+    "linear-wide",
+    "linear-narrow",
+    "conv",
+    "conv-strided",
+    "batchnorm",
+    "layernorm",
+    "pointwise",
+    "attention",
+    "reduction",
+    "embedding",
+    "optimizer",
+    "tiny-ops",
+)
+
+
+def calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """The calibration model called ``name`` (one of `CALIBRATION_MODELS`) and its input."""
+    return _calibration_model(name)

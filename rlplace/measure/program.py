@@ -197,12 +197,9 @@ def _joint_forward(exported: torch.export.ExportedProgram, args: tuple[Any, ...]
     from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 
     graph_module = exported.module()
-    try:
-        from rlplace.capture import _use_memory_efficient_attention  # the same rewrite keeps names aligned
-    except ImportError:
-        _use_memory_efficient_attention = None
-    if _use_memory_efficient_attention is not None:
-        _use_memory_efficient_attention(graph_module)
+    rewrite = _capture_attention_rewrite()
+    if rewrite is not None:
+        rewrite(graph_module)
     with contextlib.ExitStack() as stack, fx_traceback.preserve_node_meta():
         joint = aot_export_joint_with_descriptors(stack, graph_module, args, kwargs)
     graph = joint.graph_module.graph
@@ -229,6 +226,24 @@ def _joint_forward(exported: torch.export.ExportedProgram, args: tuple[Any, ...]
         elif isinstance(desc, d.InputMutationAOTOutput):
             raise RlplaceError("the model writes into one of its inputs in place; measurement supports buffer updates only")
     return graph, roles, outputs, "joint", joint.graph_module
+
+
+def _capture_attention_rewrite() -> Callable[[torch.fx.GraphModule], None] | None:
+    """Capture's rewrite of attention to the fused memory-efficient kernel, if it has one.
+
+    Applying the same rewrite before the joint trace keeps node names equal to the captured
+    op names (the attention ops and every counter-suffixed name after them).
+    """
+    import importlib
+
+    for module_name in ("rlplace.capture.training", "rlplace.capture"):
+        try:
+            rewrite = getattr(importlib.import_module(module_name), "_use_memory_efficient_attention", None)
+        except ImportError:
+            continue
+        if callable(rewrite):
+            return rewrite
+    return None
 
 
 def _export_forward(exported: torch.export.ExportedProgram) -> _Parts:

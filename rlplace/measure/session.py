@@ -63,6 +63,9 @@ class Measurement:
         segments: forward segments (+1 for the loss) the placement splits into.
         messages: tensors sent between devices per step (activations and gradients).
         backend: ``gloo``, ``nccl`` or ``local``.
+        cpu_times: per device, the median CPU time (s) its process's main thread spent in a
+            step (distributed backends; load on the host does not inflate it).
+        state: parameters, gradients and buffers after the last step (when asked for).
     """
 
     step_times: tuple[float, ...]
@@ -71,6 +74,7 @@ class Measurement:
     messages: int
     backend: str
     state: Mapping[str, Any] | None = None
+    cpu_times: tuple[float, ...] = ()
 
     @property
     def measured_step_time(self) -> float:
@@ -150,8 +154,12 @@ def measure(
     timeout_s: float = 120.0,
     return_state: bool = False,
     fault: Mapping[str, Any] | None = None,
+    nice: int | None = None,
 ) -> list[Measurement]:
     """Time ``steps`` training steps (after ``warmup``) of every placement.
+
+    ``nice`` sets the CPU priority of the rank processes (negative: root only), so other
+    processes on a shared host disturb the timings less.
 
     Raises:
         RlplaceError: a bad option or a placement the executor cannot honour.
@@ -180,9 +188,11 @@ def measure(
         return_state=return_state,
         fault=dict(fault or {}),
     )
-    result = launch_local(job)
+    result = launch_local(job, nice=nice)
     return [
-        Measurement(tuple(entry["step_times"]), float(entry["loss"]), int(entry["segments"]), int(entry["messages"]), backend, entry.get("state"))
+        Measurement(
+            tuple(entry["step_times"]), float(entry["loss"]), int(entry["segments"]), int(entry["messages"]), backend, entry.get("state"), tuple(entry["cpu_times"])
+        )
         for entry in result["results"]
     ]
 
