@@ -27,8 +27,9 @@ from rlplace.placement import check_constraints
 from rlplace.simulate import Simulator
 
 GB = 1e9
-#: Methods that work on any graph (accelerate needs an nn.Module and is tested apart).
-GRAPH_METHODS = [name for name in METHODS if name != "accelerate"]
+#: Methods that work on any graph (accelerate needs an nn.Module and is tested apart; policy, a
+#: trained checkpoint, in tests/test_agents.py).
+GRAPH_METHODS = [name for name in METHODS if name not in ("accelerate", "policy")]
 
 
 # ------------------------------------------------------------------------ builders
@@ -292,7 +293,7 @@ def test_run_method_times_the_decision() -> None:
 
 def test_registry_names() -> None:
     assert list(METHODS) == [
-        "single", "round-robin", "random", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search", "accelerate",
+        "single", "round-robin", "random", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search", "accelerate", "policy",
     ]  # fmt: skip
 
 

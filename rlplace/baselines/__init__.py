@@ -39,6 +39,7 @@ _MODULES: dict[str, str] = {
     "dp": "dp",
     "local-search": "local_search",
     "accelerate": "accelerate_map",
+    "policy": "policy",
 }
 
 #: One line per method, for ``rlplace methods`` and the README.
@@ -55,6 +56,7 @@ METHOD_DESCRIPTIONS: dict[str, str] = {
     "dp": "best contiguous pipeline split (dynamic program)",
     "local-search": "moves and swaps from the best fast baseline, scored by the simulator (2000 simulations)",
     "accelerate": "HF accelerate's infer_auto_device_map (memory only; models only)",
+    "policy": "pretrained GNN policy: greedy, 16 samples and a 200-simulation local search (checkpoints/default)",
 }
 
 
@@ -104,10 +106,12 @@ def run_method(
     objective: str,
     seed: int = 0,
     module: Any = None,
+    **options: Any,
 ) -> MethodResult:
     """Place ``graph`` on ``cluster`` with method ``name`` and time the decision.
 
     ``module`` is the model's ``nn.Module`` (needed by ``accelerate`` only; other methods ignore it).
+    ``options`` go to the method's ``place`` (e.g. ``checkpoint=``, ``samples=`` for ``policy``).
     """
     check_method_names([name])
     started = time.perf_counter()
@@ -118,5 +122,5 @@ def run_method(
             raise RlplaceError("accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME), not a graph file")
         placement = place_module(module, graph, cluster, costs, objective=objective, seed=seed)
     else:
-        placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed)
+        placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options)
     return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started)
