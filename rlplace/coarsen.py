@@ -369,19 +369,29 @@ def _module_paths(graph: OpGraph) -> list[str] | None:
 
 
 def _module_keys(graph: OpGraph, paths: list[str], atoms: _Atoms) -> Callable[[int], np.ndarray]:
-    """Budget -> atom keys (module prefix, direction); a mirror takes its anchor's prefix, backward."""
+    """Budget -> atom keys (module prefix, direction).
+
+    Ops that sit directly in an expanded module (the root's functional calls, a block's
+    residual adds, gradient accumulations outside any module) are scattered between its
+    children; as a group of their own they would be cut to pieces, so they join a neighbour:
+    forward ones a forward neighbour, then mirrors take their anchor's prefix on the backward
+    side, then backward ones a backward neighbour.
+    """
     tree = _ModuleTree(paths, graph.is_backward, _op_weights(graph))
     mirror = atoms.mirror
-    # Backward ops outside any module (gradient accumulation, the loss's backward ...) are
-    # scattered through the backward pass; as one root group they would be cut to pieces.
-    no_module = np.array([not paths[op] for op in atoms.dag.first_op.tolist()], dtype=bool)
-    homeless = atoms.follower & no_module
+    first_op = atoms.dag.first_op
+    forward_side = ~mirror & ~atoms.backward
+    backward_side = mirror | atoms.backward
 
     def keys_for(budget: int) -> np.ndarray:
-        keys = tree.labels(budget)[atoms.dag.first_op]
+        op_keys, op_loose = tree.labels(budget)
+        keys = op_keys[first_op]
+        loose = op_loose[first_op] & ~mirror
+        if np.any(loose & forward_side):
+            keys = _follow(keys, forward_side & ~loose, forward_side & loose, atoms.dag)
         keys[mirror] = keys[atoms.anchor[mirror]] | 1
-        if np.any(homeless):
-            keys = _follow(keys, atoms.backward & ~homeless, homeless, atoms.dag)
+        if np.any(loose & backward_side):
+            keys = _follow(keys, backward_side & ~loose, backward_side & loose, atoms.dag)
         return keys
 
     return keys_for
@@ -464,24 +474,27 @@ def _follow(keys: np.ndarray, sources: np.ndarray, todo: np.ndarray, dag: _Dag) 
 class _ModuleTree:
     """The module hierarchy of a graph's ops, refined best-first under a group budget.
 
-    A group is (module prefix, direction). Refining a prefix replaces its group(s) by one
-    per child module plus one for the ops that sit directly in the prefix.
+    A group is (tree node, direction); a tree node is a module prefix or a run of
+    consecutive sibling modules. Expanding a prefix replaces its groups by one per child
+    module; when that would exceed the budget, by as many runs of consecutive children (in
+    execution order, balanced by weight) as fit. Ops that sit directly in an expanded prefix
+    are returned as *loose*: they join neighbouring groups (see `_module_keys`).
     """
 
     def __init__(self, paths: list[str], is_backward: np.ndarray, weight: np.ndarray) -> None:
-        unique_paths, path_id = np.unique(np.asarray(paths, dtype=object), return_inverse=True)
+        unique_paths, first_index, path_id = np.unique(np.asarray(paths, dtype=object), return_index=True, return_inverse=True)
         self.paths: list[str] = [str(p) for p in unique_paths]
         self.path_id = path_id.astype(np.int64).reshape(-1)
         self.direction = is_backward.astype(np.int64)
         pair = self.path_id * 2 + self.direction
         present = np.bincount(pair, minlength=2 * len(self.paths)).reshape(-1, 2) > 0
         path_weight = np.bincount(self.path_id, weights=weight, minlength=len(self.paths))
-        # Tree nodes are prefixes; each keeps its children, the directions of the ops directly
-        # in it and in its subtree, and its subtree weight.
+        # Per prefix: children, directions present in the subtree, subtree weight, and the
+        # first op (execution order of siblings).
         self.children: dict[str, set[str]] = {"": set()}
-        self.own_dirs: dict[str, set[int]] = {"": set()}
         self.subtree_dirs: dict[str, set[int]] = {"": set()}
         self.subtree_weight: dict[str, float] = {"": 0.0}
+        self.first_op: dict[str, int] = {"": 0}
         for index, path in enumerate(self.paths):
             dirs = {d for d in (0, 1) if present[index, d]}
             parts = path.split(".") if path else []
@@ -489,44 +502,68 @@ class _ModuleTree:
             for depth, prefix in enumerate(prefixes):
                 if prefix not in self.children:
                     self.children[prefix] = set()
-                    self.own_dirs[prefix] = set()
                     self.subtree_dirs[prefix] = set()
                     self.subtree_weight[prefix] = 0.0
+                    self.first_op[prefix] = int(first_index[index])
                 if depth:
                     self.children[prefixes[depth - 1]].add(prefix)
                 self.subtree_dirs[prefix] |= dirs
                 self.subtree_weight[prefix] += float(path_weight[index])
-            self.own_dirs[path] |= dirs
+                self.first_op[prefix] = min(self.first_op[prefix], int(first_index[index]))
 
-    def labels(self, budget: int) -> np.ndarray:
-        """(n,) int64 label ``2 * prefix id + direction`` per op, the heaviest prefixes expanded while the count fits ``budget``."""
+    def labels(self, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Expand the heaviest prefixes while the count of groups fits ``budget``.
+
+        Returns (n,) int64 label ``2 * node id + direction`` per op and (n,) bool, true for
+        the ops that sit directly in an expanded prefix.
+        """
+        node_of: dict[str, str] = {}  # child prefix -> run name, for prefixes expanded into runs
         expanded: set[str] = set()
         count = len(self.subtree_dirs[""])
         heap = [(-self.subtree_weight[""], "")]
         while heap:
             _, prefix = heapq.heappop(heap)
-            if not self.children[prefix]:
+            children = sorted(self.children[prefix], key=self.first_op.__getitem__)
+            if not children:
                 continue
-            after = count - len(self.subtree_dirs[prefix]) + len(self.own_dirs[prefix])
-            after += sum(len(self.subtree_dirs[child]) for child in self.children[prefix])
-            if after > budget:
+            rest = count - len(self.subtree_dirs[prefix])
+            full = rest + sum(len(self.subtree_dirs[child]) for child in children)
+            if full <= budget:
+                expanded.add(prefix)
+                count = full
+                for child in children:
+                    heapq.heappush(heap, (-self.subtree_weight[child], child))
                 continue
-            expanded.add(prefix)
-            count = after
-            for child in sorted(self.children[prefix]):
-                heapq.heappush(heap, (-self.subtree_weight[child], child))
-        group_prefix = [self._group_prefix(path, expanded) for path in self.paths]
-        _, prefix_id = np.unique(np.asarray(group_prefix, dtype=object), return_inverse=True)
-        return prefix_id.astype(np.int64).reshape(-1)[self.path_id] * 2 + self.direction
+            runs = (budget - rest) // max(1, len(self.subtree_dirs[prefix]))
+            if runs >= 2:
+                expanded.add(prefix)
+                for child, run in zip(children, self._runs(children, runs), strict=True):
+                    node_of[child] = f"{prefix}[{run}]"
+                count = rest + runs * len(self.subtree_dirs[prefix])
+        group_node = [self._group_node(path, expanded, node_of) for path in self.paths]
+        loose = np.array([path in expanded for path in self.paths], dtype=bool)
+        _, node_id = np.unique(np.asarray(group_node, dtype=object), return_inverse=True)
+        return node_id.astype(np.int64).reshape(-1)[self.path_id] * 2 + self.direction, loose[self.path_id]
+
+    def _runs(self, children: list[str], runs: int) -> list[int]:
+        """Run index of each child (in order): ``runs`` contiguous runs of about equal weight."""
+        weight = np.array([self.subtree_weight[child] for child in children])
+        before = np.concatenate([[0.0], np.cumsum(weight)[:-1]])
+        total = float(weight.sum())
+        if total <= 0:
+            return (np.arange(len(children)) * runs // len(children)).tolist()
+        return np.minimum((before * (runs / total)).astype(np.int64), runs - 1).tolist()
 
     @staticmethod
-    def _group_prefix(path: str, expanded: set[str]) -> str:
-        """The shortest prefix of ``path`` that is not expanded (``path`` itself if all are)."""
+    def _group_node(path: str, expanded: set[str], node_of: dict[str, str]) -> str:
+        """The tree node whose group holds the ops of ``path``."""
         if "" not in expanded:
             return ""
         parts = path.split(".") if path else []
         for depth in range(len(parts)):
             prefix = ".".join(parts[: depth + 1])
+            if prefix in node_of:
+                return node_of[prefix]
             if prefix not in expanded:
                 return prefix
         return path
@@ -828,7 +865,7 @@ def _group_labels(graph: OpGraph, group_of: np.ndarray, g: int, paths: list[str]
     size = np.bincount(group_of, minlength=g)
     backward = np.bincount(group_of, weights=(~graph.is_backward).astype(np.float64), minlength=g) == 0
     if paths is not None:
-        bases = [p or "<root>" for p in _common_prefixes(paths, group_of, g)]
+        bases = [p or "<root>" for p in _common_prefixes(paths, group_of, g, ranges=True)]
     else:
         bases = [graph.names[int(first[i])] + (f" +{int(size[i]) - 1}" if size[i] > 1 else "") for i in range(g)]
     labels: list[str] = []
@@ -844,23 +881,37 @@ def _group_labels(graph: OpGraph, group_of: np.ndarray, g: int, paths: list[str]
     return labels
 
 
-def _common_prefixes(paths: list[str], group_of: np.ndarray, g: int) -> list[str]:
-    """Per group, the longest module path that is a prefix (by components) of all its ops' paths."""
+def _common_prefixes(paths: list[str], group_of: np.ndarray, g: int, *, ranges: bool = False) -> list[str]:
+    """Per group, the longest module path that prefixes (by components) its ops' non-empty paths.
+
+    With ``ranges``, a group whose paths part right after that prefix at numbered children
+    gets their range appended (``model.layers.0-7``), for display.
+    """
     unique_paths, path_id = np.unique(np.asarray(paths, dtype=object), return_inverse=True)
     pairs = np.unique(group_of * unique_paths.size + path_id.reshape(-1))
-    prefixes: list[list[str] | None] = [None] * g
+    members: list[list[list[str]]] = [[] for _ in range(g)]
     for key in pairs.tolist():
         group, index = divmod(key, unique_paths.size)
-        parts = str(unique_paths[index]).split(".") if unique_paths[index] else []
-        current = prefixes[group]
-        if current is None:
-            prefixes[group] = parts
+        if unique_paths[index]:
+            members[group].append(str(unique_paths[index]).split("."))
+    result: list[str] = []
+    for parts_list in members:
+        if not parts_list:
+            result.append("")
             continue
-        common = 0
-        while common < min(len(current), len(parts)) and current[common] == parts[common]:
-            common += 1
-        prefixes[group] = current[:common]
-    return [".".join(p or []) for p in prefixes]
+        prefix = parts_list[0]
+        for parts in parts_list[1:]:
+            common = 0
+            while common < min(len(prefix), len(parts)) and prefix[common] == parts[common]:
+                common += 1
+            prefix = prefix[:common]
+        name = ".".join(prefix)
+        following = {parts[len(prefix)] for parts in parts_list if len(parts) > len(prefix)}
+        if ranges and len(following) > 1 and all(part.isdigit() for part in following):
+            numbers = sorted(int(part) for part in following)
+            name = f"{name}.{numbers[0]}-{numbers[-1]}" if name else f"{numbers[0]}-{numbers[-1]}"
+        result.append(name)
+    return result
 
 
 # --------------------------------------------------------------------------- device maps

@@ -152,6 +152,7 @@ ZOO: dict[str, ZooEntry] = {
         8,
         seq_len=1024,
         params=355_000_000,
+        slow=True,
     ),
     "gpt2-large": ZooEntry(
         "gpt2",
@@ -327,17 +328,35 @@ ZOO: dict[str, ZooEntry] = {
         "mobilenet", "MobileNetV2 1.0 / 224", _hf_image("MobileNetV2Config", "MobileNetV2ForImageClassification"), 64, image_size=224, params=3_500_000
     ),
     "regnet-y-040": ZooEntry(
-        "regnet", "RegNetY-4.0GF (2-6-12-2, group width 64)", _hf_image("RegNetConfig", "RegNetForImageClassification"), 32, image_size=224, params=20_600_000
+        "regnet",
+        "RegNetY-4.0GF (2-6-12-2, group width 64)",
+        _hf_image("RegNetConfig", "RegNetForImageClassification"),
+        32,
+        image_size=224,
+        params=20_600_000,
+        slow=True,
     ),
     "inception": ZooEntry(
-        "inception", "GoogLeNet-like CNN: 9 four-branch inception blocks (plain torch)", _plain("inception_net"), 32, image_size=224, params=7_300_000
+        "inception",
+        "GoogLeNet-like CNN: 9 four-branch inception blocks (plain torch)",
+        _plain("inception_net"),
+        32,
+        image_size=224,
+        params=7_300_000,
+        slow=True,
     ),
     # ---------------------------------------------------------------- other
     "mlp-small": ZooEntry("mlp", "MLP tower: 4 layers of 2048 (plain torch)", _plain("mlp_tower", width=2048, depth=4), 256, params=16_800_000),
     "mlp-medium": ZooEntry("mlp", "MLP tower: 8 layers of 4096 (plain torch)", _plain("mlp_tower", width=4096, depth=8), 256, params=126_000_000),
     "mlp-large": ZooEntry("mlp", "MLP tower: 16 layers of 8192 (plain torch)", _plain("mlp_tower", width=8192, depth=16), 256, params=1_023_000_000),
     "gnmt": ZooEntry(
-        "gnmt", "GNMT-like LSTM encoder-decoder with attention: 4+4 layers of 1024, vocab 32k (plain torch)", _plain("gnmt"), 64, seq_len=50, params=179_000_000
+        "gnmt",
+        "GNMT-like LSTM encoder-decoder with attention: 4+4 layers of 1024, vocab 32k (plain torch)",
+        _plain("gnmt"),
+        64,
+        seq_len=50,
+        params=179_000_000,
+        slow=True,
     ),
     "dlrm": ZooEntry(
         "dlrm", "DLRM-like recommender: 8 embedding tables of 1M x 64, MLPs, dot interaction (plain torch)", _plain("dlrm"), 2048, params=513_000_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,10 +206,28 @@ def test_module_paths_split_forward_and_backward() -> None:
     graph = OpGraph.build(ops, edges, name="fb", meta={"module_paths": paths})
     result = coarsen(graph, 4, method="module")
     check_coarsening(graph, result, 4)
-    assert result.graph.names == ("enc", "dec", "dec (bwd)", "enc (bwd)")
+    assert result.graph.names == ("enc.0-1", "dec", "dec (bwd)", "enc.0-1 (bwd)")
     np.testing.assert_array_equal(result.group_of, [0, 0, 1, 2, 3, 3])
     np.testing.assert_array_equal(result.graph.is_backward, [False, False, True, True])
     assert result.graph.coloc[0] == result.graph.coloc[3] != result.graph.coloc[1] == result.graph.coloc[2]
+
+
+def test_numbered_children_split_into_runs_and_loose_ops_join_neighbours() -> None:
+    # input -> layers.0 -> act0 -> layers.1 -> act1 ... -> layers.7 -> act7; the input and
+    # the activations sit directly in the root module (functional calls).
+    names = ["input"]
+    paths = [""]
+    for i in range(8):
+        names += [f"linear{i}", f"act{i}"]
+        paths += [f"layers.{i}", ""]
+    ops = [{"name": name, "flops": 10 if name.startswith("linear") else 1} for name in names]
+    edges = [{"src": a, "dst": b, "bytes": 1} for a, b in itertools.pairwise(names)]
+    graph = OpGraph.build(ops, edges, meta={"module_paths": paths})
+    result = coarsen(graph, 4, method="module")
+    assert result.graph.names == ("layers.0-1", "layers.2-3", "layers.4-5", "layers.6-7")
+    # Each activation joins the layer that feeds it; the input joins the first layer.
+    np.testing.assert_array_equal(result.group_of, [0] + [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4)
+    check_coarsening(graph, result, 4)
 
 
 def test_given_times_and_edge_times_are_summed() -> None:
