@@ -248,23 +248,36 @@ class _Atoms:
 
 
 def _atoms(graph: OpGraph) -> _Atoms:
-    """Contract every colocation class whose contraction leaves no cycle; mark the mirrors of the others."""
+    """Contract colocation classes, or their forward and backward halves, where no cycle results.
+
+    First whole classes; for a class whose contraction would close a cycle, each half (the
+    ops on its first op's side of forward/backward, and the others) separately. Contracted
+    groups that still sit on a cycle are undone until none does: undoing only those leaves
+    a DAG, since a cycle afterwards would map onto a cycle through a kept group before.
+    The ops of a class left over several atoms on the other side from its first op are
+    marked as mirrors of that op's atom.
+    """
     n = graph.num_ops
     ops = np.arange(n, dtype=np.int64)
     label = ops.copy()
     has_class = graph.coloc != NO_CLASS
-    undo = np.zeros(n, dtype=bool)
     first = np.zeros(0, dtype=np.int64)
     if np.any(has_class):
         classes = graph.coloc[has_class]
         first = np.full(int(classes.max()) + 1, n, dtype=np.int64)
         np.minimum.at(first, classes, ops[has_class])
         label[has_class] = first[classes]
-        cyclic = _on_cycle(label, graph.edge_src, graph.edge_dst, n)
-        # A class is undone when its atom lies on a cycle; undoing only those leaves a DAG
-        # (a cycle after undoing would map onto a cycle through a kept atom before).
-        undo = has_class & cyclic[label]
-        label[undo] = ops[undo]
+        split = has_class & _on_cycle(label, graph.edge_src, graph.edge_dst, n)[label]
+        if np.any(split):
+            halves = graph.coloc[split] * 2 + graph.is_backward[split]
+            half_first = np.full(2 * first.size, n, dtype=np.int64)
+            np.minimum.at(half_first, halves, ops[split])
+            label[split] = half_first[halves]
+        while True:
+            undo = (label != ops) & _on_cycle(label, graph.edge_src, graph.edge_dst, n)[label]
+            if not np.any(undo):
+                break
+            label[undo] = ops[undo]
     _, atom_of = np.unique(label, return_inverse=True)
     atom_of = atom_of.astype(np.int64).reshape(-1)
     num_nodes = int(atom_of.max()) + 1 if n else 0
@@ -284,10 +297,10 @@ def _atoms(graph: OpGraph) -> _Atoms:
         src, dst = rank[src], rank[dst]
     order = np.lexsort((src, dst))
     anchor = np.full(num_nodes, -1, dtype=np.int64)
-    mirror_ops = np.flatnonzero(undo)
-    if mirror_ops.size:
-        class_first = first[graph.coloc[mirror_ops]]
-        mirror_ops = mirror_ops[graph.is_backward[mirror_ops] != graph.is_backward[class_first]]
+    if np.any(has_class):
+        classed = np.flatnonzero(has_class)
+        class_atom = atom_of[first[graph.coloc[classed]]]
+        mirror_ops = classed[(atom_of[classed] != class_atom) & (graph.is_backward[classed] != graph.is_backward[first[graph.coloc[classed]]])]
         anchor[atom_of[mirror_ops]] = atom_of[first[graph.coloc[mirror_ops]]]
     dag = _Dag(first_op=first_op, src=src[order], dst=dst[order], edge_bytes=edge_bytes[order])
     backward = np.bincount(atom_of, weights=(~graph.is_backward).astype(np.float64), minlength=num_nodes) == 0
@@ -414,7 +427,7 @@ def _unit_keys(method: str, atoms: _Atoms, atom_weight: np.ndarray, seed: int) -
         if method == "metis":
             base = _metis_labels(sub, unit_weight, budget, seed)
         else:
-            start = chains if chains is not None else np.arange(sub.num_nodes, dtype=np.int64)
+            start = _split_chains(chains, unit_weight, budget) if chains is not None else np.arange(sub.num_nodes, dtype=np.int64)
             base = _merge_contiguous(start, sub, unit_weight, budget)
         keys = np.full(atoms.dag.num_nodes, -1, dtype=np.int64)
         keys[ids] = base * 2
@@ -578,6 +591,28 @@ def _chain_labels(dag: _Dag) -> np.ndarray:
     matrix = coo_matrix((np.ones(int(chain.sum()), dtype=np.int8), (dag.src[chain], dag.dst[chain])), shape=(k, k))
     _, component = connected_components(matrix, directed=False)
     return component.astype(np.int64)
+
+
+def _split_chains(chains: np.ndarray, weight: np.ndarray, budget: int) -> np.ndarray:
+    """Cut chains heavier than ``total / budget`` into consecutive pieces of about that weight.
+
+    A run of consecutive chain nodes is convex, so the pieces keep the quotient a DAG; they
+    let the budget be used where chains alone would leave few, heavy groups.
+    """
+    if chains.size == 0:
+        return chains
+    total = float(weight.sum())
+    if total <= 0:
+        return chains
+    target = total / max(budget, 1)
+    order = np.lexsort((np.arange(chains.size), chains))
+    sorted_chain = chains[order]
+    cumulative = np.cumsum(weight[order]) - weight[order]
+    starts = np.flatnonzero(np.r_[True, sorted_chain[1:] != sorted_chain[:-1]])
+    offset = np.repeat(cumulative[starts], np.diff(np.r_[starts, chains.size]))
+    piece = np.empty(chains.size, dtype=np.int64)
+    piece[order] = ((cumulative - offset) / target).astype(np.int64)
+    return _compact(chains * (int(piece.max()) + 1) + piece)
 
 
 def _metis_labels(dag: _Dag, weight: np.ndarray, max_parts: int, seed: int) -> np.ndarray:

@@ -178,6 +178,23 @@ def test_class_that_would_close_a_cycle_is_tied_instead() -> None:
     check_coarsening(graph, result, 8)
 
 
+def test_forward_and_backward_halves_of_a_class_contract_separately() -> None:
+    # f1 -> f2 -> f3 -> loss -> b3 -> b2 -> b1 with class X = {f1, f2, b2, b1}, Y = {f3, b3}:
+    # a whole class would close a cycle, each half is convex.
+    names = ["f1", "f2", "f3", "loss", "b3", "b2", "b1"]
+    coloc = {"f1": "X", "f2": "X", "b2": "X", "b1": "X", "f3": "Y", "b3": "Y"}
+    ops = [{"name": name, "flops": 1, "coloc": coloc.get(name), "is_backward": name.startswith("b")} for name in names]
+    edges = [{"src": a, "dst": b, "bytes": 1} for a, b in itertools.pairwise(names)]
+    edges += [{"src": "f1", "dst": "b1", "bytes": 1}, {"src": "f2", "dst": "b2", "bytes": 1}]
+    graph = OpGraph.build(ops, edges)
+    result = coarsen(graph, 8)
+    np.testing.assert_array_equal(result.group_of, [0, 0, 1, 2, 3, 4, 4])
+    coloc_of = result.graph.coloc
+    assert coloc_of[0] == coloc_of[4] != coloc_of[1] == coloc_of[3] != NO_CLASS
+    assert coloc_of[2] == NO_CLASS
+    check_coarsening(graph, result, 8)
+
+
 def test_forward_backward_classes_mirror_into_paired_groups() -> None:
     graph = synthetic_graph("synthetic:layered:n=400:seed=5", training=True)
     for method in ("chain", "topo", "auto"):
