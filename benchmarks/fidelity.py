@@ -88,6 +88,11 @@ def placements_for(graph: OpGraph, count: int, seed: int = 0) -> list[tuple[str,
     unit_count = int(units.max()) + 1
     chosen.append(("alternate units", (units % 2).astype(np.int64)))
     chosen.append(("alternate unit pairs", ((units // 2) % 2).astype(np.int64)))
+    working = np.flatnonzero(~graph.is_backward & ~np.isin(np.array(graph.kinds), ["view", "input"]))
+    for run in (1, 3):  # fine-grained splits: many activations and gradients cross
+        alternating = np.zeros(n, dtype=np.int64)
+        alternating[working] = (np.arange(len(working)) // run) % 2
+        chosen.append((f"alternate ops in runs of {run}", alternating))
     rng = np.random.default_rng(seed)
     while len(chosen) < count:
         chosen.append((f"random units #{len(chosen)}", rng.integers(0, 2, size=unit_count)[units].astype(np.int64)))
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="reuse a profile instead of calibrating (written by rlplace calibrate)")
     parser.add_argument("--save-profile", help="write the calibrated profile here")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
-    parser.add_argument("--placements", type=int, default=12, help="placements per model (>= 10)")
+    parser.add_argument("--placements", type=int, default=12, help="placements per model (12 named ones, then random module-level splits)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model (all its placements)")

@@ -19,7 +19,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.measure.assign import assign_devices
-from rlplace.measure.calibrate import DeviceProfile, Profile, apply_profile, load_profile, write_profile
+from rlplace.measure.calibrate import FIT_KINDS, DeviceProfile, Profile, apply_profile, load_profile, roofline_features, write_profile
 from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import LocalExecutor, reference_step
 from rlplace.measure.plan import Message, plan_segments
@@ -160,11 +160,34 @@ def test_apply_profile_makes_costs_reproduce_measured_rates() -> None:
     np.testing.assert_allclose(costs.edge_time[0, 0, 1], 1e-4 + 1e6 / 1e9)
 
 
+def test_fitted_profile_sets_kind_efficiency_launch_and_message_costs() -> None:
+    import dataclasses
+
+    fitted = tuple(dataclasses.replace(d, kind_efficiency={"matmul": 0.5, "elementwise": 0.25}, launch_overhead_s=2e-5) for d in _profile().devices)
+    profile = dataclasses.replace(_profile(), devices=fitted, message_overhead_s=1e-4)
+    cluster = apply_profile(local_cpu_cluster(2), profile)
+    assert cluster.devices[0].fp32_flops == 1e11 and cluster.devices[0].memory_bandwidth == 2e10
+    graph = OpGraph.build(
+        [{"name": "mm", "kind": "matmul", "flops": 1e9, "bytes_accessed": 1e3}, {"name": "add", "kind": "elementwise", "bytes_accessed": 2e7}, {"name": "v", "kind": "view"}],
+        [{"src": "mm", "dst": "add", "bytes": 1e6}, {"src": "add", "dst": "v", "bytes": 0.0}],
+    )
+    costs = CostTable.build(graph, cluster)
+    np.testing.assert_allclose(costs.op_time[:, 0], [1e9 / (1e11 * 0.5) + 2e-5, 2e7 / (2e10 * 0.25) + 2e-5, 0.0])
+    np.testing.assert_allclose(costs.edge_time[0, 0, 1], 1e-4 + 1e-4 + 1e6 / 1e9)
+    features, working = roofline_features(graph, 1e11, 2e10)
+    assert working == 2
+    assert features[FIT_KINDS.index("matmul")] == pytest.approx(1e9 / 1e11)
+    assert features[FIT_KINDS.index("elementwise")] == pytest.approx(2e7 / 2e10)
+
+
 def test_profile_round_trips_and_bad_files_fail_clearly(tmp_path) -> None:
+    import dataclasses
+
     path = tmp_path / "profile.json"
-    write_profile(_profile(), path)
+    original = dataclasses.replace(_profile(), message_overhead_s=3e-4)
+    write_profile(original, path)
     loaded = load_profile(path)
-    assert loaded.devices == _profile().devices
+    assert loaded.devices == original.devices and loaded.message_overhead_s == 3e-4
     np.testing.assert_array_equal(loaded.bandwidth, _profile().bandwidth)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something-else"}))

@@ -10,7 +10,7 @@ with the same backend and thread count) and each rank times, concurrently:
 
 (single-threaded CPU ops are timed by thread CPU time, see `op_clock`)
 
-then every ordered pair of ranks times ping-pongs of small and large messages ->
+then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s). The profile is JSON (`write_profile`);
 `apply_profile` returns a cluster whose devices and links carry the calibrated numbers,
 scaled by the cost model's efficiency factors so that `rlplace.costs.CostTable` predicts
@@ -46,8 +46,8 @@ MATMUL_SHAPES = ((64, 256, 256), (128, 512, 512), (256, 512, 256), (512, 512, 51
 CONV_SHAPES = ((8, 16, 16, 32), (8, 16, 32, 16), (8, 32, 64, 8), (8, 3, 16, 32))
 #: Elements of the tensors added element-wise (fp32: 256 kB to 4 MB).
 ELEMENTWISE_SIZES = (1 << 16, 1 << 18, 1 << 20)
-#: Bytes of the messages that measure link bandwidth.
-LINK_BYTES = 4 << 20
+#: Bytes of the two message sizes that measure a link (activation-sized).
+LINK_SIZES = (16 << 10, 1 << 20)
 #: Percentile of link timings kept (see `profile_links`).
 LINK_PERCENTILE = 20
 
@@ -90,6 +90,10 @@ class Profile:
         devices: k `DeviceProfile`.
         bandwidth: (k, k) bytes/s from rank a to rank b (``inf`` on the diagonal).
         latency: (k, k) seconds one way from a to b (0 on the diagonal).
+        message_overhead_s: what one message costs a training step through the executor
+            beyond the link's latency and bandwidth (segment bookkeeping, the extra autograd
+            call, waking the receiver), measured on ranks 0 and 1; `apply_profile` adds it
+            to every link's latency.
     """
 
     devices: tuple[DeviceProfile, ...]
@@ -98,6 +102,7 @@ class Profile:
     backend: str
     threads: int
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    message_overhead_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         k = len(self.devices)
@@ -111,7 +116,7 @@ class Profile:
             "backend": self.backend,
             "threads": self.threads,
             "devices": [dataclasses.asdict(d) for d in self.devices],
-            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency)},
+            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s},
             "meta": dict(self.meta),
         }
 
@@ -134,7 +139,10 @@ class Profile:
             rates = (device.matmul_flops, device.conv_flops, device.memory_bandwidth, *device.kind_efficiency.values())
             if not all(math.isfinite(r) and r > 0 for r in rates) or not device.op_overhead_s >= 0 or not (device.launch_overhead_s or 0.0) >= 0:
                 raise RlplaceError(f"{source}: device {device.name!r} has a non-positive rate; recalibrate")
-        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), int(data.get("threads", 0)), dict(data.get("meta") or {}))
+        overhead = float(data["links"].get("message_overhead_s", 0.0) or 0.0)
+        if not overhead >= 0:
+            raise RlplaceError(f"{source}: negative message overhead; recalibrate")
+        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), int(data.get("threads", 0)), dict(data.get("meta") or {}), overhead)
 
 
 def _device_from_json(entry: Mapping[str, Any]) -> DeviceProfile:
@@ -191,14 +199,16 @@ def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
         bandwidth = measured.memory_bandwidth if fitted else measured.memory_bandwidth / BANDWIDTH_EFFICIENCY
         devices.append(dataclasses.replace(device, fp32_flops=fp32, fp16_flops=fp32 * (device.fp16_flops / device.fp32_flops), memory_bandwidth=bandwidth))
         calibration.append({"kind_efficiency": dict(measured.kind_efficiency), "launch_overhead_s": measured.launch_overhead_s} if fitted else None)
+    diagonal = np.eye(k, dtype=bool)
     if count >= k and k > 1:
         bandwidth_matrix, latency_matrix = profile.bandwidth[:k, :k].copy(), profile.latency[:k, :k].copy()
     elif count > 1:
         off = ~np.eye(count, dtype=bool)
-        bandwidth_matrix = np.where(np.eye(k, dtype=bool), math.inf, float(np.mean(profile.bandwidth[off])))
-        latency_matrix = np.where(np.eye(k, dtype=bool), 0.0, float(np.mean(profile.latency[off])))
+        bandwidth_matrix = np.where(diagonal, math.inf, float(np.mean(profile.bandwidth[off])))
+        latency_matrix = np.where(diagonal, 0.0, float(np.mean(profile.latency[off])))
     else:
         bandwidth_matrix, latency_matrix = cluster.bandwidth, cluster.latency
+    latency_matrix = np.where(diagonal, 0.0, latency_matrix + profile.message_overhead_s)
     meta = {**dict(cluster.meta), "profile": {"backend": profile.backend, "threads": profile.threads}}
     if any(entry is not None for entry in calibration):
         meta["calibration"] = {"devices": calibration}
@@ -422,21 +432,22 @@ def fit_kind_efficiency(
     return efficiency, launch, {name: (float(m), float(f)) for name, m, f in zip(names, measured, fitted, strict=True)}
 
 
-def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, large_bytes: int = LINK_BYTES) -> tuple[list[float], list[float]]:
+def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, sizes: tuple[int, int] = LINK_SIZES) -> tuple[list[float], list[float]]:
     """Bandwidth (bytes/s) and one-way latency (s) from this rank to every rank.
 
     Every rank calls this; pairs are timed one at a time (the others wait at a barrier).
-    Latency is half the `LINK_PERCENTILE` round trip of a 4-byte message; bandwidth divides
-    the large message's bytes by its one-way time (same percentile) minus that latency. A low
-    percentile, not the median, because other processes on a shared host only ever add
-    delay: the fast samples are the link's own.
+    Messages go the way the executor sends activations (``isend`` of a tensor, ``recv`` into
+    a freshly allocated one, so allocation and copies are part of the cost), in the two sizes
+    of `LINK_SIZES`, each answered by a 4-byte acknowledgement. The one-way time of a
+    message is the `LINK_PERCENTILE` of (send + acknowledgement) minus half the small round
+    trip; a line through the two sizes gives bandwidth (slope) and latency (intercept). A low
+    percentile, not the median, because other processes on a shared host only ever add delay.
     """
     import torch.distributed as dist
 
     bandwidth = [math.inf] * world_size
     latency = [0.0] * world_size
-    small = torch.zeros(1, device=device)
-    large = torch.zeros(large_bytes // 4, device=device)
+    ack = torch.zeros(1, device=device)
     for src in range(world_size):
         for dst in range(world_size):
             if src == dst:
@@ -449,28 +460,62 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
             for _ in range(repeats):
                 started = time.perf_counter()
                 if rank == src:
-                    dist.send(small, peer)
-                    dist.recv(small, peer)
+                    dist.isend(ack, peer).wait()
+                    dist.recv(ack, peer)
                 else:
-                    dist.recv(small, peer)
-                    dist.send(small, peer)
+                    dist.recv(ack, peer)
+                    dist.isend(ack, peer).wait()
                 round_trips.append(time.perf_counter() - started)
-            one_way = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
-            transfers = []
-            for _ in range(max(5, repeats // 4)):
-                started = time.perf_counter()
-                if rank == src:
-                    dist.send(large, peer)
-                    dist.recv(small, peer)
-                else:
-                    dist.recv(large, peer)
-                    dist.send(small, peer)
-                transfers.append(time.perf_counter() - started)
+            ack_one_way = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
+            one_way = []
+            for size in sizes:
+                payload = torch.zeros(size // 4, device=device)
+                samples = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    if rank == src:
+                        dist.isend(payload.contiguous(), peer).wait()
+                        dist.recv(ack, peer)
+                    else:
+                        dist.recv(torch.empty(size // 4, device=device), peer)
+                        dist.isend(ack, peer).wait()
+                    samples.append(time.perf_counter() - started)
+                one_way.append(max(float(np.percentile(samples, LINK_PERCENTILE)) - ack_one_way, 1e-9))
             if rank == src:
-                transfer = float(np.percentile(transfers, LINK_PERCENTILE)) - 2 * one_way  # minus the send's and the ack's latency
-                bandwidth[dst] = large_bytes / max(transfer, float(np.percentile(transfers, LINK_PERCENTILE)) / 2)
-                latency[dst] = one_way
+                slope = (one_way[1] - one_way[0]) / (sizes[1] - sizes[0])
+                bandwidth[dst] = 1.0 / slope if slope > 0 else sizes[1] / one_way[1]
+                latency[dst] = max(one_way[0] - sizes[0] / bandwidth[dst], 0.0)
     return bandwidth, latency
+
+
+def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, steps: int = 10, warmup: int = 3) -> float:
+    """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
+
+    Times `rlplace.measure.models.crossing_chain` all on rank 0 and split layer by layer
+    over ranks 0 and 1 (every boundary on the critical path), and divides the difference of
+    the median step times by the number of messages.
+    """
+    from rlplace.measure.distributed import time_assignment
+    from rlplace.measure.models import crossing_chain
+    from rlplace.measure.program import export_forward
+
+    module, inputs = crossing_chain()
+    program = export_forward(module, inputs)
+
+    def layer(node_name: str) -> int:
+        parts = program.module_paths.get(node_name, "").split(".")
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+    single = {node.name: 0 for node in program.nodes}
+    split = {node.name: layer(node.name) % 2 if world_size > 1 else 0 for node in program.nodes}
+    together = time_assignment(program, single, rank, world_size, device, steps=steps, warmup=warmup)
+    apart = time_assignment(program, split, rank, world_size, device, steps=steps, warmup=warmup)
+    messages = apart.plan.messages
+    if not messages:
+        return 0.0
+    link_time = sum(latency + program.values[m.value].nbytes / bandwidth for m in messages)
+    extra = statistics.median(apart.step_times) - statistics.median(together.step_times) - link_time
+    return max(extra / len(messages), 0.0)
 
 
 def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, local_rank: int) -> dict[str, Any] | None:
@@ -497,6 +542,9 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         bandwidth, latency = profile_links(rank, world_size, device)
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
+        overhead = 0.0
+        if world_size > 1:
+            overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
     finally:
         dist.destroy_process_group()
     if rank != 0:
@@ -510,6 +558,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         backend=backend,
         threads=threads,
         meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        message_overhead_s=overhead,
     )
     return profile.to_json()
 
@@ -551,6 +600,8 @@ def profile_summary(profile: Profile) -> list[str]:
         for b in range(k):
             if a != b:
                 lines.append(f"link rank{a} -> rank{b}: {profile.bandwidth[a, b] / 1e9:.2f} GB/s, {profile.latency[a, b] * 1e6:.0f} us")
+    if k > 1:
+        lines.append(f"executor overhead per message: {profile.message_overhead_s * 1e6:.0f} us (added to every link's latency)")
     return lines
 
 

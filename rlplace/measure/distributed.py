@@ -153,8 +153,6 @@ def rank_device(backend: str, local_rank: int) -> torch.device:
 
 def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> dict[str, Any] | None:
     """Join the process group, time every assignment, return the result on rank 0."""
-    from rlplace.measure.executor import DeviceWorker
-    from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
     from rlplace.measure.recipe import ModelRecipe
 
@@ -171,34 +169,15 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         program = export_forward(module, inputs)
         results = []
         for assignment in job.assignments:
-            plan = plan_segments(program, assignment, world_size)
-            transport = DistTransport(plan, rank, program.values)
-            worker = DeviceWorker(program, plan, rank, device, transport, optimizer=job.optimizer)
-            times: list[float] = []
-            cpu_times: list[float] = []
-            for step in range(job.warmup + job.steps):
-                if step == job.warmup and job.fault.get("rank") == rank:
-                    _inject_fault(str(job.fault.get("kind", "exit")))
-                dist.barrier()
-                started, cpu_started = time.perf_counter(), time.thread_time()
-                _run_step(worker, plan)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if step >= job.warmup:
-                    times.append(time.perf_counter() - started)
-                    cpu_times.append(time.thread_time() - cpu_started)
-            slowest = torch.tensor(times, dtype=torch.float64)
-            busy = torch.zeros(world_size, dtype=torch.float64)
-            busy[rank] = float(sorted(cpu_times)[len(cpu_times) // 2])
+            timing = time_assignment(program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault)
+            worker, plan = timing.worker, timing.plan
+            loss = torch.tensor([float(worker.loss.detach()) if worker.loss is not None else float("-inf")], dtype=torch.float64)
             if job.backend == "nccl":
-                slowest, busy = slowest.to(device), busy.to(device)
-            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-            dist.all_reduce(busy, op=dist.ReduceOp.SUM)
-            loss = torch.tensor([float(worker.loss.detach()) if worker.loss is not None else float("-inf")], dtype=torch.float64, device=slowest.device)
+                loss = loss.to(device)
             dist.all_reduce(loss, op=dist.ReduceOp.MAX)
             entry: dict[str, Any] = {
-                "step_times": slowest.cpu().tolist(),
-                "cpu_times": busy.cpu().tolist(),
+                "step_times": timing.step_times,
+                "cpu_times": timing.cpu_times,
                 "loss": float(loss.item()),
                 "segments": len(plan.segments),
                 "messages": len(plan.messages),
@@ -212,6 +191,65 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         return {"results": results, "world_size": world_size, "backend": job.backend, "program": program.source} if rank == 0 else None
     finally:
         dist.destroy_process_group()
+
+
+@dataclass
+class Timing:
+    """Timed steps of one assignment, the same on every rank.
+
+    Attributes:
+        step_times: per timed step, the slowest rank's wall time (s).
+        cpu_times: per rank, the median main-thread CPU time of a step (s).
+        worker: this rank's worker after the last step.
+        plan: the segment plan.
+    """
+
+    step_times: list[float]
+    cpu_times: list[float]
+    worker: Any
+    plan: SegmentPlan
+
+
+def time_assignment(
+    program: Any,
+    assignment: Mapping[str, int],
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    optimizer: str = "adam",
+    fault: Mapping[str, Any] | None = None,
+) -> Timing:
+    """Every rank runs ``warmup`` + ``steps`` training steps of its segments (collective)."""
+    from rlplace.measure.executor import DeviceWorker
+    from rlplace.measure.plan import plan_segments
+
+    plan = plan_segments(program, assignment, world_size)
+    transport = DistTransport(plan, rank, program.values)
+    worker = DeviceWorker(program, plan, rank, device, transport, optimizer=optimizer)
+    times: list[float] = []
+    cpu_times: list[float] = []
+    for step in range(warmup + steps):
+        if step == warmup and fault and fault.get("rank") == rank:
+            _inject_fault(str(fault.get("kind", "exit")))
+        dist.barrier()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        _run_step(worker, plan)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+            cpu_times.append(time.thread_time() - cpu_started)
+    slowest = torch.tensor(times, dtype=torch.float64)
+    busy = torch.zeros(world_size, dtype=torch.float64)
+    busy[rank] = float(sorted(cpu_times)[len(cpu_times) // 2])
+    if device.type == "cuda":
+        slowest, busy = slowest.to(device), busy.to(device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    dist.all_reduce(busy, op=dist.ReduceOp.SUM)
+    return Timing(slowest.cpu().tolist(), busy.cpu().tolist(), worker, plan)
 
 
 def _run_step(worker: Any, plan: SegmentPlan) -> None:
@@ -414,4 +452,10 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Skip interpreter teardown: the result is on disk, and C++ destructors of torch's and
+    # gloo's background threads at exit sometimes abort the process ("terminate called
+    # without an active exception"), which would read as a crashed rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

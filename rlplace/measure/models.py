@@ -215,6 +215,9 @@ def _calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
         return _Chain(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)), (torch.randn(8, 16, 32, 32, generator=g),)
     if name == "conv-strided":
         return _Chain(nn.Conv2d(3, 24, 3, padding=1), nn.Conv2d(24, 48, 3, stride=2, padding=1)), (torch.randn(8, 3, 32, 32, generator=g),)
+    if name == "conv-block":
+        layers = (nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        return _Chain(*layers), (torch.randn(8, 3, 32, 32, generator=g),)
     if name == "batchnorm":
         return _Chain(*(nn.BatchNorm2d(32) for _ in range(4))), (torch.randn(8, 32, 32, 32, generator=g),)
     if name == "layernorm":
@@ -241,6 +244,7 @@ CALIBRATION_MODELS = (
     "linear-narrow",
     "conv",
     "conv-strided",
+    "conv-block",
     "batchnorm",
     "layernorm",
     "pointwise",
@@ -255,3 +259,11 @@ CALIBRATION_MODELS = (
 def calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """The calibration model called ``name`` (one of `CALIBRATION_MODELS`) and its input."""
     return _calibration_model(name)
+
+
+def crossing_chain(batch_size: int = 16) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Sixteen narrow linear layers: split layer by layer over two devices, every layer
+    boundary is a message whose transfer time is negligible, so a step measures the
+    executor's fixed cost per message (`rlplace.measure.calibrate`)."""
+    torch.manual_seed(0)
+    return _Chain(*(nn.Linear(64, 64) for _ in range(16))), (torch.randn(batch_size, 64, generator=_generator(1)),)
