@@ -92,15 +92,24 @@ def evaluation_table(rows: list[dict[str, Any]]) -> Table:
     for column in ("model", "cluster", "method", "step time", "speed-up", "/ bound", "max peak mem", "OOM", "decide"):
         table.add_column(column, justify="left" if column in ("model", "cluster", "method") else "right")
     for row in rows:
+        model = _short_label(row["model"])
+        method = _short_label(row["method"])
         if row.get("error"):
-            table.add_row(row["model"], row["cluster"], row["method"], "—", "—", "—", "—", "—", f"[red]{row['error'][:60]}[/]")
+            table.add_row(model, row["cluster"], method, "—", "—", "—", "—", "—", f"[red]{row['error'][:60]}[/]")
             continue
         unit = row.get("time_unit", "s")
         speedup = row.get("speedup_vs_single")
         ratio = row.get("ratio_to_lower_bound")
         table.add_row(
-            row["model"], row["cluster"], row["method"], format_time(row["step_time"], unit),
+            model, row["cluster"], method, format_time(row["step_time"], unit),
             "—" if speedup is None else f"{speedup:.2f}x", "—" if ratio is None else f"{ratio:.2f}",
             format_bytes(max(row["peak_memory_bytes"])), "[red]yes[/]" if row["oom"] else "no", f"{row['decide_s']:.3f} s",
         )
     return table
+
+
+
+def _short_label(spec: str) -> str:
+    """A file spec shown by its file name, ``expert:`` kept; other specs as written."""
+    prefix = "expert:" if spec.startswith("expert:") else ""
+    return prefix + spec.removeprefix(prefix).rsplit("/", 1)[-1]
