@@ -226,7 +226,6 @@ class _Atoms:
     atom_of: np.ndarray
     dag: _Dag
     anchor: np.ndarray
-
     backward: np.ndarray
 
     @property
@@ -252,8 +251,7 @@ def _atoms(graph: OpGraph) -> _Atoms:
 
     First whole classes; for a class whose contraction would close a cycle, each half (the
     ops on its first op's side of forward/backward, and the others) separately. Contracted
-    groups that still sit on a cycle are undone until none does: undoing only those leaves
-    a DAG, since a cycle afterwards would map onto a cycle through a kept group before.
+    groups that still sit on a cycle are undone, repeatedly, until none does.
     The ops of a class left over several atoms on the other side from its first op are
     marked as mirrors of that op's atom.
     """
