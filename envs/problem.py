@@ -249,7 +249,7 @@ def _reference_groups(problem: PlacementProblem, method: str) -> tuple[np.ndarra
     if method != FALLBACK_REFERENCE:
         from rlplace.baselines import run_method
 
-        group_costs = problem.costs if problem.coarsening is None else CostTable.build(problem.group_graph, problem.cluster)
+        group_costs = problem.costs if problem.coarsening is None else CostTable.grouped(problem.costs, problem.coarsening.group_of, problem.group_graph, problem.cluster)
         try:
             outcome = run_method(method, problem.group_graph, problem.cluster, group_costs, objective=problem.objective, seed=0)
         except RlplaceError:

@@ -73,6 +73,25 @@ class CostTable:
         edge_time.setflags(write=False)
         return cls(op_time=op_time, edge_time=edge_time, time_unit=graph.time_unit)
 
+    @classmethod
+    def grouped(cls, fine: CostTable, group_of: np.ndarray, coarse: OpGraph, cluster: Cluster) -> CostTable:
+        """Cost table of a coarsened graph whose group ``g`` holds the ops with ``group_of == g``.
+
+        A group's time on a device is the sum of its ops' times there (a roofline applied to
+        summed FLOPs and bytes would undercount: max(a+b, c+d) <= max(a, c) + max(b, d)), so
+        one device running the whole group takes exactly as long as running its ops. Edge
+        times come from the coarse graph's edges.
+
+        Shapes: group_of (n,) int64 for the fine graph's n ops; result op_time (groups, k).
+        """
+        k = fine.op_time.shape[1]
+        op_time = np.zeros((coarse.num_ops, k), dtype=np.float64)
+        np.add.at(op_time, group_of, fine.op_time)
+        edge_time = _edge_times(coarse, cluster)
+        op_time.setflags(write=False)
+        edge_time.setflags(write=False)
+        return cls(op_time=op_time, edge_time=edge_time, time_unit=fine.time_unit)
+
     @property
     def num_devices(self) -> int:
         return int(self.op_time.shape[1])

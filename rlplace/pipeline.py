@@ -101,23 +101,23 @@ def decide(
     from rlplace.simulate import simulate
 
     graph = model.graph
+    costs = CostTable.build(graph, cluster)
+    coarsening = None
     if method.startswith("expert:"):
         from rlplace.formats import load_placement_spec
 
         started = time.perf_counter()
         placement = load_placement_spec(method, graph, cluster)
         decide_s = time.perf_counter() - started
-        coarsening = None
     else:
         from rlplace.baselines import run_method
 
         work, coarsening = working_graph(graph, max_groups)
-        work_costs = CostTable.build(work, cluster)
+        work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
         _load_simulator_kernels(work, cluster, work_costs)
         outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module)
         decide_s = outcome.decide_s
-        placement = as_placement(coarsening.expand(outcome.placement) if coarsening is not None else outcome.placement, graph, cluster)
-    costs = CostTable.build(graph, cluster)
+        placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:
         # Group sizes bound memory only approximately; check the full graph exactly and repair
         # (or explain) there, counting the time as part of the decision.

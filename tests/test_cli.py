@@ -128,3 +128,4 @@ def test_model_that_does_not_fit_is_a_clean_error(tmp_path: Path) -> None:
     process = run_cli("place", str(tmp_path / "huge.json"), "--cluster", "2xV100-pcie", "--method", "single", "--out", str(out))
     assert_clean_error(process)
     assert not out.exists()
+
