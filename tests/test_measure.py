@@ -18,7 +18,7 @@ from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
-from rlplace.measure.assign import assign_devices
+from rlplace.measure.assign import assign_devices, executed_placement
 from rlplace.measure.calibrate import FIT_KINDS, DeviceProfile, Profile, apply_profile, load_profile, roofline_features, write_profile
 from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import LocalExecutor, reference_step
@@ -138,6 +138,20 @@ def test_assignment_follows_captured_placement() -> None:
             placeholder = next(p for p, fqn in program.parameters.items() if fqn == name)
             assert assignment.node_device[placeholder] == placement[op]
     assert assignment.matched_by_name >= 3  # addmm, relu, addmm_1; the weight transposes are folded by capture
+
+
+def test_gradient_sums_run_with_the_backward_that_consumes_them() -> None:
+    graph = OpGraph.build(
+        [
+            {"name": "f0", "coloc": "a"},
+            {"name": "f1", "coloc": "b"},
+            {"name": "g1", "is_backward": True, "coloc": "b"},
+            {"name": "sum", "is_backward": True},
+            {"name": "g0", "is_backward": True, "coloc": "a"},
+        ],
+        [{"src": "f0", "dst": "f1"}, {"src": "f1", "dst": "g1"}, {"src": "g1", "dst": "sum"}, {"src": "f0", "dst": "sum"}, {"src": "sum", "dst": "g0"}],
+    )
+    assert executed_placement(graph, np.array([0, 1, 1, 1, 0])).tolist() == [0, 1, 1, 0, 0]
 
 
 # ----------------------------------------------------------------------------- profile

@@ -112,3 +112,26 @@ def _assign_unmatched(program: ForwardProgram, graph: OpGraph, placement: np.nda
             else:
                 devices[node.name] = previous
         previous = devices[node.name]
+
+
+def executed_placement(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
+    """The placement the executor actually runs, for the simulator to predict.
+
+    Backward ops in a colocation class run where their forward op runs, and updates where
+    their parameter lives, as placed. Backward ops outside any class (capture leaves the
+    sums that accumulate a gradient from several users out of them) run where autograd runs
+    them: with the op that consumes the summed gradient, the backward of the value's
+    producer. Each such op therefore takes the device of its first consumer (last ops
+    first, so chains of sums follow through).
+
+    Shapes: placement (n,) int64 -> (n,) int64.
+    """
+    from rlplace.graph import NO_CLASS
+
+    executed = np.array(placement, dtype=np.int64)
+    successors = graph.successors()
+    floating = graph.is_backward & (graph.coloc == NO_CLASS)
+    for op in range(graph.num_ops - 1, -1, -1):
+        if floating[op] and len(successors[op]):
+            executed[op] = executed[int(successors[op].min())]
+    return executed

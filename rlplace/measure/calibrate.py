@@ -438,10 +438,10 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
     Every rank calls this; pairs are timed one at a time (the others wait at a barrier).
     Messages go the way the executor sends activations (``isend`` of a tensor, ``recv`` into
     a freshly allocated one, so allocation and copies are part of the cost), in the two sizes
-    of `LINK_SIZES`, each answered by a 4-byte acknowledgement. The one-way time of a
-    message is the `LINK_PERCENTILE` of (send + acknowledgement) minus half the small round
-    trip; a line through the two sizes gives bandwidth (slope) and latency (intercept). A low
-    percentile, not the median, because other processes on a shared host only ever add delay.
+    of `LINK_SIZES`, each answered by a 4-byte acknowledgement: the slope of the
+    `LINK_PERCENTILE` times between the two sizes gives the bandwidth; latency is half the
+    round trip of 4-byte messages. A low percentile, not the median, because other processes
+    on a shared host only ever add delay.
     """
     import torch.distributed as dist
 
@@ -466,8 +466,8 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                     dist.recv(ack, peer)
                     dist.isend(ack, peer).wait()
                 round_trips.append(time.perf_counter() - started)
-            ack_one_way = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
-            one_way = []
+            one_way_small = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
+            with_ack = []
             for size in sizes:
                 payload = torch.zeros(size // 4, device=device)
                 samples = []
@@ -480,15 +480,15 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                         dist.recv(torch.empty(size // 4, device=device), peer)
                         dist.isend(ack, peer).wait()
                     samples.append(time.perf_counter() - started)
-                one_way.append(max(float(np.percentile(samples, LINK_PERCENTILE)) - ack_one_way, 1e-9))
+                with_ack.append(float(np.percentile(samples, LINK_PERCENTILE)))
             if rank == src:
-                slope = (one_way[1] - one_way[0]) / (sizes[1] - sizes[0])
-                bandwidth[dst] = 1.0 / slope if slope > 0 else sizes[1] / one_way[1]
-                latency[dst] = max(one_way[0] - sizes[0] / bandwidth[dst], 0.0)
+                slope = (with_ack[1] - with_ack[0]) / (sizes[1] - sizes[0])  # the acknowledgement cancels out
+                bandwidth[dst] = 1.0 / slope if slope > 0 else sizes[1] / max(with_ack[1], 1e-9)
+                latency[dst] = one_way_small
     return bandwidth, latency
 
 
-def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, steps: int = 10, warmup: int = 3) -> float:
+def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, steps: int = 20, warmup: int = 3) -> float:
     """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
 
     Times `rlplace.measure.models.crossing_chain` all on rank 0 and split layer by layer

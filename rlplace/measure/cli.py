@@ -54,6 +54,8 @@ def run_measure_command(args: argparse.Namespace) -> int:
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
 
+    if getattr(args, "inference", False):
+        raise RlplaceError("rlplace measure times training steps (forward, backward, optimizer); drop --inference")
     steps, warmup = int(_option(args, "steps", 10)), int(_option(args, "warmup", 3))
     timeout = float(_option(args, "timeout", 120.0))
     backend = str(_option(args, "backend", "gloo"))
@@ -81,6 +83,7 @@ def run_measure_command(args: argparse.Namespace) -> int:
     from rlplace.formats import load_placement_spec
 
     placement = setup.check(load_placement_spec(args.placement, setup.graph, cluster))
+    executed = setup.executed(placement)
     simulated = setup.simulate(placement)
     assignment = setup.assignment(placement)
     (measurement,) = measure(setup, [placement], backend=backend, steps=steps, warmup=warmup, threads=threads, timeout_s=timeout)
@@ -106,6 +109,7 @@ def run_measure_command(args: argparse.Namespace) -> int:
         "messages_per_step": measurement.messages,
         "loss": measurement.loss,
         "placement": [int(d) for d in placement],
+        "ops_moved_to_executed_placement": int((executed != placement).sum()),
     }
     if getattr(args, "json", False):
         _print_json(payload)

@@ -215,6 +215,8 @@ def _calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
         return _Chain(nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)), (torch.randn(8, 16, 32, 32, generator=g),)
     if name == "conv-strided":
         return _Chain(nn.Conv2d(3, 24, 3, padding=1), nn.Conv2d(24, 48, 3, stride=2, padding=1)), (torch.randn(8, 3, 32, 32, generator=g),)
+    if name == "conv-deep":
+        return _Chain(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.Conv2d(64, 64, 3, padding=1)), (torch.randn(8, 32, 16, 16, generator=g),)
     if name == "conv-block":
         layers = (nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
         return _Chain(*layers), (torch.randn(8, 3, 32, 32, generator=g),)
@@ -244,6 +246,7 @@ CALIBRATION_MODELS = (
     "linear-narrow",
     "conv",
     "conv-strided",
+    "conv-deep",
     "conv-block",
     "batchnorm",
     "layernorm",
@@ -261,9 +264,10 @@ def calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
     return _calibration_model(name)
 
 
-def crossing_chain(batch_size: int = 16) -> tuple[nn.Module, tuple[torch.Tensor]]:
-    """Sixteen narrow linear layers: split layer by layer over two devices, every layer
-    boundary is a message whose transfer time is negligible, so a step measures the
-    executor's fixed cost per message (`rlplace.measure.calibrate`)."""
+def crossing_chain(batch_size: int = 128) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Twelve linear layers of width 256 (128 kB activations, the size of a small model's):
+    split layer by layer over two devices, every layer boundary is a message, so comparing
+    with the unsplit chain measures what a message costs a step through the executor
+    (`rlplace.measure.calibrate.message_overhead`)."""
     torch.manual_seed(0)
-    return _Chain(*(nn.Linear(64, 64) for _ in range(16))), (torch.randn(batch_size, 64, generator=_generator(1)),)
+    return _Chain(*(nn.Linear(256, 256) for _ in range(12))), (torch.randn(batch_size, 256, generator=_generator(1)),)

@@ -22,7 +22,7 @@ from rlplace.cluster import CPU, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.measure.assign import Assignment, assign_devices
+from rlplace.measure.assign import Assignment, assign_devices, executed_placement
 from rlplace.measure.calibrate import Profile, apply_profile, profile_cluster
 from rlplace.measure.distributed import BACKENDS, MeasureJob, launch_local
 from rlplace.measure.program import ForwardProgram, export_forward
@@ -136,11 +136,16 @@ class MeasureSetup:
         """Device of every node the executor runs."""
         return assign_devices(self.program, self.graph, self.check(placement))
 
+    def executed(self, placement: Sequence[int] | np.ndarray) -> Placement:
+        """The placement as the executor runs it (`rlplace.measure.assign.executed_placement`)."""
+        return as_placement(executed_placement(self.graph, self.check(placement)), self.graph, self.cluster)
+
     def simulate(self, placement: Sequence[int] | np.ndarray) -> Any:
-        """The simulator's `SimResult` for one training step (latency objective)."""
+        """The simulator's `SimResult` for one training step (latency objective) of the
+        placement as the executor runs it."""
         from rlplace.simulate import simulate
 
-        return simulate(self.graph, self.cluster, self.costs, self.check(placement), objective="latency")
+        return simulate(self.graph, self.cluster, self.costs, self.executed(placement), objective="latency")
 
 
 def measure(
