@@ -1,7 +1,8 @@
 """How well the simulator predicts measured step times: calibrated profile, 2 gloo ranks.
 
-Calibrates the two local CPU ranks (1 thread each, ``rlplace calibrate``), then for each
-model measures about a dozen placements (both single-device ones, contiguous two-way cuts at
+Calibrates the two local CPU ranks (1 thread each, ``rlplace calibrate``; again before each
+model unless ``--no-recalibrate``, since a shared host's speed drifts), then for each model
+measures a dozen placements (both single-device ones, contiguous two-way cuts at
 several points in both directions, alternating and random module-level splits) with two
 gloo ranks, and compares the median measured step time with the simulator's latency
 prediction on the calibrated cluster. Prints one row per placement, then per model and
@@ -9,8 +10,8 @@ overall: Spearman rank correlation (`scipy.stats.spearmanr`) and the median abso
 relative error. The machine's load average is printed too: other processes on the host
 inflate measured times, so quote numbers from a quiet machine.
 
-    python benchmarks/fidelity.py [--profile FILE] [--models a,b,c] [--steps 10] [--warmup 3]
-                                  [--placements 12] [--json OUT]
+    python benchmarks/fidelity.py [--profile FILE | --no-recalibrate] [--models a,b,c] [--steps 10]
+                                  [--warmup 3] [--placements 12] [--nice N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model (all its placements)")
     parser.add_argument("--json", help="write every row and the summary as JSON")
     parser.add_argument(
+        "--recalibrate", action=argparse.BooleanOptionalAction, default=True,
+        help="calibrate again before each model (default): a shared host's speed drifts by tens of percent within a minute",
+    )  # fmt: skip
+    parser.add_argument(
         "--nice", type=int, default=-20 if os.geteuid() == 0 else None,
         help="CPU priority of the ranks (default -20 as root: other processes on the host then barely stretch the timings)",
     )  # fmt: skip
@@ -117,19 +122,27 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = os.getloadavg()
-    if args.profile:
-        profile: Profile = load_profile(args.profile)
-    else:
+    profiles: list[dict] = []
+
+    def current_profile() -> Profile:
+        if args.profile:
+            return load_profile(args.profile)
+        calibration_started = time.perf_counter()
         profile = calibrate(2, backend="gloo", threads=1, nice=args.nice)
         if args.save_profile:
             write_profile(profile, args.save_profile)
-    print(f"profile ({'loaded' if args.profile else f'calibrated in {time.perf_counter() - started:.0f} s'}):")
-    for line in profile_summary(profile):
-        print(f"  {line}")
-    cluster = local_cpu_cluster(2, profile)
+        print(f"profile (calibrated in {time.perf_counter() - calibration_started:.0f} s):")
+        for line in profile_summary(profile):
+            print(f"  {line}")
+        profiles.append(profile.to_json())
+        return profile
 
     rows: list[Row] = []
+    profile = current_profile() if args.profile or not args.recalibrate else None
     for spec in [s for s in args.models.split(",") if s]:
+        if profile is None or (args.recalibrate and not args.profile):
+            profile = current_profile()
+        cluster = local_cpu_cluster(2, profile)
         model_started = time.perf_counter()
         setup = MeasureSetup.prepare(ModelRecipe(spec), cluster)
         named = placements_for(setup.graph, args.placements)
@@ -160,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump({"rows": [row.__dict__ | {"error": row.error} for row in rows], "summary": summary, "profile": profile.to_json()}, stream, indent=2)
+            json.dump({"rows": [row.__dict__ | {"error": row.error} for row in rows], "summary": summary, "profiles": profiles}, stream, indent=2)
     return 0
 
 

@@ -488,15 +488,20 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
     return bandwidth, latency
 
 
-def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, steps: int = 20, warmup: int = 3) -> float:
+def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> float:
     """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
 
-    Times `rlplace.measure.models.crossing_chain` all on rank 0 and split layer by layer
-    over ranks 0 and 1 (every boundary on the critical path), and divides the difference of
-    the median step times by the number of messages.
+    Alternates steps of `rlplace.measure.models.crossing_chain` all on rank 0 and split
+    layer by layer over ranks 0 and 1 (every boundary on the critical path), so drift of the
+    host's speed cancels; the median difference of paired step times (slowest rank), minus
+    the link time, is divided by the number of messages.
     """
-    from rlplace.measure.distributed import time_assignment
+    import torch.distributed as dist
+
+    from rlplace.measure.distributed import DistTransport, run_step
+    from rlplace.measure.executor import DeviceWorker
     from rlplace.measure.models import crossing_chain
+    from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
 
     module, inputs = crossing_chain()
@@ -506,16 +511,27 @@ def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth
         parts = program.module_paths.get(node_name, "").split(".")
         return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
-    single = {node.name: 0 for node in program.nodes}
-    split = {node.name: layer(node.name) % 2 if world_size > 1 else 0 for node in program.nodes}
-    together = time_assignment(program, single, rank, world_size, device, steps=steps, warmup=warmup)
-    apart = time_assignment(program, split, rank, world_size, device, steps=steps, warmup=warmup)
-    messages = apart.plan.messages
+    runs = []
+    for assignment in ({node.name: 0 for node in program.nodes}, {node.name: layer(node.name) % min(world_size, 2) for node in program.nodes}):
+        plan = plan_segments(program, assignment, world_size)
+        runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
+    differences = []
+    for index in range(warmup + rounds):
+        times = []
+        for worker, plan in runs:
+            dist.barrier()
+            started = time.perf_counter()
+            run_step(worker, plan)
+            times.append(time.perf_counter() - started)
+        slowest = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        if index >= warmup:
+            differences.append(float(slowest[1] - slowest[0]))
+    messages = runs[1][1].messages
     if not messages:
         return 0.0
     link_time = sum(latency + program.values[m.value].nbytes / bandwidth for m in messages)
-    extra = statistics.median(apart.step_times) - statistics.median(together.step_times) - link_time
-    return max(extra / len(messages), 0.0)
+    return max((statistics.median(differences) - link_time) / len(messages), 0.0)
 
 
 def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, local_rank: int) -> dict[str, Any] | None:

@@ -45,6 +45,10 @@ from rlplace.measure.program import ValueInfo
 BACKENDS = ("gloo", "nccl")
 RESULT_FILE = "result.json"
 NICE_VARIABLE = "RLPLACE_RANK_NICE"
+#: glibc settings for the ranks: keep freed memory (up to 32 MB blocks) for reuse instead of
+#: unmapping it, so an activation does not page-fault afresh every step; this is what
+#: PyTorch's caching allocator does on GPUs. Variables already set are left alone.
+CACHING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_TOP_PAD_": str(64 << 20)}
 
 
 class MeasureFailure(RlplaceError):
@@ -236,7 +240,7 @@ def time_assignment(
             _inject_fault(str(fault.get("kind", "exit")))
         dist.barrier()
         started, cpu_started = time.perf_counter(), time.thread_time()
-        _run_step(worker, plan)
+        run_step(worker, plan)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= warmup:
@@ -252,7 +256,8 @@ def time_assignment(
     return Timing(slowest.cpu().tolist(), busy.cpu().tolist(), worker, plan)
 
 
-def _run_step(worker: Any, plan: SegmentPlan) -> None:
+def run_step(worker: Any, plan: SegmentPlan) -> None:
+    """One training step of this rank's segments (forward, write-backs, backward, update)."""
     worker.begin()
     for segment in plan.segments:
         if segment.device == worker.index:
@@ -382,6 +387,8 @@ def launch_job(
                 }
                 if threads > 0:
                     environment["OMP_NUM_THREADS"] = str(threads)
+                for variable, value in CACHING_MALLOC.items():
+                    environment.setdefault(variable, value)
                 if nice is not None:
                     environment[NICE_VARIABLE] = str(nice)
                 command = [python or sys.executable, "-m", "rlplace.measure.distributed", "--job", str(job_file), "--out", str(out)]
