@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from rlplace.baselines import METHODS
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
+from rlplace.formats.dnn_partitioning import shared_data_dir
 
 #: Zoo models and presets of the ``zoo`` part (models that capture in under ~30 s here).
 ZOO_MODELS = ("gpt2", "bert-base", "resnet-50", "vit-base", "mlp-medium", "mixtral-tiny", "llama-1b")
@@ -65,14 +65,6 @@ class Row:
     oom: bool | None = None
     decide_s: float | None = None
     error: str | None = None
-
-
-def default_data_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        base = Path(override)
-        return base if (base / "graphs").is_dir() else base / "dnn-partitioning"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
 
 
 def one_device_time(graph, cluster, objective: str) -> float:
@@ -193,7 +185,7 @@ def zoo_part(models: list[str], clusters: list[str], methods: list[str], seed: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("shared", "zoo", "all"), default="all")
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="the dnn-partitioning data folder")
+    parser.add_argument("--data", type=Path, default=shared_data_dir(), help="the dnn-partitioning data folder")
     parser.add_argument("--models", default=",".join(ZOO_MODELS), help="zoo models, comma-separated")
     parser.add_argument("--clusters", default=",".join(PRESETS), help="cluster presets, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods, comma-separated")

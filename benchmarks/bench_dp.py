@@ -13,7 +13,6 @@ if any difference exceeds 0.1 %.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from rlplace.baselines import dp
 from rlplace.costs import CostTable
 from rlplace.formats import load_dnn_partitioning
-from rlplace.formats.dnn_partitioning import dnn_partitioning_cluster
+from rlplace.formats.dnn_partitioning import dnn_partitioning_cluster, shared_data_dir
 from rlplace.graph import OpGraph
 
 #: graph file stem, README dp value, README seconds of the authors' tool.
@@ -38,13 +37,6 @@ CASES = [
 TOLERANCE = 1e-3
 
 
-def default_data_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        return Path(override) / "dnn-partitioning"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
-
-
 def warm_up() -> None:
     graph = OpGraph.build(
         [{"name": "a", "times": {"accelerator": 1.0, "cpu": 2.0}}, {"name": "b", "times": {"accelerator": 1.0, "cpu": 2.0}}],
@@ -57,7 +49,7 @@ def warm_up() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="the dnn-partitioning data folder")
+    parser.add_argument("--data", type=Path, default=shared_data_dir(), help="the dnn-partitioning data folder")
     parser.add_argument("--repeat", type=int, default=3, help="decisions per graph; the fastest is reported")
     args = parser.parse_args(argv)
     if not (args.data / "graphs").is_dir():

@@ -11,12 +11,12 @@ the inference split (backward nodes follow their forward node's colorClass), as 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from rlplace.costs import CostTable
 from rlplace.formats import load_dnn_partitioning, load_expert_placement
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.simulate import simulate
 
 #: graph, expert split, README human-expert max-load.
@@ -29,16 +29,9 @@ CASES = [
 TOLERANCE = 1e-4
 
 
-def default_data_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        return Path(override) / "dnn-partitioning"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="the dnn-partitioning data folder")
+    parser.add_argument("--data", type=Path, default=shared_data_dir(), help="the dnn-partitioning data folder")
     args = parser.parse_args(argv)
     if not (args.data / "graphs").is_dir():
         print(f"no shared data at {args.data}", file=sys.stderr)

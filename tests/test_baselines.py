@@ -7,8 +7,6 @@ expected placement below can be worked out by hand; the comment above each test 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from rlplace.baselines.m_sct import favourite_parents, solve_favourite_lp
 from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.placement import check_constraints
 from rlplace.simulate import Simulator
@@ -420,15 +419,7 @@ def test_accelerate_device_map_is_expanded_to_ops() -> None:
 
 
 # ---------------------------------------------------------------------- shared data
-def shared_graphs_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        base = Path(override)
-        return base / "graphs" if (base / "graphs").is_dir() else base / "dnn-partitioning" / "graphs"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning" / "graphs"
-
-
-GRAPHS = shared_graphs_dir()
+GRAPHS = shared_data_dir() / "graphs"
 
 
 @pytest.mark.skipif(not GRAPHS.is_dir(), reason=f"shared data absent at {GRAPHS}")

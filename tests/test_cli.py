@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from rlplace.cli import main
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
+SHARED = shared_data_dir()
 BERT24 = SHARED / "graphs" / "bert24_inference__layer.json"
 needs_shared = pytest.mark.skipif(not BERT24.exists(), reason="shared dnn-partitioning data not found beside the repo")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,8 @@ from rlplace.formats import (
     load_graph_file,
     load_placement_spec,
 )
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
-
-
-def shared_data_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        return Path(override) / "dnn-partitioning"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
-
 
 DATA = shared_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "graphs").is_dir(), reason=f"shared data absent at {DATA}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +13,9 @@ from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats import load_dnn_partitioning
-from rlplace.formats.dnn_partitioning import dnn_partitioning_cluster
+from rlplace.formats.dnn_partitioning import dnn_partitioning_cluster, shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.simulate import Simulator
-
-
-def shared_data_dir() -> Path:
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    if override:
-        return Path(override) / "dnn-partitioning"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"
-
 
 DATA = shared_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "graphs").is_dir(), reason=f"shared data absent at {DATA}")

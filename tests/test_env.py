@@ -8,14 +8,15 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+
 import rlplace.envs
+from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
+from rlplace.costs import CostTable
 from rlplace.envs import PlacementEnv
 from rlplace.envs.ledger import MemoryLedger
 from rlplace.envs.observation import EDGE_FEATURES, NODE_FEATURES
-
-from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
-from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.simulate import simulate
 from rlplace.synthetic import synthetic_graph
@@ -466,15 +467,6 @@ def test_maskable_ppo_learns_for_a_tiny_budget(form):
 
 
 # ------------------------------------------------------------------ shared dnn-partitioning data
-def shared_data_dir():
-    import os
-    from pathlib import Path
-
-    override = os.environ.get("RLPLACE_SHARED_DATA")
-    base = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return base / "dnn-partitioning"
-
-
 def test_dnn_partitioning_graph_runs_on_its_own_cluster_and_replays_the_expert_split():
     from rlplace.formats.dnn_partitioning import load_expert_split
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from hypothesis import strategies as st
 from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
+from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.simulate import OBJECTIVES, Simulator, lower_bound, simulate, work_bound
 
-DATA = Path(os.environ.get("RLPLACE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dnn-partitioning"))
+DATA = shared_data_dir()
 
 
 # --------------------------------------------------------------------------- helpers

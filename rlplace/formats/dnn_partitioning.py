@@ -36,6 +36,7 @@ zero latency. Do not use such a cluster with an analytic graph.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,3 +288,14 @@ def _count(value: Any, what: str, source: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
         raise RlplaceError(f"{source}: {what} is {value!r}; expected an integer >= {minimum}")
     return int(value)
+
+
+def shared_data_dir() -> Path:
+    """Folder of the dnn-partitioning data (``graphs/``, ``human-experts/``).
+
+    ``$RLPLACE_SHARED_DATA`` names the ``shared/data`` folder holding it; by default that is
+    ``../shared/data`` beside a source checkout of rlplace.
+    """
+    override = os.environ.get("RLPLACE_SHARED_DATA")
+    base = Path(override) if override else Path(__file__).resolve().parents[3] / "shared" / "data"
+    return base / "dnn-partitioning"
