@@ -132,7 +132,7 @@ class DeviceWorker:
         for placeholder, tensor in zip(program.user_inputs, program.inputs, strict=True):
             if plan.home[placeholder] == device_index:
                 self.placeholder_values[placeholder] = tensor.detach().to(self.device, copy=True)
-        self.updates = self._updates_by_segment(optimizer)
+        self.update = make_optimizer(optimizer, [p for p in self.parameters.values() if p.requires_grad])
         self.nodes = {node.name: node for node in program.nodes}
         self.callables = {node.name: node_callable(node, self.device.type) for node in program.nodes}
         # What this device sends after each forward stage / each segment's backward, and
@@ -224,12 +224,14 @@ class DeviceWorker:
             grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
             self._add_grad(value, grad)
         self._send_grads(segment.index)
-        update = self.updates.get(segment.index)
-        if update is not None:
-            update.step()
 
     def finish(self) -> None:
-        """Collect gradients of parameters used on other devices, then update the parameters."""
+        """Collect gradients of parameters used on other devices, then update the parameters.
+
+        One optimizer step per device at the end (updating each segment's parameters right
+        after its backward would let updates fill idle time, as the simulator allows, but
+        every extra ``Optimizer.step`` costs ~0.1-0.3 ms of Python on a CPU).
+        """
         for message in self._grad_recvs.get(PLACEHOLDER_STAGE, ()):
             grad = self.transport.recv(message, self.program.values[message.value], self.device)
             fqn = self.program.parameters.get(message.value)
@@ -237,23 +239,11 @@ class DeviceWorker:
                 continue
             parameter = self.parameters[fqn]
             parameter.grad = grad if parameter.grad is None else parameter.grad + grad
-        update = self.updates.get(PLACEHOLDER_STAGE)
-        if update is not None:
-            update.step()
+        if self.update is not None:
+            self.update.step()
         self.transport.flush()
 
     # ------------------------------------------------------------------ helpers
-    def _updates_by_segment(self, optimizer: str) -> dict[int, torch.optim.Optimizer]:
-        """One optimizer over this device's parameters, stepped at the end of the step.
-
-        (Updating each segment's parameters right after its backward would let updates fill
-        idle time, as the simulator allows, but every extra ``Optimizer.step`` call costs
-        ~0.1-0.3 ms of Python on a CPU, more than the updates of small models gain.)
-        """
-        parameters = [p for p in self.parameters.values() if p.requires_grad]
-        update = make_optimizer(optimizer, parameters)
-        return {} if update is None else {PLACEHOLDER_STAGE: update}
-
     def _value(self, value: str) -> Any:
         if value not in self.local:
             home = self.plan.home[value]
