@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-epochs", type=int, default=defaults.n_epochs)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--ent-coef", type=float, default=defaults.ent_coef)
+    parser.add_argument("--imitation-epochs", type=int, default=defaults.imitation_epochs, help="imitation warm-start epochs before PPO (0: none)")
+    parser.add_argument("--imitation-out", default=None, help="also write the imitation-only checkpoint here")
     parser.add_argument("--hidden", type=int, default=defaults.hidden)
     parser.add_argument("--layers", type=int, default=defaults.layers)
     parser.add_argument("--graph-cache", default=defaults.graph_cache, help="folder caching captured zoo graphs ('' for none)")
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_epochs": args.n_epochs,
         "learning_rate": args.learning_rate,
         "ent_coef": args.ent_coef,
+        "imitation_epochs": args.imitation_epochs,
+        "imitation_out": args.imitation_out,
         "hidden": args.hidden,
         "layers": args.layers,
         "graph_cache": args.graph_cache or None,

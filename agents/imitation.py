@@ -27,8 +27,10 @@ from rlplace.errors import RlplaceError
 
 from .network import PlacementNetwork
 
-#: Heuristics the teacher picks from per pair (best simulated step time, memory first).
-TEACHER_METHODS: tuple[str, ...] = ("single", "m-topo", "m-etf", "heft", "critical-path", "dp")
+#: Heuristics the teacher picks from per pair, simplest patterns first (see `teacher_groups`).
+TEACHER_METHODS: tuple[str, ...] = ("single", "dp", "m-topo", "critical-path", "m-etf", "heft")
+#: A method within this fraction of the best step time counts as tied; ties go to the earlier method.
+TEACHER_TOLERANCE = 0.03
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,8 +55,12 @@ class Demonstration:
     label: str
 
 
-def teacher_groups(problem: Any, methods: Sequence[str] = TEACHER_METHODS) -> tuple[np.ndarray, str, float, float]:
-    """The best heuristic placement of ``problem``'s groups.
+def teacher_groups(problem: Any, methods: Sequence[str] = TEACHER_METHODS, tolerance: float = TEACHER_TOLERANCE) -> tuple[np.ndarray, str, float, float]:
+    """The teacher placement of ``problem``'s groups: among the methods whose placement fits
+    memory as well as the best one and whose step time is within ``tolerance`` of the best,
+    the first in ``methods`` order. Ties favour simple patterns (everything on one device, a
+    contiguous split) over list schedules whose scattered choices a one-shot policy imitates
+    poorly, at a cost of at most ``tolerance`` in step time.
 
     Returns ((G,) int64 legal device per group, method name, step time, overflow bytes).
     Raises `RlplaceError` when no method finds a placement.
@@ -65,18 +71,22 @@ def teacher_groups(problem: Any, methods: Sequence[str] = TEACHER_METHODS) -> tu
     from .infer import score_groups
 
     group_costs = problem.costs if problem.coarsening is None else CostTable.build(problem.group_graph, problem.cluster)
-    best: tuple[float, float, np.ndarray, str] | None = None
+    found: list[tuple[float, float, np.ndarray, str]] = []
     for method in methods:
         try:
             outcome = run_method(method, problem.group_graph, problem.cluster, group_costs, objective=problem.objective, seed=0)
         except RlplaceError:
             continue
         overflow, step_time, legal = score_groups(problem, "repair", np.asarray(outcome.placement, dtype=np.int64))
-        if best is None or (overflow, step_time) < (best[0], best[1]):
-            best = (overflow, step_time, legal, method)
-    if best is None:
+        found.append((overflow, step_time, legal, method))
+    if not found:
         raise RlplaceError(f"no teacher method of {', '.join(methods)} placed {problem.graph.name!r} on {problem.cluster.name!r}")
-    return best[2], best[3], best[1], best[0]
+    least_overflow = min(f[0] for f in found)
+    best_time = min(f[1] for f in found if f[0] == least_overflow)
+    for overflow, step_time, legal, method in found:
+        if overflow == least_overflow and step_time <= best_time * (1 + tolerance):
+            return legal, method, step_time, overflow
+    raise AssertionError("unreachable: the best method is within tolerance of itself")
 
 
 def collect_demonstrations(
@@ -158,7 +168,7 @@ def pretrain(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             accuracies.append(accuracy)
         rows.append([epoch, round(float(np.mean(losses)), 4), round(float(np.mean(accuracies)), 4)])
         if progress is not None and (epoch % 10 == 0 or epoch == epochs):

@@ -213,10 +213,12 @@ class PlacementNetwork(nn.Module):
         scores = self.scorer(nodes, graph_embedding, device_inputs(obs), pair_features(obs, max_devices))
         present = (obs["device_mask"] > 0.5).unsqueeze(1)
         logits = scores.masked_fill(~present, MASKED_LOGIT)
-        if logits.shape[1] < max_nodes:  # padding slots: device 0, as the env's mask says
-            padding = torch.full((logits.shape[0], max_nodes - logits.shape[1], max_devices), MASKED_LOGIT, dtype=logits.dtype, device=logits.device)
-            padding[..., 0] = 0.0
-            logits = torch.cat([logits, padding], dim=1)
+        # padding slots take device 0, as the env's mask says (whatever else is in the batch)
+        padding_row = torch.full((max_devices,), MASKED_LOGIT, dtype=logits.dtype, device=logits.device)
+        padding_row[0] = 0.0
+        logits = torch.where(graph.node_mask.unsqueeze(-1), logits, padding_row)
+        if logits.shape[1] < max_nodes:
+            logits = torch.cat([logits, padding_row.expand(logits.shape[0], max_nodes - logits.shape[1], max_devices)], dim=1)
         return logits, self.value(graph_embedding).squeeze(-1)
 
     def action_logits(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

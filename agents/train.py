@@ -20,6 +20,7 @@ from rlplace.errors import RlplaceError
 
 from .checkpoint import Checkpoint, package_versions, save_checkpoint
 from .data import DEFAULT_GRAPH_CACHE, HELDOUT_CLUSTERS, HELDOUT_MODELS, TRAIN_CLUSTERS, TRAIN_MODELS, load_graphs, resolve_cluster_spec
+from .imitation import TEACHER_METHODS, collect_demonstrations, pretrain
 
 
 @dataclass
@@ -80,6 +81,16 @@ class TrainConfig:
     """Gradient clipping."""
     target_kl: float | None = 0.05
     """Stop an update's epochs early when the approximate KL exceeds this (None: never)."""
+    imitation_epochs: int = 0
+    """Epochs of imitation warm start before PPO (0: PPO from scratch); see ``rlplace.agents.imitation``."""
+    imitation_learning_rate: float = 1e-3
+    """Adam learning rate of the imitation warm start."""
+    imitation_batch_size: int = 32
+    """Minibatch size of the imitation warm start."""
+    teacher_methods: list[str] = field(default_factory=lambda: list(TEACHER_METHODS))
+    """Heuristics the imitation teacher takes the best of, per training pair (ties to the earlier one)."""
+    imitation_out: str | None = None
+    """Also write the checkpoint reached after imitation, before PPO, here (None: do not)."""
     hidden: int = 64
     """Width of node and graph embeddings."""
     layers: int = 3
@@ -100,7 +111,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise `RlplaceError` for settings that cannot work."""
-        positive = ("timesteps", "max_nodes", "max_devices", "n_envs", "n_steps", "batch_size", "n_epochs", "hidden", "layers", "scorer_hidden", "torch_threads", "microbatches")
+        if isinstance(self.imitation_epochs, bool) or not isinstance(self.imitation_epochs, int) or self.imitation_epochs < 0:
+            raise RlplaceError(f"imitation_epochs must be a whole number >= 0 (got {self.imitation_epochs!r})")
+        positive = ("imitation_batch_size", "timesteps", "max_nodes", "max_devices", "n_envs", "n_steps", "batch_size", "n_epochs", "hidden", "layers", "scorer_hidden", "torch_threads", "microbatches")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -211,22 +224,53 @@ def train(config: TrainConfig, *, progress: Callable[[str], None] = print) -> Ch
         device="cpu",
         verbose=0,
     )
+    policy: Any = model.policy
+    imitation: dict[str, Any] = {}
+    if config.imitation_epochs > 0:
+        demonstrations = collect_demonstrations(envs[0], config.teacher_methods, progress=progress)
+        rows = pretrain(
+            policy.network,
+            demonstrations,
+            epochs=config.imitation_epochs,
+            batch_size=config.imitation_batch_size,
+            learning_rate=config.imitation_learning_rate,
+            seed=config.seed,
+            progress=progress,
+        )
+        teachers: dict[str, int] = {}
+        for demonstration in demonstrations:
+            method = demonstration.label.rsplit(": ", 1)[-1]
+            teachers[method] = teachers.get(method, 0) + 1
+        imitation = {
+            "examples": len(demonstrations),
+            "teacher_mean_reward": round(float(np.mean([d.reward for d in demonstrations])), 4),
+            "teachers": teachers,
+            "curve": rows,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        if config.imitation_out:
+            save_checkpoint(_checkpoint(config, policy.network, {"timesteps": 0, "wall_s": imitation["wall_s"], "imitation": imitation}), config.imitation_out)
+            progress(f"saved the imitation-only policy to {config.imitation_out}")
     curve = _Curve(config, started, progress)
     model.learn(total_timesteps=config.timesteps, callback=curve.callback())
     wall = time.perf_counter() - started
-    policy: Any = model.policy
-    checkpoint = Checkpoint(
-        network=policy.network,
+    training = {"timesteps": int(model.num_timesteps), "wall_s": round(wall, 1), "stopped_by_time_limit": curve.stopped, "curve": curve.rows, "imitation": imitation}
+    checkpoint = _checkpoint(config, policy.network, training)
+    save_checkpoint(checkpoint, config.out)
+    progress(f"saved {config.out} after {model.num_timesteps} steps in {wall:.0f} s")
+    return checkpoint
+
+
+def _checkpoint(config: TrainConfig, network: Any, training: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        network=network,
         env=env_settings(config),
         trained_on={"models": list(config.models), "clusters": list(config.clusters)},
         heldout={"models": list(config.heldout_models), "clusters": list(config.heldout_clusters)},
         train_config=config.to_dict(),
-        training={"timesteps": int(model.num_timesteps), "wall_s": round(wall, 1), "stopped_by_time_limit": curve.stopped, "curve": curve.rows},
+        training=training,
         versions=package_versions(),
     )
-    save_checkpoint(checkpoint, config.out)
-    progress(f"saved {config.out} after {model.num_timesteps} steps in {wall:.0f} s")
-    return checkpoint
 
 
 def _monitored(env: Any) -> Callable[[], Any]:
