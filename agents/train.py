@@ -1,6 +1,12 @@
 """Train the GNN placement policy with sb3-contrib's ``MaskablePPO`` (CleanRL style: one
 dataclass of settings, logged with the run and stored in the checkpoint).
 
+Recipe (the defaults): imitation warm start on the best heuristic of every training pair
+(``rlplace.agents.imitation``), then MaskablePPO on the env's simulator reward. The shipped
+``checkpoints/default`` came from ``python train_agent.py --time-limit 900 --timesteps 300000
+--imitation-out runs/imitation-only`` (15 minutes on 2 shared CPU cores: 250 imitation epochs,
+then 140,904 PPO steps).
+
 >>> from rlplace.agents.train import TrainConfig, train
 >>> checkpoint = train(TrainConfig(timesteps=20_000, out="checkpoints/mine"))
 """
@@ -37,7 +43,7 @@ class TrainConfig:
     """Cluster specs kept out of training; recorded likewise."""
     out: str = "checkpoints/default"
     """Checkpoint folder to write (``model.safetensors`` + ``config.json``)."""
-    timesteps: int = 50_000
+    timesteps: int = 150_000
     """Env steps to train for (one-shot: placements; sequential: group decisions)."""
     time_limit_s: float | None = None
     """Stop at the first rollout boundary after this many wall-clock seconds (None: no limit)."""
@@ -63,10 +69,10 @@ class TrainConfig:
     """Steps per env per rollout (rollout size = n_envs * n_steps)."""
     batch_size: int = 128
     """PPO minibatch size."""
-    n_epochs: int = 4
+    n_epochs: int = 2
     """PPO epochs per rollout."""
-    learning_rate: float = 3e-4
-    """Adam learning rate (constant)."""
+    learning_rate: float = 1e-4
+    """Adam learning rate of PPO (constant; low, so PPO refines the imitation policy rather than overwriting it)."""
     gamma: float = 1.0
     """Discount; the reward is terminal, so 1 values a placement by its step time only."""
     gae_lambda: float = 0.95
@@ -81,7 +87,7 @@ class TrainConfig:
     """Gradient clipping."""
     target_kl: float | None = 0.05
     """Stop an update's epochs early when the approximate KL exceeds this (None: never)."""
-    imitation_epochs: int = 0
+    imitation_epochs: int = 250
     """Epochs of imitation warm start before PPO (0: PPO from scratch); see ``rlplace.agents.imitation``."""
     imitation_learning_rate: float = 1e-3
     """Adam learning rate of the imitation warm start."""
