@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME", help=f"placement method (default {DEFAULT_METHOD}; see `rlplace methods`)")
     _add_objective_options(place)
     place.add_argument("--seed", type=int, default=0, help="seed of randomized methods")
+    place.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint folder (default checkpoints/default or $RLPLACE_CHECKPOINT)")
+    place.add_argument("--samples", type=int, default=None, metavar="K", help="placements the policy samples besides its greedy one (default 16)")
     place.add_argument("--out", metavar="FILE", help="write the placement JSON")
     place.add_argument("--device-map", metavar="FILE", help="write an accelerate-style {module: device} map (PyTorch models)")
     place.add_argument("--trace", metavar="FILE", help="write a Chrome trace of the simulated step")

@@ -84,14 +84,12 @@ def run_place(args: argparse.Namespace) -> int:
     for path in (args.out, args.device_map, args.trace, args.plot):
         check_output_path(path)
     require_positive("--microbatches", args.microbatches)
-    if args.method == "policy":
-        raise RlplaceError("no trained policy ships with this version yet; use a baseline method (see `rlplace methods`), e.g. --method local-search")
     model = _load(args, args.model)
     cluster = resolve_cluster(args.cluster, model)
     objective = args.objective or default_objective(model.graph)
     decision = decide(
         model, cluster, args.method, objective=objective, microbatches=args.microbatches, seed=args.seed,
-        max_groups=args.max_groups, record=bool(args.trace or args.plot),
+        max_groups=args.max_groups, record=bool(args.trace or args.plot), method_options=_policy_options(args),
     )
     device_map_text = None
     if args.device_map:
@@ -123,6 +121,18 @@ def run_place(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options of the ``policy`` method (checkpoint folder, sampled placements); none for baselines."""
+    if args.method != "policy":
+        return {}
+    options: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        options["checkpoint"] = args.checkpoint
+    if args.samples is not None:
+        options["samples"] = require_positive("--samples", args.samples)
+    return options
+
+
 def _device_map(decision: Decision) -> dict[str, str]:
     from rlplace.coarsen import module_device_map
 
@@ -134,8 +144,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     require_positive("--microbatches", args.microbatches)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(DEFAULT_EVALUATE_METHODS)
-    if "policy" in methods:
-        raise RlplaceError("no trained policy ships with this version yet; leave `policy` out of --methods")
     from rlplace.baselines import check_method_names
 
     check_method_names([m for m in methods if not m.startswith("expert:")])
@@ -214,7 +222,6 @@ def run_methods(args: argparse.Namespace) -> int:
     for name, text in METHOD_DESCRIPTIONS.items():
         print(f"{name:15s} {text}")
     print(f"{'expert:FILE':15s} a human-expert split in the dnn-partitioning output format")
-    print(f"{'policy':15s} the pretrained GNN policy (not shipped yet)")
     return 0
 
 

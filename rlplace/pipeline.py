@@ -96,6 +96,7 @@ def decide(
     seed: int = 0,
     max_groups: int = 256,
     record: bool = False,
+    method_options: dict[str, Any] | None = None,
 ) -> Decision:
     """Place ``model`` on ``cluster`` with ``method`` and simulate the result."""
     from rlplace.simulate import simulate
@@ -115,7 +116,7 @@ def decide(
         work, coarsening = working_graph(graph, max_groups)
         work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
         _load_simulator_kernels(work, cluster, work_costs)
-        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module)
+        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **(method_options or {}))
         decide_s = outcome.decide_s
         placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:

@@ -130,3 +130,18 @@ def test_model_that_does_not_fit_is_a_clean_error(tmp_path: Path) -> None:
     assert_clean_error(process)
     assert not out.exists()
 
+
+
+def test_place_with_the_shipped_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph_file = tiny_graph(tmp_path / "g.json")
+    assert main(["place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "policy", "--samples", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "policy"
+    assert len(out["placement"]) == 3 and set(out["placement"]) <= {0, 1}
+    assert not out["oom"]
+
+
+def test_policy_with_a_missing_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
+    graph_file = tiny_graph(tmp_path / "g.json")
+    process = run_cli("place", str(graph_file), "--method", "policy", "--checkpoint", str(tmp_path / "none"))
+    assert_clean_error(process, "none")
