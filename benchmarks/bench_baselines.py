@@ -116,6 +116,27 @@ def print_table(rows: list[Row], unit: str) -> None:
     sys.stdout.flush()
 
 
+def print_summary(rows: list[Row]) -> None:
+    """Per method: geometric-mean speed-up over one device (cases it solved without OOM),
+    cases where it is best or within 0.1 % of the best, and median decision time."""
+    cases: dict[tuple[str, str], float] = {}
+    for row in rows:
+        if row.error is None and not row.oom and row.step_time is not None:
+            key = (row.graph, row.cluster)
+            cases[key] = min(cases.get(key, math.inf), row.step_time)
+    print(f"\n{'method':<14} {'solved':>7} {'geomean speed-up':>17} {'best or tied':>13} {'median decide s':>16}")
+    for method in dict.fromkeys(row.method for row in rows):
+        mine = [r for r in rows if r.method == method and r.error is None and not r.oom and r.speedup is not None]
+        if not mine:
+            print(f"{method:<14} {0:>7}")
+            continue
+        geomean = math.exp(sum(math.log(r.speedup) for r in mine) / len(mine))
+        best = sum(1 for r in mine if r.step_time <= cases[(r.graph, r.cluster)] * 1.001)
+        print(f"{method:<14} {len(mine):>7} {geomean:17.3f} {best:>13} {float(np.median([r.decide_s for r in mine])):16.3f}")
+    print(f"({len(cases)} (graph, cluster) cases)")
+    sys.stdout.flush()
+
+
 def shared_part(data: Path, methods: list[str], seed: int) -> bool:
     """Table on the shared graphs, then local-search against the README; True if every reference is met."""
     from rlplace.load import load_model
@@ -142,6 +163,7 @@ def shared_part(data: Path, methods: list[str], seed: int) -> bool:
                 local_search[stem] = row.step_time
     print("\nShared dnn-partitioning graphs, throughput objective (max-load, the files' time unit)\n")
     print_table(rows, "unit")
+    print_summary(rows)
     if "local-search" not in methods:
         return True
     print("\nlocal-search against the README's local-search reference (max-load; lower is better)\n")
@@ -180,6 +202,7 @@ def zoo_part(models: list[str], clusters: list[str], methods: list[str], seed: i
                 rows.append(row)
     print("\nZoo models x presets, latency objective (one training step, ms)\n")
     print_table(rows, "ms")
+    print_summary(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

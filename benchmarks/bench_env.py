@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from rlplace.envs import PlacementEnv
 
+from rlplace.envs import PlacementEnv
 from rlplace.synthetic import synthetic_graph
 
 CLUSTER = "4xV100-nvlink"
