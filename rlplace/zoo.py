@@ -81,6 +81,9 @@ def _hf_causal_lm(config_name: str, model_name: str, **config: Any) -> Callable[
         with _meta():
             cfg = getattr(transformers, config_name)(use_cache=False, **config)
             model = getattr(transformers, model_name)(cfg)
+            # transformers infers the loss from the class name and warns for names like
+            # GPT2LMHeadModel; say which loss it is.
+            model.loss_type = "ForCausalLM"
             ids = _tokens(batch, seq or 128, cfg.vocab_size)
         return model, {"input_ids": ids, "labels": ids}
 
