@@ -42,6 +42,25 @@ BANDWIDTH_EFFICIENCY = 0.80
 LAUNCH_OVERHEAD_S: dict[str, float] = {"accelerator": 5e-6, CPU: 1e-6}
 #: Op kinds that only reinterpret memory (views, reshapes): they cost nothing.
 FREE_KINDS = frozenset({"view", "data", "input", "output"})
+#: Kinds that are not run at all (graph inputs and outputs), even by a calibrated executor.
+ABSENT_KINDS = frozenset({"input", "output"})
+#: Classes of ops with their own fixed cost in a calibration (``op_overhead_by_class``).
+OVERHEAD_CLASSES = ("forward", "backward", "optimizer", "forward_view", "backward_view", "conv", "norm")
+
+
+def overhead_class(kind: str, is_backward: bool) -> str | None:
+    """The `OVERHEAD_CLASSES` entry whose fixed cost an op of ``kind`` pays (None: not run).
+
+    Convolutions and normalizations (both directions) have their own class because their
+    CPU kernels carry a large setup cost; views cost only the executor's per-node overhead.
+    """
+    if kind in ABSENT_KINDS:
+        return None
+    if kind in FREE_KINDS:
+        return "backward_view" if is_backward else "forward_view"
+    if kind in ("conv", "norm", "optimizer"):
+        return kind
+    return "backward" if is_backward else "forward"
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,23 +134,30 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
     for d, device in enumerate(cluster.devices):
         compute_efficiency, bandwidth_efficiency, launch = efficiency, BANDWIDTH_EFFICIENCY, LAUNCH_OVERHEAD_S[device.category]
         calibrated = _calibration(cluster, d)
+        by_class: dict[str, float] = {}
         if calibrated is not None:  # measured per-kind efficiencies and launch cost (rlplace.measure.calibrate)
-            by_kind, launch = calibrated
+            by_kind, launch, by_class = calibrated
             compute_efficiency = np.array([by_kind.get(kind, default) for kind, default in zip(graph.kinds, efficiency, strict=True)])
             bandwidth_efficiency = np.array([by_kind.get(kind, BANDWIDTH_EFFICIENCY) for kind in graph.kinds])
         compute = graph.flops / (device.peak_flops(precision) * compute_efficiency)
         memory = graph.bytes_accessed / (device.memory_bandwidth * bandwidth_efficiency)
         does_work = ((graph.flops > 0) | (graph.bytes_accessed > 0)) & ~free
-        times[:, d] = np.where(does_work, np.maximum(compute, memory) + launch, 0.0)
+        if by_class:  # a fixed cost per op class, views included (every executor node costs)
+            fixed = np.array([by_class.get(overhead_class(kind, bool(back)) or "", 0.0) for kind, back in zip(graph.kinds, graph.is_backward, strict=True)])
+            times[:, d] = np.where(does_work, np.maximum(compute, memory), 0.0) + fixed
+        else:
+            times[:, d] = np.where(does_work, np.maximum(compute, memory) + launch, 0.0)
     return times
 
 
-def _calibration(cluster: Cluster, device: int) -> tuple[dict[str, float], float] | None:
+def _calibration(cluster: Cluster, device: int) -> tuple[dict[str, float], float, dict[str, float]] | None:
     """Per-kind efficiency and launch cost measured for ``device``, if the cluster carries them.
 
     ``cluster.meta["calibration"]["devices"][device]`` holds ``kind_efficiency`` (fraction of
-    the device's FLOP/s and memory bandwidth an op of each kind reaches) and
-    ``launch_overhead_s``, as `rlplace.measure.calibrate.apply_profile` writes them.
+    the device's FLOP/s and memory bandwidth an op of each kind reaches),
+    ``launch_overhead_s`` and optionally ``op_overhead_by_class`` (seconds per op of each
+    `OVERHEAD_CLASSES` entry, replacing the single launch cost), as
+    `rlplace.measure.calibrate.apply_profile` writes them.
     """
     calibration = cluster.meta.get("calibration") if isinstance(cluster.meta, Mapping) else None
     if not isinstance(calibration, Mapping):
@@ -140,7 +166,8 @@ def _calibration(cluster: Cluster, device: int) -> tuple[dict[str, float], float
     entry = entries[device] if device < len(entries) else None
     if not isinstance(entry, Mapping):
         return None
-    return {str(kind): float(value) for kind, value in (entry.get("kind_efficiency") or {}).items()}, float(entry.get("launch_overhead_s", 0.0))
+    by_class = {str(name): float(value) for name, value in (entry.get("op_overhead_by_class") or {}).items()}
+    return {str(kind): float(value) for kind, value in (entry.get("kind_efficiency") or {}).items()}, float(entry.get("launch_overhead_s") or 0.0), by_class
 
 
 def _edge_times(graph: OpGraph, cluster: Cluster) -> np.ndarray:

@@ -19,7 +19,17 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.measure.assign import assign_devices, executed_placement
-from rlplace.measure.calibrate import FIT_KINDS, DeviceProfile, Profile, apply_profile, load_profile, roofline_features, write_profile
+from rlplace.measure.calibrate import (
+    FIT_KINDS,
+    DeviceProfile,
+    Profile,
+    apply_profile,
+    load_profile,
+    overhead_counts,
+    roofline_features,
+    solve_step_fit,
+    write_profile,
+)
 from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import LocalExecutor, reference_step
 from rlplace.measure.plan import Message, plan_segments
@@ -194,11 +204,55 @@ def test_fitted_profile_sets_kind_efficiency_launch_and_message_costs() -> None:
     assert features[FIT_KINDS.index("elementwise")] == pytest.approx(2e7 / 2e10)
 
 
+def test_per_class_op_costs_price_every_executor_node_views_included() -> None:
+    import dataclasses
+
+    by_class = {"forward": 1e-5, "backward": 2e-5, "optimizer": 3e-5, "forward_view": 4e-6, "backward_view": 5e-6, "conv": 1e-4, "norm": 6e-5}
+    fitted = tuple(dataclasses.replace(d, kind_efficiency={"matmul": 0.5}, launch_overhead_s=1e-5, op_overhead_by_class=by_class) for d in _profile().devices)
+    cluster = apply_profile(local_cpu_cluster(2), dataclasses.replace(_profile(), devices=fitted))
+    graph = OpGraph.build(
+        [
+            {"name": "x", "kind": "input"},
+            {"name": "mm", "kind": "matmul", "flops": 1e9, "coloc": "a"},
+            {"name": "v", "kind": "view"},
+            {"name": "conv", "kind": "conv", "flops": 0.0},
+            {"name": "gv", "kind": "view", "is_backward": True},
+            {"name": "gmm", "kind": "matmul", "flops": 2e9, "is_backward": True, "coloc": "a"},
+            {"name": "adam", "kind": "optimizer", "bytes_accessed": 2e7, "is_backward": True, "coloc": "a"},
+        ],
+        [{"src": "x", "dst": "mm"}, {"src": "mm", "dst": "v"}, {"src": "v", "dst": "conv"}, {"src": "conv", "dst": "gv"}, {"src": "gv", "dst": "gmm"}, {"src": "gmm", "dst": "adam"}],
+    )
+    costs = CostTable.build(graph, cluster)
+    # matmul at 0.5 x 1e11 FLOP/s; optimizer has no fitted efficiency: the default 0.8 of 2e10 B/s
+    expected = [0.0, 1e9 / 5e10 + 1e-5, 4e-6, 1e-4, 5e-6, 2e9 / 5e10 + 2e-5, 2e7 / (2e10 * 0.8) + 3e-5]
+    np.testing.assert_allclose(costs.op_time[:, 1], expected)
+    np.testing.assert_array_equal(overhead_counts(graph), [1, 1, 1, 1, 1, 1, 0])
+
+
+def test_step_fit_recovers_known_efficiencies_and_op_costs() -> None:
+    from rlplace.costs import OVERHEAD_CLASSES
+
+    rng = np.random.default_rng(0)
+    models = 40
+    rooflines = np.zeros((models, len(FIT_KINDS)))
+    rooflines[:, [FIT_KINDS.index("matmul"), FIT_KINDS.index("elementwise")]] = rng.uniform(1e-4, 1e-3, size=(models, 2))
+    counts = rng.integers(0, 60, size=(models, len(OVERHEAD_CLASSES))).astype(float)
+    true_overheads = np.array([2e-5, 1e-5, 3e-5, 8e-6, 6e-6, 9e-5, 7e-5])
+    measured = rooflines[:, FIT_KINDS.index("matmul")] / 0.8 + rooflines[:, FIT_KINDS.index("elementwise")] / 0.4 + counts @ true_overheads
+    fit = solve_step_fit(rooflines, counts, measured, prior_overhead_s=1e-5, names=[f"m{i}" for i in range(models)])
+    assert set(fit.efficiency) == {"matmul", "elementwise"}  # only kinds the models contain
+    assert fit.efficiency["matmul"] == pytest.approx(0.8, rel=0.1)
+    assert fit.efficiency["elementwise"] == pytest.approx(0.4, rel=0.1)
+    np.testing.assert_allclose([fit.overhead_by_class[name] for name in OVERHEAD_CLASSES], true_overheads, rtol=0.25, atol=5e-6)  # the weak prior pulls classes with a small share of the time
+    assert all(f == pytest.approx(m, rel=0.1) for m, f in fit.fit.values())
+
+
 def test_profile_round_trips_and_bad_files_fail_clearly(tmp_path) -> None:
     import dataclasses
 
     path = tmp_path / "profile.json"
-    original = dataclasses.replace(_profile(), message_overhead_s=3e-4)
+    fitted = tuple(dataclasses.replace(d, kind_efficiency={"conv": 0.4}, launch_overhead_s=1e-5, op_overhead_by_class={"conv": 9e-5}) for d in _profile().devices)
+    original = dataclasses.replace(_profile(), devices=fitted, message_overhead_s=3e-4)
     write_profile(original, path)
     loaded = load_profile(path)
     assert loaded.devices == original.devices and loaded.message_overhead_s == 3e-4

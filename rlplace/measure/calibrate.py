@@ -10,6 +10,12 @@ with the same backend and thread count) and each rank times, concurrently:
 
 (single-threaded CPU ops are timed by thread CPU time, see `op_clock`)
 
+and, unless told not to, times whole training steps of the calibration models
+(`rlplace.measure.models.CALIBRATION_MODELS`) through the real executor on this one device
+and fits per-kind efficiencies and a fixed cost per op class (`rlplace.costs.OVERHEAD_CLASSES`:
+forward, backward, optimizer, views, convolutions, normalizations) to them, so the simulator
+predicts what the executor spends per step on one device (`fit_kind_efficiency`);
+
 then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s). The profile is JSON (`write_profile`);
 `apply_profile` returns a cluster whose devices and links carry the calibrated numbers,
@@ -66,8 +72,10 @@ class DeviceProfile:
             (compute-bound ops) and of ``memory_bandwidth`` (memory-bound ops) that ops of the
             kind reach in whole training steps, fitted on `CALIBRATION_MODELS` (empty when
             not fitted).
-        launch_overhead_s: fitted fixed cost per op of a training step (forward dispatch,
+        launch_overhead_s: fitted fixed cost per forward op of a training step (dispatch,
             autograd, allocations), None when not fitted.
+        op_overhead_by_class: fitted fixed cost (s) per op of each `rlplace.costs.OVERHEAD_CLASSES`
+            entry (empty in profiles fitted with a single launch cost).
         fit: calibration model -> (measured, fitted) step time in seconds on this device.
     """
 
@@ -80,6 +88,7 @@ class DeviceProfile:
     kind_efficiency: Mapping[str, float] = dataclasses.field(default_factory=dict)
     launch_overhead_s: float | None = None
     fit: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    op_overhead_by_class: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +146,8 @@ class Profile:
             raise RlplaceError(f"{source}: the profile has no devices")
         for device in devices:
             rates = (device.matmul_flops, device.conv_flops, device.memory_bandwidth, *device.kind_efficiency.values())
-            if not all(math.isfinite(r) and r > 0 for r in rates) or not device.op_overhead_s >= 0 or not (device.launch_overhead_s or 0.0) >= 0:
+            overheads = (device.op_overhead_s, device.launch_overhead_s or 0.0, *device.op_overhead_by_class.values())
+            if not all(math.isfinite(r) and r > 0 for r in rates) or not all(math.isfinite(o) and o >= 0 for o in overheads):
                 raise RlplaceError(f"{source}: device {device.name!r} has a non-positive rate; recalibrate")
         overhead = float(data["links"].get("message_overhead_s", 0.0) or 0.0)
         if not overhead >= 0:
@@ -153,6 +163,7 @@ def _device_from_json(entry: Mapping[str, Any]) -> DeviceProfile:
         kind_efficiency={str(k): float(v) for k, v in (entry.get("kind_efficiency") or {}).items()},
         launch_overhead_s=None if launch is None else float(launch),
         fit={str(k): (float(v[0]), float(v[1])) for k, v in (entry.get("fit") or {}).items()},
+        op_overhead_by_class={str(k): float(v) for k, v in (entry.get("op_overhead_by_class") or {}).items()},
     )
 
 
@@ -174,8 +185,8 @@ def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
     Device i takes profile device i (a one-device profile serves every device; a profile of
     more devices gives the first k). With fitted per-kind efficiencies, a device's FP32
     FLOP/s and memory bandwidth become the measured matmul rate and element-wise bandwidth,
-    and ``meta["calibration"]`` carries the per-kind efficiencies and per-op launch cost that
-    `rlplace.costs.CostTable` then uses instead of its defaults. Without them, FP32 FLOP/s
+    and ``meta["calibration"]`` carries the per-kind efficiencies and per-op launch cost (per
+    op class when fitted so) that `rlplace.costs.CostTable` then uses instead of its defaults. Without them, FP32 FLOP/s
     becomes ``matmul_flops / COMPUTE_EFFICIENCY["matmul"]`` and bandwidth
     ``memory_bandwidth / BANDWIDTH_EFFICIENCY``, so the default roofline gives a matmul and a
     streaming op exactly their measured rates. FP16 peaks keep their ratio to FP32. Links take
@@ -198,7 +209,10 @@ def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
         fp32 = measured.matmul_flops if fitted else measured.matmul_flops / COMPUTE_EFFICIENCY["matmul"]
         bandwidth = measured.memory_bandwidth if fitted else measured.memory_bandwidth / BANDWIDTH_EFFICIENCY
         devices.append(dataclasses.replace(device, fp32_flops=fp32, fp16_flops=fp32 * (device.fp16_flops / device.fp32_flops), memory_bandwidth=bandwidth))
-        calibration.append({"kind_efficiency": dict(measured.kind_efficiency), "launch_overhead_s": measured.launch_overhead_s} if fitted else None)
+        entry = {"kind_efficiency": dict(measured.kind_efficiency), "launch_overhead_s": measured.launch_overhead_s}
+        if measured.op_overhead_by_class:
+            entry["op_overhead_by_class"] = dict(measured.op_overhead_by_class)
+        calibration.append(entry if fitted else None)
     diagonal = np.eye(k, dtype=bool)
     if count >= k and k > 1:
         bandwidth_matrix, latency_matrix = profile.bandwidth[:k, :k].copy(), profile.latency[:k, :k].copy()
@@ -357,79 +371,133 @@ def roofline_features(graph: Any, peak_flops: float, bandwidth: float) -> tuple[
     return features, working
 
 
-def fit_kind_efficiency(
-    device: torch.device | str,
-    peak_flops: float,
-    bandwidth: float,
-    *,
-    prior_launch_s: float = 1e-5,
-    steps: int = 8,
-    warmup: int = 3,
-    models: Sequence[str] | None = None,
-) -> tuple[dict[str, float], float, dict[str, tuple[float, float]]]:
-    """Fit per-kind efficiencies and a per-op launch cost to measured training steps.
+def overhead_counts(graph: Any) -> np.ndarray:
+    """Per class of `rlplace.costs.OVERHEAD_CLASSES`, how many of the graph's ops pay its fixed cost.
 
-    Runs every calibration model (`rlplace.measure.models.CALIBRATION_MODELS`) on ``device``
-    with the executor, and solves, by non-negative least squares on relative errors,
-    ``step time = sum over kinds of roofline time / efficiency + launch * working ops``,
-    where the roofline uses ``peak_flops`` and ``bandwidth`` and capture's FLOPs and bytes.
-
-    Returns:
-        (efficiency per kind present in the models, launch cost in seconds,
-        model -> (measured, fitted) step time).
+    Shapes: returns (len(OVERHEAD_CLASSES),) float64.
     """
-    from scipy.optimize import nnls
+    from rlplace.costs import OVERHEAD_CLASSES, overhead_class
 
+    counts = np.zeros(len(OVERHEAD_CLASSES))
+    for kind, backward in zip(graph.kinds, graph.is_backward, strict=True):
+        name = overhead_class(kind, bool(backward))
+        if name is not None:
+            counts[OVERHEAD_CLASSES.index(name)] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """What `fit_kind_efficiency` found for one device.
+
+    Attributes:
+        efficiency: per kind present in the calibration models, the fraction of the measured
+            matmul rate / bandwidth its ops reach in training steps.
+        overhead_by_class: seconds per op of each `rlplace.costs.OVERHEAD_CLASSES` entry.
+        fit: calibration model -> (measured, fitted) step time in seconds.
+    """
+
+    efficiency: dict[str, float]
+    overhead_by_class: dict[str, float]
+    fit: dict[str, tuple[float, float]]
+
+
+def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmup: int = 3) -> tuple[Any, float]:
+    """Capture calibration model ``name`` and time its training step through the executor with
+    every node on ``device`` (exactly what a one-device placement runs).
+
+    Returns the captured graph and the median step time (s, by `op_clock`).
+    """
     from rlplace.capture import capture_model
     from rlplace.measure.executor import LocalExecutor
-    from rlplace.measure.models import CALIBRATION_MODELS, calibration_model
+    from rlplace.measure.models import calibration_model
     from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
 
-    device = torch.device(device)
     clock = op_clock(device)
-    names = list(models or CALIBRATION_MODELS)
-    rows, times = [], []
-    for name in names:
-        module, inputs = calibration_model(name)
-        graph = capture_model(module, inputs, optimizer="adam", name=name)
-        program = export_forward(module, inputs)
-        plan = plan_segments(program, {node.name: 0 for node in program.nodes}, 1)
-        executor = LocalExecutor(program, plan, [device])
-        samples = []
-        for step in range(warmup + steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = clock()
-            executor.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if step >= warmup:
-                samples.append(clock() - started)
-        features, working = roofline_features(graph, peak_flops, bandwidth)
-        rows.append([*features, float(working)])
-        times.append(statistics.median(samples))
-    matrix = np.array(rows)
-    measured = np.array(times)
-    weighted = matrix / measured[:, None]  # minimize relative errors
+    module, inputs = calibration_model(name)
+    graph = capture_model(module, inputs, optimizer="adam", name=name)
+    program = export_forward(module, inputs)
+    plan = plan_segments(program, {node.name: 0 for node in program.nodes}, 1)
+    executor = LocalExecutor(program, plan, [device])
+    samples = []
+    for step in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = clock()
+        executor.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            samples.append(clock() - started)
+    return graph, statistics.median(samples)
+
+
+def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str]) -> StepFit:
+    """Non-negative least squares on relative errors of
+    ``step time = sum over kinds of roofline / efficiency + sum over classes of count * overhead``,
+    with a weak prior (every efficiency `PRIOR_EFFICIENCY`, every overhead ``prior_overhead_s``,
+    weight `PRIOR_WEIGHT`) that keeps kinds and classes the models barely tell apart finite.
+
+    Shapes (c calibration models): rooflines (c, len(FIT_KINDS)) seconds at the measured rates;
+    counts (c, len(OVERHEAD_CLASSES)); measured (c,) seconds.
+    """
+    from scipy.optimize import nnls
+
+    from rlplace.costs import OVERHEAD_CLASSES
+
+    matrix = np.hstack([rooflines, counts])
+    weighted = matrix / measured[:, None]  # relative errors
     scale = np.where(weighted.max(axis=0) > 0, weighted.max(axis=0), 1.0)
-    # A weak prior (efficiency PRIOR_EFFICIENCY, launch = the bare op overhead x 3) keeps kinds
-    # that share their models with others from running to the bounds.
-    prior = np.array([1.0 / PRIOR_EFFICIENCY] * len(FIT_KINDS) + [max(prior_launch_s, 1e-7)])
-    prior_rows = np.diag(PRIOR_WEIGHT / (prior * scale))
-    system = np.vstack([weighted / scale, prior_rows])
-    target = np.concatenate([np.ones(len(names)), np.full(len(prior), PRIOR_WEIGHT)])
+    prior = np.array([1.0 / PRIOR_EFFICIENCY] * len(FIT_KINDS) + [max(prior_overhead_s, 1e-7)] * len(OVERHEAD_CLASSES))
+    system = np.vstack([weighted / scale, np.diag(PRIOR_WEIGHT / (prior * scale))])
+    target = np.concatenate([np.ones(len(measured)), np.full(len(prior), PRIOR_WEIGHT)])
     solution, _ = nnls(system, target)
     solution = solution / scale
     low, high = EFFICIENCY_BOUNDS
     efficiency = {}
     for column, kind in enumerate(FIT_KINDS):
-        if matrix[:, column].any():
+        if rooflines[:, column].any():
             efficiency[kind] = float(np.clip(1.0 / solution[column], low, high)) if solution[column] > 0 else high
-    launch = float(solution[-1])
-    inverse = np.array([1.0 / efficiency.get(kind, high) for kind in FIT_KINDS] + [1.0])
-    fitted = matrix @ np.concatenate([inverse[:-1], [launch]])
-    return efficiency, launch, {name: (float(m), float(f)) for name, m, f in zip(names, measured, fitted, strict=True)}
+    overheads = solution[len(FIT_KINDS) :]
+    inverse = np.array([1.0 / efficiency.get(kind, high) for kind in FIT_KINDS])
+    fitted = rooflines @ inverse + counts @ overheads
+    return StepFit(
+        efficiency,
+        {name: float(value) for name, value in zip(OVERHEAD_CLASSES, overheads, strict=True)},
+        {name: (float(m), float(f)) for name, m, f in zip(names, measured, fitted, strict=True)},
+    )
+
+
+def fit_kind_efficiency(
+    device: torch.device | str,
+    peak_flops: float,
+    bandwidth: float,
+    *,
+    prior_overhead_s: float = 1e-5,
+    steps: int = 8,
+    warmup: int = 3,
+    models: Sequence[str] | None = None,
+) -> StepFit:
+    """Fit per-kind efficiencies and per-class op costs to measured one-device training steps.
+
+    Runs every calibration model (`rlplace.measure.models.CALIBRATION_MODELS`) on ``device``
+    through the executor (`time_executor_step`: the autograd island, backward ops, the one
+    optimizer step and the per-node Python cost are all in the time), and fits
+    `solve_step_fit` with rooflines at ``peak_flops`` and ``bandwidth`` from capture's FLOPs
+    and bytes. A one-device placement is then predicted as the fit predicts its model.
+    """
+    from rlplace.measure.models import CALIBRATION_MODELS
+
+    device = torch.device(device)
+    names = list(models or CALIBRATION_MODELS)
+    rooflines, counts, times = [], [], []
+    for name in names:
+        graph, seconds = time_executor_step(name, device, steps=steps, warmup=warmup)
+        rooflines.append(roofline_features(graph, peak_flops, bandwidth)[0])
+        counts.append(overhead_counts(graph))
+        times.append(seconds)
+    return solve_step_fit(np.array(rooflines), np.array(counts), np.array(times), prior_overhead_s=prior_overhead_s, names=names)
 
 
 def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, sizes: tuple[int, int] = LINK_SIZES) -> tuple[list[float], list[float]]:
@@ -551,9 +619,20 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
     try:
         dist.barrier()
         measured = profile_device(device, name=f"rank{rank}", min_seconds=float(job.get("min_seconds", 0.05)))
-        if job.get("fit", True):
-            efficiency, launch, fit = fit_kind_efficiency(device, measured.matmul_flops, measured.memory_bandwidth, prior_launch_s=3 * measured.op_overhead_s)
-            measured = dataclasses.replace(measured, kind_efficiency=efficiency, launch_overhead_s=launch, fit=fit)
+        for turn in range(world_size if job.get("fit", True) else 0):
+            # One rank at a time, the others idle at the barrier: the fitted step times are
+            # those of a one-device placement, which runs alone on the host.
+            dist.barrier()
+            if turn != rank:
+                continue
+            fitted = fit_kind_efficiency(device, measured.matmul_flops, measured.memory_bandwidth, prior_overhead_s=3 * measured.op_overhead_s)
+            measured = dataclasses.replace(
+                measured,
+                kind_efficiency=fitted.efficiency,
+                launch_overhead_s=fitted.overhead_by_class["forward"],
+                fit=fitted.fit,
+                op_overhead_by_class=fitted.overhead_by_class,
+            )
         dist.barrier()
         bandwidth, latency = profile_links(rank, world_size, device)
         gathered: list[Any] = [None] * world_size
@@ -607,8 +686,9 @@ def profile_summary(profile: Profile) -> list[str]:
         if d.kind_efficiency and d.launch_overhead_s is not None:
             efficiencies = ", ".join(f"{kind} {value:.2f}" for kind, value in d.kind_efficiency.items())
             errors = [abs(f - m) / m for m, f in d.fit.values() if m > 0]
+            overheads = ", ".join(f"{name} {value * 1e6:.1f}" for name, value in d.op_overhead_by_class.items()) or f"{d.launch_overhead_s * 1e6:.1f}"
             lines.append(
-                f"  fitted: {d.launch_overhead_s * 1e6:.1f} us per op; efficiency {efficiencies}; "
+                f"  fitted: us per op {overheads}; efficiency {efficiencies}; "
                 f"median fit error {statistics.median(errors) * 100 if errors else float('nan'):.1f}% over {len(errors)} calibration models"
             )
     k = len(profile.devices)

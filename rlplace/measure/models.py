@@ -148,6 +148,22 @@ class _Pointwise(nn.Module):
         return y
 
 
+class _Views(nn.Module):
+    """A chain of views (transposes, unsqueezes, squeezes) of a tiny tensor with a learned
+    scale: what every executor node costs beyond its kernel."""
+
+    def __init__(self, ops: int = 30) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale
+        for index in range(self.ops):
+            y = y.transpose(1, 2) if index % 3 == 0 else (y.unsqueeze(1) if index % 3 == 1 else y.squeeze(1))
+        return y
+
+
 class _Softmaxes(nn.Module):
     """Softmax and mean reductions over the last dimension, with a learned bias."""
 
@@ -236,6 +252,15 @@ def _calibration_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
         return _Matrices(8, 384), (torch.randn(2, 384, generator=g),)
     if name == "tiny-ops":
         return _Pointwise(30), (torch.randn(8, 8, generator=g),)
+    if name == "views":
+        return _Views(30), (torch.randn(4, 8, 8, generator=g),)
+    if name == "tiny-matrices":
+        return _Matrices(32, 16), (torch.randn(2, 16, generator=g),)
+    if name == "tiny-linear":
+        return _Chain(*(nn.Linear(32, 32) for _ in range(8))), (torch.randn(4, 32, generator=g),)
+    if name == "tiny-conv":
+        layers = (nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        return _Chain(*layers), (torch.randn(2, 4, 12, 12, generator=g),)
     raise KeyError(name)
 
 
@@ -256,6 +281,10 @@ CALIBRATION_MODELS = (
     "embedding",
     "optimizer",
     "tiny-ops",
+    "views",
+    "tiny-matrices",
+    "tiny-linear",
+    "tiny-conv",
 )
 
 
