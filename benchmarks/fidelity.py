@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper model:")
     for model, stats in summary["per_model"].items():
         print(f"  {model:18s} spearman {stats['spearman']:.3f}  median |rel. error| {stats['median_abs_rel_error'] * 100:.1f}%  ({stats['placements']} placements)")
+    for label, key in (("one-device placements", "one_device_median_abs_rel_error"), ("placements with messages", "multi_device_median_abs_rel_error")):
+        if summary[key] is not None:
+            print(f"  {label:26s} median |rel. error| {summary[key] * 100:.1f}%")
     print(
         f"overall: {summary['placements']} placements of {len(summary['per_model'])} models: spearman {summary['spearman']:.3f}, "
         f"median |rel. error| {summary['median_abs_rel_error'] * 100:.1f}%  ({summary['seconds']:.0f} s; "
@@ -188,7 +191,12 @@ def _summary(rows: list[Row]) -> dict:
         }
 
     per_model = {model: stats([r for r in rows if r.model == model]) for model in dict.fromkeys(r.model for r in rows)}
-    return {**stats(rows), "per_model": per_model}
+    # What calibration alone decides (no message crosses) apart from what messages add.
+    split = {
+        "one_device_median_abs_rel_error": float(statistics.median(r.error for r in rows if r.messages == 0)) if any(r.messages == 0 for r in rows) else None,
+        "multi_device_median_abs_rel_error": float(statistics.median(r.error for r in rows if r.messages > 0)) if any(r.messages > 0 for r in rows) else None,
+    }
+    return {**stats(rows), **split, "per_model": per_model}
 
 
 if __name__ == "__main__":
