@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.graph import OpGraph
 from rlplace.measure.calibrate import Profile, calibrate, load_profile, profile_summary, write_profile
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
+from rlplace.placement import respect_colocation
 
 MODELS = ("rlplace.measure.models:bench_mlp", "rlplace.measure.models:bench_transformer", "rlplace.measure.models:bench_cnn")
 
@@ -48,17 +49,6 @@ class Row:
     @property
     def error(self) -> float:
         return relative_error(self.simulated, self.measured)
-
-
-def respect_colocation(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
-    """Each colocation class (a forward op, its backward ops, its parameters' updates) on the device of its first op."""
-    fixed = placement.copy()
-    first: dict[int, int] = {}
-    for op in range(graph.num_ops):
-        label = int(graph.coloc[op])
-        if label != NO_CLASS:
-            fixed[op] = first.setdefault(label, int(fixed[op]))
-    return fixed
 
 
 def _units(graph: OpGraph) -> np.ndarray:

@@ -61,6 +61,23 @@ def colocation_violation(graph: OpGraph, placement: Placement) -> int | None:
     return None
 
 
+def respect_colocation(graph: OpGraph, placement: Placement) -> Placement:
+    """Move every op of a colocation class onto the device of the class's first op (in graph order).
+
+    Shapes: placement (n,) int64; returns a new read-only (n,) int64 array.
+    """
+    fixed = np.array(placement, dtype=np.int64)
+    has_class = graph.coloc != NO_CLASS
+    if np.any(has_class):
+        classes = graph.coloc[has_class]
+        _, first_index = np.unique(classes, return_index=True)
+        class_device = np.zeros(int(classes.max()) + 1, dtype=np.int64)
+        class_device[classes[first_index]] = fixed[has_class][first_index]
+        fixed[has_class] = class_device[classes]
+    fixed.setflags(write=False)
+    return fixed
+
+
 def load_placement(path: str | Path, graph: OpGraph, cluster: Cluster) -> Placement:
     """Read a placement file (list of indices, or {op name: device name})."""
     data = read_json(path)

@@ -37,6 +37,7 @@ from rlplace.measure.program import export_forward, is_getitem
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.reward import MeasuredReward, MeasureOptions
 from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure
+from rlplace.placement import respect_colocation
 
 MODELS = ("rlplace.measure.models:mlp", "rlplace.measure.models:cnn", "rlplace.measure.models:tiny_transformer")
 
@@ -52,17 +53,6 @@ class Chain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.relu(self.a(x)))
-
-
-def respect_colocation(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
-    """Every op of a colocation class on the device of the class's first op."""
-    fixed = placement.copy()
-    first: dict[int, int] = {}
-    for op in range(graph.num_ops):
-        label = int(graph.coloc[op])
-        if label != NO_CLASS:
-            fixed[op] = first.setdefault(label, int(fixed[op]))
-    return fixed
 
 
 def assert_same_state(state: dict, reference: dict, *, atol: float = 1e-6) -> None:
