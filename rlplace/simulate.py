@@ -244,22 +244,7 @@ class Simulator:
             load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
             return float(load.max())
         instance_rank, rank_instance = (self._instance_rank, self._rank_instance) if priority is None else self._ranks(priority)
-        return float(
-            kernel.schedule_makespan(
-                self.num_ops,
-                self.microbatches,
-                self.num_devices,
-                self._succ_ptr,
-                self._succ_op,
-                self._succ_edge,
-                self._indegree,
-                self._op_time,
-                self._edge_time,
-                p,
-                instance_rank,
-                rank_instance,
-            )
-        )
+        return float(kernel.schedule_makespan(*self._schedule_args(p, instance_rank, rank_instance)))
 
     def peak_memory(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
         """(k,) peak bytes per device (see the module doc for the memory model)."""
@@ -368,8 +353,9 @@ class Simulator:
             )
         return p
 
-    def _schedule(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
-        return kernel.schedule_full(
+    def _schedule_args(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
+        """Arguments shared by the makespan-only and the recording schedule kernels."""
+        return (
             self.num_ops,
             self.microbatches,
             self.num_devices,
@@ -383,6 +369,9 @@ class Simulator:
             instance_rank,
             rank_instance,
         )
+
+    def _schedule(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
+        return kernel.schedule_full(*self._schedule_args(p, instance_rank, rank_instance))
 
     def _resident(self, p: np.ndarray) -> np.ndarray:
         return np.bincount(p, weights=self.graph.resident_bytes, minlength=self.num_devices)
