@@ -111,12 +111,15 @@ def decide(
         placement = load_placement_spec(method, graph, cluster)
         decide_s = time.perf_counter() - started
     else:
-        from rlplace.baselines import run_method
+        from rlplace.baselines import MICROBATCH_AWARE, run_method
 
         work, coarsening = working_graph(graph, max_groups)
         work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
         _load_simulator_kernels(work, cluster, work_costs)
-        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **(method_options or {}))
+        options = dict(method_options or {})
+        if objective == "pipelined" and method in MICROBATCH_AWARE:
+            options["microbatches"] = microbatches
+        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
         decide_s = outcome.decide_s
         placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:

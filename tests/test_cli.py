@@ -145,3 +145,20 @@ def test_policy_with_a_missing_checkpoint_is_a_clean_error(tmp_path: Path) -> No
     graph_file = tiny_graph(tmp_path / "g.json")
     process = run_cli("place", str(graph_file), "--method", "policy", "--checkpoint", str(tmp_path / "none"))
     assert_clean_error(process, "none")
+
+
+def test_pipelined_search_scores_with_the_requested_microbatches(tmp_path: Path) -> None:
+    """local-search under `pipelined` M=4 is never worse (at M=4) than its own M=1-scored answer."""
+    from rlplace.cluster_spec import load_cluster
+    from rlplace.costs import CostTable
+    from rlplace.load import load_model
+    from rlplace.pipeline import decide
+    from rlplace.simulate import simulate
+
+    model = load_model("synthetic:layered:n=60:seed=4")
+    cluster = load_cluster("4xV100-nvlink")
+    aware = decide(model, cluster, "local-search", objective="pipelined", microbatches=4)
+    blind = decide(model, cluster, "local-search", objective="latency")
+    costs = CostTable.build(model.graph, cluster)
+    blind_at_4 = simulate(model.graph, cluster, costs, blind.placement, objective="pipelined", microbatches=4).step_time
+    assert aware.result.step_time <= blind_at_4 * (1 + 1e-9)

@@ -73,6 +73,8 @@ def _lazy(module_name: str) -> PlaceFunction:
 
 #: Method name -> ``place(graph, cluster, costs, *, objective, seed)``.
 METHODS: Mapping[str, PlaceFunction] = {name: _lazy(module) for name, module in _MODULES.items()}
+#: Methods that score candidates with the simulator and take ``microbatches=`` for ``pipelined``.
+MICROBATCH_AWARE = frozenset({"dp", "local-search", "random"})
 
 
 @dataclass(frozen=True, eq=False)

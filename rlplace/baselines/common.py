@@ -445,11 +445,12 @@ def _move_off(units: Units, assignment: np.ndarray, ledger: MemoryLedger, device
 
 
 # ----------------------------------------------------------------------- final check
-def make_simulator(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str) -> Any:
-    """The shared `rlplace.simulate.Simulator` for ``objective`` (imported lazily)."""
+def make_simulator(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str, microbatches: int = 1) -> Any:
+    """The shared `rlplace.simulate.Simulator` for ``objective`` (imported lazily);
+    ``microbatches`` counts only for ``pipelined``."""
     from rlplace.simulate import Simulator
 
-    return Simulator(graph, cluster, costs, objective=objective)
+    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches if objective == "pipelined" else 1)
 
 
 def finalize(

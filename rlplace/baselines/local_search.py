@@ -52,13 +52,15 @@ def place(
     *,
     objective: str = "latency",
     seed: int = 0,
+    microbatches: int = 1,
     evaluations: int = DEFAULT_EVALUATIONS,
     start: np.ndarray | None = None,
     start_methods: Sequence[str] = START_METHODS,
 ) -> Placement:
-    """Improve the best fast baseline (or ``start``, an (n,) placement) by local search."""
+    """Improve the best fast baseline (or ``start``, an (n,) placement) by local search;
+    ``microbatches`` sets M of the ``pipelined`` objective the search scores."""
     units, budget = prepare(graph, cluster, costs, objective)
-    simulator = make_simulator(graph, cluster, costs, objective)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches)
     search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations)
     if start is None:
         failures: dict[str, str] = {}

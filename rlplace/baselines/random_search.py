@@ -28,12 +28,14 @@ def place(
     *,
     objective: str = "latency",
     seed: int = 0,
+    microbatches: int = 1,
     samples: int = DEFAULT_SAMPLES,
 ) -> Placement:
-    """Best of ``samples`` random feasible placements drawn with ``numpy.random.default_rng(seed)``."""
+    """Best of ``samples`` random feasible placements drawn with ``numpy.random.default_rng(seed)``;
+    ``microbatches`` sets M of the ``pipelined`` objective they are scored with."""
     units, budget = prepare(graph, cluster, costs, objective)
     rng = np.random.default_rng(seed)
-    simulator = make_simulator(graph, cluster, costs, objective)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches)
     best: np.ndarray | None = None
     best_key = (np.inf, np.inf)
     failure: RlplaceError | None = None
