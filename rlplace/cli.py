@@ -32,6 +32,7 @@ def _add_model_options(parser: argparse.ArgumentParser, *, many: bool = False) -
 
 
 def _add_objective_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", metavar="FILE", help="calibration profile written by `rlplace calibrate` (replaces the cost model's efficiencies)")
     parser.add_argument("--objective", choices=OBJECTIVES, default=None, help="latency (default for models), pipelined, or throughput (default for dnn-partitioning graphs)")
     parser.add_argument("--microbatches", type=int, default=4, metavar="M", help="micro-batches of the pipelined objective (default 4)")
 

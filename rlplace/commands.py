@@ -29,6 +29,16 @@ def _load(args: argparse.Namespace, spec: str):
     return load_model(spec, inference=args.inference, batch_size=args.batch_size, optimizer=args.optimizer)
 
 
+def _cluster(args: argparse.Namespace, spec: str | None, model):
+    """The cluster of ``spec`` (or the model file's own), with ``--profile``'s calibration applied."""
+    cluster = resolve_cluster(spec, model)
+    if getattr(args, "profile", None):
+        from rlplace.measure.calibrate import apply_profile, load_profile
+
+        cluster = apply_profile(cluster, load_profile(args.profile))
+    return cluster
+
+
 def run_graph(args: argparse.Namespace) -> int:
     check_output_path(args.save)
     model = _load(args, args.model)
@@ -61,7 +71,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     check_output_path(args.trace)
     require_positive("--microbatches", args.microbatches)
     model = _load(args, args.model)
-    cluster = resolve_cluster(args.cluster, model)
+    cluster = _cluster(args, args.cluster, model)
     placement = load_placement_spec(args.placement, model.graph, cluster)
     costs = CostTable.build(model.graph, cluster)
     check_constraints(model.graph, costs, placement)
@@ -85,7 +95,7 @@ def run_place(args: argparse.Namespace) -> int:
         check_output_path(path)
     require_positive("--microbatches", args.microbatches)
     model = _load(args, args.model)
-    cluster = resolve_cluster(args.cluster, model)
+    cluster = _cluster(args, args.cluster, model)
     objective = args.objective or default_objective(model.graph)
     decision = decide(
         model, cluster, args.method, objective=objective, microbatches=args.microbatches, seed=args.seed,
@@ -153,7 +163,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with Progress(console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("evaluating", total=len(jobs) * len(methods))
         for model, cluster_spec in jobs:
-            cluster = resolve_cluster(cluster_spec, model)
+            cluster = _cluster(args, cluster_spec, model)
             objective = args.objective or default_objective(model.graph)
             single_time = None
             for method in methods:

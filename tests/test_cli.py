@@ -162,3 +162,29 @@ def test_pipelined_search_scores_with_the_requested_microbatches(tmp_path: Path)
     costs = CostTable.build(model.graph, cluster)
     blind_at_4 = simulate(model.graph, cluster, costs, blind.placement, objective="pipelined", microbatches=4).step_time
     assert aware.result.step_time <= blind_at_4 * (1 + 1e-9)
+
+
+def test_profile_changes_the_simulated_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A calibration profile of slow devices and a slow link makes the same placement slower."""
+    import numpy as np
+
+    from rlplace.measure.calibrate import DeviceProfile, Profile, write_profile
+
+    slow = Profile(
+        tuple(DeviceProfile(f"rank{r}", "cpu", 1e10, 1e10, 1e9, 5e-6) for r in range(2)),
+        np.array([[np.inf, 1e8], [1e8, np.inf]]),
+        np.array([[0.0, 1e-3], [1e-3, 0.0]]),
+        "gloo",
+        1,
+    )
+    write_profile(slow, tmp_path / "profile.json")
+    graph_file = tiny_graph(tmp_path / "g.json")
+    placement = tmp_path / "p.json"
+    placement.write_text("[0, 0, 1]")
+    base = ["simulate", str(graph_file), "--placement", str(placement), "--cluster", "2xV100-pcie", "--json"]
+    assert main(base) == 0
+    fast = json.loads(capsys.readouterr().out)["step_time"]
+    assert main([*base, "--profile", str(tmp_path / "profile.json")]) == 0
+    calibrated = json.loads(capsys.readouterr().out)["step_time"]
+    # 3 GFLOP at <= 1e10 FLOP/s takes >= 0.3 s, and the 1 MB transfer >= 1e-3 + 1e6 / 1e8 s.
+    assert calibrated > 0.3 > fast
