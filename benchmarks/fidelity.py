@@ -17,6 +17,7 @@ inflate measured times, so quote numbers from a quiet machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -42,6 +43,7 @@ class Row:
     placement: str
     simulated: float
     measured: float
+    simulated_modelled: float
     messages: int
     simulated_busy: tuple[float, ...]
     measured_cpu: tuple[float, ...]
@@ -101,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model (all its placements)")
     parser.add_argument("--json", help="write every row and the summary as JSON")
     parser.add_argument(
+        "--op-profile", action=argparse.BooleanOptionalAction, default=True,
+        help="time each distinct op of the model and its backward in isolation and simulate with those times (default); "
+        "the modelled (calibrated roofline) prediction is summarized too",
+    )  # fmt: skip
+    parser.add_argument(
         "--recalibrate", action=argparse.BooleanOptionalAction, default=True,
         help="calibrate again before each model (default): a shared host's speed drifts by tens of percent within a minute",
     )  # fmt: skip
@@ -136,13 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         model_started = time.perf_counter()
         setup = MeasureSetup.prepare(ModelRecipe(spec), cluster)
         named = placements_for(setup.graph, args.placements)
+        modelled = setup
+        if args.op_profile:
+            profiling_started = time.perf_counter()
+            setup = setup.with_op_profile()
+            print(f"per-op profile of {spec} in {time.perf_counter() - profiling_started:.1f} s")
         measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, threads=1, timeout_s=args.timeout, nice=args.nice)
         print(f"\n{spec}: {setup.graph.num_ops} ops, {len(named)} placements, {time.perf_counter() - model_started:.0f} s")
         print(f"  {'placement':28s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s}   busy per rank, simulated / CPU ms")
         for (name, placement), measurement in zip(named, measured, strict=True):
             result = setup.simulate(placement)
             row = Row(
-                spec.rpartition(":")[2], name, float(result.step_time), measurement.measured_step_time, measurement.messages,
+                spec.rpartition(":")[2], name, float(result.step_time), measurement.measured_step_time,
+                float(modelled.simulate(placement).step_time), measurement.messages,
                 tuple(float(b) for b in result.busy_time), measurement.cpu_times,
             )  # fmt: skip
             rows.append(row)
@@ -150,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:28s} {row.simulated * 1e3:13.2f} {row.measured * 1e3:12.2f} {row.error * 100:6.1f}% {row.messages:5d}   {busy}")
 
     summary = _summary(rows)
+    if args.op_profile:
+        summary["modelled"] = _summary([dataclasses.replace(row, simulated=row.simulated_modelled) for row in rows])
     summary["seconds"] = time.perf_counter() - started
     summary["load_average_before"] = load_before
     summary["load_average_after"] = os.getloadavg()
@@ -159,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, key in (("one-device placements", "one_device_median_abs_rel_error"), ("placements with messages", "multi_device_median_abs_rel_error")):
         if summary[key] is not None:
             print(f"  {label:26s} median |rel. error| {summary[key] * 100:.1f}%")
+    if "modelled" in summary:
+        modelled_summary = summary["modelled"]
+        print(
+            f"  without the per-op profile: spearman {modelled_summary['spearman']:.3f}, median |rel. error| "
+            f"{modelled_summary['median_abs_rel_error'] * 100:.1f}% (one-device {modelled_summary['one_device_median_abs_rel_error'] * 100:.1f}%, "
+            f"with messages {modelled_summary['multi_device_median_abs_rel_error'] * 100:.1f}%); per model "
+            + ", ".join(f"{m} {st['spearman']:.3f}/{st['median_abs_rel_error'] * 100:.1f}%" for m, st in modelled_summary["per_model"].items())
+        )
     print(
         f"overall: {summary['placements']} placements of {len(summary['per_model'])} models: spearman {summary['spearman']:.3f}, "
         f"median |rel. error| {summary['median_abs_rel_error'] * 100:.1f}%  ({summary['seconds']:.0f} s; "

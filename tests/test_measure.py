@@ -323,3 +323,69 @@ def test_dead_or_hung_rank_fails_within_timeout_and_leaves_nothing(fault: str, t
         measure(setup, [placement], backend="gloo", steps=2, warmup=1, timeout_s=timeout, fault={"rank": 1, "kind": fault})
     assert time.monotonic() - started < timeout + 15.0
     assert no_rank_processes()
+
+
+# ----------------------------------------------------------------------------- per-op profile
+def test_op_profile_times_each_distinct_signature_once() -> None:
+    from rlplace.measure.opprofile import profile_ops
+
+    class Twins(nn.Module):
+        """Three equal Linear layers: the last two have the same signatures (the first's input needs no gradient)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+            self.c = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    program = export_forward(Twins(), (torch.randn(4, 8),))
+    profile = profile_ops(program, repeats=3)
+    names = [node.name for node in program.nodes]
+    assert set(profile.forward_s) == set(names) == set(profile.backward_s)
+    assert profile.signatures < len(names)
+    assert all(t > 0 for t in profile.forward_s.values())
+    addmms = [node.name for node in program.nodes if "addmm" in str(node.target)]
+    assert len(addmms) == 3 and profile.forward_s[addmms[1]] == profile.forward_s[addmms[2]] != profile.forward_s[addmms[0]]
+    assert all(profile.backward_s[name] > 0 for name in addmms)  # weights need gradients
+
+
+def test_profiled_costs_replace_forward_and_share_backward_by_class() -> None:
+    from rlplace.measure.opprofile import OpProfile, profiled_costs
+
+    graph = OpGraph.build(
+        [
+            {"name": "x", "kind": "input"},
+            {"name": "mm", "kind": "matmul", "flops": 1e9, "coloc": "a"},
+            {"name": "other", "kind": "elementwise", "bytes_accessed": 1e6},
+            {"name": "g1", "kind": "matmul", "flops": 1e9, "is_backward": True, "coloc": "a"},
+            {"name": "g2", "kind": "matmul", "flops": 3e9, "is_backward": True, "coloc": "a"},
+            {"name": "adam", "kind": "optimizer", "bytes_accessed": 1e6, "is_backward": True, "coloc": "a"},
+        ],
+        [{"src": "x", "dst": "mm"}, {"src": "mm", "dst": "other"}, {"src": "other", "dst": "g1"}, {"src": "g1", "dst": "g2"}, {"src": "g2", "dst": "adam"}],
+    )
+    cluster = local_cpu_cluster(2)
+    costs = CostTable.build(graph, cluster)
+    profile = OpProfile(forward_s={"mm": 1e-3, "x": 5.0}, backward_s={"mm": 4e-3, "x": 5.0}, signatures=1)
+    profiled = profiled_costs(graph, costs, profile, node_overhead_s=(1e-5, 2e-5))
+    # mm measured + overhead; g1, g2 share 4 ms like their modelled times (~1:3, plus launch costs); the rest as modelled
+    g1_share = costs.op_time[3, 0] / (costs.op_time[3, 0] + costs.op_time[4, 0])
+    assert 0.25 <= g1_share < 0.26
+    expected = [costs.op_time[0, 0], 1e-3 + 1e-5, costs.op_time[2, 0], 4e-3 * g1_share + 2e-5, 4e-3 * (1 - g1_share) + 2e-5, costs.op_time[5, 0]]
+    for device in range(2):
+        np.testing.assert_allclose(profiled.op_time[:, device], expected)
+    assert profiled.edge_time is costs.edge_time and not profiled.op_time.flags.writeable
+
+
+def test_setup_with_op_profile_prices_captured_forward_ops_as_measured() -> None:
+    setup = MeasureSetup.prepare(ModelRecipe("rlplace.measure.models:mlp"), local_cpu_cluster(2, _profile()))
+    profiled = setup.with_op_profile(repeats=3)
+    forward = [i for i, name in enumerate(setup.graph.names) if not setup.graph.is_backward[i] and name in {n.name for n in setup.program.nodes}]
+    assert forward and profiled.graph is setup.graph
+    changed = profiled.costs.op_time[forward, 0] != setup.costs.op_time[forward, 0]
+    assert changed.all()
+    optimizer = np.flatnonzero(np.array(setup.graph.kinds) == "optimizer")
+    np.testing.assert_array_equal(profiled.costs.op_time[optimizer], setup.costs.op_time[optimizer])
+    assert profiled.simulate(np.zeros(setup.graph.num_ops, dtype=np.int64)).step_time > 0

@@ -8,6 +8,7 @@ torch devices) or with one rank per device (``gloo``/``nccl``, `launch_local`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,21 @@ class MeasureSetup:
             cached = CostTable.build(self.graph, self.cluster)
             object.__setattr__(self, "_costs", cached)
         return cached
+
+    def with_op_profile(self, *, repeats: int = 7, threads: int = 1) -> MeasureSetup:
+        """The same setup whose cost table takes this model's own per-op times
+        (`rlplace.measure.opprofile`): each distinct forward node and its backward timed in
+        isolation, plus the calibrated per-node cost of the executor (that of a view)."""
+        from rlplace.measure.opprofile import profile_ops, profiled_costs
+
+        profile = profile_ops(self.program, repeats=repeats, threads=threads)
+        entries = [entry for entry in (self.cluster.meta.get("calibration") or {}).get("devices") or [] if entry]
+        classes = [entry.get("op_overhead_by_class") or {} for entry in entries] or [{}]
+        # the mean over devices: each device's fitted view cost alone is noisy
+        overhead = tuple(statistics.fmean(float(by_class.get(name, 0.0)) for by_class in classes) for name in ("forward_view", "backward_view"))
+        profiled = dataclasses.replace(self)
+        object.__setattr__(profiled, "_costs", profiled_costs(self.graph, self.costs, profile, node_overhead_s=(overhead[0], overhead[1])))
+        return profiled
 
     def check(self, placement: Sequence[int] | np.ndarray) -> Placement:
         """The placement as a checked array; `RlplaceError` when the executor cannot honour it.
