@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         modelled_summary = summary["modelled"]
         print(
             f"  without the per-op profile: spearman {modelled_summary['spearman']:.3f}, median |rel. error| "
-            f"{modelled_summary['median_abs_rel_error'] * 100:.1f}% (one-device {modelled_summary['one_device_median_abs_rel_error'] * 100:.1f}%, "
-            f"with messages {modelled_summary['multi_device_median_abs_rel_error'] * 100:.1f}%); per model "
+            f"{modelled_summary['median_abs_rel_error'] * 100:.1f}% (one-device {_percent(modelled_summary['one_device_median_abs_rel_error'])}, "
+            f"with messages {_percent(modelled_summary['multi_device_median_abs_rel_error'])}); per model "
             + ", ".join(f"{m} {st['spearman']:.3f}/{st['median_abs_rel_error'] * 100:.1f}%" for m, st in modelled_summary["per_model"].items())
         )
     print(
@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump({"rows": [row.__dict__ | {"error": row.error} for row in rows], "summary": summary, "profiles": profiles}, stream, indent=2)
     return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
 
 
 def _summary(rows: list[Row]) -> dict:
