@@ -15,11 +15,18 @@ from rlplace.cli import check_output_path, print_json
 from rlplace.errors import RlplaceError
 from rlplace.io import write_text_atomic
 from rlplace.load import load_model, resolve_cluster
-from rlplace.pipeline import Decision, decide, default_objective, require_positive
+from rlplace.pipeline import Decision, decide, default_objective
 from rlplace.report import console, decision_table, evaluation_table, format_bytes, graph_summary
 
 #: Methods `rlplace evaluate` compares when --methods is not given (fast ones only).
 DEFAULT_EVALUATE_METHODS = ("single", "round-robin", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search")
+
+
+def require_positive(name: str, value: int) -> int:
+    """Validate a positive integer option."""
+    if value < 1:
+        raise RlplaceError(f"{name} must be at least 1 (got {value})")
+    return value
 
 
 def _load(args: argparse.Namespace, spec: str):

@@ -14,7 +14,6 @@ import numpy as np
 
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
-from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.load import LoadedModel
 from rlplace.placement import Placement, as_placement, check_constraints
@@ -110,6 +109,7 @@ def decide(
         started = time.perf_counter()
         placement = load_placement_spec(method, graph, cluster)
         decide_s = time.perf_counter() - started
+        check_constraints(graph, costs, placement)  # every method checks its own output in `finalize`
     else:
         from rlplace.baselines import MICROBATCH_AWARE, run_method
 
@@ -130,7 +130,6 @@ def decide(
         started = time.perf_counter()
         placement = finalize(graph, cluster, costs, placement, objective=objective, method=method)
         decide_s += time.perf_counter() - started
-    check_constraints(graph, costs, placement)
     result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, record=record)
     return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening)
 
@@ -150,17 +149,3 @@ def _load_simulator_kernels(graph: OpGraph, cluster: Cluster, costs: CostTable) 
     for objective in ("latency", "throughput"):
         simulate(graph, cluster, costs, fastest, objective=objective)
     _kernels_loaded = True
-
-
-def speedup_over_single(decision: Decision, single_time: float) -> float:
-    """How many times faster than the single-device reference (inf-safe)."""
-    if not np.isfinite(single_time) or decision.result.step_time <= 0:
-        return float("nan")
-    return float(single_time / decision.result.step_time)
-
-
-def require_positive(name: str, value: int) -> int:
-    """Validate a positive integer option."""
-    if value < 1:
-        raise RlplaceError(f"{name} must be at least 1 (got {value})")
-    return value
