@@ -10,8 +10,8 @@ overall: Spearman rank correlation (`scipy.stats.spearmanr`) and the median abso
 relative error. The machine's load average is printed too: other processes on the host
 inflate measured times, so quote numbers from a quiet machine.
 
-    python benchmarks/fidelity.py [--profile FILE | --no-recalibrate] [--models a,b,c] [--steps 10]
-                                  [--warmup 3] [--placements 12] [--nice N] [--json OUT]
+    python benchmarks/fidelity.py [--profile FILE | --no-recalibrate] [--models a,b,c] [--steps 5]
+                                  [--warmup 2] [--rounds 3] [--placements 12] [--nice N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from scipy.stats import spearmanr
 
 from rlplace.graph import OpGraph
 from rlplace.measure.calibrate import Profile, calibrate, load_profile, profile_summary, write_profile
+from rlplace.measure.opprofile import IsolationCorrection, fit_isolation_correction
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
 from rlplace.placement import respect_colocation
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-profile", help="write the calibrated profile here")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
     parser.add_argument("--placements", type=int, default=12, help="placements per model (12 named ones, then random module-level splits)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per placement and round (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each round's timed ones (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all placements of a model, step times pooled (default 3)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model (all its placements)")
     parser.add_argument("--json", help="write every row and the summary as JSON")
     parser.add_argument(
@@ -135,20 +137,32 @@ def main(argv: list[str] | None = None) -> int:
         return profile
 
     rows: list[Row] = []
+    correction: IsolationCorrection | None = None
+    correction_profile = None
     profile = current_profile() if args.profile or not args.recalibrate else None
     for spec in [s for s in args.models.split(",") if s]:
         if profile is None or (args.recalibrate and not args.profile):
             profile = current_profile()
         cluster = local_cpu_cluster(2, profile)
+        if args.op_profile and (correction is None or correction_profile is not profile):
+            fitting_started = time.perf_counter()
+            correction, correction_profile = fit_isolation_correction(cluster), profile
+            errors = [abs(f - m) / m for m, f, _ in correction.fit.values()]
+            before = [abs(u - m) / m for m, _, u in correction.fit.values()]
+            print(
+                f"isolation correction (fitted in {time.perf_counter() - fitting_started:.0f} s on {len(errors)} calibration models): "
+                f"step time = {correction.scale:.2f} x isolated {correction.forward_s * 1e6:+.1f} us per forward node "
+                f"{correction.backward_s * 1e6:+.1f} us per backward op; median error on them {statistics.median(errors) * 100:.1f}% (uncorrected {statistics.median(before) * 100:.1f}%)"
+            )
         model_started = time.perf_counter()
         setup = MeasureSetup.prepare(ModelRecipe(spec), cluster)
         named = placements_for(setup.graph, args.placements)
         modelled = setup
         if args.op_profile:
             profiling_started = time.perf_counter()
-            setup = setup.with_op_profile()
+            setup = setup.with_op_profile(correction=correction)
             print(f"per-op profile of {spec} in {time.perf_counter() - profiling_started:.1f} s")
-        measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, threads=1, timeout_s=args.timeout, nice=args.nice)
+        measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, rounds=args.rounds, threads=1, timeout_s=args.timeout, nice=args.nice)
         print(f"\n{spec}: {setup.graph.num_ops} ops, {len(named)} placements, {time.perf_counter() - model_started:.0f} s")
         print(f"  {'placement':28s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s}   busy per rank, simulated / CPU ms")
         for (name, placement), measurement in zip(named, measured, strict=True):

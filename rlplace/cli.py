@@ -87,10 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--backend", choices=("gloo", "nccl", "local"), default="gloo", help="gloo (CPU ranks), nccl (GPU ranks) or local (one process)")
     measure.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     measure.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    measure.add_argument("--rounds", type=int, default=1, help="repeat warm-up and timed steps this many times and pool the steps (default 1)")
+    measure.add_argument(
+        "--op-profile", action="store_true",
+        help="predict with this model's own op times, each op timed in isolation and corrected on the calibration models (adds ~15 s)",
+    )  # fmt: skip
     measure.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds before a hung run is killed (default 120)")
     measure.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the model's weights and inputs")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
+    measure.add_argument(
+        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
+        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
+    )  # fmt: skip
 
     calibrate = commands.add_parser("calibrate", help="profile op speed and links of the local devices into a cost-model profile")
     calibrate.add_argument("--out", metavar="FILE", help="write the profile JSON here")
@@ -99,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     calibrate.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds before the profiling run is killed")
     calibrate.add_argument("--json", action="store_true", help="print the profile as JSON")
+    calibrate.add_argument(
+        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
+        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
+    )  # fmt: skip
 
     commands.add_parser("methods", help="list the placement methods")
     commands.add_parser("presets", help="list the cluster presets")

@@ -271,6 +271,15 @@ def test_measure_command_prints_the_contract_fields(tmp_path, capsys) -> None:
     assert len(payload["step_times"]) == 2 and payload["placement"] == [int(d) for d in placement]
 
 
+def test_rounds_pool_the_timed_steps_of_every_round() -> None:
+    setup = MeasureSetup.prepare(ModelRecipe(MODELS[0]), local_cpu_cluster(2))
+    placements = [np.zeros(setup.graph.num_ops, dtype=np.int64), np.ones(setup.graph.num_ops, dtype=np.int64)]
+    measured = measure(setup, placements, backend="local", steps=2, warmup=0, rounds=3)
+    assert [len(m.step_times) for m in measured] == [6, 6]
+    with pytest.raises(RlplaceError, match="rounds=0"):
+        measure(setup, placements, backend="local", rounds=0)
+
+
 def test_measure_command_rejects_graph_files(tmp_path) -> None:
     from rlplace.measure.cli import run_measure_command
 
@@ -306,8 +315,9 @@ def test_two_gloo_ranks_equal_unplaced_step() -> None:
     placement = np.zeros(setup.graph.num_ops, dtype=np.int64)
     placement[forward[len(forward) // 2 :]] = 1
     placement = respect_colocation(setup.graph, placement)
-    (measurement,) = measure(setup, [placement], backend="gloo", steps=1, warmup=0, timeout_s=120, return_state=True)
+    (measurement,) = measure(setup, [placement], backend="gloo", steps=1, warmup=0, rounds=2, timeout_s=120, return_state=True)
     reference_loss, reference = reference_step(setup.module, setup.inputs, optimizer="sgd")
+    assert len(measurement.step_times) == 2  # one step in each of two rounds; each round starts from the model's weights
     assert measurement.messages > 0 and measurement.segments >= 3
     assert measurement.loss == pytest.approx(reference_loss, rel=1e-6)
     assert_same_state(measurement.state, reference, atol=1e-5)
@@ -352,10 +362,8 @@ def test_op_profile_times_each_distinct_signature_once() -> None:
     assert all(profile.backward_s[name] > 0 for name in addmms)  # weights need gradients
 
 
-def test_profiled_costs_replace_forward_and_share_backward_by_class() -> None:
-    from rlplace.measure.opprofile import OpProfile, profiled_costs
-
-    graph = OpGraph.build(
+def _profiled_graph() -> OpGraph:
+    return OpGraph.build(
         [
             {"name": "x", "kind": "input"},
             {"name": "mm", "kind": "matmul", "flops": 1e9, "coloc": "a"},
@@ -366,22 +374,59 @@ def test_profiled_costs_replace_forward_and_share_backward_by_class() -> None:
         ],
         [{"src": "x", "dst": "mm"}, {"src": "mm", "dst": "other"}, {"src": "other", "dst": "g1"}, {"src": "g1", "dst": "g2"}, {"src": "g2", "dst": "adam"}],
     )
-    cluster = local_cpu_cluster(2)
-    costs = CostTable.build(graph, cluster)
+
+
+def test_profiled_costs_replace_forward_and_share_backward_by_class() -> None:
+    from rlplace.measure.opprofile import IsolationCorrection, OpProfile, profiled_costs
+
+    graph = _profiled_graph()
+    costs = CostTable.build(graph, local_cpu_cluster(2))
     profile = OpProfile(forward_s={"mm": 1e-3, "x": 5.0}, backward_s={"mm": 4e-3, "x": 5.0}, signatures=1)
-    profiled = profiled_costs(graph, costs, profile, node_overhead_s=(1e-5, 2e-5))
-    # mm measured + overhead; g1, g2 share 4 ms like their modelled times (~1:3, plus launch costs); the rest as modelled
+    profiled = profiled_costs(graph, costs, profile, correction=IsolationCorrection(scale=2.0, forward_s=1e-5, backward_s=2e-5))
+    # mm: 2 x measured + 10 us; g1, g2 share 4 ms like their modelled times (~1:3, plus launch costs), each
+    # scaled and + 20 us; the input, the unprofiled op and the optimizer update as modelled
     g1_share = costs.op_time[3, 0] / (costs.op_time[3, 0] + costs.op_time[4, 0])
     assert 0.25 <= g1_share < 0.26
-    expected = [costs.op_time[0, 0], 1e-3 + 1e-5, costs.op_time[2, 0], 4e-3 * g1_share + 2e-5, 4e-3 * (1 - g1_share) + 2e-5, costs.op_time[5, 0]]
+    expected = [costs.op_time[0, 0], 2e-3 + 1e-5, costs.op_time[2, 0], 8e-3 * g1_share + 2e-5, 8e-3 * (1 - g1_share) + 2e-5, costs.op_time[5, 0]]
     for device in range(2):
         np.testing.assert_allclose(profiled.op_time[:, device], expected)
     assert profiled.edge_time is costs.edge_time and not profiled.op_time.flags.writeable
+    # a per-node cost below minus the op's own time leaves zero, never a negative time
+    clamped = profiled_costs(graph, costs, profile, correction=IsolationCorrection(forward_s=-1.0))
+    assert clamped.op_time[1, 0] == 0.0 and clamped.op_time[3, 0] == pytest.approx(4e-3 * g1_share)
+
+
+def test_isolation_correction_recovers_a_known_scale_and_node_costs() -> None:
+    from rlplace.measure.opprofile import solve_isolation_correction
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(8):
+        rest, isolated, n_forward, n_backward = rng.uniform(1e-4, 1e-3), rng.uniform(1e-3, 2e-2), rng.integers(2, 60), rng.integers(2, 60)
+        rows.append((rest + 1.3 * isolated + 6e-6 * n_forward - 9e-6 * n_backward, rest, isolated, n_forward, n_backward))
+    correction = solve_isolation_correction(rows, [f"m{i}" for i in range(8)])
+    assert correction.scale == pytest.approx(1.3, rel=1e-6)
+    assert correction.forward_s == pytest.approx(6e-6, rel=1e-5) and correction.backward_s == pytest.approx(-9e-6, rel=1e-5)
+    assert all(f == pytest.approx(m, rel=1e-6) for m, f, _ in correction.fit.values())
+
+
+def test_fitted_isolation_correction_fits_calibration_steps_no_worse_than_none() -> None:
+    from rlplace.measure.opprofile import fit_isolation_correction
+
+    models = ("linear-narrow", "tiny-ops", "views", "tiny-linear")
+    correction = fit_isolation_correction(local_cpu_cluster(2, _profile()), models=models, repeats=5)
+    assert set(correction.fit) == set(models) and 0.1 <= correction.scale <= 10.0
+    measured, corrected, uncorrected = (np.array(column) for column in zip(*correction.fit.values(), strict=True))
+    assert np.all(measured > 0) and np.all(np.isfinite(corrected))
+    # scale 1 with no per-node cost is one candidate of the least squares, so the fit is at least as good
+    assert np.sum(((corrected - measured) / measured) ** 2) <= np.sum(((uncorrected - measured) / measured) ** 2) * (1 + 1e-9)
 
 
 def test_setup_with_op_profile_prices_captured_forward_ops_as_measured() -> None:
     setup = MeasureSetup.prepare(ModelRecipe("rlplace.measure.models:mlp"), local_cpu_cluster(2, _profile()))
-    profiled = setup.with_op_profile(repeats=3)
+    from rlplace.measure.opprofile import IsolationCorrection
+
+    profiled = setup.with_op_profile(repeats=3, correction=IsolationCorrection())
     forward = [i for i, name in enumerate(setup.graph.names) if not setup.graph.is_backward[i] and name in {n.name for n in setup.program.nodes}]
     assert forward and profiled.graph is setup.graph
     changed = profiled.costs.op_time[forward, 0] != setup.costs.op_time[forward, 0]

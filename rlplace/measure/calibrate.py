@@ -659,20 +659,22 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
 
 def calibrate(
-    num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None
+    num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None,
+    keep_awake: bool | None = None,
 ) -> Profile:
     """Calibrate ``num_devices`` local ranks (one process each) and return the profile.
 
     ``fit`` also fits per-kind efficiencies and the per-op launch cost on the calibration
     models (`fit_kind_efficiency`, tens of seconds); without it only the raw rates are kept.
-    ``nice`` sets the ranks' CPU priority (see `rlplace.measure.distributed.launch_job`).
+    ``nice`` sets the ranks' CPU priority and ``keep_awake`` keeps idle cores from halting
+    (see `rlplace.measure.distributed.launch_job`).
     """
     from rlplace.measure.distributed import launch_job
 
     if num_devices < 1:
         raise RlplaceError(f"calibration needs at least one device (got {num_devices})")
     job = {"kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit}
-    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice), "calibration result")
+    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
 
 
 def profile_summary(profile: Profile) -> list[str]:

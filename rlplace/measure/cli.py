@@ -6,11 +6,11 @@ defaults, so a parser may leave options out.
 
 ``rlplace measure MODEL --placement P`` reads: ``model``, ``placement`` (file or
 ``expert:FILE``), ``cluster`` (None), ``profile`` (None), ``backend`` (``gloo``), ``steps``
-(10), ``warmup`` (3), ``timeout`` (120 s), ``threads`` (1), ``batch_size`` (None),
-``optimizer`` (``adam``), ``seed`` (0), ``json`` (False).
+(10), ``warmup`` (3), ``rounds`` (1), ``op_profile`` (False), ``timeout`` (120 s), ``threads`` (1), ``batch_size`` (None),
+``optimizer`` (``adam``), ``seed`` (0), ``json`` (False), ``keep_awake`` (None: on for gloo).
 
 ``rlplace calibrate`` reads: ``out`` (None: print only), ``backend`` (``gloo``), ``devices``
-(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False).
+(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def run_measure_command(args: argparse.Namespace) -> int:
 
     if getattr(args, "inference", False):
         raise RlplaceError("rlplace measure times training steps (forward, backward, optimizer); drop --inference")
-    steps, warmup = int(_option(args, "steps", 10)), int(_option(args, "warmup", 3))
+    steps, warmup, rounds = int(_option(args, "steps", 10)), int(_option(args, "warmup", 3)), int(_option(args, "rounds", 1))
     timeout = float(_option(args, "timeout", 120.0))
     backend = str(_option(args, "backend", "gloo"))
     threads = int(_option(args, "threads", 1))
-    if steps < 1 or warmup < 0:
-        raise RlplaceError(f"--steps must be at least 1 and --warmup at least 0 (got {steps} and {warmup})")
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise RlplaceError(f"--steps and --rounds must be at least 1 and --warmup at least 0 (got {steps}, {rounds} and {warmup})")
     if not timeout > 0:
         raise RlplaceError(f"--timeout must be positive (got {timeout})")
     batch_size = getattr(args, "batch_size", None)
@@ -80,13 +80,15 @@ def run_measure_command(args: argparse.Namespace) -> int:
         cluster = local_cpu_cluster(devices, profile)
     recipe = ModelRecipe(str(args.model), batch_size, int(_option(args, "seed", 0)))
     setup = MeasureSetup.prepare(recipe, cluster, optimizer=str(_option(args, "optimizer", "adam")))
+    if getattr(args, "op_profile", False):
+        setup = setup.with_op_profile(threads=threads)
     from rlplace.formats import load_placement_spec
 
     placement = setup.check(load_placement_spec(args.placement, setup.graph, cluster))
     executed = setup.executed(placement)
     simulated = setup.simulate(placement)
     assignment = setup.assignment(placement)
-    (measurement,) = measure(setup, [placement], backend=backend, steps=steps, warmup=warmup, threads=threads, timeout_s=timeout)
+    (measurement,) = measure(setup, [placement], backend=backend, steps=steps, warmup=warmup, rounds=rounds, threads=threads, timeout_s=timeout, keep_awake=getattr(args, "keep_awake", None))
     payload = {
         "measured_step_time": measurement.measured_step_time,
         "simulated_step_time": float(simulated.step_time),
@@ -94,6 +96,8 @@ def run_measure_command(args: argparse.Namespace) -> int:
         "step_times": list(measurement.step_times),
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
+        "op_profile": bool(getattr(args, "op_profile", False)),
         "backend": backend,
         "threads": threads,
         "world_size": cluster.num_devices,
@@ -115,7 +119,7 @@ def run_measure_command(args: argparse.Namespace) -> int:
         _print_json(payload)
     else:
         print(
-            f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps} steps after {warmup} warm-up, "
+            f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps * rounds} steps after {warmup} warm-up, "
             f"{backend}, {cluster.num_devices} devices, {threads} thread(s) each)\n"
             f"simulated step time  {payload['simulated_step_time'] * 1e3:.3f} ms  (latency objective, cluster {cluster.name})\n"
             f"relative error       {payload['relative_error'] * 100:.1f} %\n"
@@ -135,7 +139,8 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
             raise RlplaceError(f"cannot write {out}: folder {folder} does not exist")
     devices = int(_option(args, "devices", 2))
     profile = calibrate(
-        devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0))
+        devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0)),
+        keep_awake=getattr(args, "keep_awake", None),
     )
     if out:
         write_profile(profile, out)

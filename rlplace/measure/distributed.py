@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from rlplace.errors import RlplaceError
+from rlplace.measure.awake import cores_kept_awake
 from rlplace.measure.plan import Message, SegmentPlan
 from rlplace.measure.program import ValueInfo
 
@@ -64,7 +65,10 @@ class MeasureJob:
         assignments: node/placeholder name -> device, one mapping per placement to time.
         num_devices: ranks (= logical devices) taking part.
         backend: ``gloo`` (CPU tensors) or ``nccl`` (rank r on ``cuda:<local rank>``).
-        steps: timed steps per assignment; warmup: untimed steps before them.
+        steps: timed steps per assignment and round; warmup: untimed steps before them.
+        rounds: passes over all assignments; each pass times every assignment again (after
+            its warm-up), so slow drift of a shared host's speed spreads over all of them
+            instead of favouring those timed first. Step times of all rounds are pooled.
         threads: ``torch.set_num_threads`` per rank (0 keeps torch's default).
         optimizer: adam, sgd or sgd-momentum.
         timeout_s: limit for the whole job; also the collective timeout of each rank.
@@ -80,6 +84,7 @@ class MeasureJob:
     backend: str = "gloo"
     steps: int = 10
     warmup: int = 3
+    rounds: int = 1
     threads: int = 1
     optimizer: str = "adam"
     timeout_s: float = 120.0
@@ -171,30 +176,43 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
     try:
         module, inputs = ModelRecipe.from_json(job.model).build()
         program = export_forward(module, inputs)
-        results = []
-        for assignment in job.assignments:
-            timing = time_assignment(program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault)
-            worker, plan = timing.worker, timing.plan
-            loss = torch.tensor([float(worker.loss.detach()) if worker.loss is not None else float("-inf")], dtype=torch.float64)
-            if job.backend == "nccl":
-                loss = loss.to(device)
-            dist.all_reduce(loss, op=dist.ReduceOp.MAX)
-            entry: dict[str, Any] = {
-                "step_times": timing.step_times,
-                "cpu_times": timing.cpu_times,
-                "loss": float(loss.item()),
-                "segments": len(plan.segments),
-                "messages": len(plan.messages),
-            }
-            if job.return_state:
-                states: list[Any] = [None] * world_size
-                dist.all_gather_object(states, _state_json(worker.state()))
-                entry["state"] = _merge_states(states)
-            results.append(entry)
-            dist.barrier()
+        step_times: list[list[float]] = [[] for _ in job.assignments]
+        cpu_times: list[list[list[float]]] = [[] for _ in job.assignments]
+        results: list[dict[str, Any]] = []
+        for round_index in range(max(1, job.rounds)):
+            last_round = round_index == max(1, job.rounds) - 1
+            for index, assignment in enumerate(job.assignments):
+                timing = time_assignment(program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault)
+                step_times[index].extend(timing.step_times)
+                cpu_times[index].append(timing.cpu_times)
+                if last_round:
+                    results.append(_result_entry(job, timing, step_times[index], cpu_times[index], world_size, device))
+                dist.barrier()
         return {"results": results, "world_size": world_size, "backend": job.backend, "program": program.source} if rank == 0 else None
     finally:
         dist.destroy_process_group()
+
+
+def _result_entry(job: MeasureJob, timing: Timing, step_times: list[float], cpu_times: list[list[float]], world_size: int, device: torch.device) -> dict[str, Any]:
+    """Rank 0's result for one assignment: pooled step times, per-rank CPU time (mean over
+    rounds of each round's median), loss and, when asked, the state after the last step (collective)."""
+    worker, plan = timing.worker, timing.plan
+    loss = torch.tensor([float(worker.loss.detach()) if worker.loss is not None else float("-inf")], dtype=torch.float64)
+    if job.backend == "nccl":
+        loss = loss.to(device)
+    dist.all_reduce(loss, op=dist.ReduceOp.MAX)
+    entry: dict[str, Any] = {
+        "step_times": step_times,
+        "cpu_times": [sum(values) / len(values) for values in zip(*cpu_times, strict=True)],
+        "loss": float(loss.item()),
+        "segments": len(plan.segments),
+        "messages": len(plan.messages),
+    }
+    if job.return_state:
+        states: list[Any] = [None] * world_size
+        dist.all_gather_object(states, _state_json(worker.state()))
+        entry["state"] = _merge_states(states)
+    return entry
 
 
 @dataclass
@@ -352,24 +370,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def launch_local(job: MeasureJob, *, nice: int | None = None, python: str | None = None) -> dict[str, Any]:
+def launch_local(job: MeasureJob, *, nice: int | None = None, python: str | None = None, keep_awake: bool | None = None) -> dict[str, Any]:
     """Run a measurement with one local subprocess per rank; rank 0's result (`launch_job`)."""
-    return launch_job(job.to_json(), job.num_devices, timeout_s=job.timeout_s, threads=job.threads, nice=nice, python=python)
+    return launch_job(job.to_json(), job.num_devices, timeout_s=job.timeout_s, threads=job.threads, nice=nice, python=python, keep_awake=keep_awake)
 
 
 def launch_job(
-    job: Mapping[str, Any], num_ranks: int, *, timeout_s: float, threads: int = 1, nice: int | None = None, python: str | None = None
+    job: Mapping[str, Any],
+    num_ranks: int,
+    *,
+    timeout_s: float,
+    threads: int = 1,
+    nice: int | None = None,
+    python: str | None = None,
+    keep_awake: bool | None = None,
 ) -> dict[str, Any]:
     """Run ``job`` (a JSON-able dict) with one local subprocess per rank; return rank 0's result.
 
     ``nice`` sets the ranks' CPU priority (negative values need root; see `_apply_priority`).
+    ``keep_awake`` keeps the host's cores from halting while the ranks run
+    (`rlplace.measure.awake`); None turns it on for gloo jobs, whose ranks are CPU devices.
 
     Raises:
         MeasureFailure: a rank exited with an error or a signal, or the job ran past
             ``timeout_s``. Every rank is killed (its whole process group) and reaped before
             this returns or raises.
     """
-    with tempfile.TemporaryDirectory(prefix="rlplace-measure-") as folder:
+    if keep_awake is None:
+        keep_awake = job.get("backend", "gloo") == "gloo"
+    with tempfile.TemporaryDirectory(prefix="rlplace-measure-") as folder, cores_kept_awake(keep_awake):
         job_file = Path(folder) / "job.json"
         job_file.write_text(json.dumps(dict(job)), encoding="utf-8")
         out = Path(folder) / "out"

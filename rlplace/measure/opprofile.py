@@ -4,21 +4,30 @@ Placement systems that learn from a simulator (Placeto, Mirhoseini et al.) profi
 of the model being placed instead of trusting a roofline. `profile_ops` runs the executor's
 forward program once on the model's real inputs, then times every distinct op signature
 (ATen target, input shapes and dtypes, other arguments) in isolation: its forward, and its
-forward plus its autograd backward, median over a few repeats on one thread. Its backward
-time is the difference. The benchmark placements are never run.
+forward plus its autograd backward, median over a few repeats on one thread (thread CPU
+time, see `rlplace.measure.calibrate.op_clock`). Its backward time is the difference. The
+benchmark placements are never run.
 
 `profiled_costs` puts those times into a `CostTable`: a captured forward op takes its node's
 time, and the backward ops of a colocation class share the measured backward time of the
-class's forward ops (in proportion to their modelled times). Every executed node also pays
-the executor's per-node cost (the calibrated cost of a view, which does no work), since
-isolated timing does not see it. Ops without a measurement keep the modelled time.
+class's forward ops (in proportion to their modelled times). Ops without a measurement keep
+the modelled time.
+
+An op timed alone is not the op inside a training step: alone it pays a whole
+``torch.autograd.backward`` call (~18 us here) where a step pays one per segment, it finds
+its inputs in cache, and it skips the executor's per-node bookkeeping. `fit_isolation_correction`
+measures that difference instead of guessing it: it times whole one-device training steps
+of the calibration models (`rlplace.measure.models.CALIBRATION_MODELS`, never the models
+being placed) through the executor, profiles their ops in isolation, and fits
+``step op time = scale * isolated time + per-node cost`` (one cost for forward nodes, one
+for backward ops) by least squares on relative error. `IsolationCorrection` carries it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +38,7 @@ from torch.utils import _pytree as pytree
 
 from rlplace.costs import CostTable
 from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.measure.calibrate import op_clock
 from rlplace.measure.program import ForwardProgram, node_callable
 
 
@@ -58,16 +68,17 @@ def _signature(node: torch.fx.Node, args: Any, kwargs: Any) -> str:
 
 
 def _median(run: Callable[[], Any], repeats: int) -> float:
+    clock = op_clock(torch.device("cpu"))
     run()
     samples = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = clock()
         run()
-        samples.append(time.perf_counter() - started)
+        samples.append(clock() - started)
     return statistics.median(samples)
 
 
-def profile_ops(program: ForwardProgram, *, repeats: int = 7, threads: int = 1) -> OpProfile:
+def profile_ops(program: ForwardProgram, *, repeats: int = 25, threads: int = 1) -> OpProfile:
     """Time every forward node of ``program`` and its backward on the CPU.
 
     Inputs of a node that need a gradient (`ValueInfo.needs_grad`) are fresh leaves that
@@ -139,22 +150,44 @@ def _time_node(function: Callable[..., Any], args: Any, kwargs: Any, leaves: lis
     return forward_s, max(both_s - forward_s, 0.0)
 
 
-def profiled_costs(graph: OpGraph, costs: CostTable, profile: OpProfile, *, node_overhead_s: tuple[float, float] = (0.0, 0.0)) -> CostTable:
-    """``costs`` with the measured times of ``profile`` where the graph has a matching op.
+@dataclass(frozen=True)
+class IsolationCorrection:
+    """How an op timed alone maps to its time inside a training step (`fit_isolation_correction`).
 
-    ``node_overhead_s`` (forward, backward) is what the executor adds per node it runs.
-
-    Shapes: costs.op_time (n, k) -> (n, k); edge_time unchanged. Every device gets the same
-    measured time (the profile runs on one local CPU).
+    Attributes:
+        scale: multiplies every isolated time (cache and allocation effects).
+        forward_s: seconds added per profiled forward node (negative: isolation costs more).
+        backward_s: seconds added per backward op that takes a measured share.
+        fit: calibration model -> (measured, corrected prediction, uncorrected prediction) of
+            its one-device step, seconds.
     """
-    op_time = np.array(costs.op_time, dtype=np.float64)
-    forward_overhead, backward_overhead = node_overhead_s
+
+    scale: float = 1.0
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    fit: Mapping[str, tuple[float, float, float]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A profile laid over a captured graph. Shapes (n ops): isolated (n,) seconds (0 where not
+    measured); forward, backward (n,) bool: ops taking a measured forward time / backward share."""
+
+    isolated: np.ndarray
+    forward: np.ndarray
+    backward: np.ndarray
+
+
+def _parts(graph: OpGraph, costs: CostTable, profile: OpProfile, device: int = 0) -> _Parts:
+    isolated = np.zeros(graph.num_ops)
+    forward = np.zeros(graph.num_ops, dtype=bool)
+    backward = np.zeros(graph.num_ops, dtype=bool)
     measured_backward: dict[int, float] = {}
     for op in range(graph.num_ops):
         name = graph.names[op]
         if graph.is_backward[op] or name not in profile.forward_s or graph.kinds[op] == "input":
             continue
-        op_time[op, :] = profile.forward_s[name] + forward_overhead
+        isolated[op], forward[op] = profile.forward_s[name], True
         if graph.coloc[op] != NO_CLASS:
             label = int(graph.coloc[op])
             measured_backward[label] = measured_backward.get(label, 0.0) + profile.backward_s.get(name, 0.0)
@@ -163,9 +196,76 @@ def profiled_costs(graph: OpGraph, costs: CostTable, profile: OpProfile, *, node
         members = np.flatnonzero(backward_ops & (graph.coloc == label))
         if not len(members):
             continue
-        modelled = op_time[members, :]
-        totals = modelled.sum(axis=0)
-        share = np.where(totals > 0, modelled / np.where(totals > 0, totals, 1.0), 1.0 / len(members))
-        op_time[members, :] = share * measured + backward_overhead
+        modelled = costs.op_time[members, device]
+        total = modelled.sum()
+        isolated[members] = measured * (modelled / total if total > 0 else np.full(len(members), 1.0 / len(members)))
+        backward[members] = True
+    return _Parts(isolated, forward, backward)
+
+
+def profiled_costs(graph: OpGraph, costs: CostTable, profile: OpProfile, *, correction: IsolationCorrection | None = None) -> CostTable:
+    """``costs`` with the measured times of ``profile`` where the graph has a matching op,
+    corrected from isolation to a training step by ``correction`` (none: taken as they are).
+
+    Shapes: costs.op_time (n, k) -> (n, k); edge_time unchanged. Every device gets the same
+    measured time (the profile runs on one local CPU); a corrected time is never negative.
+    """
+    correction = correction or IsolationCorrection()
+    parts = _parts(graph, costs, profile)
+    op_time = np.array(costs.op_time, dtype=np.float64)
+    step = correction.scale * parts.isolated + np.where(parts.forward, correction.forward_s, 0.0) + np.where(parts.backward, correction.backward_s, 0.0)
+    measured = parts.forward | parts.backward
+    op_time[measured, :] = np.maximum(step[measured], 0.0)[:, None]
     op_time.setflags(write=False)
     return CostTable(op_time=op_time, edge_time=costs.edge_time, time_unit=costs.time_unit)
+
+
+def solve_isolation_correction(rows: Sequence[tuple[float, float, float, float, float]], names: Sequence[str]) -> IsolationCorrection:
+    """Least squares on relative error of ``measured - rest = scale * isolated + forward_s * n_forward
+    + backward_s * n_backward``.
+
+    Shapes: rows (c,) of (measured s, rest s = modelled time of unprofiled ops, isolated s,
+    n_forward, n_backward), one per calibration model.
+    """
+    from scipy.optimize import lsq_linear
+
+    data = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    measured, rest, isolated, n_forward, n_backward = data.T
+    weight = 1.0 / measured
+    matrix = np.column_stack([isolated, n_forward, n_backward]) * weight[:, None]
+    target = (measured - rest) * weight
+    scale_columns = np.where(np.abs(matrix).max(axis=0) > 0, np.abs(matrix).max(axis=0), 1.0)
+    bounds = (np.array([0.1, -np.inf, -np.inf]) * scale_columns, np.array([10.0, np.inf, np.inf]) * scale_columns)
+    solution = lsq_linear(matrix / scale_columns, target, bounds=bounds).x / scale_columns
+    scale, forward_s, backward_s = (float(v) for v in solution)
+    fitted = rest + scale * isolated + forward_s * n_forward + backward_s * n_backward
+    uncorrected = rest + isolated
+    fit = {name: (float(m), float(f), float(u)) for name, m, f, u in zip(names, measured, fitted, uncorrected, strict=True)}
+    return IsolationCorrection(scale, forward_s, backward_s, fit)
+
+
+def fit_isolation_correction(cluster: Any, *, models: Sequence[str] | None = None, repeats: int = 25, threads: int = 1) -> IsolationCorrection:
+    """Fit `IsolationCorrection` in this process: per calibration model, one-device training
+    steps through the executor (`rlplace.measure.calibrate.time_executor_step`) against its
+    isolated op profile, with unprofiled ops (optimizer updates) priced by ``cluster``'s cost
+    model (calibrated; device 0). Tens of seconds."""
+    from rlplace.measure.calibrate import time_executor_step
+    from rlplace.measure.models import CALIBRATION_MODELS, calibration_model
+    from rlplace.measure.program import export_forward
+
+    names = list(models or CALIBRATION_MODELS)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        for name in names:
+            graph, measured = time_executor_step(name, torch.device("cpu"))
+            module, inputs = calibration_model(name)
+            profile = profile_ops(export_forward(module, inputs), repeats=repeats, threads=threads)
+            costs = CostTable.build(graph, cluster)
+            parts = _parts(graph, costs, profile)
+            rest = float(costs.op_time[~(parts.forward | parts.backward), 0].sum())
+            rows.append((measured, rest, float(parts.isolated.sum()), float(parts.forward.sum()), float(parts.backward.sum())))
+    finally:
+        torch.set_num_threads(saved_threads)
+    return solve_isolation_correction(rows, names)

@@ -26,6 +26,7 @@ from rlplace.graph import OpGraph
 from rlplace.measure.assign import Assignment, assign_devices, executed_placement
 from rlplace.measure.calibrate import Profile, apply_profile, profile_cluster
 from rlplace.measure.distributed import BACKENDS, MeasureJob, launch_local
+from rlplace.measure.opprofile import IsolationCorrection
 from rlplace.measure.program import ForwardProgram, export_forward
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.placement import Placement, as_placement, check_constraints
@@ -123,19 +124,18 @@ class MeasureSetup:
             object.__setattr__(self, "_costs", cached)
         return cached
 
-    def with_op_profile(self, *, repeats: int = 7, threads: int = 1) -> MeasureSetup:
+    def with_op_profile(self, *, repeats: int = 25, threads: int = 1, correction: IsolationCorrection | None = None) -> MeasureSetup:
         """The same setup whose cost table takes this model's own per-op times
         (`rlplace.measure.opprofile`): each distinct forward node and its backward timed in
-        isolation, plus the calibrated per-node cost of the executor (that of a view)."""
-        from rlplace.measure.opprofile import profile_ops, profiled_costs
+        isolation, mapped to training-step times by ``correction`` (None: fitted now on the
+        calibration models, `fit_isolation_correction`, tens of seconds; reuse one across models)."""
+        from rlplace.measure.opprofile import fit_isolation_correction, profile_ops, profiled_costs
 
+        if correction is None:
+            correction = fit_isolation_correction(self.cluster, repeats=repeats, threads=threads)
         profile = profile_ops(self.program, repeats=repeats, threads=threads)
-        entries = [entry for entry in (self.cluster.meta.get("calibration") or {}).get("devices") or [] if entry]
-        classes = [entry.get("op_overhead_by_class") or {} for entry in entries] or [{}]
-        # the mean over devices: each device's fitted view cost alone is noisy
-        overhead = tuple(statistics.fmean(float(by_class.get(name, 0.0)) for by_class in classes) for name in ("forward_view", "backward_view"))
         profiled = dataclasses.replace(self)
-        object.__setattr__(profiled, "_costs", profiled_costs(self.graph, self.costs, profile, node_overhead_s=(overhead[0], overhead[1])))
+        object.__setattr__(profiled, "_costs", profiled_costs(self.graph, self.costs, profile, correction=correction))
         return profiled
 
     def check(self, placement: Sequence[int] | np.ndarray) -> Placement:
@@ -171,16 +171,20 @@ def measure(
     backend: str = "gloo",
     steps: int = 10,
     warmup: int = 3,
+    rounds: int = 1,
     threads: int = 1,
     timeout_s: float = 120.0,
     return_state: bool = False,
     fault: Mapping[str, Any] | None = None,
     nice: int | None = None,
+    keep_awake: bool | None = None,
 ) -> list[Measurement]:
-    """Time ``steps`` training steps (after ``warmup``) of every placement.
+    """Time ``steps`` training steps (after ``warmup``) of every placement, ``rounds`` times
+    over (each round passes over all placements; the timed steps of all rounds are pooled).
 
     ``nice`` sets the CPU priority of the rank processes (negative: root only), so other
-    processes on a shared host disturb the timings less.
+    processes on a shared host disturb the timings less. ``keep_awake`` keeps idle cores
+    from halting during the run (`rlplace.measure.awake`; None: on for gloo).
 
     Raises:
         RlplaceError: a bad option or a placement the executor cannot honour.
@@ -188,14 +192,18 @@ def measure(
     """
     if backend not in ALL_BACKENDS:
         raise RlplaceError(f"unknown backend {backend!r}; use one of {', '.join(ALL_BACKENDS)}")
-    if steps < 1 or warmup < 0:
-        raise RlplaceError(f"need at least one timed step and no negative warm-up (got steps={steps}, warmup={warmup})")
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise RlplaceError(f"need at least one timed step and round and no negative warm-up (got steps={steps}, warmup={warmup}, rounds={rounds})")
     if not timeout_s > 0:
         raise RlplaceError(f"timeout must be positive (got {timeout_s})")
     assignments = [setup.assignment(placement).node_device for placement in placements]
     k = setup.cluster.num_devices
     if backend == "local":
-        return [_measure_in_process(setup, assignment, steps, warmup, threads, return_state) for assignment in assignments]
+        pooled: list[list[Measurement]] = [[] for _ in assignments]
+        for round_index in range(rounds):
+            for index, assignment in enumerate(assignments):
+                pooled[index].append(_measure_in_process(setup, assignment, steps, warmup, threads, return_state and round_index == rounds - 1))
+        return [dataclasses.replace(runs[-1], step_times=tuple(t for run in runs for t in run.step_times)) for runs in pooled]
     job = MeasureJob(
         model=setup.recipe.to_json(),
         assignments=assignments,
@@ -203,13 +211,14 @@ def measure(
         backend=backend,
         steps=steps,
         warmup=warmup,
+        rounds=rounds,
         threads=threads,
         optimizer=setup.optimizer,
         timeout_s=timeout_s,
         return_state=return_state,
         fault=dict(fault or {}),
     )
-    result = launch_local(job, nice=nice)
+    result = launch_local(job, nice=nice, keep_awake=keep_awake)
     return [
         Measurement(
             tuple(entry["step_times"]), float(entry["loss"]), int(entry["segments"]), int(entry["messages"]), backend, entry.get("state"), tuple(entry["cpu_times"])
