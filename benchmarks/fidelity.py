@@ -1,14 +1,17 @@
 """How well the simulator predicts measured step times: calibrated profile, 2 gloo ranks.
 
 Calibrates the two local CPU ranks (1 thread each, ``rlplace calibrate``; again before each
-model unless ``--no-recalibrate``, since a shared host's speed drifts), then for each model
-measures a dozen placements (both single-device ones, contiguous two-way cuts at
-several points in both directions, alternating and random module-level splits) with two
-gloo ranks, and compares the median measured step time with the simulator's latency
-prediction on the calibrated cluster. Prints one row per placement, then per model and
-overall: Spearman rank correlation (`scipy.stats.spearmanr`) and the median absolute
-relative error. The machine's load average is printed too: other processes on the host
-inflate measured times, so quote numbers from a quiet machine.
+model unless ``--no-recalibrate``, since a shared host's speed drifts) and fits the per-op
+profile's isolation correction on the calibration models
+(`rlplace.measure.opprofile.fit_isolation_correction`), then for each model profiles its ops
+in isolation and measures a dozen placements (both single-device ones, contiguous two-way
+cuts at several points in both directions, alternating and random module-level splits)
+with two gloo ranks, in 3 interleaved rounds, and compares the median measured step time
+with the simulator's latency prediction on the calibrated cluster. Prints one row per
+placement, then per model and overall: Spearman rank correlation (`scipy.stats.spearmanr`)
+and the median absolute relative error, with and without the per-op profile. The machine's
+load average is printed too (it counts the idle-priority spinners of `rlplace.measure.awake`,
+about 1 per core while ranks run): other processes on the host inflate measured times.
 
     python benchmarks/fidelity.py [--profile FILE | --no-recalibrate] [--models a,b,c] [--steps 5]
                                   [--warmup 2] [--rounds 3] [--placements 12] [--nice N] [--json OUT]
