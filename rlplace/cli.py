@@ -20,6 +20,13 @@ OBJECTIVES = ("latency", "pipelined", "throughput")
 DEFAULT_METHOD = "local-search"
 
 
+def _add_keep_awake_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
+        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
+    )  # fmt: skip
+
+
 def _add_model_options(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
     if many:
         parser.add_argument("models", nargs="+", metavar="MODEL", help="path/to/file.py:function, zoo:NAME, synthetic:FAMILY or a .json graph")
@@ -96,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the model's weights and inputs")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
-    measure.add_argument(
-        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
-        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
-    )  # fmt: skip
+    _add_keep_awake_option(measure)
 
     calibrate = commands.add_parser("calibrate", help="profile op speed and links of the local devices into a cost-model profile")
     calibrate.add_argument("--out", metavar="FILE", help="write the profile JSON here")
@@ -108,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     calibrate.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds before the profiling run is killed")
     calibrate.add_argument("--json", action="store_true", help="print the profile as JSON")
-    calibrate.add_argument(
-        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
-        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
-    )  # fmt: skip
+    _add_keep_awake_option(calibrate)
 
     commands.add_parser("methods", help="list the placement methods")
     commands.add_parser("presets", help="list the cluster presets")

@@ -402,11 +402,12 @@ class StepFit:
     fit: dict[str, tuple[float, float]]
 
 
-def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmup: int = 3) -> tuple[Any, float]:
+def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmup: int = 3) -> tuple[Any, Any, float]:
     """Capture calibration model ``name`` and time its training step through the executor with
     every node on ``device`` (exactly what a one-device placement runs).
 
-    Returns the captured graph and the median step time (s, by `op_clock`).
+    Returns the captured graph, the executor's forward program and the median step time
+    (s, by `op_clock`).
     """
     from rlplace.capture import capture_model
     from rlplace.measure.executor import LocalExecutor
@@ -430,7 +431,7 @@ def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmu
             torch.cuda.synchronize(device)
         if step >= warmup:
             samples.append(clock() - started)
-    return graph, statistics.median(samples)
+    return graph, program, statistics.median(samples)
 
 
 def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str]) -> StepFit:
@@ -493,7 +494,7 @@ def fit_kind_efficiency(
     names = list(models or CALIBRATION_MODELS)
     rooflines, counts, times = [], [], []
     for name in names:
-        graph, seconds = time_executor_step(name, device, steps=steps, warmup=warmup)
+        graph, _, seconds = time_executor_step(name, device, steps=steps, warmup=warmup)
         rooflines.append(roofline_features(graph, peak_flops, bandwidth)[0])
         counts.append(overhead_counts(graph))
         times.append(seconds)

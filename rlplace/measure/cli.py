@@ -119,7 +119,8 @@ def run_measure_command(args: argparse.Namespace) -> int:
         _print_json(payload)
     else:
         print(
-            f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps * rounds} steps after {warmup} warm-up, "
+            f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps * rounds} steps after {warmup} warm-up"
+            f"{f' in each of {rounds} rounds' if rounds > 1 else ''}, "
             f"{backend}, {cluster.num_devices} devices, {threads} thread(s) each)\n"
             f"simulated step time  {payload['simulated_step_time'] * 1e3:.3f} ms  (latency objective, cluster {cluster.name})\n"
             f"relative error       {payload['relative_error'] * 100:.1f} %\n"

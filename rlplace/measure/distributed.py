@@ -179,8 +179,9 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         step_times: list[list[float]] = [[] for _ in job.assignments]
         cpu_times: list[list[list[float]]] = [[] for _ in job.assignments]
         results: list[dict[str, Any]] = []
-        for round_index in range(max(1, job.rounds)):
-            last_round = round_index == max(1, job.rounds) - 1
+        rounds = max(1, job.rounds)
+        for round_index in range(rounds):
+            last_round = round_index == rounds - 1
             for index, assignment in enumerate(job.assignments):
                 timing = time_assignment(program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault)
                 step_times[index].extend(timing.step_times)

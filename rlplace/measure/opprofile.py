@@ -250,8 +250,7 @@ def fit_isolation_correction(cluster: Any, *, models: Sequence[str] | None = Non
     isolated op profile, with unprofiled ops (optimizer updates) priced by ``cluster``'s cost
     model (calibrated; device 0). Tens of seconds."""
     from rlplace.measure.calibrate import time_executor_step
-    from rlplace.measure.models import CALIBRATION_MODELS, calibration_model
-    from rlplace.measure.program import export_forward
+    from rlplace.measure.models import CALIBRATION_MODELS
 
     names = list(models or CALIBRATION_MODELS)
     saved_threads = torch.get_num_threads()
@@ -259,9 +258,8 @@ def fit_isolation_correction(cluster: Any, *, models: Sequence[str] | None = Non
     try:
         rows = []
         for name in names:
-            graph, measured = time_executor_step(name, torch.device("cpu"))
-            module, inputs = calibration_model(name)
-            profile = profile_ops(export_forward(module, inputs), repeats=repeats, threads=threads)
+            graph, program, measured = time_executor_step(name, torch.device("cpu"))
+            profile = profile_ops(program, repeats=repeats, threads=threads)
             costs = CostTable.build(graph, cluster)
             parts = _parts(graph, costs, profile)
             rest = float(costs.op_time[~(parts.forward | parts.backward), 0].sum())
