@@ -2,7 +2,7 @@
 
 A placer works on the coarse graph (one op per group) and `Coarsening.expand` turns its
 answer into a placement of the original ops; `Coarsening.device_map` turns an op placement
-into accelerate's ``{module path: device}`` map.
+into accelerate's ``{module path: device}`` map (`rlplace.devicemap`).
 
 Pipeline (every step keeps the quotient acyclic):
 
@@ -50,6 +50,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from rlplace.cluster import Cluster
+from rlplace.devicemap import DeviceMapValue, module_device_map
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 
@@ -100,8 +101,8 @@ class Coarsening:
         placement.setflags(write=False)
         return placement
 
-    def device_map(self, op_placement: Sequence[int] | np.ndarray, cluster: Cluster) -> dict[str, str]:
-        """accelerate-style ``{module path: device name}`` for a placement of the fine ops."""
+    def device_map(self, op_placement: Sequence[int] | np.ndarray, cluster: Cluster) -> dict[str, DeviceMapValue]:
+        """accelerate ``device_map`` for a placement of the fine ops (`rlplace.devicemap.module_device_map`)."""
         return module_device_map(self.source, op_placement, cluster)
 
 
@@ -945,75 +946,3 @@ def _common_prefixes(paths: list[str], group_of: np.ndarray, g: int, *, ranges: 
             name = f"{name}.{numbers[0]}-{numbers[-1]}" if name else f"{numbers[0]}-{numbers[-1]}"
         result.append(name)
     return result
-
-
-# --------------------------------------------------------------------------- device maps
-def module_device_map(graph: OpGraph, op_placement: Sequence[int] | np.ndarray, cluster: Cluster) -> dict[str, str]:
-    """accelerate-style ``{module path: device name}`` covering every parameter of the graph.
-
-    A parameter goes where the op that owns it runs (the first op listing it in
-    ``graph.meta["op_params"]`` with parameter bytes, else the first op listing it). A module
-    whose parameters all share one device is one key (``""`` for the whole model); a module
-    split across devices is replaced by its children, and its own parameters appear by their
-    full names.
-    """
-    op_params = graph.meta.get("op_params")
-    if not isinstance(op_params, Sequence) or len(op_params) != graph.num_ops:
-        raise RlplaceError(
-            f"graph {graph.name!r} does not record which op owns which parameter (meta['op_params']); device maps need a graph captured from a module"
-        )
-    placement = np.asarray(op_placement)
-    if placement.shape != (graph.num_ops,):
-        raise RlplaceError(f"placement has {placement.size} entries but graph {graph.name!r} has {graph.num_ops} ops; give one device per op")
-    if placement.size and (placement.min() < 0 or placement.max() >= cluster.num_devices):
-        raise RlplaceError(f"placement uses device indices outside 0..{cluster.num_devices - 1} of cluster {cluster.name!r}")
-    device_of: dict[str, int] = {}
-    weak: dict[str, int] = {}
-    for op, names in enumerate(op_params):
-        for name in names or ():
-            target = device_of if graph.param_bytes[op] > 0 else weak
-            target.setdefault(str(name), int(placement[op]))
-    for name, device in weak.items():
-        device_of.setdefault(name, device)
-    if not device_of:
-        return {}
-    children: dict[str, set[str]] = {"": set()}
-    own: dict[str, list[str]] = {"": []}
-    for name in device_of:
-        module = name.rpartition(".")[0]
-        own.setdefault(module, []).append(name)
-        node = module
-        while node:
-            parent = node.rpartition(".")[0]
-            children.setdefault(node, set())
-            own.setdefault(node, [])
-            if node in children.setdefault(parent, set()):
-                break
-            children[parent].add(node)
-            node = parent
-    devices: dict[str, frozenset[int]] = {}
-
-    def subtree_devices(node: str) -> frozenset[int]:
-        found = {device_of[name] for name in own.get(node, [])}
-        for child in children.get(node, ()):
-            found |= subtree_devices(child)
-        devices[node] = frozenset(found)
-        return devices[node]
-
-    subtree_devices("")
-    names = cluster.device_names
-    result: dict[str, str] = {}
-    stack = [""]
-    while stack:
-        node = stack.pop()
-        if len(devices[node]) == 1:
-            result[node] = names[next(iter(devices[node]))]
-            continue
-        for name in own.get(node, []):
-            result[name] = names[device_of[name]]
-        stack.extend(sorted(children.get(node, ()), reverse=True))
-    return dict(sorted(result.items(), key=lambda item: _natural_key(item[0])))
-
-
-def _natural_key(path: str) -> list[tuple[int, int | str]]:
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split(".")]

@@ -150,8 +150,8 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _device_map(decision: Decision) -> dict[str, str]:
-    from rlplace.coarsen import module_device_map
+def _device_map(decision: Decision) -> dict[str, int | str]:
+    from rlplace.devicemap import module_device_map
 
     return module_device_map(decision.graph, decision.placement, decision.cluster)
 

@@ -96,11 +96,20 @@ def decide(
     max_groups: int = 256,
     record: bool = False,
     method_options: dict[str, Any] | None = None,
+    keep_whole: bool = True,
 ) -> Decision:
-    """Place ``model`` on ``cluster`` with ``method`` and simulate the result."""
+    """Place ``model`` on ``cluster`` with ``method`` and simulate the result.
+
+    ``keep_whole``: the modules the model declares in ``_no_split_modules`` stay on one device
+    (`rlplace.devicemap.keep_modules_whole`); the Decision's graph carries that constraint.
+    """
     from rlplace.simulate import simulate
 
     graph = model.graph
+    if keep_whole and model.module is not None:
+        from rlplace.devicemap import keep_modules_whole, no_split_paths
+
+        graph = keep_modules_whole(graph, no_split_paths(model.module))
     costs = CostTable.build(graph, cluster)
     coarsening = None
     if method.startswith("expert:"):
