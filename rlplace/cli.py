@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--json", action="store_true", help="print the profile as JSON")
     _add_keep_awake_option(calibrate)
 
+    # Parsed by train_agent.py's own parser (see main); listed here for `rlplace --help`.
+    commands.add_parser("train", help="train the placement policy (the options of train_agent.py: rlplace train --help)", add_help=False)
     commands.add_parser("methods", help="list the placement methods")
     commands.add_parser("presets", help="list the cluster presets")
     commands.add_parser("zoo", help="list the named models")
@@ -122,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlplace`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        import train_agent  # installed beside rlplace (pyproject py-modules), so the wheel has it too
+
+        return int(train_agent.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     try:
         from rlplace import commands
