@@ -72,6 +72,13 @@ def _gpu(kind: str, fp32_tflops: float, fp16_tflops: float, memory_gib: int, ban
 _V100_SHEET = "NVIDIA Tesla V100 data sheet (2017/2018): SXM2 15.7 FP32 / 125 tensor TFLOPS, PCIe 14 / 112, HBM2 900 GB/s"
 _A100_SHEET = "NVIDIA A100 Tensor Core GPU data sheet (2021): 19.5 FP32, 312 FP16 tensor (624 with sparsity); 40GB HBM2 1,555 GB/s; 80GB HBM2e SXM 2,039 GB/s, PCIe 1,935 GB/s"
 _H100_SHEET = "NVIDIA H100 Tensor Core GPU data sheet (2022): SXM 67 FP32, 1,979 FP16 tensor with sparsity, 3.35 TB/s; PCIe 51 FP32, 1,513 with sparsity, 2 TB/s"
+_H200_SHEET = "NVIDIA H200 Tensor Core GPU data sheet (2024): SXM 67 FP32, 1,979 FP16 tensor with sparsity, 141 GB HBM3e, 4.8 TB/s"
+_B200_SHEET = (
+    "NVIDIA HGX B200 specifications (2024, nvidia.com/en-us/data-center/hgx): 8 GPUs, FP16/BF16 tensor 36 PFLOPS with sparsity, "
+    "FP32 600 TFLOPS, 1,440 GB HBM3e, 64 TB/s (per GPU: 4.5 PF sparse, 75-80 FP32, 180 GB, 8 TB/s)"
+)
+_L40S_SHEET = "NVIDIA L40S GPU data sheet (2023): 91.6 FP32, 362.05 FP16 tensor (733 with sparsity), 48 GB GDDR6 with ECC, 864 GB/s"
+_MI300X_SHEET = "AMD Instinct MI300X accelerator data sheet (2023): 81.7 FP32 vector, 1,307.4 FP16 matrix (2,614.9 with sparsity), 192 GB HBM3, 5.3 TB/s"
 
 _ENTRIES = (
     # Tesla V100 SXM2 (NVLink) and PCIe, 16 or 32 GB HBM2; FP16 = tensor-core mixed precision.
@@ -97,6 +104,18 @@ _ENTRIES = (
     _gpu("A10G", 35, 70, 24, 600, "AWS EC2 G5 (A10G): 35 FP32, 70 FP16 tensor TFLOPS, 24 GB GDDR6, 600 GB/s (via baseten.co A10 vs A10G)"),
     # NVIDIA L4 data sheet (2023): 30.3 FP32, 242 FP16 tensor with sparsity (121 dense), 24 GB GDDR6, 300 GB/s.
     _gpu("L4", 30.3, 121, 24, 300, "NVIDIA L4 Tensor Core GPU data sheet (2023): 30.3 FP32, 242 FP16 tensor with sparsity, 24 GB GDDR6, 300 GB/s"),
+    # H200 SXM 141GB HBM3e: Hopper's compute (the H100 SXM numbers) with more and faster memory.
+    # The sheet's 141 GB is already the usable part of six 24 GiB stacks; nvidia-smi shows
+    # 143,771 MiB = 140.4 GiB, so 140 GiB here (not the 141 GiB the binary reading would give).
+    _gpu("H200", 67, 989, 140, 4800, _H200_SHEET),
+    # HGX B200 (1,000 W) per GPU: the sheet's 8-GPU totals divided by 8 (FP16/BF16 36 PFLOPS with
+    # sparsity -> 2,250 dense; FP32 600 -> 75); 180 GB per GPU shows as ~179 GiB in nvidia-smi.
+    _gpu("B200", 75, 2250, 179, 8000, _B200_SHEET),
+    # L40S (Ada, PCIe): FP16 tensor 362.05 dense (733 with sparsity); 48 GB GDDR6 with ECC.
+    _gpu("L40S", 91.6, 362.05, 48, 864, _L40S_SHEET),
+    # AMD Instinct MI300X (OAM): FP32 vector 81.7 (163.4 is FP32 matrix), FP16 matrix 1,307.4 dense
+    # (2,614.9 with sparsity); 192 GB HBM3 = eight 24 GiB stacks; 5.3 TB/s.
+    _gpu("MI300X", 81.7, 1307.4, 192, 5300, _MI300X_SHEET),
     # A generic two-socket-class server CPU, not a sheet: 32 cores x 2 GHz x 32 FP32 FLOP/cycle
     # (one AVX-512 FMA unit) ~ 2 TFLOPS, no tensor cores (FP16 = FP32), 256 GiB of DDR4 on
     # 8 channels x DDR4-3200 = 204.8 GB/s ~ 200 GB/s.

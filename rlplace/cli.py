@@ -36,6 +36,7 @@ def _add_model_options(parser: argparse.ArgumentParser, *, many: bool = False) -
     parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="batch size passed to the model function or zoo entry")
     parser.add_argument("--optimizer", choices=("adam", "sgd", "sgd-momentum"), default="adam", help="optimizer of the training graph (default adam)")
     parser.add_argument("--max-groups", type=int, default=256, metavar="G", help="coarsen captured graphs to at most G groups before placing (default 256)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each phase (capture, coarsen, compile, search) and its time on stderr")
 
 
 def _add_objective_options(parser: argparse.ArgumentParser) -> None:
@@ -132,9 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from rlplace import commands
+        from rlplace.feedback import reporting
 
         handler = getattr(commands, f"run_{args.command}")
-        return int(handler(args) or 0)
+        with reporting(verbose=getattr(args, "verbose", False)):
+            return int(handler(args) or 0)
     except RlplaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

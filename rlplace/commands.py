@@ -33,7 +33,10 @@ def _load(args: argparse.Namespace, spec: str):
     require_positive("--max-groups", args.max_groups)
     if args.batch_size is not None:
         require_positive("--batch-size", args.batch_size)
-    return load_model(spec, inference=args.inference, batch_size=args.batch_size, optimizer=args.optimizer)
+    from rlplace.feedback import phase
+
+    with phase("capture" if spec.startswith("zoo:") or ".py:" in spec else "load", spec):
+        return load_model(spec, inference=args.inference, batch_size=args.batch_size, optimizer=args.optimizer)
 
 
 def _cluster(args: argparse.Namespace, spec: str | None, model):

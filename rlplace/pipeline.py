@@ -14,6 +14,7 @@ import numpy as np
 
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
+from rlplace.feedback import compile_phase, phase
 from rlplace.graph import OpGraph
 from rlplace.load import LoadedModel
 from rlplace.placement import Placement, as_placement, check_constraints
@@ -122,13 +123,16 @@ def decide(
     else:
         from rlplace.baselines import MICROBATCH_AWARE, run_method
 
-        work, coarsening = working_graph(graph, max_groups)
+        with phase("coarsen"):
+            work, coarsening = working_graph(graph, max_groups)
         work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
-        _load_simulator_kernels(work, cluster, work_costs)
+        with compile_phase():
+            _load_simulator_kernels(work, cluster, work_costs)
         options = dict(method_options or {})
         if objective == "pipelined" and method in MICROBATCH_AWARE:
             options["microbatches"] = microbatches
-        outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
+        with phase("search", method):
+            outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
         decide_s = outcome.decide_s
         placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlplace.graph import OpGraph
@@ -83,7 +84,28 @@ def decision_table(decision: Any) -> Table:
             format_bytes(float(result.peak_memory[d])), format_bytes(float(result.capacity[d])),
             f"[red]over by {format_bytes(float(over))}[/]" if over > 0 else "ok",
         )
+    why = one_device_note(decision)
+    if why:
+        table.caption, table.caption_justify = why, "left"
     return table
+
+
+def one_device_note(decision: Any) -> str | None:
+    """One line saying why a placement uses one device of several, or None when it uses more (or OOMs)."""
+    k = decision.cluster.num_devices
+    used = np.unique(np.asarray(decision.placement))
+    if k < 2 or used.size != 1 or decision.result.oom:
+        return None
+    name = decision.cluster.device_names[int(used[0])]
+    reasons = {
+        "latency": "one device is fastest for the latency of one step: the graph's parallel branches do not pay for the transfers a split adds; "
+        "try --objective pipelined (micro-batches overlap across stages)",
+        "pipelined": f"at {int(getattr(decision.result, 'microbatches', 1))} micro-batches the transfers between stages cost more than the overlap gains; "
+        "try more --microbatches",
+        "throughput": "the transfers of any split load the devices more than the compute they take off the busiest one",
+    }
+    reason = reasons.get(decision.objective, "no split the method found was faster")
+    return f"uses only {name} of {k} devices: {reason}"
 
 
 def evaluation_table(rows: list[dict[str, Any]]) -> Table:
@@ -91,11 +113,13 @@ def evaluation_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="rlplace evaluate", title_justify="left")
     for column in ("model", "cluster", "method", "step time", "speed-up", "/ bound", "max peak mem", "OOM", "decide"):
         table.add_column(column, justify="left" if column in ("model", "cluster", "method") else "right")
+    footnotes: list[str] = []
     for row in rows:
         model = _short_label(row["model"])
         method = _short_label(row["method"])
         if row.get("error"):
-            table.add_row(model, row["cluster"], method, "—", "—", "—", "—", "—", f"[red]{row['error'][:60]}[/]")
+            footnotes.append(str(row["error"]))
+            table.add_row(model, row["cluster"], method, "—", "—", "—", "—", "—", f"[red]error [{len(footnotes)}][/]")
             continue
         unit = row.get("time_unit", "s")
         speedup = row.get("speedup_vs_single")
@@ -105,6 +129,9 @@ def evaluation_table(rows: list[dict[str, Any]]) -> Table:
             "—" if speedup is None else f"{speedup:.2f}x", "—" if ratio is None else f"{ratio:.2f}",
             format_bytes(max(row["peak_memory_bytes"])), "[red]yes[/]" if row["oom"] else "no", f"{row['decide_s']:.3f} s",
         )
+    if footnotes:  # errors in full below the table, not cut to a column
+        table.caption = "\n".join(escape(f"[{i}] {text}") for i, text in enumerate(footnotes, start=1))
+        table.caption_justify = "left"
     return table
 
 
