@@ -9,14 +9,26 @@ Vocabulary shared by the kernels (n ops, m edges, k devices, M micro-batches):
 - *instance* ``g = mb * n + i``: micro-batch ``mb`` of op ``i`` (``M = 1`` for one step).
 - successor CSR: the consumers of op ``i`` are ``succ_op[succ_ptr[i]:succ_ptr[i + 1]]``, the
   edge ids (rows of ``edge_time``) ``succ_edge[...]`` alongside.
-- *rank*: ``instance_rank[g]`` is the unique scheduling priority of instance ``g`` (lower
-  runs first among ready instances on one device); ``rank_instance`` is its inverse.
+- *order* (the pipeline schedule, built by `rlplace.schedules`): op ``i`` is in *lane*
+  ``op_lane[i]`` (``L`` lanes: a model chunk's forward or backward ops); on device ``d`` the
+  instances of lane ``l`` and micro-batch ``mb`` form the *slot* at position
+  ``slot_pos[d, l, mb]`` of the device's schedule (``slot_mb[d, pos]`` inverts it). The
+  priority *key* of instance ``g`` on its device is ``slot_pos * n + op_rank[i]`` (lower runs
+  first among ready instances on one device; unique per device); ``rank_op`` inverts
+  ``op_rank``.
+- *group* ``(d * L + l) * M + mb``: the instances of one slot. A *gate* ``gate_to[G] = H``
+  holds the instances of group ``H`` back until every instance of group ``G`` has finished
+  (1F1B: a device's forward of micro-batch ``j + w`` waits for its backward of ``j``); the
+  ops of lane ``l`` on device ``d`` are ``lane_ops[lane_ptr[d * L + l]:lane_ptr[d * L + l + 1]]``.
+  An empty ``gate_to`` means no gates.
 - *transfer* ``x``: instance ``x_instance[x]``'s output sent once to device ``x_dst[x]``;
   link ``a * k + b`` is the ordered device pair ``a -> b``.
 - event ids: ``g`` for "instance g finished", ``M * n + x`` for "transfer x arrived".
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -112,13 +124,20 @@ def _schedule(
     op_time: np.ndarray,
     edge_time: np.ndarray,
     placement: np.ndarray,
-    instance_rank: np.ndarray,
-    rank_instance: np.ndarray,
+    op_rank: np.ndarray,
+    rank_op: np.ndarray,
+    op_lane: np.ndarray,
+    slot_pos: np.ndarray,
+    slot_mb: np.ndarray,
+    lane_ptr: np.ndarray,
+    lane_ops: np.ndarray,
+    gate_to: np.ndarray,
 ):
     """List-schedule every instance; return the schedule and its transfers.
 
     Rules: a device runs one instance at a time and, whenever it is idle, starts the ready
-    instance of lowest rank; an instance is ready when all its inputs are on its device. A
+    instance of lowest key; an instance is ready when all its inputs are on its device and
+    the gate on its group, if any, has opened. A
     finished instance sends its output once per remote device that holds a consumer, taking
     the largest ``edge_time`` of the edges to that device; a link carries one transfer at a
     time, first come first served (ties in the order the producers finished). All events of
@@ -139,6 +158,19 @@ def _schedule(
     pending = np.empty(total, dtype=np.int64)
     for mb in range(microbatches):
         pending[mb * n : (mb + 1) * n] = indegree
+    num_lanes = slot_pos.shape[1]
+    gated = gate_to.shape[0] > 0
+    remaining = np.empty(gate_to.shape[0], dtype=np.int64)
+    if gated:
+        for group in range(gate_to.shape[0]):
+            lane_group = group // microbatches
+            remaining[group] = lane_ptr[lane_group + 1] - lane_ptr[lane_group]
+            target = gate_to[group]
+            if target != NONE:
+                target_lane = target // microbatches
+                base = (target % microbatches) * n
+                for j in range(lane_ptr[target_lane], lane_ptr[target_lane + 1]):
+                    pending[base + lane_ops[j]] += 1
 
     capacity = max(1, microbatches * succ_op.shape[0])
     x_instance = np.empty(capacity, dtype=np.int64)
@@ -177,8 +209,9 @@ def _schedule(
 
     for g in range(total):
         if pending[g] == 0:
-            d = placement[g % n]
-            _int_heap_push(ready_heap, d * total, ready_size[d], instance_rank[g])
+            i = g % n
+            d = placement[i]
+            _int_heap_push(ready_heap, d * total, ready_size[d], slot_pos[d, op_lane[i], g // n] * n + op_rank[i])
             ready_size[d] += 1
             if not device_dirty[d]:
                 device_dirty[d] = True
@@ -194,10 +227,11 @@ def _schedule(
             device_dirty[d] = False
             if device_busy[d] or ready_size[d] == 0:
                 continue
-            rank = _int_heap_pop(ready_heap, d * total, ready_size[d])
+            key = _int_heap_pop(ready_heap, d * total, ready_size[d])
             ready_size[d] -= 1
-            g = rank_instance[rank]
-            end = now + op_time[g % n, d] / divisor
+            i = rank_op[key % n]
+            g = slot_mb[d, key // n] * n + i
+            end = now + op_time[i, d] / divisor
             start[g] = now
             finish[g] = end
             device_prev[g] = device_last[d]
@@ -244,6 +278,23 @@ def _schedule(
                     num_dirty_devices += 1
                 if now > makespan:
                     makespan = now
+                if gated:
+                    mb = base // n
+                    group = (a * num_lanes + op_lane[i]) * microbatches + mb
+                    remaining[group] -= 1
+                    target = gate_to[group]
+                    if remaining[group] == 0 and target != NONE:
+                        target_mb = target % microbatches
+                        target_lane = target // microbatches
+                        for j in range(lane_ptr[target_lane], lane_ptr[target_lane + 1]):
+                            op = lane_ops[j]
+                            c = target_mb * n + op
+                            pending[c] -= 1
+                            if pending[c] == 0:
+                                ready_time[c] = now
+                                ready_via[c] = g
+                                _int_heap_push(ready_heap, a * total, ready_size[a], slot_pos[a, op_lane[op], target_mb] * n + op_rank[op])
+                                ready_size[a] += 1
                 remote = False
                 for e in range(succ_ptr[i], succ_ptr[i + 1]):
                     consumer = succ_op[e]
@@ -254,7 +305,7 @@ def _schedule(
                         if pending[c] == 0:
                             ready_time[c] = now
                             ready_via[c] = g
-                            _int_heap_push(ready_heap, a * total, ready_size[a], instance_rank[c])
+                            _int_heap_push(ready_heap, a * total, ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
                             ready_size[a] += 1
                     else:
                         cost = edge_time[succ_edge[e], a, d] / divisor
@@ -304,7 +355,7 @@ def _schedule(
                     if pending[c] == 0:
                         ready_time[c] = now
                         ready_via[c] = event
-                        _int_heap_push(ready_heap, d * total, ready_size[d], instance_rank[c])
+                        _int_heap_push(ready_heap, d * total, ready_size[d], slot_pos[d, op_lane[consumer], base // n] * n + op_rank[consumer])
                         ready_size[d] += 1
                         if not device_dirty[d]:
                             device_dirty[d] = True
@@ -339,18 +390,25 @@ def schedule_makespan(
     op_time: np.ndarray,
     edge_time: np.ndarray,
     placement: np.ndarray,
-    instance_rank: np.ndarray,
-    rank_instance: np.ndarray,
+    op_rank: np.ndarray,
+    rank_op: np.ndarray,
+    op_lane: np.ndarray,
+    slot_pos: np.ndarray,
+    slot_mb: np.ndarray,
+    lane_ptr: np.ndarray,
+    lane_ops: np.ndarray,
+    gate_to: np.ndarray,
 ) -> float:
     """The hot path: only the finish time of the last instance crosses back to Python."""
     result = _schedule(
-        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement, instance_rank, rank_instance
-    )
+        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
+    )  # fmt: skip
     return result[0]
 
 
 @njit(cache=True)
-def schedule_full(
+def _schedule_full(
     num_ops: int,
     microbatches: int,
     num_devices: int,
@@ -361,13 +419,20 @@ def schedule_full(
     op_time: np.ndarray,
     edge_time: np.ndarray,
     placement: np.ndarray,
-    instance_rank: np.ndarray,
-    rank_instance: np.ndarray,
+    op_rank: np.ndarray,
+    rank_op: np.ndarray,
+    op_lane: np.ndarray,
+    slot_pos: np.ndarray,
+    slot_mb: np.ndarray,
+    lane_ptr: np.ndarray,
+    lane_ops: np.ndarray,
+    gate_to: np.ndarray,
 ):
-    """The whole schedule (see `_schedule`), transfer arrays trimmed to the transfers made."""
+    """`_schedule` with the transfer arrays trimmed to the transfers made (``Schedule``'s fields, in order)."""
     (makespan, start, finish, ready_time, ready_via, device_prev, num_x, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev) = _schedule(
-        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement, instance_rank, rank_instance
-    )
+        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
+    )  # fmt: skip
     return (
         makespan,
         start,
@@ -382,6 +447,39 @@ def schedule_full(
         x_finish[:num_x].copy(),
         x_link_prev[:num_x].copy(),
     )
+
+
+class Schedule(NamedTuple):
+    """A recorded schedule (`schedule_full`). Shapes: T = M * n instances, x transfers; times in the graph's unit.
+
+    makespan: finish of the last instance.
+    start, finish: (T,) float64 per instance ``g = mb * n + i``.
+    ready_time: (T,) float64, when the instance became ready (inputs arrived, gate open).
+    ready_via: (T,) int64, the event that made it ready (an instance id ``< T`` or ``T + x``
+        for transfer x), -1 when ready at time 0.
+    device_prev: (T,) int64, the instance its device ran before it, -1 for the first.
+    x_instance, x_dst: (x,) int64, the producer instance and the receiving device.
+    x_ready, x_start, x_finish: (x,) float64, when transfer x was issued, took its link, arrived.
+    x_link_prev: (x,) int64, the transfer its link carried before it, -1 for the first.
+    """
+
+    makespan: float
+    start: np.ndarray
+    finish: np.ndarray
+    ready_time: np.ndarray
+    ready_via: np.ndarray
+    device_prev: np.ndarray
+    x_instance: np.ndarray
+    x_dst: np.ndarray
+    x_ready: np.ndarray
+    x_start: np.ndarray
+    x_finish: np.ndarray
+    x_link_prev: np.ndarray
+
+
+def schedule_full(*args: Any) -> Schedule:
+    """The whole schedule as a `Schedule`; takes `schedule_makespan`'s arguments."""
+    return Schedule._make(_schedule_full(*args))
 
 
 @njit(cache=True)

@@ -16,11 +16,19 @@ Model (DESIGN.md, "Simulator model"):
   instance id first). Computation and communication overlap.
 - ``latency``: the finish time of the last op of one step.
 - ``pipelined``: M micro-batches through the same placement; each micro-batch's op and
-  transfer times are the step's divided by M; GPipe order: a device prefers forward ops of
-  micro-batch 0, 1, ..., then backward ops of micro-batch 0, 1, ... (priority inside a phase
-  and micro-batch as for ``latency``). Micro-batches share no data dependencies (weight
-  gradients accumulate). With M = 1 the objective is computed exactly as ``latency`` (same
-  priorities), so the two agree bit for bit.
+  transfer times are the step's divided by M. Micro-batches share no data dependencies
+  (weight gradients accumulate). The *schedule* (`rlplace.schedules`, where the model is
+  stated in full) orders each device's (chunk, phase, micro-batch) slots: a device prefers
+  the ready instance of its earliest slot (priority inside a slot as for ``latency``) and
+  *gates* hold a slot back until an earlier one on the device has finished.
+  ``gpipe`` (the default): forward ops of micro-batch 0, 1, ..., then backward ops of
+  micro-batch 0, 1, ..., no gates. ``1f1b``: stage r (devices ranked by their first forward
+  op, p stages) runs ``w = min(M, p - r)`` forwards, then one backward, one forward, ...;
+  forward j + w waits for the device's backward of j, so at most w micro-batches are in
+  flight. ``interleaved-1f1b``: Megatron-LM's virtual stages, a device's chunks (maximal runs
+  of consecutive forward ops on it) scheduled as separate stages; equal to ``1f1b`` on a
+  placement where every device holds one block. With M = 1 every schedule is computed
+  exactly as ``latency`` (same priorities, no gates), so the two agree bit for bit.
 - ``throughput``: the max-load model of Tarnawski et al. (NeurIPS 2020) as the
   dnn-partitioning README defines it: the load of a device is the time of its ops plus, for
   every op u with consumers on other devices, a transfer cost on u's device and on each such
@@ -34,7 +42,8 @@ Memory (``peak_memory``): resident bytes (parameters, gradients, optimizer state
 op stay on its device the whole step; an op's output lives on its device from the op's start
 until its last local consumer finishes and its transfers have left (its own finish when
 nothing reads it), a received copy from its arrival until the last consumer there finishes;
-working memory while the op runs. A training graph keeps a forward output for its backward
+working memory while the op runs (``activation_memory``: the peak of these buffers alone,
+without resident bytes; what a pipeline schedule changes). A training graph keeps a forward output for its backward
 op through the edge between them, so activations stay until their backward op. At one
 instant ends are released before starts are allocated. Under ``pipelined`` every activation
 and working buffer is one micro-batch's share (the step's divided by M); resident bytes are
@@ -71,6 +80,7 @@ from rlplace.cluster import CPU, Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.schedules import SCHEDULES, Order, gpipe_order, pipeline_order
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
 
@@ -125,6 +135,10 @@ class SimResult:
         microbatch_start, microbatch_finish: (M, n) every micro-batch's start and finish, only
             when recorded (``record=True``) and the objective has a schedule.
         transfers: the transfers, only when recorded and the objective has a schedule.
+        schedule: the pipeline schedule (one of `rlplace.schedules.SCHEDULES`) under
+            ``pipelined``, None otherwise.
+        activation_memory: (k,) bytes, peak of activations and working memory per device
+            (``peak_memory`` less resident bytes); zeros under ``throughput``.
     """
 
     objective: str
@@ -147,6 +161,8 @@ class SimResult:
     microbatch_start: np.ndarray | None = None
     microbatch_finish: np.ndarray | None = None
     transfers: TransferLog | None = None
+    schedule: str | None = None
+    activation_memory: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -161,9 +177,11 @@ class SimResult:
             "step_time": float(self.step_time),
             "time_unit": self.time_unit,
             "microbatches": self.microbatches,
+            "schedule": self.schedule,
             "lower_bound": float(self.lower_bound),
             "busy_time": [float(v) for v in self.busy_time],
             "peak_memory_bytes": [float(v) for v in self.peak_memory],
+            "peak_activation_bytes": [float(v) for v in self.activation_memory] if self.activation_memory is not None else None,
             "capacity_bytes": [float(v) for v in self.capacity],
             "overflow_bytes": [float(v) for v in self.overflow_bytes],
             "oom": bool(self.oom),
@@ -187,6 +205,8 @@ class Simulator:
         graph, cluster, costs: the problem; never modified.
         objective: one of `OBJECTIVES`.
         microbatches: M for ``pipelined`` (>= 1); the other objectives ignore it.
+        schedule: pipeline schedule for ``pipelined`` (`rlplace.schedules.SCHEDULES`); the
+            other objectives ignore it.
         priority: (n,) optional scheduling priority per op, lower first among ready ops on
             one device (default: topological index). Ties go to the lower op id.
 
@@ -202,10 +222,13 @@ class Simulator:
         *,
         objective: str = "latency",
         microbatches: int = 1,
+        schedule: str = "gpipe",
         priority: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         if objective not in OBJECTIVES:
             raise RlplaceError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        if schedule not in SCHEDULES:
+            raise RlplaceError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
             raise RlplaceError(f"microbatches must be a whole number >= 1, got {microbatches!r}")
         n, k, m = graph.num_ops, cluster.num_devices, graph.num_edges
@@ -219,6 +242,7 @@ class Simulator:
         self.costs = costs
         self.objective = objective
         self.microbatches = int(microbatches) if objective == "pipelined" else 1
+        self.schedule = schedule if objective == "pipelined" else None
         self.num_ops = n
         self.num_devices = k
 
@@ -233,7 +257,13 @@ class Simulator:
         self._work_bytes = _frozen(graph.work_bytes, np.float64)
         self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)
         self._capacity = _frozen(cluster.memory, np.float64)
-        self._instance_rank, self._rank_instance = self._ranks(priority)
+        pred_order = np.argsort(graph.edge_dst, kind="stable")
+        self._pred_ptr = _frozen(np.searchsorted(graph.edge_dst[pred_order], np.arange(n + 1)), np.int64)
+        self._pred_op = _frozen(graph.edge_src[pred_order], np.int64)
+        self._is_backward = _frozen(graph.is_backward, np.bool_)
+        self._op_rank, self._rank_op = self._ranks(priority)
+        # gpipe (and any schedule of one micro-batch) does not depend on the placement
+        self._fixed_order = gpipe_order(self._is_backward, self.microbatches, k) if self.schedule in (None, "gpipe") or self.microbatches == 1 else None
         self.lower_bound = lower_bound(graph, cluster, costs, objective=objective, microbatches=self.microbatches)
 
     # ----------------------------------------------------------------- public API
@@ -243,16 +273,15 @@ class Simulator:
         if self.objective == "throughput":
             load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
             return float(load.max())
-        instance_rank, rank_instance = (self._instance_rank, self._rank_instance) if priority is None else self._ranks(priority)
-        return float(kernel.schedule_makespan(*self._schedule_args(p, instance_rank, rank_instance)))
+        ranks = (self._op_rank, self._rank_op) if priority is None else self._ranks(priority)
+        return float(kernel.schedule_makespan(*self._schedule_args(p, ranks)))
 
     def peak_memory(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
         """(k,) peak bytes per device (see the module doc for the memory model)."""
         p = self._placement(placement)
         if self.objective == "throughput":
             return self._resident(p)
-        schedule = self._schedule(p, self._instance_rank, self._rank_instance)
-        return self._memory(p, schedule)
+        return self._memory(p, self._schedule(p, (self._op_rank, self._rank_op)))
 
     def score(self, placement: np.ndarray | Sequence[int]) -> tuple[float, float]:
         """(step time, bytes over capacity summed over devices), for search."""
@@ -260,9 +289,9 @@ class Simulator:
         if self.objective == "throughput":
             peak = self._resident(p)
             return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
-        schedule = self._schedule(p, self._instance_rank, self._rank_instance)
+        schedule = self._schedule(p, (self._op_rank, self._rank_op))
         peak = self._memory(p, schedule)
-        return float(schedule[0]), float(np.maximum(peak - self._capacity, 0.0).sum())
+        return schedule.makespan, float(np.maximum(peak - self._capacity, 0.0).sum())
 
     def run(self, placement: np.ndarray | Sequence[int], *, record: bool = False, priority: Sequence[float] | np.ndarray | None = None) -> SimResult:
         """Full evidence for ``placement``; ``record`` keeps every micro-batch's times and the transfers.
@@ -278,31 +307,31 @@ class Simulator:
         busy = np.bincount(p, weights=durations, minlength=self.num_devices)
         if self.objective == "throughput":
             return self._throughput_result(p, durations, busy)
-        instance_rank, rank_instance = (self._instance_rank, self._rank_instance) if priority is None else self._ranks(priority)
-        schedule = self._schedule(p, instance_rank, rank_instance)
-        makespan, start, finish, ready_time, ready_via, device_prev, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev = schedule
-        peak = self._memory(p, schedule)
-        path = kernel.critical_path(start, finish, ready_time, ready_via, device_prev, x_instance, x_ready, x_start, x_link_prev)
+        ranks = (self._op_rank, self._rank_op) if priority is None else self._ranks(priority)
+        s = self._schedule(p, ranks)
+        dynamic = self._dynamic_memory(p, s)
+        path = kernel.critical_path(s.start, s.finish, s.ready_time, s.ready_via, s.device_prev, s.x_instance, s.x_ready, s.x_start, s.x_link_prev)
         n, microbatches = self.num_ops, self.microbatches
-        starts = start.reshape(microbatches, n)
-        finishes = finish.reshape(microbatches, n)
+        starts = s.start.reshape(microbatches, n)
+        finishes = s.finish.reshape(microbatches, n)
         transfers = None
         if record:
-            ops = x_instance % max(n, 1)
+            ops = s.x_instance % max(n, 1)
             transfers = TransferLog(
                 op=_frozen(ops, np.int64),
-                microbatch=_frozen(x_instance // max(n, 1), np.int64),
+                microbatch=_frozen(s.x_instance // max(n, 1), np.int64),
                 src=_frozen(p[ops], np.int64),
-                dst=_frozen(x_dst, np.int64),
-                start=_frozen(x_start, np.float64),
-                finish=_frozen(x_finish, np.float64),
+                dst=_frozen(s.x_dst, np.int64),
+                start=_frozen(s.x_start, np.float64),
+                finish=_frozen(s.x_finish, np.float64),
             )
         return self._result(
             p,
-            step_time=float(makespan),
+            step_time=float(s.makespan),
             busy=busy,
             load=busy,
-            peak=peak,
+            peak=self._resident(p) + dynamic,
+            activation=dynamic,
             path=tuple(int(g % n) for g in path),
             path_microbatch=tuple(int(g // n) for g in path),
             durations=durations,
@@ -315,8 +344,8 @@ class Simulator:
 
     # ------------------------------------------------------------------ internals
     def _ranks(self, priority: Sequence[float] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(instance_rank, rank_instance), both (M*n,) int64: the order devices prefer instances in."""
-        n, microbatches = self.num_ops, self.microbatches
+        """(op_rank, rank_op), both (n,) int64: the order devices prefer ops in within one slot, and its inverse."""
+        n = self.num_ops
         if priority is None:
             op_rank = np.arange(n, dtype=np.int64)
         else:
@@ -325,17 +354,9 @@ class Simulator:
                 raise RlplaceError(f"priority must hold one finite number per op ({n}), got shape {values.shape}")
             op_rank = np.empty(n, dtype=np.int64)
             op_rank[np.lexsort((np.arange(n), values))] = np.arange(n)
-        if microbatches == 1:
-            instance_rank = op_rank
-        else:
-            phase = self.graph.is_backward.astype(np.int64)
-            mb = np.repeat(np.arange(microbatches, dtype=np.int64), n)
-            key = (np.tile(phase, microbatches) * microbatches + mb) * n + np.tile(op_rank, microbatches)
-            instance_rank = np.empty(key.shape[0], dtype=np.int64)
-            instance_rank[np.argsort(key, kind="stable")] = np.arange(key.shape[0])
-        rank_instance = np.empty_like(instance_rank)
-        rank_instance[instance_rank] = np.arange(instance_rank.shape[0])
-        return _frozen(instance_rank, np.int64), _frozen(rank_instance, np.int64)
+        rank_op = np.empty_like(op_rank)
+        rank_op[op_rank] = np.arange(n)
+        return _frozen(op_rank, np.int64), _frozen(rank_op, np.int64)
 
     def _placement(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
         p = np.asarray(placement)
@@ -353,8 +374,17 @@ class Simulator:
             )
         return p
 
-    def _schedule_args(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
+    def order(self, placement: np.ndarray | Sequence[int]) -> Order:
+        """The schedule's `Order` for ``placement`` (lanes, slots, gates; see `rlplace.schedules`)."""
+        if self._fixed_order is not None:
+            return self._fixed_order
+        assert self.schedule is not None
+        p = self._placement(placement)
+        return pipeline_order(self.schedule, p, self._is_backward, self._pred_ptr, self._pred_op, self.microbatches, self.num_devices)
+
+    def _schedule_args(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> tuple:
         """Arguments shared by the makespan-only and the recording schedule kernels."""
+        order = self._fixed_order if self._fixed_order is not None else self.order(p)
         return (
             self.num_ops,
             self.microbatches,
@@ -366,19 +396,23 @@ class Simulator:
             self._op_time,
             self._edge_time,
             p,
-            instance_rank,
-            rank_instance,
+            ranks[0],
+            ranks[1],
+            *order,
         )
 
-    def _schedule(self, p: np.ndarray, instance_rank: np.ndarray, rank_instance: np.ndarray) -> tuple:
-        return kernel.schedule_full(*self._schedule_args(p, instance_rank, rank_instance))
+    def _schedule(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> kernel.Schedule:
+        return kernel.schedule_full(*self._schedule_args(p, ranks))
 
     def _resident(self, p: np.ndarray) -> np.ndarray:
         return np.bincount(p, weights=self.graph.resident_bytes, minlength=self.num_devices)
 
-    def _memory(self, p: np.ndarray, schedule: tuple) -> np.ndarray:
-        _, start, finish, _, _, _, x_instance, x_dst, _, _, x_finish, _ = schedule
-        dynamic = kernel.peak_dynamic_memory(
+    def _memory(self, p: np.ndarray, schedule: kernel.Schedule) -> np.ndarray:
+        return self._resident(p) + self._dynamic_memory(p, schedule)
+
+    def _dynamic_memory(self, p: np.ndarray, schedule: kernel.Schedule) -> np.ndarray:
+        """(k,) peak bytes of activations and working memory per device."""
+        return kernel.peak_dynamic_memory(
             self.num_ops,
             self.microbatches,
             self.num_devices,
@@ -387,13 +421,12 @@ class Simulator:
             p,
             self._output_bytes,
             self._work_bytes,
-            start,
-            finish,
-            x_instance,
-            x_dst,
-            x_finish,
+            schedule.start,
+            schedule.finish,
+            schedule.x_instance,
+            schedule.x_dst,
+            schedule.x_finish,
         )
-        return self._resident(p) + dynamic
 
     def _throughput_result(self, p: np.ndarray, durations: np.ndarray, busy: np.ndarray) -> SimResult:
         load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
@@ -410,6 +443,7 @@ class Simulator:
             busy=busy,
             load=load,
             peak=self._resident(p),
+            activation=np.zeros(self.num_devices),
             path=path,
             path_microbatch=(0,) * len(path),
             durations=durations,
@@ -428,6 +462,7 @@ class Simulator:
         busy: np.ndarray,
         load: np.ndarray,
         peak: np.ndarray,
+        activation: np.ndarray,
         path: tuple[int, ...],
         path_microbatch: tuple[int, ...],
         durations: np.ndarray,
@@ -459,6 +494,8 @@ class Simulator:
             microbatch_start=None if microbatch_start is None else _frozen(microbatch_start, np.float64),
             microbatch_finish=None if microbatch_finish is None else _frozen(microbatch_finish, np.float64),
             transfers=transfers,
+            schedule=self.schedule,
+            activation_memory=_frozen(activation, np.float64),
         )
 
 
@@ -470,11 +507,12 @@ def simulate(
     *,
     objective: str = "latency",
     microbatches: int = 1,
+    schedule: str = "gpipe",
     record: bool = False,
     priority: Sequence[float] | np.ndarray | None = None,
 ) -> SimResult:
     """Simulate one placement: `Simulator(...).run(placement, record=record)`."""
-    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, priority=priority).run(placement, record=record)
+    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, priority=priority).run(placement, record=record)
 
 
 def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
