@@ -220,6 +220,7 @@ def _schedule(
 
     now = 0.0
     makespan = 0.0
+    done = 0
     while True:
         # ---- every idle device and link touched at this instant picks its next work
         for j in range(num_dirty_devices):
@@ -278,6 +279,7 @@ def _schedule(
                     num_dirty_devices += 1
                 if now > makespan:
                     makespan = now
+                done += 1
                 if gated:
                     mb = base // n
                     group = (a * num_lanes + op_lane[i]) * microbatches + mb
@@ -361,6 +363,8 @@ def _schedule(
                             device_dirty[d] = True
                             dirty_devices[num_dirty_devices] = d
                             num_dirty_devices += 1
+    if done < total:  # a deadlock (not reachable with the orders of rlplace.schedules): never a finite step time
+        makespan = np.inf
     return (
         makespan,
         start,

@@ -22,6 +22,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
+from rlplace.schedules import SCHEDULES
 from rlplace.simulate import OBJECTIVES, Simulator, lower_bound, simulate, work_bound
 
 DATA = shared_data_dir()
@@ -148,6 +149,91 @@ def test_pipelined_with_one_microbatch_equals_latency():
     pipelined = run(graph, cluster_of(2), where, objective="pipelined", microbatches=1)
     assert pipelined.step_time == latency.step_time
     assert pipelined.peak_memory.tolist() == latency.peak_memory.tolist()
+
+
+# ------------------------------------------------------------------ pipeline schedules
+def two_stage_chain(microbatches: int) -> OpGraph:
+    """f0 (device 0) -> f1 (device 1) -> b1 (device 1) -> b0 (device 0), f0 -> b0 the saved
+    activation. Per micro-batch: forward 1, backward 2, each cross-device transfer 1 (f0 -> f1,
+    b1 -> b0); f0 keeps 1 byte, f1 2 bytes per micro-batch alive; gradients and working
+    memory are 0 bytes."""
+    m = float(microbatches)
+    return graph_of(
+        {"f0": m, "f1": m, "b1": 2 * m, "b0": 2 * m},
+        [("f0", "f1", m), ("f1", "b1", 0.0), ("b1", "b0", m), ("f0", "b0", 0.0)],
+        output_bytes={"f0": m, "f1": 2 * m},
+        is_backward={"b1": True, "b0": True},
+    )
+
+
+TWO_STAGES = {"f0": 0, "f1": 1, "b1": 1, "b0": 0}
+
+
+def test_gpipe_on_a_two_stage_chain_with_four_microbatches_by_hand():
+    # Device 0 runs f0 of mb 0..3 at 0,1,2,3; each goes over the link 0->1 in [j+1, j+2].
+    # Device 1 prefers forwards: f1 of mb j at j+2 (2,3,4,5), then b1 of mb 0..3 at 6,8,10,12.
+    # Gradients cross 1->0 in [8,9], [10,11], [12,13], [14,15]; b0 runs at 9,11,13,15 -> step 17.
+    # Memory, device 0: f0's output of every micro-batch lives from its start to its b0
+    # ([0,11], [1,13], [2,15], [3,17]) -> 4 x 1 byte. Device 1: f1's outputs [2,8], [3,10],
+    # [4,12], [5,14] (4 x 2 bytes over [5,8)) plus the received f0 copy of mb 3 in [5,6]
+    # (arrival to f1's finish; mb 2's copy is released at 5 before mb 3's is allocated) -> 9.
+    result = run(two_stage_chain(4), cluster_of(2), TWO_STAGES, objective="pipelined", microbatches=4, schedule="gpipe", record=True)
+    assert result.microbatch_start.T.tolist() == [[0, 1, 2, 3], [2, 3, 4, 5], [6, 8, 10, 12], [9, 11, 13, 15]]
+    assert result.step_time == 17.0
+    assert result.activation_memory.tolist() == [4.0, 9.0]
+    assert result.schedule == "gpipe"
+
+
+def test_1f1b_on_a_two_stage_chain_with_four_microbatches_by_hand():
+    # p = 2 stages: device 0 (stage 0) warms up with w = min(4, 2) = 2 forwards, device 1 with 1;
+    # forward j + w waits for the device's backward of j.
+    # d0: f0 mb0 [0,1], mb1 [1,2]; link 0->1: [1,2], [2,3].
+    # d1: f1 mb0 [2,3]; b1 mb0 [3,5] (f1 mb1 arrived at 3 but waits for b1 mb0); f1 mb1 [5,6]; b1 mb1 [6,8].
+    # link 1->0: mb0 [5,6] -> d0: b0 mb0 [6,8]; its end opens f0 mb2 [8,9]; mb1's gradient
+    # arrives at 9 -> b0 mb1 [9,11] (preferred: f0 mb3 waits for it) -> f0 mb3 [11,12].
+    # link 0->1: mb2 [9,10] -> d1: f1 mb2 [10,11], b1 mb2 [11,13]; mb3 [12,13] -> f1 mb3 [13,14], b1 mb3 [14,16].
+    # link 1->0: mb2 [13,14] -> b0 mb2 [14,16]; mb3 [16,17] -> b0 mb3 [17,19] -> step 19 (the
+    # alternation exposes each transfer, which GPipe's run of forwards hides: 19 > 17).
+    # Memory, device 0: f0 outputs [0,8], [1,11], [8,16], [11,19] -> never more than 2 alive
+    # -> 2 bytes. Device 1: f1 outputs [2,5], [5,8], [10,13], [13,16] (one at a time, 2 bytes)
+    # plus received f0 copies [2,3], [3,6], [10,11], [13,14] -> 2 + 1 = 3 bytes.
+    result = run(two_stage_chain(4), cluster_of(2), TWO_STAGES, objective="pipelined", microbatches=4, schedule="1f1b", record=True)
+    assert result.microbatch_start.T.tolist() == [[0, 1, 8, 11], [2, 5, 10, 13], [3, 6, 11, 14], [6, 9, 14, 17]]
+    assert result.step_time == 19.0
+    assert result.activation_memory.tolist() == [2.0, 3.0]
+    assert result.schedule == "1f1b"
+    assert result.to_json_dict()["schedule"] == "1f1b"
+    # every device holds one block: interleaved 1F1B is 1F1B
+    interleaved = run(two_stage_chain(4), cluster_of(2), TWO_STAGES, objective="pipelined", microbatches=4, schedule="interleaved-1f1b", record=True)
+    assert interleaved.microbatch_start.tolist() == result.microbatch_start.tolist()
+
+
+def test_interleaved_1f1b_on_a_two_device_four_chunk_chain_by_hand():
+    # f0 f1 f2 f3 b3 b2 b1 b0 on devices 0 1 0 1 1 0 1 0: each device holds two chunks
+    # (d0: f0 | f2, d1: f1 | f3; b_i in f_i's chunk). Per micro-batch forward 1, backward 2,
+    # every cross-device transfer 1; M = 2, p = 2, one round of 2 micro-batches.
+    # Order: forward (chunk, mb) = (0,0) (0,1) (1,0) (1,1), backward (1,0) (1,1) (0,0) (0,1).
+    # Warm-up w = (v - 1) p + 2 (p - r - 1) + 1: d0 (r = 0) 5 -> capped at 4 (all forwards first,
+    # no gate); d1 (r = 1) 3: f1.0 f1.1 f3.0 b3.0 f3.1 b3.1 b1.0 b1.1, f3.1 waits for b3.0.
+    # d0: f0.0 [0,1], f0.1 [1,2]; d1: f1.0 [2,3], f1.1 [3,4]; d0: f2.0 [4,5], f2.1 [5,6];
+    # d1: f3.0 [6,7], b3.0 [7,9] (f3.1 arrived at 7 but waits), f3.1 [9,10], b3.1 [10,12];
+    # d0: b2.0 [10,12], b2.1 [13,15]; d1: b1.0 [13,15], b1.1 [16,18]; d0: b0.0 [16,18], b0.1 [19,21].
+    m = 2.0
+    names = ["f0", "f1", "f2", "f3", "b3", "b2", "b1", "b0"]
+    edges = [(a, b, m) for a, b in itertools.pairwise(names)] + [(f"f{i}", f"b{i}", 0.0) for i in range(3)]
+    graph = graph_of({name: m * (1.0 if name[0] == "f" else 2.0) for name in names}, edges, is_backward={f"b{i}": True for i in range(4)})
+    where = {"f0": 0, "f1": 1, "f2": 0, "f3": 1, "b3": 1, "b2": 0, "b1": 1, "b0": 0}
+    result = run(graph, cluster_of(2), where, objective="pipelined", microbatches=2, schedule="interleaved-1f1b", record=True)
+    assert result.microbatch_start.tolist() == [[0, 2, 4, 6, 7, 10, 13, 16], [1, 3, 5, 9, 10, 13, 16, 19]]
+    assert result.step_time == 21.0
+    # 1F1B treats each device as one stage: micro-batch 1 waits for micro-batch 0's whole backward
+    assert run(graph, cluster_of(2), where, objective="pipelined", microbatches=2, schedule="1f1b").step_time > 21.0
+
+
+def test_unknown_schedule_is_a_clear_error():
+    graph = graph_of({"a": 1.0}, [])
+    with pytest.raises(RlplaceError, match="unknown schedule 'pipedream'"):
+        run(graph, cluster_of(1), {"a": 0}, objective="pipelined", microbatches=2, schedule="pipedream")
 
 
 # ------------------------------------------------------------------------- memory
@@ -496,3 +582,84 @@ def test_score_and_peak_memory_agree_with_run(problem):
     assert simulator.score(placement) == (result.step_time, result.total_overflow)
     assert simulator.peak_memory(placement).tolist() == result.peak_memory.tolist()
     assert simulator.step_time(placement) == result.step_time
+
+
+@RANDOM
+@given(problems(), st.sampled_from(SCHEDULES))
+def test_one_microbatch_is_latency_exactly_under_every_schedule(problem, schedule):
+    graph, cluster, costs, placement, _ = problem
+    latency = simulate(graph, cluster, costs, placement, record=True)
+    pipelined = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=1, schedule=schedule, record=True)
+    assert pipelined.step_time == latency.step_time
+    assert pipelined.microbatch_start.tolist() == latency.microbatch_start.tolist()
+    assert pipelined.peak_memory.tolist() == latency.peak_memory.tolist()
+
+
+@RANDOM
+@given(problems(), st.sampled_from(SCHEDULES))
+def test_every_schedule_runs_every_instance_after_its_inputs(problem, schedule):
+    graph, cluster, costs, placement, microbatches = problem
+    simulator = Simulator(graph, cluster, costs, objective="pipelined", microbatches=microbatches, schedule=schedule)
+    result = simulator.run(placement, record=True)
+    assert math.isfinite(result.step_time)  # no deadlock
+    starts, finishes = result.microbatch_start, result.microbatch_finish
+    for src, dst in zip(graph.edge_src, graph.edge_dst, strict=True):
+        assert np.all(starts[:, dst] >= finishes[:, src])
+    assert result.step_time == finishes.max(initial=0.0)
+    assert simulator.score(placement) == (result.step_time, result.total_overflow)
+    path = list(zip(result.critical_path_microbatch, result.critical_path, strict=True))
+    if path:
+        assert finishes[path[-1]] == result.step_time
+        assert starts[path[0]] == 0.0
+    for earlier, later in itertools.pairwise(path):
+        assert finishes[earlier] <= starts[later]
+
+
+@st.composite
+def pipeline_chains(draw):
+    """A forward chain f0..f(L-1), its mirrored backward chain, f_i -> b_i saved activations,
+    cut into p contiguous stages (b_i with f_i); random integer times, transfers and bytes."""
+    length = draw(st.integers(1, 6))
+    stages = draw(st.integers(1, min(length, 3)))
+    cuts = sorted(draw(st.lists(st.integers(1, length - 1), min_size=stages - 1, max_size=stages - 1, unique=True))) if stages > 1 else []
+    stage_of = np.searchsorted(cuts, np.arange(length), side="right")
+    names = [f"f{i}" for i in range(length)] + [f"b{i}" for i in reversed(range(length))]
+    ops = [
+        {"name": name, "is_backward": name[0] == "b", "output_bytes": draw(st.integers(0, 50)), "work_bytes": draw(st.integers(0, 5))}
+        for name in names
+    ]
+    edges = list(itertools.pairwise(names)) + [(f"f{i}", f"b{i}") for i in range(length - 1)]
+    graph = OpGraph.build(ops, [{"src": s, "dst": d, "bytes": 1.0} for s, d in edges])
+    k = stages
+    op_time = np.array(draw(st.lists(st.integers(1, 4), min_size=graph.num_ops * k, max_size=graph.num_ops * k)), dtype=np.float64).reshape(graph.num_ops, k)
+    edge_time = np.array(draw(st.lists(st.integers(0, 2), min_size=graph.num_edges * k * k, max_size=graph.num_edges * k * k)), dtype=np.float64)
+    edge_time = edge_time.reshape(graph.num_edges, k, k) * (1 - np.eye(k))[None]
+    placement = np.array([stage_of[int(name[1:])] for name in graph.names], dtype=np.int64)
+    microbatches = draw(st.integers(1, 6))
+    return graph, cluster_of(k), CostTable(op_time=op_time, edge_time=edge_time, time_unit="s"), placement, microbatches
+
+
+def in_flight(result, graph: OpGraph, placement: np.ndarray, device_index: int) -> int:
+    """Most micro-batches at once whose forward started on the device and whose backward there has not finished."""
+    forward = np.flatnonzero((placement == device_index) & ~graph.is_backward)
+    backward = np.flatnonzero((placement == device_index) & graph.is_backward)
+    if forward.size == 0 or backward.size == 0:
+        return 0
+    begin = result.microbatch_start[:, forward].min(axis=1)
+    end = result.microbatch_finish[:, backward].max(axis=1)
+    return max(int(np.sum((begin <= t) & (t < end))) for t in begin)
+
+
+@RANDOM
+@given(pipeline_chains())
+def test_1f1b_keeps_at_most_the_stages_ahead_in_flight(problem):
+    # stage r of p keeps at most min(M, p - r) micro-batches in flight, whatever M is; GPipe
+    # may keep all M. With one block per device interleaved 1F1B is 1F1B exactly.
+    graph, cluster, costs, placement, microbatches = problem
+    one_f_one_b = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches, schedule="1f1b", record=True)
+    stages = cluster.num_devices
+    for d in range(stages):
+        assert in_flight(one_f_one_b, graph, placement, d) <= min(microbatches, stages - d)
+    interleaved = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches, schedule="interleaved-1f1b", record=True)
+    assert interleaved.microbatch_start.tolist() == one_f_one_b.microbatch_start.tolist()
+    assert interleaved.activation_memory.tolist() == one_f_one_b.activation_memory.tolist()
