@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
+from rlplace.schedules import SCHEDULES
 
 from .ledger import MemoryLedger
 from .observation import ObservationEncoder, StaticObservation
@@ -88,7 +89,9 @@ class PlacementEnv(gym.Env):
         models: MODEL specs (see ``rlplace.envs.specs``) or one spec; default: the built-in
             synthetic graphs.
         clusters: cluster specs or one spec; default: the built-in presets.
-        objective: ``latency``, ``pipelined`` (with ``microbatches``) or ``throughput``.
+        objective: ``latency``, ``pipelined`` (with ``microbatches`` and ``schedule``, one of
+            ``rlplace.schedules.SCHEDULES``: the objective is the step time under that pipeline
+            schedule) or ``throughput``.
         max_nodes, max_devices, max_edges: padding sizes (``max_edges`` defaults to 4 * max_nodes;
             a graph with more group edges shows the heaviest ones).
         action_form: ``one-shot`` or ``sequential``.
@@ -113,6 +116,7 @@ class PlacementEnv(gym.Env):
         *,
         objective: str = "latency",
         microbatches: int = 1,
+        schedule: str = "gpipe",
         max_nodes: int = 128,
         max_devices: int = 8,
         max_edges: int | None = None,
@@ -125,6 +129,7 @@ class PlacementEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         _check_choice("objective", objective, OBJECTIVES)
+        _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("action_form", action_form, ACTION_FORMS)
         _check_choice("oom_mode", oom_mode, OOM_MODES)
         _check_choice("memory_mask", memory_mask, MEMORY_MASKS)
@@ -150,6 +155,7 @@ class PlacementEnv(gym.Env):
         self.pairs: list[list[Cluster]] = pair_table(self.models, self.clusters, max_devices)
         self.objective = objective
         self.microbatches = int(microbatches)
+        self.schedule = schedule
         self.max_nodes = int(max_nodes)
         self.max_devices = int(max_devices)
         self.action_form = action_form
@@ -191,6 +197,7 @@ class PlacementEnv(gym.Env):
                 self.pairs[model][cluster],
                 objective=self.objective,
                 microbatches=self.microbatches,
+                schedule=self.schedule,
                 max_nodes=self.max_nodes,
                 reward_source=self.reward_source,
                 reference_method=self.reference_method,

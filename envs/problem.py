@@ -124,6 +124,7 @@ def build_problem(
     objective: str,
     microbatches: int,
     max_nodes: int,
+    schedule: str = "gpipe",
     reward_source: str | Callable[..., RewardSource] = "simulator",
     reference_method: str = "m-topo",
 ) -> PlacementProblem:
@@ -185,7 +186,7 @@ def build_problem(
         raise RlplaceError(f"graph {graph.name!r} has no work (every op takes 0 time on cluster {cluster.name!r}); nothing to place")
 
     sim_microbatches = microbatches if objective == "pipelined" else 1
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=sim_microbatches)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=sim_microbatches, schedule=schedule)
     source = make_reward_source(reward_source, simulator, graph, cluster, costs, objective=objective, microbatches=sim_microbatches)
     problem = PlacementProblem(
         graph=graph,

@@ -17,6 +17,7 @@ from typing import Any
 from rlplace.errors import RlplaceError
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")  # rlplace.schedules.SCHEDULES, spelled out so the parser imports no numba
 DEFAULT_METHOD = "local-search"
 
 
@@ -43,6 +44,7 @@ def _add_objective_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="FILE", help="calibration profile written by `rlplace calibrate` (replaces the cost model's efficiencies)")
     parser.add_argument("--objective", choices=OBJECTIVES, default=None, help="latency (default for models), pipelined, or throughput (default for dnn-partitioning graphs)")
     parser.add_argument("--microbatches", type=int, default=4, metavar="M", help="micro-batches of the pipelined objective (default 4)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="gpipe", help="pipeline schedule of the pipelined objective (default gpipe)")
 
 
 def build_parser() -> argparse.ArgumentParser:

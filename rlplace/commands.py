@@ -87,7 +87,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     check_constraints(model.graph, costs, placement)
     objective = args.objective or default_objective(model.graph)
     microbatches = args.microbatches if objective == "pipelined" else 1
-    result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=microbatches, record=bool(args.trace))
+    result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=microbatches, schedule=args.schedule, record=bool(args.trace))
     decision = Decision("given", objective, model.graph, cluster, placement, 0.0, result)
     if args.trace:
         from rlplace.trace import write_chrome_trace
@@ -108,7 +108,7 @@ def run_place(args: argparse.Namespace) -> int:
     cluster = _cluster(args, args.cluster, model)
     objective = args.objective or default_objective(model.graph)
     decision = decide(
-        model, cluster, args.method, objective=objective, microbatches=args.microbatches, seed=args.seed,
+        model, cluster, args.method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed,
         max_groups=args.max_groups, record=bool(args.trace or args.plot), method_options=_policy_options(args),
     )
     device_map_text = None
@@ -194,7 +194,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_one(model, cluster, method: str, objective: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
-        decision = decide(model, cluster, method, objective=objective, microbatches=args.microbatches, seed=args.seed, max_groups=args.max_groups)
+        decision = decide(
+            model, cluster, method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed, max_groups=args.max_groups
+        )
     except RlplaceError as error:
         return {"model": model.spec, "cluster": cluster.name, "method": method, "objective": objective, "step_time": None, "error": str(error)}
     row = decision.to_json()

@@ -60,6 +60,9 @@ class Decision:
             "oom": bool(result.oom),
             "overflow_bytes": [float(o) for o in result.overflow_bytes],
             "lower_bound": float(result.lower_bound),
+            "microbatches": result.microbatches,
+            "schedule": result.schedule,
+            "peak_activation_bytes": None if result.activation_memory is None else [float(m) for m in result.activation_memory],
             "busy_time": [float(b) for b in result.busy_time],
             "graph": self.graph.name,
             "cluster": self.cluster.name,
@@ -93,6 +96,7 @@ def decide(
     *,
     objective: str,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     seed: int = 0,
     max_groups: int = 256,
     record: bool = False,
@@ -103,6 +107,8 @@ def decide(
 
     ``keep_whole``: the modules the model declares in ``_no_split_modules`` stay on one device
     (`rlplace.devicemap.keep_modules_whole`); the Decision's graph carries that constraint.
+    ``schedule`` (``pipelined`` only) is the pipeline schedule of the final simulation; the
+    methods themselves score candidate placements in the GPipe order.
     """
     from rlplace.simulate import simulate
 
@@ -143,7 +149,9 @@ def decide(
         started = time.perf_counter()
         placement = finalize(graph, cluster, costs, placement, objective=objective, method=method)
         decide_s += time.perf_counter() - started
-    result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, record=record)
+    result = simulate(
+        graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, schedule=schedule, record=record
+    )
     return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening)
 
 

@@ -1,7 +1,8 @@
 """Chrome trace export of a simulated schedule (opens in Perfetto and chrome://tracing).
 
 Layout: one process per device (named after it); in it thread 0 is the device's compute
-(one ``ph: "X"`` complete event per op and micro-batch) and thread ``1 + b`` is the link from
+(one ``ph: "X"`` complete event per op and micro-batch, ``args.microbatch`` naming it; every
+micro-batch is drawn, in the order the pipeline schedule, ``otherData.schedule``, ran them) and thread ``1 + b`` is the link from
 this device to device ``b`` (one event per transfer; a link carries one transfer at a time,
 so events on a track never overlap). Process and thread names come as ``ph: "M"`` metadata
 events. Times are microseconds (``ts``, ``dur``), converted from the graph's time unit
@@ -73,6 +74,7 @@ def chrome_trace(result: SimResult, graph: OpGraph, cluster: Cluster) -> dict[st
             "cluster": cluster.name,
             "objective": result.objective,
             "microbatches": result.microbatches,
+            "schedule": result.schedule,
             "step_time": float(result.step_time),
             "time_unit": result.time_unit,
             "microseconds_per_time_unit": scale,

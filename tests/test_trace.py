@@ -99,3 +99,40 @@ def test_unrecorded_schedule_is_refused(tmp_path):
     with pytest.raises(RlplaceError, match="record=True"):
         write_chrome_trace(result, graph, cluster, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_simulate_with_a_schedule_reports_it_and_traces_every_microbatch(tmp_path, capsys):
+    from rlplace.cli import main
+
+    graph, _, _ = problem()
+    graph_file = tmp_path / "g.json"
+    graph.save(graph_file)
+    placement = tmp_path / "p.json"
+    placement.write_text("[0, 1, 1, 0]")
+    trace = tmp_path / "t.json"
+    args = ["simulate", str(graph_file), "--placement", str(placement), "--cluster", "2xV100-pcie", "--objective", "pipelined", "--microbatches", "3"]
+    assert main([*args, "--schedule", "1f1b", "--json", "--trace", str(trace)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["schedule"], out["microbatches"]) == ("1f1b", 3)
+    assert len(out["peak_activation_bytes"]) == 2
+    data = json.loads(trace.read_text())
+    assert data["otherData"]["schedule"] == "1f1b"
+    ops = op_events(data["traceEvents"])
+    assert sorted((e["args"]["op"], e["args"]["microbatch"]) for e in ops) == [(op, mb) for op in range(4) for mb in range(3)]
+
+
+def test_the_env_takes_the_schedule_as_part_of_the_objective():
+    import gymnasium as gym
+
+    import rlplace.envs  # noqa: F401  (registers rlplace/Placement-v0)
+    from rlplace.errors import RlplaceError
+    from rlplace.synthetic import synthetic_graph
+
+    graph = synthetic_graph("layered", n=15, seed=0, training=True)
+    devices = [Device(f"gpu{i}", "custom", "accelerator", 10e12, 10e12, 16 * 2**30, 900e9) for i in range(2)]
+    cluster = Cluster.build("two", devices, intra_host=(10e9, 1e-5))
+    env = gym.make("rlplace/Placement-v0", models=[graph], clusters=[cluster], objective="pipelined", microbatches=4, schedule="1f1b").unwrapped
+    simulator = env.problem(0, 0).simulator
+    assert (simulator.schedule, simulator.microbatches) == ("1f1b", 4)
+    with pytest.raises(RlplaceError, match="unknown schedule"):
+        gym.make("rlplace/Placement-v0", models=[graph], clusters=[cluster], objective="pipelined", schedule="zero-bubble")
