@@ -9,7 +9,10 @@ graph on 4 devices on one core; ``--python`` also times the same event loop inte
 CPython (``NUMBA_DISABLE_JIT=1`` in a subprocess), i.e. what a plain-Python simulator of this
 model costs.
 
-    python benchmarks/bench_simulate.py [--sizes 1000 10000] [--repeats 200] [--python]
+Then, for the ``pipelined`` objective with M micro-batches, `Simulator.step_time` under each
+pipeline schedule.
+
+    python benchmarks/bench_simulate.py [--sizes 1000 10000] [--repeats 200] [--microbatches 4] [--python]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
+from rlplace.schedules import SCHEDULES
 from rlplace.simulate import Simulator
 
 NUM_DEVICES = 4
@@ -84,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--microbatches", type=int, default=4, help="M of the pipelined rows (1: skip them)")
     parser.add_argument("--python", action="store_true", help="also time the interpreted event loop (1,000 ops only; slow)")
     args = parser.parse_args()
     rng = np.random.default_rng(1)
@@ -102,6 +107,18 @@ def main() -> None:
         run_ms = median_ms(simulator.run, placements[: max(1, args.repeats // 4)])
         print(f"{graph.num_ops:>7} {graph.num_edges:>7} {init_ms:>8.1f} {step_ms:>13.3f} {graph.num_ops / step_ms * 1e3:>12,.0f} {score_ms:>9.3f} {run_ms:>8.3f}")
     print("target (issue 2): step_time <= 0.5 ms median at 1,000 ops on one core")
+    if args.microbatches > 1:
+        print(f"pipelined, M = {args.microbatches}: step_time ms per schedule (1f1b and interleaved-1f1b build the placement's order per call)")
+        for size in args.sizes:
+            graph = training_like_graph(size)
+            cluster = four_gpus()
+            costs = CostTable.build(graph, cluster)
+            placements = [rng.integers(0, NUM_DEVICES, graph.num_ops) for _ in range(max(1, args.repeats // 4))]
+            cells = []
+            for schedule in SCHEDULES:
+                simulator = Simulator(graph, cluster, costs, objective="pipelined", microbatches=args.microbatches, schedule=schedule)
+                cells.append(f"{schedule} {median_ms(simulator.step_time, placements):.3f}")
+            print(f"{graph.num_ops:>7}  " + "  ".join(cells))
     if args.python:
         code = (
             "import time, numpy as np, statistics;"
