@@ -1,10 +1,10 @@
 """Chrome trace export of a simulated schedule (opens in Perfetto and chrome://tracing).
 
 Layout: one process per device (named after it); in it thread 0 is the device's compute
-(one ``ph: "X"`` complete event per op and micro-batch, ``args.microbatch`` naming it; every
-micro-batch is drawn, in the order the pipeline schedule, ``otherData.schedule``, ran them) and thread ``1 + b`` is the link from
-this device to device ``b`` (one event per transfer; a link carries one transfer at a time,
-so events on a track never overlap). Process and thread names come as ``ph: "M"`` metadata
+(one ``ph: "X"`` complete event per op and micro-batch, ``args.microbatch`` naming it: every
+micro-batch is drawn where the pipeline schedule, ``otherData.schedule``, ran it) and thread
+``1 + b`` is the link from this device to device ``b`` (one event per transfer; a link
+carries one transfer at a time, so events on a track never overlap). Process and thread names come as ``ph: "M"`` metadata
 events. Times are microseconds (``ts``, ``dur``), converted from the graph's time unit
 (seconds for analytic graphs; a unit the converter does not know, such as the
 dnn-partitioning files' ``"unit"``, is drawn as if it were seconds and named in
