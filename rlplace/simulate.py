@@ -376,15 +376,17 @@ class Simulator:
 
     def order(self, placement: np.ndarray | Sequence[int]) -> Order:
         """The schedule's `Order` for ``placement`` (lanes, slots, gates; see `rlplace.schedules`)."""
+        return self._order(self._placement(placement))
+
+    def _order(self, p: np.ndarray) -> Order:
         if self._fixed_order is not None:
             return self._fixed_order
         assert self.schedule is not None
-        p = self._placement(placement)
         return pipeline_order(self.schedule, p, self._is_backward, self._pred_ptr, self._pred_op, self.microbatches, self.num_devices)
 
     def _schedule_args(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> tuple:
         """Arguments shared by the makespan-only and the recording schedule kernels."""
-        order = self._fixed_order if self._fixed_order is not None else self.order(p)
+        order = self._order(p)
         return (
             self.num_ops,
             self.microbatches,
