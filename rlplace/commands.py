@@ -101,7 +101,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_place(args: argparse.Namespace) -> int:
-    for path in (args.out, args.device_map, args.trace, args.plot):
+    for path in (args.out, args.device_map, args.split_spec, args.trace, args.plot):
         check_output_path(path)
     require_positive("--microbatches", args.microbatches)
     model = _load(args, args.model)
@@ -116,6 +116,12 @@ def run_place(args: argparse.Namespace) -> int:
         if decision.coarsening is None and model.module is None:
             raise RlplaceError("--device-map needs a PyTorch model (file.py:function or zoo:NAME)")
         device_map_text = json.dumps(_device_map(decision), indent=1)
+    split_spec_text = None
+    if args.split_spec:
+        from rlplace.runtime.stages import split_spec
+
+        spec = split_spec(decision.graph, decision.placement, cluster, microbatches=args.microbatches, schedule=getattr(args, "schedule", None) or "gpipe", module=model.module)
+        split_spec_text = json.dumps(spec.to_json(), indent=1)
     plot_bytes = None
     if args.plot:
         from rlplace.plot import placement_png
@@ -126,6 +132,8 @@ def run_place(args: argparse.Namespace) -> int:
         write_text_atomic(args.out, json.dumps(decision.to_json()))
     if device_map_text is not None:
         write_text_atomic(args.device_map, device_map_text)
+    if split_spec_text is not None:
+        write_text_atomic(args.split_spec, split_spec_text)
     if args.trace:
         from rlplace.trace import write_chrome_trace
 
@@ -229,6 +237,12 @@ def run_measure(args: argparse.Namespace) -> int:
     from rlplace.measure.cli import run_measure_command
 
     return run_measure_command(args)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from rlplace.runtime.run import run_run_command
+
+    return run_run_command(args)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

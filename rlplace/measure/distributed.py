@@ -385,8 +385,13 @@ def launch_job(
     nice: int | None = None,
     python: str | None = None,
     keep_awake: bool | None = None,
+    module: str = "rlplace.measure.distributed",
 ) -> dict[str, Any]:
     """Run ``job`` (a JSON-able dict) with one local subprocess per rank; return rank 0's result.
+
+    ``module`` is the rank entry point (``python -m MODULE --job JOB --out DIR``, with the
+    ``main`` contract of this module: rank 0 writes DIR/result.json, a failing rank
+    DIR/error-<rank>.txt); `rlplace.runtime.worker` runs pipelines through it.
 
     ``nice`` sets the ranks' CPU priority (negative values need root; see `_apply_priority`).
     ``keep_awake`` keeps the host's cores from halting while the ranks run
@@ -421,7 +426,7 @@ def launch_job(
                     environment.setdefault(variable, value)
                 if nice is not None:
                     environment[NICE_VARIABLE] = str(nice)
-                command = [python or sys.executable, "-m", "rlplace.measure.distributed", "--job", str(job_file), "--out", str(out)]
+                command = [python or sys.executable, "-m", module, "--job", str(job_file), "--out", str(out)]
                 with (Path(folder) / f"stderr-{rank}.txt").open("wb") as stderr:  # a file: a full pipe would block the rank
                     processes.append(subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
             _wait(processes, timeout_s, out)
