@@ -226,7 +226,7 @@ def stage_runs(graph: OpGraph, placement: np.ndarray, *, interleaved: bool = Fal
         return runs
     again = next(s for s in range(len(devices)) if devices[s] in devices[:s])
     op = graph.names[sequence[runs[again][0]]]
-    detail = "" if not looped else " (a looped stage order: run it with --schedule interleaved-1f1b)"
+    detail = f" (a looped order of {len(devices)} stages: run it with --schedule interleaved-1f1b)" if looped and len(devices) <= 8 * width else ""
     raise RlplaceError(
         f"placement is not a contiguous stage placement: device {devices[again]} runs stage {again} "
         f"(from op {op!r}) after other devices ran ops since its earlier stage{detail}; "
@@ -266,7 +266,7 @@ def snap_cuts(graph: OpGraph, runs: Sequence[tuple[int, int, int]], module: Any 
 def snapped_placement(graph: OpGraph, positions: Sequence[int], stage_devices: Sequence[int]) -> np.ndarray:
     """(n,) placement torch runs: forward op at sequence position p on the device of the stage
     holding p (cuts before ``positions``); inputs with stage 0; every colocation class with its
-    forward op; backward ops outside classes with their consumers."""
+    forward op; gradient sums outside classes where their contributions arrive."""
     from rlplace.measure.assign import executed_placement
 
     sequence = forward_sequence(graph)
@@ -281,7 +281,17 @@ def snapped_placement(graph: OpGraph, positions: Sequence[int], stage_devices: S
     for op in range(graph.num_ops):
         if graph.is_backward[op] and graph.coloc[op] != NO_CLASS and int(graph.coloc[op]) in class_device:
             placement[op] = class_device[int(graph.coloc[op])]
-    return executed_placement(graph, placement)
+    # Sums that accumulate a gradient from several users (outside classes): autograd adds the
+    # contributions on the stage that received the forward value, where they arrive, before
+    # sending one gradient back; so each takes the device of its last backward input (in
+    # graph order, so chains of sums follow), else its consumer's (`executed_placement`).
+    placement = executed_placement(graph, placement)
+    predecessors = graph.predecessors()
+    for op in np.flatnonzero(graph.is_backward & (graph.coloc == NO_CLASS)):
+        inputs = [int(p) for p in predecessors[op] if graph.is_backward[p]]
+        if inputs:
+            placement[op] = placement[max(inputs)]
+    return placement
 
 
 def split_spec(
