@@ -98,7 +98,7 @@ def test_cut_inside_a_leaf_module_snaps_to_its_boundary_and_is_simulated() -> No
 def test_non_contiguous_placement_is_one_clear_error() -> None:
     _, module, _, graph = captured(MLP)
     placement = by_module(graph, ("2", "3"))  # devices 0, 1, 0 along the forward pass
-    with pytest.raises(RlplaceError, match="not a contiguous stage placement.*--stages"):
+    with pytest.raises(RlplaceError, match=r"not a contiguous stage placement.*--stages"):
         split_spec(graph, placement, local_cpu_cluster(2), module=module)
 
 
@@ -162,7 +162,7 @@ def test_a_failing_rank_is_one_error_and_leaves_no_process() -> None:
     recipe, module, _, graph = captured(MLP)
     spec = split_spec(graph, by_module(graph, ("2", "3", "4")), local_cpu_cluster(2), microbatches=2, module=module, simulate_steps=False)
     broken = SplitSpec({"no_such_module": "SplitPoint.BEGINNING"}, spec.stage_devices, spec.device_names, 2, "gpipe", 0, spec.placement)
-    with pytest.raises(MeasureFailure, match="rank [01] failed: AttributeError"):
+    with pytest.raises(MeasureFailure, match=r"rank [01] failed: AttributeError"):
         run_pipeline(recipe, broken, steps=1, warmup=0, optimizer="sgd", timeout_s=90)
     assert no_children_left()
 

@@ -23,6 +23,7 @@ torch's stages run them; ops outside any class follow `rlplace.measure.assign.ex
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,7 +243,7 @@ def snap_cuts(graph: OpGraph, runs: Sequence[tuple[int, int, int]], module: Any 
     chosen: list[Boundary] = []
     moved_total = 0
     previous = 0
-    for left, right in zip(runs[:-1], runs[1:], strict=True):
+    for left, right in itertools.pairwise(runs):
         low, high = left[1] + 1, right[0]  # any cut in [low, high] moves no anchor
 
         def moved(b: Boundary, low: int = low, high: int = high) -> int:
