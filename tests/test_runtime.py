@@ -143,7 +143,11 @@ def test_gpipe_mlp_on_two_gloo_ranks_matches_the_unpipelined_step() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "schedule"), [(MLP, "1f1b"), (TRANSFORMER, "gpipe"), (TRANSFORMER, "1f1b"), (TRANSFORMER, "interleaved-1f1b")])
+@pytest.mark.parametrize(
+    ("model", "schedule"),
+    [(MLP, "1f1b"), (TRANSFORMER, "gpipe"), (TRANSFORMER, "1f1b"), (TRANSFORMER, "interleaved-1f1b")],
+    ids=["mlp-1f1b", "transformer-gpipe", "transformer-1f1b", "transformer-interleaved-1f1b"],
+)
 def test_schedules_match_the_unpipelined_step(model: str, schedule: str) -> None:
     recipe, module, _, graph = captured(model)
     if model == MLP:
