@@ -184,3 +184,22 @@ def test_cli_run_prints_measured_beside_simulated(tmp_path: Path, capsys: pytest
     assert len(payload["step_times"]) == 2 and payload["measured_step_time"] > 0
     assert payload["simulated_step_time"] == pytest.approx(spec.snapped_step_time)
     assert no_children_left()
+
+
+# ------------------------------------------------------------------ rlplace place --split-spec
+def test_place_writes_the_split_spec_of_a_dp_placement(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    assert main(["place", MLP, "--cluster", "2xV100-pcie", "--method", "dp", "--objective", "pipelined", "--microbatches", "2", "--split-spec", str(out), "--json"]) == 0
+    data = json.loads(out.read_text())
+    assert data["format"] == "rlplace-split-spec" and data["microbatches"] == 2 and data["schedule"] == "gpipe"
+    assert data["num_stages"] == len(data["split_spec"]) + 1 == len(data["stages"])
+    assert set(data["split_spec"].values()) <= {"SplitPoint.BEGINNING", "SplitPoint.END"}
+    assert [stage["device_name"] for stage in data["stages"]] == [data["device_names"][stage["device"]] for stage in data["stages"]]
+
+
+def test_place_split_spec_of_a_non_contiguous_method_is_exit_2_and_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "split.json"
+    assert main(["place", MLP, "--cluster", "2xV100-pcie", "--method", "round-robin", "--split-spec", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a contiguous stage placement" in err[0]
+    assert not out.exists()
