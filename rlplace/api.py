@@ -80,13 +80,21 @@ class PlacementResult:
         keys = list(self.module.state_dict()) if self.module is not None else None
         return module_device_map(self.graph, self.placement, self.cluster, state_dict_keys=keys)
 
-    def split_spec(self) -> Any:
-        """The torch.distributed.pipelining split spec of a stage placement (`rlplace.runtime`)."""
-        try:
-            from rlplace.runtime import split_spec  # type: ignore[attr-defined]
-        except ImportError:
-            raise RlplaceError("split specs need rlplace.runtime, which this build of rlplace does not have yet") from None
-        return split_spec(self.decision)
+    def split_spec(self, *, microbatches: int | None = None, schedule: str | None = None) -> Any:
+        """The torch.distributed.pipelining split spec of a stage placement
+        (`rlplace.runtime.SplitSpec`: ``.to_json()`` is the ``--split-spec`` file,
+        ``.torch_split_spec()`` what ``pipeline()`` takes). Micro-batches and schedule default
+        to the decision's; a graph not captured from a module, or a placement that is not
+        contiguous stages, is an `RlplaceError`."""
+        from rlplace.runtime import split_spec
+
+        result = self.decision.result
+        return split_spec(
+            self.graph, self.placement, self.cluster,
+            microbatches=microbatches or int(getattr(result, "microbatches", 1) or 1),
+            schedule=schedule or str(getattr(result, "schedule", None) or "gpipe"),
+            module=self.module,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The ``rlplace place --json`` object."""

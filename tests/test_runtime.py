@@ -203,3 +203,13 @@ def test_place_split_spec_of_a_non_contiguous_method_is_exit_2_and_no_file(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a contiguous stage placement" in err[0]
     assert not out.exists()
+
+
+def test_python_api_result_gives_the_split_spec() -> None:
+    import rlplace
+
+    _, module, inputs, _ = captured(MLP)
+    result = rlplace.place(module, inputs, cluster="2xV100-pcie", method="dp", objective="pipelined", microbatches=2)
+    spec = result.split_spec()
+    assert spec.microbatches == 2 and spec.num_stages == len(spec.split_points) + 1
+    assert spec.placement.shape == result.placement.shape and spec.device_names == tuple(result.cluster.device_names)
