@@ -340,17 +340,9 @@ def split_spec(
 
 
 def simulate_pipelined(graph: OpGraph, cluster: Cluster, costs: CostTable, placement: np.ndarray, microbatches: int, schedule: str) -> tuple[float, str]:
-    """Simulated step time (s) under the pipelined objective and the schedule simulated.
-
-    Uses ``simulate(..., schedule=...)`` when the simulator takes schedules; otherwise its
-    one order (GPipe) and says so in the returned schedule name.
-    """
-    import inspect
-
+    """Simulated step time (s) of ``placement`` under the pipelined objective and ``schedule``,
+    and the schedule simulated (always ``schedule``; kept in the spec for readers of old files)."""
     from rlplace.simulate import simulate
 
-    if "schedule" in inspect.signature(simulate).parameters:
-        result = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches, schedule=schedule)  # type: ignore[call-arg]
-        return float(result.step_time), schedule
-    result = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches)
-    return float(result.step_time), "gpipe"
+    result = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches, schedule=schedule)
+    return float(result.step_time), schedule
