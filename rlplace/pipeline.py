@@ -33,6 +33,8 @@ class Decision:
         decide_s: wall-clock seconds the method took (coarsening and costing excluded).
         result: the simulator's `SimResult` on the full graph.
         coarsening: the `Coarsening` used, or None when the graph was placed as is.
+        optimal: the method proved the placement optimal in its search space (`MethodResult.optimal`;
+            False when that proof was about a coarsened graph); None when it makes no claim.
     """
 
     method: str
@@ -43,6 +45,7 @@ class Decision:
     decide_s: float
     result: Any
     coarsening: Any = None
+    optimal: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``place --json`` fields of DESIGN.md."""
@@ -68,6 +71,7 @@ class Decision:
             "cluster": self.cluster.name,
             "num_ops": self.graph.num_ops,
             "num_groups": None if self.coarsening is None else int(self.coarsening.graph.num_ops),
+            "optimal": self.optimal,
         }
 
 
@@ -119,6 +123,7 @@ def decide(
         graph = keep_modules_whole(graph, no_split_paths(model.module))
     costs = CostTable.build(graph, cluster)
     coarsening = None
+    optimal: bool | None = None
     if method.startswith("expert:"):
         from rlplace.formats import load_placement_spec
 
@@ -140,6 +145,7 @@ def decide(
         with phase("search", method):
             outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
         decide_s = outcome.decide_s
+        optimal = outcome.optimal if coarsening is None or outcome.optimal is None else False
         placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:
         # Group sizes bound memory only approximately; check the full graph exactly and repair
@@ -152,7 +158,7 @@ def decide(
     result = simulate(
         graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, schedule=schedule, record=record
     )
-    return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening)
+    return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening, optimal)
 
 
 _kernels_loaded = False

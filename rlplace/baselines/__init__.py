@@ -85,11 +85,14 @@ class MethodResult:
         method: the method name.
         placement: (n,) int64 device per op, read-only.
         decide_s: wall-clock seconds of the decision (the ``place`` call, simulator checks included).
+        optimal: proven optimal within the method's search space (``dp``: contiguous splits,
+            see `rlplace.baselines.dp.DpSolution.optimal`); None when the method makes no claim.
     """
 
     method: str
     placement: Placement
     decide_s: float
+    optimal: bool | None = None
 
 
 def check_method_names(names: Iterable[str]) -> None:
@@ -123,6 +126,11 @@ def run_method(
         if module is None:
             raise RlplaceError("accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME), not a graph file")
         placement = place_module(module, graph, cluster, costs, objective=objective, seed=seed)
+    elif name == "dp":
+        from rlplace.baselines.dp import place_with_proof
+
+        placement, optimal = place_with_proof(graph, cluster, costs, objective=objective, seed=seed, **options)
+        return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started, optimal=optimal)
     else:
         placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options)
     return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started)

@@ -69,11 +69,11 @@ from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.placement import Placement, as_placement
 
-#: Pairs of ideals the program may evaluate; about N^2 / 2 for N ideals (measured: 2.0 M pairs
-#: for 2 774 ideals, 90 M for 14 435), at roughly a microsecond each.
-PAIR_BUDGET = 10_000_000
-#: Beyond this many ideals the blocks are linearized (the authors' C++ tool stops at 60 000).
-IDEAL_LIMIT = math.isqrt(2 * PAIR_BUDGET)
+#: Beyond this many ideals the blocks are linearized and the answer is no longer proven
+#: optimal (the authors' C++ tool stops at the same count). The program's work is the number
+#: of pairs of nested ideals it visits: from N - 1 (a chain) to about N^2 / 2 (wide lattices,
+#: e.g. three parallel chains: 59 320 ideals, 4.7e8 pairs, minutes on a 2-core machine).
+IDEAL_LIMIT = 60_000
 #: Longest chain of blocks the linear program runs over (about CHAIN_LIMIT^2 / 2 pairs).
 CHAIN_LIMIT = 1024
 #: Fractions of the memory budget the stage program tries, in turn, until the simulator finds
@@ -139,6 +139,11 @@ class DpSolution:
         linearized: the ideals are prefixes of one topological order of the blocks.
         candidates: ``latency``/``pipelined``: (stages used, memory margin, model value,
             simulated time, simulated bytes over capacity) per candidate the simulator scored.
+        optimal: ``placement`` is proven optimal over contiguous splits for the objective:
+            ``throughput`` solved exactly over every ideal and every device order, and the
+            simulator agrees with the program's value (it does when edge times are given or
+            links are alike). Always False for ``latency``/``pipelined`` (a proxy program).
+        why_not_optimal: one line saying why ``optimal`` is False ("" when it is True).
     """
 
     placement: Placement
@@ -149,18 +154,50 @@ class DpSolution:
     ideal_pairs: int
     linearized: bool
     candidates: tuple[tuple[int, float, float, float, float], ...] = field(default_factory=tuple)
+    optimal: bool = False
+    why_not_optimal: str = ""
 
 
 def place(
-    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    stages: bool = False,
 ) -> Placement:
     """The best contiguous split (module docstring); ``seed`` is unused (deterministic)."""
     del seed
-    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches).placement
+    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=stages).placement
 
 
-def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> DpSolution:
-    """Run the program for ``objective`` and return the placement with the search statistics."""
+def place_with_proof(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    stages: bool = False,
+) -> tuple[Placement, bool]:
+    """`place` and whether the split is proven optimal (`DpSolution.optimal`)."""
+    del seed
+    solution = solve(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=stages)
+    return solution.placement, solution.optimal
+
+
+def solve(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1, stages: bool = False
+) -> DpSolution:
+    """Run the program for ``objective`` and return the placement with the search statistics.
+
+    ``stages``: the placement must stay a contiguous split (`stage_order` is not None): no
+    memory repair that moves single ops after the program; a split that overflows device
+    memory in the simulator raises `RlplaceError` instead.
+    """
     check_objective(objective)
     if costs.op_time.shape != (graph.num_ops, cluster.num_devices):
         raise RlplaceError(
@@ -168,11 +205,58 @@ def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
             f"and cluster {cluster.name!r} {cluster.num_devices} devices; build it with CostTable.build(graph, cluster)"
         )
     if graph.num_ops == 0:
-        return DpSolution(as_placement([], graph, cluster), 0.0, 0.0, 0, 1, 0, False)
+        return DpSolution(as_placement([], graph, cluster), 0.0, 0.0, 0, 1, 0, False, optimal=True)
     blocks = contract_blocks(graph, costs)
     if objective == "throughput":
-        return _solve_throughput(graph, cluster, costs, blocks)
-    return _solve_stages(graph, cluster, costs, blocks, objective, microbatches)
+        return _solve_throughput(graph, cluster, costs, blocks, stages)
+    return _solve_stages(graph, cluster, costs, blocks, objective, microbatches, stages)
+
+
+def stage_order(graph: OpGraph, placement: np.ndarray) -> list[int] | None:
+    """The devices of a contiguous split in stage order, or None if ``placement`` is not one.
+
+    A placement is a contiguous split when its devices can be ordered so that no edge between
+    forward ops goes from a later device to an earlier one (backward ops are free: they run
+    through the stages in reverse). Then listing the forward ops stage by stage, each stage in
+    the graph's order, is a topological order, and each stage is one device's run of it.
+    Ties between devices with no edge between them keep the smaller device index first.
+    """
+    devices = np.asarray(placement, dtype=np.int64)
+    used = sorted(set(devices.tolist()))
+    src, dst = graph.edge_src, graph.edge_dst
+    forward = ~graph.is_backward[src] & ~graph.is_backward[dst]
+    a, b = devices[src[forward]], devices[dst[forward]]
+    cross = {(int(x), int(y)) for x, y in zip(a.tolist(), b.tolist(), strict=True) if x != y}
+    indegree = dict.fromkeys(used, 0)
+    for _, y in cross:
+        indegree[y] += 1
+    ready = [d for d in used if indegree[d] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        d = heapq.heappop(ready)
+        order.append(d)
+        for x, y in cross:
+            if x == d:
+                indegree[y] -= 1
+                if indegree[y] == 0:
+                    heapq.heappush(ready, y)
+    return order if len(order) == len(used) else None
+
+
+def _finish(graph: OpGraph, cluster: Cluster, costs: CostTable, placement: np.ndarray, *, objective: str, simulator, stages: bool) -> Placement:
+    """`finalize`, except that in stages mode an overflowing split is an error, not repaired."""
+    if stages:
+        result = as_placement(placement, graph, cluster)
+        over = np.asarray(simulator.peak_memory(result), dtype=np.float64) - cluster.memory
+        if np.any(over > 0):
+            device = int(np.argmax(over))
+            raise RlplaceError(
+                f"dp --stages: the best contiguous split of graph {graph.name!r} overflows device {cluster.device_names[device]} "
+                f"by {float(over[device]):.4g} bytes in the simulator; use more or larger devices, or drop --stages"
+            )
+        return finalize(graph, cluster, costs, result, objective=objective, method="dp", simulator=simulator)
+    return finalize(graph, cluster, costs, placement, objective=objective, method="dp", simulator=simulator)
 
 
 # ---------------------------------------------------------------------------------- blocks
@@ -354,6 +438,7 @@ class _Devices:
 
     members: tuple[tuple[int, ...], ...]
     prev_state: np.ndarray
+    every_order: bool = True
 
     @property
     def representative(self) -> list[int]:
@@ -368,7 +453,7 @@ def _kinds(cluster: Cluster, costs: CostTable, budget: np.ndarray) -> _Devices:
     members = tuple(tuple(g) for g in groups.values())
     states = math.prod(len(g) + 1 for g in members)
     if states > MAX_DEVICE_STATES:
-        return _sequence(tuple(range(cluster.num_devices)))
+        return _sequence(tuple(range(cluster.num_devices)), every_order=False)
     strides = np.cumprod([1] + [len(g) + 1 for g in members[:-1]])
     prev = np.full((states, len(members)), -1, dtype=np.int64)
     for s in range(states):
@@ -378,13 +463,23 @@ def _kinds(cluster: Cluster, costs: CostTable, budget: np.ndarray) -> _Devices:
     return _Devices(members=members, prev_state=prev)
 
 
-def _sequence(order: tuple[int, ...]) -> _Devices:
-    """Devices taken in the given order: state s = the first s devices."""
+def _state_devices(prev_state: np.ndarray) -> np.ndarray:
+    """(S,) int64, number of devices in each state (state 0 has none)."""
+    count = np.zeros(prev_state.shape[0], dtype=np.int64)
+    for s in range(1, prev_state.shape[0]):
+        p = int(prev_state[s][prev_state[s] >= 0][0])
+        count[s] = count[p] + 1
+    return count
+
+
+def _sequence(order: tuple[int, ...], *, every_order: bool = True) -> _Devices:
+    """Devices taken in the given order: state s = the first s devices (``every_order``:
+    the caller knows no other order can do better)."""
     k = len(order)
     prev = np.full((k + 1, k), -1, dtype=np.int64)
     for s in range(1, k + 1):
         prev[s, s - 1] = s - 1
-    return _Devices(members=tuple((d,) for d in order), prev_state=prev)
+    return _Devices(members=tuple((d,) for d in order), prev_state=prev, every_order=every_order)
 
 
 # ------------------------------------------------------------------------------- program
@@ -434,6 +529,7 @@ def _run_program(
         kind_cap,
         kind_pays,
         devices.prev_state,
+        _state_devices(devices.prev_state),
         blocks.of_op,
         out_ptr,
         out_block,
@@ -474,8 +570,9 @@ def _infeasible(graph: OpGraph, cluster: Cluster, objective: str) -> RlplaceErro
     )
 
 
-def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks) -> DpSolution:
+def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, stages: bool) -> DpSolution:
     lattice = enumerate_ideals(blocks)
+    exact_ideals = lattice is not None
     if lattice is None:
         blocks = chain_segments(blocks, costs)
         lattice = chain_ideals(blocks.num_blocks)
@@ -488,19 +585,30 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
     if not math.isfinite(value):
         raise _infeasible(graph, cluster, "throughput")
     simulator = make_simulator(graph, cluster, costs, "throughput")
-    placement = finalize(graph, cluster, costs, _backtrack(program, lattice, blocks, devices, full_state), objective="throughput", method="dp", simulator=simulator)
+    placement = _finish(graph, cluster, costs, _backtrack(program, lattice, blocks, devices, full_state), objective="throughput", simulator=simulator, stages=stages)
+    step_time = float(simulator.step_time(placement))
+    if not exact_ideals:
+        why = f"more than {IDEAL_LIMIT} ideals: blocks linearized, exact only over splits of one topological order"
+    elif not devices.every_order:
+        why = f"more than {MAX_DEVICE_STATES} device-count states: devices taken in cluster order"
+    elif not math.isclose(step_time, value, rel_tol=1e-9, abs_tol=1e-12):
+        why = f"the simulator's max-load {step_time:.6g} differs from the program's {value:.6g} (unequal links or a memory repair)"
+    else:
+        why = ""
     return DpSolution(
         placement=placement,
         model_value=value,
-        step_time=float(simulator.step_time(placement)),
+        step_time=step_time,
         num_blocks=blocks.num_blocks,
         num_ideals=lattice.num_ideals,
         ideal_pairs=program.pairs,
         linearized=lattice.linearized,
+        optimal=not why,
+        why_not_optimal=why,
     )
 
 
-def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int) -> DpSolution:
+def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int, stages: bool) -> DpSolution:
     from rlplace.simulate import Simulator
 
     blocks = chain_segments(blocks, costs)
@@ -536,7 +644,7 @@ def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Bl
             break
     if best_placement is None:
         raise _infeasible(graph, cluster, objective)
-    placement = finalize(graph, cluster, costs, best_placement, objective=objective, method="dp", simulator=simulator)
+    placement = _finish(graph, cluster, costs, best_placement, objective=objective, simulator=simulator, stages=stages)
     return DpSolution(
         placement=placement,
         model_value=best_value,
@@ -546,6 +654,8 @@ def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Bl
         ideal_pairs=pairs,
         linearized=True,
         candidates=tuple(candidates),
+        optimal=False,
+        why_not_optimal=f"{objective}: the program minimizes the largest stage cost, a proxy the simulator's candidates are scored by",
     )
 
 
@@ -582,21 +692,54 @@ def _transfer_change(u, block, words, larger, smaller, op_block, out_ptr, out_bl
 
 
 @njit(cache=True)
+def _whole_ideals(words, down_ptr, down_sub, down_block, block_time, block_size, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op):
+    """Time (N, T), size (N,) and transfer cost (N,) of every ideal taken as one set, built up
+    the Hasse diagram (ideals come in nondecreasing size, so the smaller one is done first)."""
+    num_ideals = words.shape[0]
+    num_kinds = block_time.shape[1]
+    time = np.zeros((num_ideals, num_kinds))
+    size = np.zeros(num_ideals)
+    comm = np.zeros(num_ideals)
+    for ideal in range(1, num_ideals):
+        e = down_ptr[ideal]
+        sub, block = down_sub[e], down_block[e]
+        for t in range(num_kinds):
+            time[ideal, t] = time[sub, t] + block_time[block, t]
+        size[ideal] = size[sub] + block_size[block]
+        delta = 0.0
+        for x in range(touch_ptr[block], touch_ptr[block + 1]):
+            delta += _transfer_change(touch_op[x], block, words, sub, 0, op_block, out_ptr, out_block, out_cost)
+        comm[ideal] = comm[sub] + delta
+    return time, size, comm
+
+
+@njit(cache=True)
 def _split_program(
-    words, down_ptr, down_sub, down_block, block_time, block_size, kind_cap, kind_pays, prev_state, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op
+    words, down_ptr, down_sub, down_block, block_time, block_size, kind_cap, kind_pays, prev_state, state_devices, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op
 ):
     """dp[s, I] over (device states, ideals); see the module docstring.
+
+    Sub-ideals J of I are visited breadth first down the Hasse diagram from I, so the set
+    ``I \\ J`` grows by one block per step and its time, size and transfer cost are updated
+    from the parent's (only ops touching the joining block change). ``J = {}`` (all of I on
+    one device) is scored first from the whole-ideal prefix sums; states of one device need
+    nothing else, and every other state prunes the search below J once ``I \\ J`` takes at
+    least as long as that state's best so far on every kind that can hold it (a set only
+    grows further down, and its time bounds its load from below).
 
     Returns (dp (S, N), choice_kind (S, N), choice_sub (S, N), pairs evaluated). A choice with
     ``choice_sub == I`` leaves the device of that kind unused.
     """
     num_ideals = words.shape[0]
     num_states, num_kinds = prev_state.shape
-    dp = np.full((num_states, num_ideals), np.inf)
-    choice_kind = np.full((num_states, num_ideals), -1, dtype=np.int64)
-    choice_sub = np.full((num_states, num_ideals), -1, dtype=np.int64)
-    for s in range(num_states):
-        dp[s, 0] = 0.0
+    whole_time, whole_size, whole_comm = _whole_ideals(
+        words, down_ptr, down_sub, down_block, block_time, block_size, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op
+    )
+    # Ideal-major layout: the states of one sub-ideal share a cache line in the inner loop.
+    dp = np.full((num_ideals, num_states), np.inf)
+    choice_kind = np.full((num_ideals, num_states), -1, dtype=np.int64)
+    choice_sub = np.full((num_ideals, num_states), -1, dtype=np.int64)
+    dp[0, :] = 0.0
     stamp = np.full(num_ideals, -1, dtype=np.int64)
     queue = np.empty(num_ideals, dtype=np.int64)
     set_time = np.zeros((num_ideals, num_kinds))
@@ -605,11 +748,25 @@ def _split_program(
     best = np.empty(num_states)
     best_kind = np.empty(num_states, dtype=np.int64)
     best_sub = np.empty(num_states, dtype=np.int64)
+    load = np.empty(num_kinds)
     pairs = 0
     for ideal in range(1, num_ideals):
         best[:] = np.inf
         best_kind[:] = -1
         best_sub[:] = -1
+        # J = {}: the whole ideal on the state's last device.
+        for t in range(num_kinds):
+            load[t] = np.inf
+            if whole_size[ideal] <= kind_cap[t]:
+                load[t] = whole_time[ideal, t] + (whole_comm[ideal] if kind_pays[t] else 0.0)
+        for s in range(1, num_states):
+            if state_devices[s] != 1:
+                continue
+            for t in range(num_kinds):
+                if prev_state[s, t] == 0 and load[t] < best[s]:
+                    best[s] = load[t]
+                    best_kind[s] = t
+                    best_sub[s] = 0
         stamp[ideal] = ideal
         queue[0] = ideal
         head, tail = 0, 1
@@ -621,15 +778,18 @@ def _split_program(
             head += 1
             if sub != ideal:
                 pairs += 1
+                for t in range(num_kinds):
+                    load[t] = np.inf
+                    if set_size[sub] <= kind_cap[t]:
+                        load[t] = set_time[sub, t] + (set_comm[sub] if kind_pays[t] else 0.0)
                 for s in range(1, num_states):
+                    if state_devices[s] == 1:
+                        continue
                     for t in range(num_kinds):
                         p = prev_state[s, t]
-                        if p < 0 or set_size[sub] > kind_cap[t]:
+                        if p < 0:
                             continue
-                        load = set_time[sub, t]
-                        if kind_pays[t]:
-                            load += set_comm[sub]
-                        candidate = max(dp[p, sub], load)
+                        candidate = max(dp[sub, p], load[t])
                         if candidate < best[s]:
                             best[s] = candidate
                             best_kind[s] = t
@@ -637,7 +797,8 @@ def _split_program(
             # Below `sub` every set is larger: prune when no kind can take it or beat any best.
             worst = 0.0
             for s in range(1, num_states):
-                worst = max(worst, best[s])
+                if state_devices[s] > 1 and best[s] > worst:
+                    worst = best[s]
             hopeless = True
             for t in range(num_kinds):
                 if set_size[sub] <= kind_cap[t] and set_time[sub, t] < worst:
@@ -663,9 +824,9 @@ def _split_program(
             value, kind, choice = best[s], best_kind[s], best_sub[s]
             for t in range(num_kinds):
                 p = prev_state[s, t]
-                if p >= 0 and dp[p, ideal] <= value:
-                    value, kind, choice = dp[p, ideal], t, ideal
-            dp[s, ideal] = value
-            choice_kind[s, ideal] = kind
-            choice_sub[s, ideal] = choice
-    return dp, choice_kind, choice_sub, pairs
+                if p >= 0 and dp[ideal, p] <= value:
+                    value, kind, choice = dp[ideal, p], t, ideal
+            dp[ideal, s] = value
+            choice_kind[ideal, s] = kind
+            choice_sub[ideal, s] = choice
+    return dp.T.copy(), choice_kind.T.copy(), choice_sub.T.copy(), pairs
