@@ -150,7 +150,9 @@ def run_place(args: argparse.Namespace) -> int:
 
 
 def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options of the ``policy`` method (checkpoint folder, sampled placements); none for baselines."""
+    """Options of the ``policy`` method (checkpoint folder, sampled placements); ``stages`` for dp/local-search."""
+    if args.stages:
+        return _stage_options(args.method)
     if args.method != "policy":
         return {}
     options: dict[str, Any] = {}
@@ -159,6 +161,14 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.samples is not None:
         options["samples"] = require_positive("--samples", args.samples)
     return options
+
+
+def _stage_options(method: str) -> dict[str, Any]:
+    from rlplace.baselines import STAGE_AWARE
+
+    if method not in STAGE_AWARE:
+        raise RlplaceError(f"--stages works with the methods {', '.join(sorted(STAGE_AWARE))}, not {method!r}")
+    return {"stages": True}
 
 
 def _device_map(decision: Decision) -> dict[str, int | str]:
@@ -175,6 +185,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from rlplace.baselines import check_method_names
 
     check_method_names([m for m in methods if not m.startswith("expert:")])
+    if args.stages:
+        for method in methods:
+            _stage_options(method)
     models = [_load(args, spec) for spec in args.models]
     rows: list[dict[str, Any]] = []
     jobs = [(model, cluster_spec) for model in models for cluster_spec in (args.cluster or [None])]
@@ -203,7 +216,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_one(model, cluster, method: str, objective: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         decision = decide(
-            model, cluster, method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed, max_groups=args.max_groups
+            model, cluster, method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed,
+            max_groups=args.max_groups, method_options=_stage_options(method) if args.stages else None,
         )
     except RlplaceError as error:
         return {"model": model.spec, "cluster": cluster.name, "method": method, "objective": objective, "step_time": None, "error": str(error)}

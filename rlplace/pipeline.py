@@ -14,6 +14,7 @@ import numpy as np
 
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
 from rlplace.feedback import compile_phase, phase
 from rlplace.graph import OpGraph
 from rlplace.load import LoadedModel
@@ -142,6 +143,8 @@ def decide(
         options = dict(method_options or {})
         if objective == "pipelined" and method in MICROBATCH_AWARE:
             options["microbatches"] = microbatches
+        if coarsening is not None and method == "local-search":
+            options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
         with phase("search", method):
             outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
         decide_s = outcome.decide_s
@@ -155,10 +158,29 @@ def decide(
         started = time.perf_counter()
         placement = finalize(graph, cluster, costs, placement, objective=objective, method=method)
         decide_s += time.perf_counter() - started
+    if (method_options or {}).get("stages"):
+        from rlplace.baselines.dp import stage_order
+
+        if stage_order(graph, placement) is None:
+            raise RlplaceError(f"{method} --stages: the split of the coarsened graph is not contiguous on the full graph {graph.name!r}; raise --max-groups")
     result = simulate(
         graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, schedule=schedule, record=record
     )
     return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening, optimal)
+
+
+def _full_graph_referee(graph: OpGraph, cluster: Cluster, costs: CostTable, coarsening: Any, objective: str, microbatches: int, schedule: str) -> Any:
+    """(bytes over, step time) of a coarse placement on the full graph, simulated as the decision's final result is."""
+    from rlplace.simulate import Simulator
+
+    pipelined = objective == "pipelined"
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches if pipelined else 1, schedule=schedule if pipelined else "gpipe")
+
+    def referee(coarse: np.ndarray) -> tuple[float, float]:
+        step, overflow = simulator.score(coarsening.expand(coarse))
+        return float(overflow), float(step)
+
+    return referee
 
 
 _kernels_loaded = False

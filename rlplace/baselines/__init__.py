@@ -75,6 +75,8 @@ def _lazy(module_name: str) -> PlaceFunction:
 METHODS: Mapping[str, PlaceFunction] = {name: _lazy(module) for name, module in _MODULES.items()}
 #: Methods that score candidates with the simulator and take ``microbatches=`` for ``pipelined``.
 MICROBATCH_AWARE = frozenset({"dp", "local-search", "random"})
+#: Methods that take ``stages=True`` (a contiguous split, stage k on one device; ``--stages``).
+STAGE_AWARE = frozenset({"dp", "local-search"})
 
 
 @dataclass(frozen=True, eq=False)

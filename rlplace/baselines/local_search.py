@@ -3,7 +3,8 @@
 Start: every fast baseline (``START_METHODS``; those that raise are skipped) is scored by
 `rlplace.simulate.Simulator.score` for the requested objective and the best one is kept
 (less memory overflow first, then smaller step time; the order of ``START_METHODS`` breaks
-ties).
+ties). Starts that take ``microbatches`` (dp) get the search's, so each start is the
+placement that method returns for this very objective.
 
 Search (first improvement, random order, seeded): the neighbourhood is every move of one unit
 to another device that can run it, plus swaps of two units on different devices. Candidates
@@ -14,15 +15,24 @@ taken and a new permutation drawn (and the critical path simulated again). A can
 search cross the plateaus of the max-load objective, at most ``SIDEWAYS_LIMIT`` times in a row.
 When a whole permutation brings nothing, the search restarts from the best placement so far
 with a few random moves applied (a *kick*). It stops after ``evaluations`` simulations (the
-start's included) and returns the best placement seen, so it is never worse than its start.
+start's included) and returns the best placement seen, so it is never worse than its best
+start under the objective it scores (the invariant ``tests/test_dp.py`` checks).
 For ``throughput`` (whose memory model is the static sum the estimate uses) moves that
 break the memory estimate are skipped unsimulated; for the other objectives the simulator's
 overflow decides.
+
+Stages mode (``stages=True``): the start is ``dp``'s contiguous split (``stages=True``) or the
+given ``start``, which must be one (`rlplace.baselines.dp.stage_order`). Its blocks (ops a
+contiguous split keeps whole, `rlplace.baselines.dp.contract_blocks`) are listed stage by
+stage, each stage in block order, which is a topological order of the blocks; the search only
+moves the boundaries between consecutive stages in that list (by 1, 2, 4, ... blocks, every
+stage keeping at least one block), so every placement it tries, and the one it returns, is a
+contiguous split with the start's devices in the start's stage order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -56,22 +66,56 @@ def place(
     evaluations: int = DEFAULT_EVALUATIONS,
     start: np.ndarray | None = None,
     start_methods: Sequence[str] = START_METHODS,
+    stages: bool = False,
+    referee: Callable[[np.ndarray], Score] | None = None,
 ) -> Placement:
     """Improve the best fast baseline (or ``start``, an (n,) placement) by local search;
-    ``microbatches`` sets M of the ``pipelined`` objective the search scores."""
+    ``microbatches`` sets M of the ``pipelined`` objective the search scores; ``stages`` keeps
+    a contiguous split and moves only its stage boundaries (module docstring).
+
+    ``referee``: when ``graph`` stands for a larger one (a coarsened graph), the score
+    (bytes over capacity, step time) of an (n,) placement of ``graph`` on the graph it stands
+    for. The search's result and every start are judged by it and the best is returned (the
+    search's result on ties), so the answer is never worse than a start where it counts.
+    """
     units, budget = prepare(graph, cluster, costs, objective)
     simulator = make_simulator(graph, cluster, costs, objective, microbatches)
+    if stages:
+        from rlplace.baselines.stage_search import search_boundaries
+
+        if start is None:
+            from rlplace.baselines.dp import place as dp_place
+
+            start = np.asarray(dp_place(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=True), dtype=np.int64)
+        best = search_boundaries(graph, costs, simulator, start=start, evaluations=evaluations, seed=seed)
+        best = _refereed(best, [np.asarray(start, dtype=np.int64)], referee)
+        return finalize(graph, cluster, costs, best, objective=objective, method="local-search", simulator=simulator)
     search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations)
     if start is None:
         failures: dict[str, str] = {}
-        starts = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures)
+        starts = start_placements(
+            graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures, microbatches=microbatches
+        )
         if not starts:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
             raise RlplaceError(f"local-search: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     else:
         starts = {"given": np.asarray(start, dtype=np.int64)}
     best = search.run([units.contract(p) for p in starts.values()])
-    return finalize(graph, cluster, costs, units.expand(best), objective=objective, method="local-search", simulator=simulator)
+    result = _refereed(units.expand(best), [units.expand(units.contract(p)) for p in starts.values()], referee)
+    return finalize(graph, cluster, costs, result, objective=objective, method="local-search", simulator=simulator)
+
+
+def _refereed(found: np.ndarray, starts: list[np.ndarray], referee: Callable[[np.ndarray], Score] | None) -> np.ndarray:
+    """``found``, unless the referee scores a start strictly better (then the best such start)."""
+    if referee is None:
+        return found
+    best, best_key = found, tuple(float(v) for v in referee(found))
+    for start in starts:
+        key = tuple(float(v) for v in referee(start))
+        if _better(key, best_key):  # type: ignore[arg-type]
+            best, best_key = start, key
+    return best
 
 
 def start_placements(
@@ -83,17 +127,20 @@ def start_placements(
     seed: int,
     methods: Sequence[str] = START_METHODS,
     failures: dict[str, str] | None = None,
+    microbatches: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped).
+    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped);
+    those of `MICROBATCH_AWARE` get ``microbatches`` for ``pipelined``.
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
-    from rlplace.baselines import METHODS
+    from rlplace.baselines import METHODS, MICROBATCH_AWARE
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
+        options = {"microbatches": microbatches} if objective == "pipelined" and name in MICROBATCH_AWARE else {}
         try:
-            found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed), dtype=np.int64)
+            found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options), dtype=np.int64)
         except RlplaceError as error:
             if failures is not None:
                 failures[name] = str(error)
