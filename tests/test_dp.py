@@ -7,8 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from rlplace.baselines import dp
+from rlplace.baselines import dp, local_search
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
@@ -250,6 +252,57 @@ def test_too_many_ideals_fall_back_to_a_chain() -> None:
     assert solution.linearized and solution.num_ideals == 25
     assert solution.step_time == pytest.approx(solution.model_value)
     assert solution.step_time < sum(1.0 + i for i in range(24)) / 2
+    assert not solution.optimal and "60000 ideals" in solution.why_not_optimal
+
+
+OLD_IDEAL_LIMIT = 4472  # isqrt(2 * 10_000_000): where dp used to linearize
+
+
+def brute_force_pairs(times_a: np.ndarray, times_b: np.ndarray, cost: np.ndarray, size: np.ndarray, memory: float) -> float:
+    """Max-load optimum over contiguous splits of independent pairs a_i -> b_i onto two identical devices.
+
+    An assignment is a bit per op (a_i: bit i, b_i: bit p + i). A split pair pays its edge
+    time on both devices. Two devices are contiguous unless some edge goes 0 -> 1 and another 1 -> 0.
+    """
+    p = times_a.shape[0]
+    masks = np.arange(1 << (2 * p), dtype=np.int64)
+    bits = (masks[:, None] >> np.arange(2 * p)) & 1
+    on_a, on_b = bits[:, :p], bits[:, p:]
+    times = np.concatenate([times_a, times_b])
+    sizes = np.concatenate([size, size])
+    split = on_a != on_b
+    comm = split @ cost
+    load1 = bits @ times + comm
+    load0 = (1 - bits) @ times + comm
+    fits = (bits @ sizes <= memory) & ((1 - bits) @ sizes <= memory)
+    forward = np.any(on_a < on_b, axis=1)
+    backward = np.any(on_a > on_b, axis=1)
+    ok = fits & ~(forward & backward)
+    return float(np.min(np.maximum(load0, load1)[ok]))
+
+
+def test_past_the_old_linearization_limit_dp_is_exact_and_says_so() -> None:
+    # 8 independent pairs a_i -> b_i: 3^8 = 6 561 ideals, past the old limit; 2^16 assignments to brute-force.
+    rng = np.random.default_rng(7)
+    p = 8
+    times_a, times_b = rng.uniform(1.0, 9.0, p), rng.uniform(1.0, 9.0, p)
+    cost, size = rng.uniform(0.1, 3.0, p), rng.integers(1, 5, p).astype(float)
+    ops = [op(f"a{i}", float(times_a[i]), param_bytes=float(size[i])) for i in range(p)]
+    ops += [op(f"b{i}", float(times_b[i]), param_bytes=float(size[i])) for i in range(p)]
+    graph = profiled_graph(ops, [(f"a{i}", f"b{i}", float(cost[i])) for i in range(p)])
+    memory = float(size.sum())  # tight: a device cannot hold everything
+    cluster = dnn_partitioning_cluster(2, 0, memory)
+    solution = dp.solve(graph, cluster, CostTable.build(graph, cluster), objective="throughput")
+    assert solution.num_ideals == 3**p > OLD_IDEAL_LIMIT
+    assert not solution.linearized
+    assert solution.optimal and solution.why_not_optimal == ""
+    assert solution.step_time == pytest.approx(brute_force_pairs(times_a, times_b, cost, size, memory), rel=1e-9)
+
+
+def test_latency_answers_are_not_claimed_optimal() -> None:
+    graph, cluster = random_problem(1)
+    solution = dp.solve(graph, cluster, CostTable.build(graph, cluster), objective="latency")
+    assert not solution.optimal and "proxy" in solution.why_not_optimal
 
 
 def test_long_chains_are_cut_into_balanced_runs() -> None:
@@ -276,6 +329,107 @@ def test_reference_contiguous_optimum(stem: str, reference: float) -> None:
     costs = CostTable.build(problem.graph, problem.cluster)
     solution = dp.solve(problem.graph, problem.cluster, costs, objective="throughput")
     assert not solution.linearized
+    assert solution.optimal, solution.why_not_optimal
     assert abs(solution.step_time - reference) / reference <= 1e-3
     assert solution.step_time == pytest.approx(solution.model_value, rel=1e-9)
     assert np.all(np.bincount(solution.placement, weights=problem.graph.resident_bytes, minlength=problem.cluster.num_devices) <= problem.cluster.memory)
+
+
+@needs_data
+def test_place_json_says_optimal() -> None:
+    from rlplace.load import load_model
+    from rlplace.pipeline import decide
+
+    model = load_model(str(DATA / "graphs" / "bert24_inference__layer.json"))
+    problem = load_dnn_partitioning(DATA / "graphs" / "bert24_inference__layer.json")
+    assert decide(model, problem.cluster, "dp", objective="throughput").to_json()["optimal"] is True
+    assert decide(model, problem.cluster, "m-topo", objective="throughput").to_json()["optimal"] is None
+
+
+# ------------------------------------------------------------------------- local search
+def search_problem(seed: int) -> tuple[OpGraph, Cluster]:
+    """A small training-like chain with skips, colocated forward/backward pairs, 2-3 devices."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 7))
+    ops = [op(f"f{i}", float(rng.uniform(0.5, 5.0)), coloc=i, param_bytes=float(rng.integers(0, 4))) for i in range(n)]
+    ops += [op(f"g{i}", float(rng.uniform(0.5, 8.0)), coloc=i, is_backward=True) for i in range(n)]
+    edges = [(f"f{i}", f"f{i + 1}", float(rng.uniform(0.0, 2.0))) for i in range(n - 1)]
+    edges += [(f"f{i}", f"f{i + 2}", float(rng.uniform(0.0, 2.0))) for i in range(n - 2) if rng.random() < 0.4]
+    edges += [(f"f{n - 1}", f"g{n - 1}", 0.5)] + [(f"g{i + 1}", f"g{i}", float(rng.uniform(0.0, 2.0))) for i in range(n - 1)]
+    graph = profiled_graph(ops, edges, name=f"search{seed}")
+    return graph, dnn_partitioning_cluster(int(rng.integers(2, 4)), 0, 1e9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("objective", ["latency", "pipelined", "throughput"])
+def test_local_search_never_ends_worse_than_its_best_start(seed: int, objective: str) -> None:
+    graph, cluster = search_problem(seed)
+    costs = CostTable.build(graph, cluster)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=4 if objective == "pipelined" else 1)
+    starts = local_search.start_placements(graph, cluster, costs, objective=objective, seed=seed, microbatches=4)
+    assert "dp" in starts
+    best_start = min((float(o), float(t)) for t, o in (simulator.score(p) for p in starts.values()))
+    found = local_search.place(graph, cluster, costs, objective=objective, seed=seed, microbatches=4, evaluations=40)
+    step, over = simulator.score(found)
+    assert (float(over), float(step)) <= (best_start[0], best_start[1] + 1e-12)
+    # dp as the user calls it (same microbatches) is among the starts
+    direct = dp.place(graph, cluster, costs, objective=objective, microbatches=4)
+    assert simulator.step_time(found) <= simulator.step_time(direct) + 1e-12
+
+
+def test_a_referee_that_prefers_a_start_gets_the_start() -> None:
+    graph, cluster = search_problem(0)
+    costs = CostTable.build(graph, cluster)
+    start = np.zeros(graph.num_ops, dtype=np.int64)
+
+    def referee(placement: np.ndarray) -> tuple[float, float]:
+        return 0.0, float(np.count_nonzero(placement))  # the all-on-device-0 start wins every time
+
+    found = local_search.place(graph, cluster, costs, objective="latency", start=start, evaluations=30, referee=referee)
+    assert found.tolist() == start.tolist()
+
+
+# ----------------------------------------------------------------------------- stages
+@st.composite
+def random_dags(draw: st.DrawFn) -> tuple[OpGraph, Cluster]:
+    n = draw(st.integers(2, 9))
+    times = draw(st.lists(st.floats(0.0, 5.0), min_size=n, max_size=n))
+    ops = [op(f"o{i}", t, param_bytes=float(i % 3)) for i, t in enumerate(times)]
+    pairs = [(i, j) for j in range(1, n) for i in range(j)]
+    chosen = draw(st.lists(st.sampled_from(pairs), max_size=2 * n, unique=True)) if pairs else []
+    edges = [(f"o{i}", f"o{j}", draw(st.floats(0.0, 2.0))) for i, j in chosen]
+    k = draw(st.integers(2, 4))
+    return profiled_graph(ops, edges, name="dag"), dnn_partitioning_cluster(k, 0, 1e9)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=random_dags(), objective=st.sampled_from(["latency", "pipelined", "throughput"]))
+def test_stages_mode_yields_contiguous_splits(problem: tuple[OpGraph, Cluster], objective: str) -> None:
+    graph, cluster = problem
+    costs = CostTable.build(graph, cluster)
+    split = dp.place(graph, cluster, costs, objective=objective, microbatches=3, stages=True)
+    order = dp.stage_order(graph, split)
+    assert order is not None and len(set(order)) == len(order)
+    assert contiguous(graph, tuple(split.tolist()), cluster.num_devices)
+    moved = local_search.place(graph, cluster, costs, objective=objective, microbatches=3, stages=True, evaluations=25)
+    assert dp.stage_order(graph, moved) is not None
+    assert contiguous(graph, tuple(moved.tolist()), cluster.num_devices)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=3 if objective == "pipelined" else 1)
+    assert simulator.step_time(moved) <= simulator.step_time(split) + 1e-12
+
+
+def test_stage_order_by_hand() -> None:
+    graph = profiled_graph([op("a", 1), op("b", 1), op("c", 1)], [("a", "b", 1), ("b", "c", 1)])
+    assert dp.stage_order(graph, np.array([2, 0, 0])) == [2, 0]
+    assert dp.stage_order(graph, np.array([0, 1, 0])) is None
+
+
+def test_stage_search_moves_the_boundary_of_a_chain() -> None:
+    # Four equal ops on a chain, start with the cut after the first op: the best cut is in the middle.
+    graph = profiled_graph([op(f"o{i}", 1.0) for i in range(4)], [(f"o{i}", f"o{i + 1}", 0.01) for i in range(3)])
+    cluster = dnn_partitioning_cluster(2, 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    moved = local_search.place(graph, cluster, costs, objective="throughput", stages=True, start=np.array([0, 1, 1, 1]), evaluations=20)
+    assert moved.tolist() == [0, 0, 1, 1]
+    with pytest.raises(RlplaceError, match="not a contiguous split"):
+        local_search.place(graph, cluster, costs, objective="throughput", stages=True, start=np.array([0, 1, 0, 1]), evaluations=5)
