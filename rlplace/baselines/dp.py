@@ -608,7 +608,7 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
     )
 
 
-def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int, stages: bool) -> DpSolution:
+def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int, strict: bool) -> DpSolution:
     from rlplace.simulate import Simulator
 
     blocks = chain_segments(blocks, costs)
@@ -644,7 +644,7 @@ def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Bl
             break
     if best_placement is None:
         raise _infeasible(graph, cluster, objective)
-    placement = _finish(graph, cluster, costs, best_placement, objective=objective, simulator=simulator, stages=stages)
+    placement = _finish(graph, cluster, costs, best_placement, objective=objective, simulator=simulator, stages=strict)
     return DpSolution(
         placement=placement,
         model_value=best_value,
