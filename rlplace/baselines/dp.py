@@ -111,7 +111,7 @@ class IdealLattice:
         words: (N, W) int64, ideal bitsets (bit j of word j // 64), in breadth-first order
             (nondecreasing size; ideal 0 is empty, ideal N-1 holds every block).
         down_ptr: (N + 1,) int64; ``down_sub[down_ptr[i]:down_ptr[i+1]]`` are the ideals
-            one block smaller than ideal i, ``down_block`` the block removed.
+            one block smaller than ideal i, ``down_block`` the block removed (increasing).
         linearized: blocks were chained in one topological order (too many ideals otherwise).
     """
 
@@ -421,7 +421,8 @@ def _lattice(ideals: list[int], hasse: list[tuple[int, int, int]], num_blocks: i
     width = max(1, math.ceil(num_blocks / 64))
     raw = b"".join(ideal.to_bytes(8 * width, "little") for ideal in ideals)
     words = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(len(ideals), width)
-    edges = np.array(sorted(hasse), dtype=np.int64).reshape(-1, 3)
+    # Down edges of each ideal by increasing block: the program stops at the first block too large.
+    edges = np.array(sorted(hasse, key=lambda edge: (edge[0], edge[2])), dtype=np.int64).reshape(-1, 3)
     down_ptr = np.searchsorted(edges[:, 0], np.arange(len(ideals) + 1)).astype(np.int64)
     return IdealLattice(words=words, down_ptr=down_ptr, down_sub=edges[:, 1].copy(), down_block=edges[:, 2].copy(), linearized=linearized)
 
@@ -719,9 +720,12 @@ def _split_program(
 ):
     """dp[s, I] over (device states, ideals); see the module docstring.
 
-    Sub-ideals J of I are visited breadth first down the Hasse diagram from I, so the set
-    ``I \\ J`` grows by one block per step and its time, size and transfer cost are updated
-    from the parent's (only ops touching the joining block change). ``J = {}`` (all of I on
+    Sub-ideals J of I are visited breadth first down the Hasse diagram from I, each exactly
+    once and without a visited set: the set ``D = I \\ J`` only grows by a block smaller
+    than every block already in it (its parent is D less its smallest block, which is again
+    a set of this kind), so a sub-ideal's children are its first down edges, up to the first
+    block not below ``min(D)``. D's time, size and transfer cost are updated from the
+    parent's (only ops touching the joining block change). ``J = {}`` (all of I on
     one device) is scored first from the whole-ideal prefix sums; states of one device need
     nothing else, and every other state prunes the search below J once ``I \\ J`` takes at
     least as long as that state's best so far on every kind that can hold it (a set only
@@ -740,7 +744,7 @@ def _split_program(
     choice_kind = np.full((num_ideals, num_states), -1, dtype=np.int64)
     choice_sub = np.full((num_ideals, num_states), -1, dtype=np.int64)
     dp[0, :] = 0.0
-    stamp = np.full(num_ideals, -1, dtype=np.int64)
+    set_min = np.empty(num_ideals, dtype=np.int64)
     queue = np.empty(num_ideals, dtype=np.int64)
     set_time = np.zeros((num_ideals, num_kinds))
     set_size = np.zeros(num_ideals)
@@ -767,7 +771,7 @@ def _split_program(
                     best[s] = load[t]
                     best_kind[s] = t
                     best_sub[s] = 0
-        stamp[ideal] = ideal
+        set_min[ideal] = words.shape[1] * 64
         queue[0] = ideal
         head, tail = 0, 1
         set_time[ideal, :] = 0.0
@@ -805,12 +809,13 @@ def _split_program(
                     hopeless = False
             if hopeless:
                 continue
+            limit = set_min[sub]
             for e in range(down_ptr[sub], down_ptr[sub + 1]):
-                smaller = down_sub[e]
-                if stamp[smaller] == ideal:
-                    continue
-                stamp[smaller] = ideal
                 block = down_block[e]
+                if block >= limit:
+                    break
+                smaller = down_sub[e]
+                set_min[smaller] = block
                 for t in range(num_kinds):
                     set_time[smaller, t] = set_time[sub, t] + block_time[block, t]
                 set_size[smaller] = set_size[sub] + block_size[block]
