@@ -30,14 +30,21 @@ edge time into D), and ``inf`` when D's resident bytes exceed the device memory 
 cannot run there. With one accelerator kind and one CPU kind this is the paper's
 ``dp[cpus][fpgas][ideal]``. Ideals are enumerated by breadth-first search over downsets held
 as Python integer bitsets; for each ideal I the sub-ideals J are visited by a second search
-down the Hasse diagram, which updates the transfer cost of ``I \\ J`` incrementally (only ops
-touching the block that joins the set change). Edge times are taken as the mean over device
-pairs (exact for imported graphs and for clusters whose links are all alike); the placement
-returned is scored by the simulator. When a graph has more than `IDEAL_LIMIT` ideals, blocks
-are put in one topological order (a chain, whose ideals are its prefixes) and the program is
-exact over splits of that order (`DpSolution.linearized` says so); a chain longer than
-`CHAIN_LIMIT` is first cut into that many runs of consecutive blocks (`chain_segments`). With more than
-`MAX_DEVICE_STATES` (count per kind) states, devices are taken in cluster order.
+down the Hasse diagram, each once without a visited set (`_split_program`), which updates
+the transfer cost of ``I \\ J`` incrementally (only ops touching the block that joins the set
+change). Edge times are taken as the mean over device pairs (exact for imported graphs and for
+clusters whose links are all alike); the placement returned is scored by the simulator, and
+`DpSolution.optimal` is True only when the program was exact and the simulator agrees with
+its value. When a graph has more than `IDEAL_LIMIT` (60 000, the authors' limit) ideals,
+blocks are put in one topological order (a chain, whose ideals are its prefixes) and the
+program is exact over splits of that order only (`DpSolution.linearized`, ``optimal`` False);
+a chain longer than `CHAIN_LIMIT` is first cut into that many runs of consecutive blocks
+(`chain_segments`). With more than `MAX_DEVICE_STATES` (count per kind) states, devices are
+taken in cluster order (``optimal`` False).
+
+**Stages mode** (``stages=True``, ``--stages``): every answer above is already a contiguous
+split (`stage_order` gives its device order); this mode only forbids the final memory repair,
+which moves single ops and so could break contiguity: an overflowing split is an error.
 
 **Latency / pipelined.** The blocks, in one topological order (at most `CHAIN_LIMIT` runs
 of them, `chain_segments`), are cut into at most k consecutive stages, stage j on the j-th
