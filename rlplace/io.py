@@ -167,8 +167,13 @@ def print_json(payload: Any) -> None:
 def write_stdout(text: str) -> None:
     """Write the command's own output: to the stdout `reserved_stdout` kept aside, else to ``sys.stdout``."""
     stream = _reserved[-1] if _reserved else sys.stdout
-    stream.write(text)
-    stream.flush()
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a full disk or a closed terminal: say so in one line
+        raise RlplaceError(f"cannot write to stdout ({exc.strerror})") from None
 
 
 #: Streams `reserved_stdout` keeps for the command's own output (innermost last).
@@ -211,7 +216,8 @@ def reserved_stdout() -> Iterator[None]:
             sys.stdout = original
             _reserved.pop()
             if own is not None:
-                own.close()
+                with contextlib.suppress(OSError):  # already reported by write_stdout
+                    own.close()
 
 
 def _is_fd1(stream: Any) -> bool:
