@@ -88,16 +88,10 @@ DEFAULT_GRAPH_CACHE = "runs/graph-cache"
 
 
 def resolve_cluster_spec(spec: str | Cluster) -> Cluster:
-    """A preset name, a YAML file, or a `GENERATED_CLUSTERS` name -> `Cluster`."""
-    if isinstance(spec, Cluster):
-        return spec
-    if spec in GENERATED_CLUSTERS:
-        from rlplace.cluster_spec import cluster_from_dict
+    """A preset name, a YAML file, or a `GENERATED_CLUSTERS` name -> `Cluster` (`rlplace.load.resolve_cluster`)."""
+    from rlplace.load import resolve_cluster
 
-        return cluster_from_dict({"name": spec, **GENERATED_CLUSTERS[spec]}, source=f"generated cluster {spec}")
-    from rlplace.cluster_spec import load_cluster
-
-    return load_cluster(spec)
+    return resolve_cluster(spec, named=GENERATED_CLUSTERS)
 
 
 def load_graph(spec: str, cache_dir: str | Path | None = DEFAULT_GRAPH_CACHE) -> tuple[OpGraph, Cluster | None]:

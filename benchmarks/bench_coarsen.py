@@ -20,7 +20,7 @@ import numpy as np
 
 from rlplace.coarsen import coarsen
 from rlplace.graph import NO_CLASS
-from rlplace.zoo import zoo_graph
+from rlplace.load import load_model
 
 
 def peak_rss_gb() -> float:
@@ -37,7 +37,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    graph = zoo_graph(args.model, training=True)
+    graph = load_model(args.model).graph
     capture_s, capture_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(
         f"model {args.model}: {graph.num_ops} ops, {graph.num_edges} edges, {graph.flops.sum() / 1e12:.1f} TFLOP per step, backward={graph.meta.get('backward')}"

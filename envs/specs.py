@@ -25,6 +25,9 @@ from typing import Any
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.load import resolve_cluster
+
+__all__ = ["ModelEntry", "builtin_clusters", "builtin_models", "compatible", "pair_table", "resolve_cluster", "resolve_model"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,17 +62,6 @@ def resolve_model(spec: Any) -> ModelEntry:
     if isinstance(graph, OpGraph):  # rlplace.load.LoadedModel
         return ModelEntry(str(getattr(spec, "spec", graph.name)), graph, getattr(spec, "cluster", None))
     raise RlplaceError(f"cannot use {spec!r} as a model: give a MODEL spec string, a .json path, an OpGraph, or an (OpGraph, Cluster) pair")
-
-
-def resolve_cluster(spec: Any) -> Cluster:
-    """One cluster spec (preset name, YAML path or `Cluster`) -> `Cluster`."""
-    if isinstance(spec, Cluster):
-        return spec
-    if isinstance(spec, str | Path):
-        from rlplace.cluster_spec import load_cluster
-
-        return load_cluster(str(spec))
-    raise RlplaceError(f"cannot use {spec!r} as a cluster: give a preset name, a cluster YAML path, or a Cluster")
 
 
 def compatible(graph: OpGraph, cluster: Cluster) -> bool:

@@ -7,14 +7,15 @@ traceback, and no output file written (outputs are written atomically, after the
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 from rlplace.errors import RlplaceError
+from rlplace.interrupt import Terminated, signals_as_exceptions
+from rlplace.io import reserved_stdout
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")  # rlplace.schedules.SCHEDULES, spelled out so the parser imports no numba
@@ -49,7 +50,7 @@ def _add_objective_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rlplace`` command."""
-    parser = argparse.ArgumentParser(prog="rlplace", description="Place the ops of a deep-learning model on a cluster of accelerators.")
+    parser = _Parser(prog="rlplace", description="Place the ops of a deep-learning model on a cluster of accelerators.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     graph = commands.add_parser("graph", help="summarize a model's op graph")
@@ -143,46 +144,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``error: ...`` line and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rlplace`` console script; returns the exit status."""
+    """Entry point of the ``rlplace`` console script; returns the exit status.
+
+    Bad input: one ``error:`` line on stderr, status 2. Ctrl-C: 130; SIGTERM and SIGHUP
+    likewise clean up and give 128 + the signal number (143, 129).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         import train_agent  # installed beside rlplace (pyproject py-modules), so the wheel has it too
 
         return int(train_agent.main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
     try:
-        from rlplace import commands
-        from rlplace.feedback import reporting
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    machine_output = bool(getattr(args, "json", False) or getattr(args, "csv", False))
+    with signals_as_exceptions():
+        try:
+            from rlplace import commands
+            from rlplace.feedback import reporting
 
-        handler = getattr(commands, f"run_{args.command}")
-        with reporting(verbose=getattr(args, "verbose", False)):
-            return int(handler(args) or 0)
-    except RlplaceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader (e.g. `head`) went away; silence the interpreter's own flush error too.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return 0
+            handler = getattr(commands, f"run_{args.command}")
+            with reporting(verbose=getattr(args, "verbose", False)), reserved_stdout() if machine_output else contextlib.nullcontext():
+                return int(handler(args) or 0)
+        except RlplaceError as error:
+            print(f"error: {_one_line(str(error))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Terminated as terminated:
+            print(f"{terminated}", file=sys.stderr)
+            return terminated.exit_status
+        except BrokenPipeError:
+            # The reader (e.g. `head`) went away; silence the interpreter's own flush error too.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            return 0
 
 
-def print_json(payload: Any) -> None:
-    """Print ``payload`` as one JSON document on stdout."""
-    json.dump(payload, sys.stdout, allow_nan=False)
-    sys.stdout.write("\n")
-
-
-def check_output_path(path: str | None) -> None:
-    """Fail before any work if an output file could not be written later."""
-    if path is None:
-        return
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise RlplaceError(f"cannot write {path}: folder {folder} does not exist")
+def _one_line(message: str) -> str:
+    return " ".join(message.split("\n")) if "\n" in message else message
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import yaml
 from rlplace.catalog import CATALOG, catalog_device, lookup_kind
 from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
 from rlplace.errors import RlplaceError
+from rlplace.io import read_text_limited
+from rlplace.limits import MAX_DEVICES, check_count
 from rlplace.units import format_bandwidth, format_bytes, format_duration, format_tflops, parse_bandwidth, parse_bytes, parse_duration, parse_flops
 
 _TOP_KEYS = ("name", "description", "devices", "interconnect", "links")
@@ -154,6 +156,8 @@ def load_cluster(spec: str | Path) -> Cluster:
     if preset is not None:
         return PRESETS[preset]()
     path = Path(text)
+    if path.is_dir():
+        raise RlplaceError(f"cluster {text} is a folder; give a cluster YAML file or a preset name")
     if path.is_file():
         return _load_file(path)
     if path.suffix.lower() in (".yaml", ".yml") or "/" in text:
@@ -167,12 +171,7 @@ def cluster_from_dict(data: Any, source: str = "cluster", *, default_name: str =
 
 
 def _load_file(path: Path) -> Cluster:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RlplaceError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise RlplaceError(f"{path}: not a text file; a cluster spec is YAML") from None
+    text = read_text_limited(path, "cluster YAML file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -229,6 +228,7 @@ class _SpecReader:
         raw_devices = spec["devices"]
         if not isinstance(raw_devices, list) or not raw_devices:
             raise self.error("devices", f"must be a non-empty list of devices, not {_describe(raw_devices)}")
+        check_count(len(raw_devices), MAX_DEVICES, "MAX_DEVICES", f"{self.source}: devices")
         devices = [self.device(item, f"devices[{index}]") for index, item in enumerate(raw_devices)]
         first_use: dict[str, int] = {}
         for index, device in enumerate(devices):

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from rlplace.cli import check_output_path, print_json
 from rlplace.errors import RlplaceError
-from rlplace.io import write_text_atomic
+from rlplace.io import check_output_paths, dumps_finite, print_json, write_outputs, write_stdout
+from rlplace.limits import MAX_DEVICES, MAX_MICROBATCHES, MAX_SAMPLES, MAX_THREADS, check_count, check_seed
 from rlplace.load import load_model, resolve_cluster
 from rlplace.pipeline import Decision, decide, default_objective
 from rlplace.report import console, decision_table, evaluation_table, format_bytes, graph_summary
@@ -27,6 +27,11 @@ def require_positive(name: str, value: int) -> int:
     if value < 1:
         raise RlplaceError(f"{name} must be at least 1 (got {value})")
     return value
+
+
+def check_microbatches(value: int) -> int:
+    """``--microbatches``: 1 to `MAX_MICROBATCHES`."""
+    return check_count(require_positive("--microbatches", value), MAX_MICROBATCHES, "MAX_MICROBATCHES", "--microbatches")
 
 
 def _load(args: argparse.Namespace, spec: str):
@@ -50,13 +55,14 @@ def _cluster(args: argparse.Namespace, spec: str | None, model):
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    check_output_path(args.save)
+    check_output_paths([args.save])
     model = _load(args, args.model)
     summary = graph_summary(model.graph, args.max_groups)
+    printed = dumps_finite(summary, "the graph summary") if args.json else None
     if args.save:
-        model.graph.save(args.save)
-    if args.json:
-        print_json(summary)
+        write_outputs({args.save: dumps_finite(model.graph.to_json_dict(), "the graph")})
+    if printed is not None:
+        write_stdout(printed + "\n")
     else:
         console().print(_graph_text(summary))
     return 0
@@ -78,8 +84,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     from rlplace.placement import check_constraints
     from rlplace.simulate import simulate
 
-    check_output_path(args.trace)
-    require_positive("--microbatches", args.microbatches)
+    check_output_paths([args.trace])
+    check_microbatches(args.microbatches)
     model = _load(args, args.model)
     cluster = _cluster(args, args.cluster, model)
     placement = load_placement_spec(args.placement, model.graph, cluster)
@@ -89,21 +95,49 @@ def run_simulate(args: argparse.Namespace) -> int:
     microbatches = args.microbatches if objective == "pipelined" else 1
     result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=microbatches, schedule=args.schedule, record=bool(args.trace))
     decision = Decision("given", objective, model.graph, cluster, placement, 0.0, result)
-    if args.trace:
-        from rlplace.trace import write_chrome_trace
-
-        write_chrome_trace(result, model.graph, cluster, args.trace)
-    if args.json:
-        print_json(decision.to_json())
+    if result.oom:
+        raise RlplaceError(_over_memory(decision))
+    outputs = _decision_outputs(decision, trace=args.trace)
+    printed = dumps_finite(decision.to_json(), "the result") if args.json else None
+    write_outputs(outputs)
+    if printed is not None:
+        write_stdout(printed + "\n")
     else:
         console().print(decision_table(decision))
     return 0
 
 
+def _over_memory(decision: Decision) -> str:
+    """The error of a given placement that does not fit: the first device over capacity, by how much."""
+    result = decision.result
+    device = int(np.argmax(np.asarray(result.overflow_bytes) > 0))
+    return (
+        f"the placement does not fit: device {decision.cluster.device_names[device]} needs {format_bytes(float(result.peak_memory[device]))} "
+        f"but has {format_bytes(float(result.capacity[device]))} (over by {format_bytes(float(result.overflow_bytes[device]))}); "
+        "move ops off that device"
+    )
+
+
+def _decision_outputs(decision: Decision, *, trace: str | None = None, out: str | None = None) -> dict[str, str]:
+    """The ``--trace`` and ``--out`` files of a decision, as text (nothing written yet)."""
+    outputs: dict[str, str] = {}
+    if out:
+        outputs[out] = dumps_finite(decision.to_json(), f"--out {out}")
+    if trace:
+        from rlplace.trace import chrome_trace
+
+        outputs[trace] = dumps_finite(chrome_trace(decision.result, decision.graph, decision.cluster), f"--trace {trace}")
+    return outputs
+
+
 def run_place(args: argparse.Namespace) -> int:
-    for path in (args.out, args.device_map, args.split_spec, args.trace, args.plot):
-        check_output_path(path)
-    require_positive("--microbatches", args.microbatches)
+    check_output_paths([args.out, args.device_map, args.split_spec, args.trace, args.plot])
+    check_microbatches(args.microbatches)
+    check_seed(args.seed)
+    if args.samples is not None and args.method != "policy":
+        raise RlplaceError(f"--samples applies to the policy method only; method {args.method!r} does not sample (drop --samples)")
+    if args.checkpoint is not None and args.method != "policy":
+        raise RlplaceError(f"--checkpoint applies to the policy method only, not {args.method!r} (drop --checkpoint)")
     model = _load(args, args.model)
     cluster = _cluster(args, args.cluster, model)
     objective = args.objective or default_objective(model.graph)
@@ -111,39 +145,25 @@ def run_place(args: argparse.Namespace) -> int:
         model, cluster, args.method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed,
         max_groups=args.max_groups, record=bool(args.trace or args.plot), method_options=_policy_options(args),
     )
-    device_map_text = None
+    outputs: dict[str, str | bytes] = dict(_decision_outputs(decision, trace=args.trace, out=args.out))
     if args.device_map:
         if decision.coarsening is None and model.module is None:
             raise RlplaceError("--device-map needs a PyTorch model (file.py:function or zoo:NAME)")
-        device_map_text = json.dumps(_device_map(decision), indent=1)
-    split_spec_text = None
+        outputs[args.device_map] = json.dumps(_device_map(decision), indent=1)
     if args.split_spec:
         from rlplace.runtime.stages import split_spec
 
         spec = split_spec(decision.graph, decision.placement, cluster, microbatches=args.microbatches, schedule=getattr(args, "schedule", None) or "gpipe", module=model.module)
-        split_spec_text = json.dumps(spec.to_json(), indent=1)
-    plot_bytes = None
+        outputs[args.split_spec] = json.dumps(spec.to_json(), indent=1)
     if args.plot:
         from rlplace.plot import placement_png
 
-        plot_bytes = placement_png(decision)
-    # Every output is computed above; only now touch the disk.
-    if args.out:
-        write_text_atomic(args.out, json.dumps(decision.to_json()))
-    if device_map_text is not None:
-        write_text_atomic(args.device_map, device_map_text)
-    if split_spec_text is not None:
-        write_text_atomic(args.split_spec, split_spec_text)
-    if args.trace:
-        from rlplace.trace import write_chrome_trace
-
-        write_chrome_trace(decision.result, decision.graph, cluster, args.trace)
-    if plot_bytes is not None:
-        from rlplace.io import write_bytes_atomic
-
-        write_bytes_atomic(args.plot, plot_bytes)
-    if args.json:
-        print_json(decision.to_json())
+        outputs[args.plot] = placement_png(decision)
+    printed = dumps_finite(decision.to_json(), "the result") if args.json else None
+    # Every output is computed above; only now touch the disk, all files or none.
+    write_outputs(outputs)
+    if printed is not None:
+        write_stdout(printed + "\n")
     else:
         console().print(decision_table(decision))
     return 0
@@ -159,7 +179,7 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint
     if args.samples is not None:
-        options["samples"] = require_positive("--samples", args.samples)
+        options["samples"] = check_count(require_positive("--samples", args.samples), MAX_SAMPLES, "MAX_SAMPLES", "--samples")
     return options
 
 
@@ -180,7 +200,8 @@ def _device_map(decision: Decision) -> dict[str, int | str]:
 def run_evaluate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    require_positive("--microbatches", args.microbatches)
+    check_microbatches(args.microbatches)
+    check_seed(args.seed)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(DEFAULT_EVALUATE_METHODS)
     from rlplace.baselines import check_method_names
 
@@ -207,7 +228,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif args.csv:
-        sys.stdout.write(_rows_csv(rows))
+        write_stdout(_rows_csv(rows))
     else:
         console().print(evaluation_table(rows))
     return 0
@@ -250,6 +271,8 @@ def _rows_csv(rows: list[dict[str, Any]]) -> str:
 def run_measure(args: argparse.Namespace) -> int:
     from rlplace.measure.cli import run_measure_command
 
+    check_seed(args.seed)
+    check_count(require_positive("--threads", args.threads), MAX_THREADS, "MAX_THREADS", "--threads")
     return run_measure_command(args)
 
 
@@ -262,7 +285,9 @@ def run_run(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from rlplace.measure.cli import run_calibrate_command
 
-    check_output_path(args.out)
+    check_output_paths([args.out])
+    check_count(require_positive("--devices", args.devices), MAX_DEVICES, "MAX_DEVICES", "--devices")
+    check_count(require_positive("--threads", args.threads), MAX_THREADS, "MAX_THREADS", "--threads")
     return run_calibrate_command(args)
 
 

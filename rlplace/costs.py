@@ -23,6 +23,7 @@ import numpy as np
 from rlplace.cluster import CPU, Cluster
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.limits import check_edge_table
 
 #: Fraction of peak FLOP/s reached, by op kind. Kinds not listed use ``"other"``.
 COMPUTE_EFFICIENCY: dict[str, float] = {
@@ -86,6 +87,7 @@ class CostTable:
         ``precision`` (fp32, fp16, bf16) picks the peak FLOP/s; it defaults to the graph's
         ``meta["precision"]`` or fp32.
         """
+        check_edge_table(graph.num_edges, cluster.num_devices, f"graph {graph.name!r} on cluster {cluster.name!r}")
         op_time = _op_times(graph, cluster, precision or str(graph.meta.get("precision", "fp32")))
         edge_time = _edge_times(graph, cluster)
         op_time.setflags(write=False)

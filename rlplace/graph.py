@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rlplace.errors import RlplaceError
+from rlplace.limits import MAX_EDGES, MAX_OPS, MAX_QUANTITY, check_count
 
 GRAPH_FORMAT = "rlplace-graph"
 GRAPH_FORMAT_VERSION = 1
@@ -118,6 +119,7 @@ class OpGraph:
         """Raise `RlplaceError` naming the first op or edge that breaks an invariant."""
         n = self.num_ops
         where = f"graph {self.name!r}"
+        check_graph_size(n, self.num_edges, where)
         if len(self.kinds) != n:
             raise RlplaceError(f"{where}: {len(self.kinds)} kinds for {n} ops")
         seen: dict[str, int] = {}
@@ -162,6 +164,7 @@ class OpGraph:
             if np.any(np.all(np.isinf(self.given_times), axis=1)):
                 bad = int(np.argmax(np.all(np.isinf(self.given_times), axis=1)))
                 raise RlplaceError(f"{where}: op {self.names[bad]!r} can run on no device class")
+            _check_at_most_quantity(self.given_times.max(axis=1, where=np.isfinite(self.given_times), initial=0.0), "given time", self.names, where)
         if self.edge_given_time is not None:
             if self.edge_given_time.shape != (m,):
                 raise RlplaceError(f"{where}: edge_given_time must have one entry per edge")
@@ -217,6 +220,7 @@ class OpGraph:
         with ``src``, ``dst`` (op names), ``bytes`` and optional ``time``.
         Ties in the topological order keep the input order (Kahn's algorithm with a heap).
         """
+        check_graph_size(len(ops), len(edges), f"graph {name!r}")
         names = [str(op["name"]) for op in ops]
         position: dict[str, int] = {}
         for index, op_name in enumerate(names):
@@ -331,6 +335,9 @@ class OpGraph:
         try:
             ops = data["ops"]
             edges = data["edges"]
+            if not isinstance(ops, list) or not isinstance(edges, list):
+                raise TypeError("'ops' and 'edges' must be JSON lists")
+            check_graph_size(len(ops), len(edges), f"graph {data.get('name', source)!r}")
             time_classes = tuple(data.get("time_classes", ()))
             n = len(ops)
             given = None
@@ -340,8 +347,8 @@ class OpGraph:
             if edges and "time" in edges[0]:
                 edge_time = np.array([float(e["time"]) for e in edges], dtype=np.float64)
             names = tuple(str(op["name"]) for op in ops)
-            edge_src = np.array([int(e["src"]) for e in edges], dtype=np.int64)
-            edge_dst = np.array([int(e["dst"]) for e in edges], dtype=np.int64)
+            edge_src = np.array([_json_int(e["src"], "edge src") for e in edges], dtype=np.int64)
+            edge_dst = np.array([_json_int(e["dst"], "edge dst") for e in edges], dtype=np.int64)
             in_range = np.all((edge_src >= 0) & (edge_src < n) & (edge_dst >= 0) & (edge_dst < n))
             if in_range and np.any(edge_src >= edge_dst):
                 # Name a cycle if there is one; an acyclic but unsorted graph fails validation below.
@@ -351,7 +358,7 @@ class OpGraph:
                 kinds=tuple(str(op.get("kind", "op")) for op in ops),
                 **{attr: np.array([float(op.get(attr, 0.0)) for op in ops], dtype=np.float64) for attr in _FLOAT_FIELDS},
                 is_backward=np.array([bool(op.get("is_backward", False)) for op in ops], dtype=bool),
-                coloc=np.array([int(op.get("coloc", NO_CLASS)) for op in ops], dtype=np.int64),
+                coloc=np.array([_json_int(op.get("coloc", NO_CLASS), "coloc") for op in ops], dtype=np.int64),
                 edge_src=edge_src,
                 edge_dst=edge_dst,
                 edge_bytes=np.array([float(e.get("bytes", 0.0)) for e in edges], dtype=np.float64),
@@ -362,7 +369,7 @@ class OpGraph:
                 name=str(data.get("name", source)),
                 meta=dict(data.get("meta", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise RlplaceError(f"{source}: malformed rlplace graph ({type(exc).__name__}: {exc})") from None
         except RlplaceError as exc:
             raise RlplaceError(f"{source}: {exc}") from None
@@ -379,6 +386,23 @@ class OpGraph:
         from rlplace.io import read_json
 
         return cls.from_json_dict(read_json(path), source=str(path))
+
+
+def check_graph_size(num_ops: int, num_edges: int, where: str) -> None:
+    """A graph has at most `MAX_OPS` ops and `MAX_EDGES` edges (an empty graph is valid in
+    memory; `rlplace.load` refuses one as a MODEL)."""
+    check_count(num_ops, MAX_OPS, "MAX_OPS", f"{where}: ops")
+    check_count(num_edges, MAX_EDGES, "MAX_EDGES", f"{where}: edges")
+
+
+def _json_int(value: Any, what: str) -> int:
+    """An integer read from JSON (an op index or class label): a float that is not a whole
+    number, like 0.7, is an error, never truncated; so is one beyond the int64 range."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{what} {value!r} is not an integer")
+    if not -(2**62) < value < 2**62:
+        raise ValueError(f"{what} {value!r} is out of range")
+    return int(value)
 
 
 def _topological_order(n: int, src: np.ndarray, dst: np.ndarray, names: Sequence[str], graph_name: str) -> np.ndarray:
@@ -432,6 +456,16 @@ def _check_finite_nonnegative(values: np.ndarray, what: str, names: Sequence[str
         index = int(np.argmax(bad))
         owner = f"op {names[index]!r}" if names is not None else f"entry {index}"
         raise RlplaceError(f"{where}: {owner} has {what} = {float(values[index])!r}; sizes and costs must be finite and non-negative")
+    _check_at_most_quantity(values, what, names, where)
+
+
+def _check_at_most_quantity(values: np.ndarray, what: str, names: Sequence[str] | None, where: str) -> None:
+    """No finite size, FLOP count or time above `MAX_QUANTITY`, so that sums of them stay finite."""
+    big = np.isfinite(values) & (values > MAX_QUANTITY)
+    if np.any(big):
+        index = int(np.argmax(big))
+        owner = f"op {names[index]!r}" if names is not None else f"entry {index}"
+        raise RlplaceError(f"{where}: {owner} has {what} = {float(values[index]):.4g}, more than the limit MAX_QUANTITY = {MAX_QUANTITY:.0e}")
 
 
 def _first_duplicate(keys: np.ndarray) -> int:

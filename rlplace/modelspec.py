@@ -1,4 +1,4 @@
-"""MODEL specs that name Python code: ``path/to/file.py:function`` and ``zoo:NAME``.
+"""MODEL specs that name Python code: ``path/to/file.py:function`` (`rlplace.load` owns all specs).
 
 A file spec imports the file by its path (no ``sys.path`` changes) and calls ``function``,
 which returns ``(module, example_inputs)``: an ``nn.Module`` and a tuple of positional
@@ -15,37 +15,12 @@ import inspect
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from rlplace.errors import RlplaceError
-
-ZOO_PREFIX = "zoo:"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model and its example inputs, ready for `rlplace.capture.capture_model`.
-
-    Attributes:
-        module: the ``torch.nn.Module``.
-        example_inputs: a tuple of positional inputs or a dict of keyword inputs.
-        name: a short label (``file:function`` or the zoo name).
-        batch_size: the batch size asked for, or None for the function's default.
-    """
-
-    module: Any
-    example_inputs: tuple[Any, ...] | dict[str, Any]
-    name: str
-    batch_size: int | None
-
-
-def is_python_spec(spec: str) -> bool:
-    """True for ``something.py:function`` (the file need not exist)."""
-    path, sep, function = spec.rpartition(":")
-    return bool(sep) and path.endswith(".py") and bool(function)
+from rlplace.interrupt import Terminated
 
 
 def parse_python_spec(spec: str) -> tuple[Path, str]:
@@ -58,20 +33,44 @@ def parse_python_spec(spec: str) -> tuple[Path, str]:
     return Path(path), function
 
 
-def load_model_spec(spec: str, *, batch_size: int | None = None) -> LoadedModel:
-    """Build the model a spec names: ``path/to/file.py:function`` or ``zoo:NAME``.
+def call_model_function(spec: str, *, batch_size: int | None = None) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+    """``(module, example_inputs)`` of a ``path/to/file.py:function`` spec.
+
+    Importing the file runs its top-level code, like any Python entry point.
 
     Raises:
-        RlplaceError: malformed spec, missing file or function, a function that raises or
-            returns something other than ``(module, example_inputs)``, or a batch size the
-            function cannot take.
+        RlplaceError: malformed spec, missing file or function, a function that raises
+            (``SystemExit`` from the user's code included) or returns something other than
+            ``(module, example_inputs)``, or a batch size the function cannot take.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise RlplaceError(f"batch size must be a positive integer, got {batch_size!r}")
-    if spec.startswith(ZOO_PREFIX):
-        return _load_zoo(spec[len(ZOO_PREFIX) :], batch_size)
     path, function_name = parse_python_spec(spec)
-    function = _find_function(_import_file(path, spec), function_name, spec)
+    return _call(_find_function(_import_file(path, spec), function_name, spec), spec, function_name, batch_size)
+
+
+def is_dotted_spec(spec: str) -> bool:
+    """True for ``package.module:function`` (dotted Python names on both sides)."""
+    location, sep, function = spec.rpartition(":")
+    return bool(sep) and function.isidentifier() and bool(location) and all(part.isidentifier() for part in location.split("."))
+
+
+def call_module_function(spec: str, *, batch_size: int | None = None) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+    """``(module, example_inputs)`` of a ``package.module:function`` spec: the module is imported
+    by name (running its top-level code), then the function called as in `call_model_function`."""
+    if not is_dotted_spec(spec):
+        raise RlplaceError(f"model spec {spec!r} is not of the form package.module:function")
+    location, _, function_name = spec.rpartition(":")
+    try:
+        source = importlib.import_module(location)
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # any error while importing the user's module, sys.exit() included
+        raise RlplaceError(f"model spec {spec!r}: importing {location!r} raised {type(exc).__name__}: {_first_line(exc)}") from None
+    return _call(_find_function(source, function_name, spec), spec, function_name, batch_size)
+
+
+def _call(function: Callable[..., Any], spec: str, function_name: str, batch_size: int | None) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise RlplaceError(f"batch size must be a positive integer, got {batch_size!r}")
     kwargs: dict[str, Any] = {}
     if batch_size is not None:
         if not _accepts_keyword(function, "batch_size"):
@@ -79,16 +78,11 @@ def load_model_spec(spec: str, *, batch_size: int | None = None) -> LoadedModel:
         kwargs["batch_size"] = batch_size
     try:
         result = function(**kwargs)
-    except Exception as exc:  # the user's code may raise anything; report it as a model problem
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # the user's code may raise anything, sys.exit() included: a model problem
         raise RlplaceError(f"model spec {spec!r}: {function_name}() raised {type(exc).__name__}: {_first_line(exc)}") from exc
-    module, example_inputs = _check_result(result, spec, function_name)
-    return LoadedModel(module=module, example_inputs=example_inputs, name=f"{path.stem}:{function_name}", batch_size=batch_size)
-
-
-def load_model_function(spec: str, *, batch_size: int | None = None) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
-    """``(module, example_inputs)`` of a ``path/to/file.py:function`` spec (see `load_model_spec`)."""
-    loaded = load_model_spec(spec, batch_size=batch_size)
-    return loaded.module, loaded.example_inputs
+    return check_model_result(result, spec, function_name)
 
 
 def _import_file(path: Path, spec: str) -> ModuleType:
@@ -105,7 +99,10 @@ def _import_file(path: Path, spec: str) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses and pickling look classes up here
     try:
         import_spec.loader.exec_module(module)
-    except Exception as exc:  # any error while running the user's file
+    except (KeyboardInterrupt, Terminated):
+        sys.modules.pop(module_name, None)
+        raise
+    except BaseException as exc:  # any error while running the user's file, sys.exit() included
         sys.modules.pop(module_name, None)
         raise RlplaceError(f"model spec {spec!r}: importing {str(path)!r} raised {type(exc).__name__}: {_first_line(exc)}") from exc
     return module
@@ -132,7 +129,8 @@ def _accepts_keyword(function: Callable[..., Any], keyword: str) -> bool:
     return any((p.name == keyword and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
-def _check_result(result: Any, spec: str, function_name: str) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+def check_model_result(result: Any, spec: str, function_name: str) -> tuple[Any, tuple[Any, ...] | dict[str, Any]]:
+    """``result`` as ``(module, example_inputs)``: inputs a tuple or a str-keyed dict; else `RlplaceError`."""
     import torch
 
     expected = "(module, example_inputs) with module a torch.nn.Module and example_inputs a tuple or a dict"
@@ -152,16 +150,6 @@ def _check_result(result: Any, spec: str, function_name: str) -> tuple[Any, tupl
     elif not isinstance(example_inputs, tuple):
         raise RlplaceError(f"model spec {spec!r}: {function_name}() must return {expected}; its second item is {_describe(example_inputs)}")
     return module, example_inputs
-
-
-def _load_zoo(name: str, batch_size: int | None) -> LoadedModel:
-    try:
-        from rlplace.zoo import zoo_model
-    except ImportError as exc:
-        raise RlplaceError(f"model spec 'zoo:{name}': the model zoo is not available in this installation ({exc})") from exc
-    module, example_inputs = zoo_model(name) if batch_size is None else zoo_model(name, batch_size)
-    module, example_inputs = _check_result((module, example_inputs), f"zoo:{name}", "zoo_model")
-    return LoadedModel(module=module, example_inputs=example_inputs, name=name, batch_size=batch_size)
 
 
 def _describe(value: Any) -> str:

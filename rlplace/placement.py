@@ -84,8 +84,8 @@ def load_placement(path: str | Path, graph: OpGraph, cluster: Cluster) -> Placem
     if isinstance(data, dict) and "placement" in data and isinstance(data["placement"], list):
         data = data["placement"]  # the output of `rlplace place --json` / `--out`
     if isinstance(data, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in data):
-            raise RlplaceError(f"{path}: a placement list must hold integer device indices")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and -(2**62) < v < 2**62 for v in data):
+            raise RlplaceError(f"{path}: a placement list must hold integer device indices (0 .. devices - 1)")
         return as_placement(data, graph, cluster)
     if isinstance(data, dict):
         devices = np.full(graph.num_ops, -1, dtype=np.int64)

@@ -179,7 +179,21 @@ def synthetic_graph(spec: str, **defaults: object) -> OpGraph:
         if key not in FAMILY_PARAMS[family]:
             raise RlplaceError(f"synthetic family {family!r} has no parameter {key!r}; it takes {', '.join(FAMILY_PARAMS[family])}")
         params.setdefault(key, value)
+    _check_params(params, spec)
     return SYNTHETIC_FAMILIES[family](**params)
+
+
+def _check_params(params: dict[str, object], spec: str) -> None:
+    """Seeds in 0 .. `MAX_SEED`, sizes at most `MAX_OPS`, probabilities in [0, 1]."""
+    from rlplace.limits import MAX_OPS, check_count, check_seed
+
+    for key, value in params.items():
+        if key == "seed":
+            check_seed(value, f"synthetic seed (in {spec!r})")  # type: ignore[arg-type]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            check_count(value, MAX_OPS, "MAX_OPS", f"synthetic option {key} (in {spec!r})")
+        elif isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise RlplaceError(f"synthetic option {key}={value!r} (in {spec!r}) must be a probability from 0 to 1")
 
 
 def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, str]]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlplace.errors import RlplaceError
-from rlplace.graph import OpGraph
 
 ModelAndInputs = tuple[Any, dict[str, Any]]
 
@@ -389,25 +388,11 @@ def zoo_model(name: str, batch_size: int | None = None) -> ModelAndInputs:
     """``(module, example keyword inputs)`` of the zoo model ``name``, on the meta device."""
     spec = parse_zoo_spec(name)
     if spec.kind != "model":
-        raise RlplaceError(f"{name!r} is a synthetic graph, not a model; load it with zoo_graph")
+        raise RlplaceError(f"{name!r} is a synthetic graph, not a model; load it with rlplace.load.load_model")
     entry = ZOO[spec.name]
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise RlplaceError(f"batch size must be a positive integer (got {batch_size!r})")
     return entry.build(batch_size or entry.batch_size, entry.seq_len, entry.image_size)
-
-
-def zoo_graph(spec: str, *, training: bool = True, batch_size: int | None = None, optimizer: str = "adam") -> OpGraph:
-    """The `OpGraph` of a zoo model (captured) or of a synthetic spec (built directly)."""
-    parsed = parse_zoo_spec(spec)
-    if parsed.kind == "synthetic":
-        from rlplace.synthetic import synthetic_graph
-
-        return synthetic_graph(spec, training=training)
-    from rlplace.capture import capture_model
-
-    module, inputs = zoo_model(parsed.name, batch_size=batch_size)
-    batch = batch_size or ZOO[parsed.name].batch_size
-    return capture_model(module, inputs, training=training, optimizer=optimizer, batch_size=batch, name=parsed.name)
 
 
 def list_zoo() -> list[dict[str, Any]]:

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from rlplace.capture import OPTIMIZERS, capture_model, capture_spec, op_kind
+from rlplace.capture import OPTIMIZERS, capture_model, op_kind
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.modelspec import is_python_spec, load_model_function, load_model_spec, parse_python_spec
+from rlplace.load import is_python_spec, load_model, model_and_inputs
+from rlplace.modelspec import parse_python_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny_models.py"
@@ -383,7 +384,7 @@ def test_op_kind_categories():
 
 # ------------------------------------------------------------------ errors
 def test_data_dependent_control_flow_is_explained():
-    module, inputs = load_model_spec(f"{TINY}:data_dependent").module, load_model_spec(f"{TINY}:data_dependent").example_inputs
+    module, inputs = model_and_inputs(f"{TINY}:data_dependent")
     with pytest.raises(RlplaceError) as info:
         capture_model(module, inputs)
     message = str(info.value)
@@ -419,22 +420,22 @@ def test_spec_parsing():
 
 
 def test_spec_loads_with_and_without_batch_size():
-    loaded = load_model_spec(f"{TINY}:mlp")
-    assert isinstance(loaded.module, nn.Sequential) and loaded.example_inputs[0].shape == (2, 4)
-    assert loaded.name == "tiny_models:mlp"
-    assert load_model_spec(f"{TINY}:mlp", batch_size=5).example_inputs[0].shape == (5, 4)
-    assert load_model_spec(f"{TINY}:fixed_batch").example_inputs[0].shape == (3, 4)
-    module, inputs = load_model_function(f"{TINY}:mlp_keyword_inputs", batch_size=6)
+    module, inputs = model_and_inputs(f"{TINY}:mlp")
+    assert isinstance(module, nn.Sequential) and inputs[0].shape == (2, 4)
+    assert load_model(f"{TINY}:mlp", inference=True).graph.name == "tiny_models"
+    assert model_and_inputs(f"{TINY}:mlp", batch_size=5)[1][0].shape == (5, 4)
+    assert model_and_inputs(f"{TINY}:fixed_batch")[1][0].shape == (3, 4)
+    module, inputs = model_and_inputs(f"{TINY}:mlp_keyword_inputs", batch_size=6)
     assert isinstance(module, nn.Sequential) and inputs["input"].shape == (6, 4)
 
 
-def test_capture_spec_positional_keyword_and_none_inputs():
-    positional = capture_spec(f"{TINY}:mlp", batch_size=3, training=False)
-    keyword = capture_spec(f"{TINY}:mlp_keyword_inputs", batch_size=3, training=False)
-    assert positional.meta["batch_size"] == 3 and positional.meta["spec"] == f"{TINY}:mlp"
+def test_load_model_positional_keyword_and_none_inputs():
+    positional = load_model(f"{TINY}:mlp", batch_size=3, inference=True).graph
+    keyword = load_model(f"{TINY}:mlp_keyword_inputs", batch_size=3, inference=True).graph
+    assert positional.meta["batch_size"] == 3
     np.testing.assert_array_equal(positional.flops, keyword.flops)
     assert positional.flops.sum() == 2 * 3 * 4 * 8 + 2 * 3 * 8 * 3
-    with_none = capture_spec(f"{TINY}:optional_none", training=False)
+    with_none = load_model(f"{TINY}:optional_none", inference=True).graph
     assert list(with_none.kinds) == ["input", "matmul"]
 
 
@@ -455,5 +456,5 @@ def test_capture_spec_positional_keyword_and_none_inputs():
 )
 def test_spec_errors(spec: str, batch_size: int | None, fragment: str):
     with pytest.raises(RlplaceError, match=fragment) as info:
-        load_model_spec(spec, batch_size=batch_size)
+        model_and_inputs(spec, batch_size=batch_size)
     assert "\n" not in str(info.value)

@@ -186,7 +186,7 @@ def test_bad_json_header(change: dict, message: str) -> None:
 def test_json_round_trip_through_a_file(tmp_path: Path) -> None:
     ops = [
         {"name": "x", "kind": "matmul", "flops": 0.1, "times": {"accelerator": 1 / 3, "cpu": math.inf}, "coloc": 5},
-        {"name": "y", "kind": "conv", "bytes_accessed": 1e300, "times": {"accelerator": 2.0, "cpu": 7.0}, "is_backward": True},
+        {"name": "y", "kind": "conv", "bytes_accessed": 1.2345678901234567e29, "times": {"accelerator": 2.0, "cpu": 7.0}, "is_backward": True},
     ]
     graph = OpGraph.build(
         ops, [{"src": "x", "dst": "y", "bytes": 3.5, "time": 1e-9}], name="g", time_classes=("accelerator", "cpu"), time_unit="ms", meta={"k": [1, "v"]}

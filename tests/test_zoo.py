@@ -8,8 +8,9 @@ import pytest
 from rlplace.coarsen import coarsen
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.load import load_model
 from rlplace.synthetic import FAMILY_PARAMS, SYNTHETIC_FAMILIES, parse_synthetic_spec, synthetic_graph
-from rlplace.zoo import ZOO, list_zoo, parse_zoo_spec, zoo_graph, zoo_model
+from rlplace.zoo import ZOO, list_zoo, parse_zoo_spec, zoo_model
 
 torch = pytest.importorskip("torch")
 
@@ -86,7 +87,7 @@ def capture_params(names: list[str]) -> list[object]:
 
 @pytest.mark.parametrize("name", capture_params(list(ZOO)))
 def test_every_model_captures_a_training_graph(name: str) -> None:
-    graph = zoo_graph(f"zoo:{name}", training=True)
+    graph = load_model(f"zoo:{name}").graph
     module, _ = zoo_model(name)
     assert graph.meta["backward"] == "joint"
     assert np.any(graph.is_backward) and np.any(~graph.is_backward)
@@ -107,7 +108,7 @@ def test_every_model_captures_a_training_graph(name: str) -> None:
 @pytest.mark.parametrize("n", [1, 2, 7, 200])
 def test_synthetic_families_are_seeded_dags_of_n_ops(family: str, n: int) -> None:
     graph = synthetic_graph(f"synthetic:{family}:n={n}:seed=3")
-    again = zoo_graph(f"synthetic:{family}:n={n}:seed=3", training=False)
+    again = load_model(f"synthetic:{family}:n={n}:seed=3", inference=True).graph
     other = synthetic_graph(f"synthetic:{family}:n={n}:seed=4")
     assert graph.num_ops == n
     assert np.all(graph.edge_src < graph.edge_dst)
@@ -155,8 +156,8 @@ def test_synthetic_training_mirror(family: str) -> None:
 
 
 def test_zoo_graph_training_flag_and_spec_precedence() -> None:
-    assert zoo_graph("synthetic:layered:n=20:seed=0", training=True).num_ops > 41
-    assert zoo_graph("synthetic:layered:n=20:seed=0", training=False).num_ops == 20
+    assert load_model("synthetic:layered:n=20:seed=0").graph.num_ops > 41
+    assert load_model("synthetic:layered:n=20:seed=0", inference=True).graph.num_ops == 20
     # A knob written in the spec wins over the caller's default.
     assert synthetic_graph("synthetic:layered:n=20:seed=0:training=0", training=True).num_ops == 20
 

@@ -21,6 +21,7 @@ from rlplace.baselines.common import Units, device_speed, finalize, prepare, rep
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
+from rlplace.io import c_stdout_to_stderr
 from rlplace.placement import Placement
 
 _WEIGHT_SCALE = 1e8
@@ -61,14 +62,15 @@ def partition(graph: OpGraph, units: Units, speed: np.ndarray, k: int, seed: int
     src, dst, weights = src[order], dst[order], _integer_weights(weights[order])
     adj_starts = np.searchsorted(src, np.arange(u + 1))
     targets = speed / speed.sum()
-    result = pymetis.part_graph(
-        k,
-        pymetis.CSRAdjacency(adj_starts.tolist(), dst.tolist()),
-        vweights=vertex_weights.tolist(),
-        eweights=weights.tolist() if weights.size else None,
-        tpwgts=targets.tolist(),
-        options=pymetis.Options(seed=int(seed)),
-    )
+    with c_stdout_to_stderr():  # METIS prints from C (e.g. "***Cannot bisect a graph with 0 vertices!")
+        result = pymetis.part_graph(
+            k,
+            pymetis.CSRAdjacency(adj_starts.tolist(), dst.tolist()),
+            vweights=vertex_weights.tolist(),
+            eweights=weights.tolist() if weights.size else None,
+            tpwgts=targets.tolist(),
+            options=pymetis.Options(seed=int(seed)),
+        )
     return np.asarray(result.vertex_part, dtype=np.int64)
 
 

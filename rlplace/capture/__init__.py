@@ -40,8 +40,8 @@ Modules: `rlplace.capture.api` (entry points, export, error messages),
 
 from __future__ import annotations
 
-from rlplace.capture.api import BACKWARD_MODES, capture_model, capture_spec
+from rlplace.capture.api import BACKWARD_MODES, capture_model
 from rlplace.capture.opfacts import op_kind
 from rlplace.capture.training import OPTIMIZER_STATE_BYTES, OPTIMIZERS, OptimizerSpec
 
-__all__ = ["BACKWARD_MODES", "OPTIMIZERS", "OPTIMIZER_STATE_BYTES", "OptimizerSpec", "capture_model", "capture_spec", "op_kind"]
+__all__ = ["BACKWARD_MODES", "OPTIMIZERS", "OPTIMIZER_STATE_BYTES", "OptimizerSpec", "capture_model", "op_kind"]

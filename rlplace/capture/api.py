@@ -1,4 +1,4 @@
-"""`capture_model` and `capture_spec`: export the model, build the graph, explain failures."""
+"""`capture_model`: export the model, build the graph, explain failures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlplace.capture.builder import GRAPH_FIELDS, attach_unused_tensors, canonical_names, convert_fx, export_roles
+from rlplace.capture.builder import attach_unused_tensors, canonical_names, convert_fx, export_roles
 from rlplace.capture.opfacts import FlopCounter, first_line
 from rlplace.capture.training import OPTIMIZERS, capture_by_rule, capture_joint
 from rlplace.errors import RlplaceError
@@ -120,28 +120,6 @@ def capture_model(
     graph = built.to_graph(graph_name, meta, module)
     _log_phase(graph_name, f"OpGraph ({graph.num_ops} ops, {graph.num_edges} edges)", started)
     return graph
-
-
-def capture_spec(
-    spec: str,
-    *,
-    training: bool = True,
-    optimizer: str = "adam",
-    batch_size: int | None = None,
-    backward: str = "auto",
-) -> OpGraph:
-    """Capture the model a MODEL spec names (``path/to/file.py:function`` or ``zoo:NAME``).
-
-    The spec's function (or the zoo) is asked for ``batch_size`` when one is given; see
-    `rlplace.modelspec.load_model_spec`. ``graph.meta["spec"]`` keeps the spec.
-    """
-    from rlplace.modelspec import load_model_spec
-
-    loaded = load_model_spec(spec, batch_size=batch_size)
-    graph = capture_model(
-        loaded.module, loaded.example_inputs, training=training, optimizer=optimizer, batch_size=batch_size, name=loaded.name, backward=backward
-    )
-    return OpGraph(**{**{f: getattr(graph, f) for f in GRAPH_FIELDS}, "meta": {**graph.meta, "spec": spec}})
 
 
 def _log_phase(graph_name: str, phase: str, started: tuple[float, float]) -> None:

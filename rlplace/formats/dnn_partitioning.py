@@ -48,6 +48,7 @@ from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.io import read_json
+from rlplace.limits import MAX_DEVICES, check_count
 from rlplace.placement import Placement, as_placement
 
 FORMAT_NAME = "dnn-partitioning"
@@ -101,6 +102,7 @@ def dnn_partitioning_from_json(data: Any, *, source: str = "<json>") -> DnnParti
         raise RlplaceError(f"{source}: 'nodes' and 'edges' must be JSON lists")
     num_accelerators = _count(data["maxFPGAs"], "maxFPGAs", source, minimum=1)
     num_cpus = _count(data["maxCPUs"], "maxCPUs", source, minimum=0)
+    check_count(num_accelerators + num_cpus, MAX_DEVICES, "MAX_DEVICES", f"{source}: maxFPGAs + maxCPUs devices")
     accelerator_memory = _number(data["maxSizePerFPGA"], "maxSizePerFPGA", source)
     if not accelerator_memory > 0:
         raise RlplaceError(f"{source}: maxSizePerFPGA must be positive, got {accelerator_memory!r}")
@@ -285,7 +287,7 @@ def _number(value: Any, what: str, source: str) -> float:
 
 
 def _count(value: Any, what: str, source: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value) or value < minimum:
         raise RlplaceError(f"{source}: {what} is {value!r}; expected an integer >= {minimum}")
     return int(value)
 

@@ -16,11 +16,11 @@ defaults, so a parser may leave options out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 from rlplace.errors import RlplaceError
+from rlplace.io import check_output_paths, print_json
 
 
 def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -28,12 +28,12 @@ def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _print_json(payload: Any) -> None:
-    print(json.dumps(payload, allow_nan=True))
-
-
 def _devices_in_placement(spec: str) -> int | None:
-    """Devices a placement file refers to, read before any cluster exists (None if unknown)."""
+    """Devices a placement file refers to, read before any cluster exists (None if unknown).
+
+    Raises `RlplaceError` for a negative index; the caller range-checks the count (against
+    the cluster, or `MAX_DEVICES` when the count of ranks comes from it) before anything is built.
+    """
     if spec.startswith("expert:") or not os.path.isfile(spec):
         return None
     from rlplace.io import read_json
@@ -41,19 +41,18 @@ def _devices_in_placement(spec: str) -> int | None:
     data = read_json(spec)
     if isinstance(data, dict) and isinstance(data.get("placement"), list):
         data = data["placement"]
+    devices = None
     if isinstance(data, list) and data and all(isinstance(v, int) and not isinstance(v, bool) for v in data):
-        return max(data) + 1
-    if isinstance(data, dict) and data and all(isinstance(v, str) and v.startswith("rank") and v[4:].isdigit() for v in data.values()):
-        return max(int(v[4:]) for v in data.values()) + 1
-    return None
+        if min(data) < 0:
+            raise RlplaceError(f"{spec}: device index {min(data)} is negative; devices are numbered from 0")
+        devices = max(data) + 1
+    elif isinstance(data, dict) and data and all(isinstance(v, str) and v.startswith("rank") and v[4:].isdigit() for v in data.values()):
+        devices = max(int(v[4:]) for v in data.values()) + 1
+    return devices
 
 
 def run_measure_command(args: argparse.Namespace) -> int:
     """Time training steps of a placed model and print them beside the simulator's prediction."""
-    from rlplace.measure.calibrate import apply_profile, load_profile
-    from rlplace.measure.recipe import ModelRecipe
-    from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
-
     if getattr(args, "inference", False):
         raise RlplaceError("rlplace measure times training steps (forward, backward, optimizer); drop --inference")
     steps, warmup, rounds = int(_option(args, "steps", 10)), int(_option(args, "warmup", 3)), int(_option(args, "rounds", 1))
@@ -67,17 +66,34 @@ def run_measure_command(args: argparse.Namespace) -> int:
     batch_size = getattr(args, "batch_size", None)
     if batch_size is not None and batch_size < 1:
         raise RlplaceError(f"--batch-size must be at least 1 (got {batch_size})")
+    from rlplace.load import is_module_spec
+    from rlplace.modelspec import is_dotted_spec
+
+    if not (is_module_spec(str(args.model)) or is_dotted_spec(str(args.model))):
+        raise RlplaceError(
+            f"cannot measure model spec {args.model!r}: measurement runs PyTorch code; use zoo:NAME, path/to/file.py:function or package.module:function"
+        )
+    used = _devices_in_placement(args.placement)  # range-checked before torch is imported or anything is built
+    if used is not None and not getattr(args, "cluster", None):
+        from rlplace.limits import MAX_DEVICES, check_count
+
+        check_count(used, MAX_DEVICES, "MAX_DEVICES", f"{args.placement}: the placement's largest device index + 1 (one rank per device)")
+    from rlplace.measure.calibrate import apply_profile, load_profile
+    from rlplace.measure.recipe import ModelRecipe
+    from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
+
     profile = load_profile(args.profile) if getattr(args, "profile", None) else None
     cluster_spec = getattr(args, "cluster", None)
     if cluster_spec:
-        from rlplace.cluster_spec import load_cluster
+        from rlplace.load import resolve_cluster
 
-        cluster = load_cluster(cluster_spec)
+        cluster = resolve_cluster(cluster_spec)
         if profile is not None:
             cluster = apply_profile(cluster, profile)
+        if used is not None and used > cluster.num_devices:
+            raise RlplaceError(f"{args.placement}: the placement uses device {used - 1}, but cluster {cluster.name!r} has devices 0..{cluster.num_devices - 1}")
     else:
-        devices = _devices_in_placement(args.placement) or (len(profile.devices) if profile is not None else 2)
-        cluster = local_cpu_cluster(devices, profile)
+        cluster = local_cpu_cluster(used or (len(profile.devices) if profile is not None else 2), profile)
     recipe = ModelRecipe(str(args.model), batch_size, int(_option(args, "seed", 0)))
     setup = MeasureSetup.prepare(recipe, cluster, optimizer=str(_option(args, "optimizer", "adam")))
     if getattr(args, "op_profile", False):
@@ -116,7 +132,7 @@ def run_measure_command(args: argparse.Namespace) -> int:
         "ops_moved_to_executed_placement": int((executed != placement).sum()),
     }
     if getattr(args, "json", False):
-        _print_json(payload)
+        print_json(payload)
     else:
         print(
             f"measured step time   {payload['measured_step_time'] * 1e3:.3f} ms  (median of {steps * rounds} steps after {warmup} warm-up"
@@ -134,10 +150,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     from rlplace.measure.calibrate import calibrate, profile_summary, write_profile
 
     out = getattr(args, "out", None)
-    if out:
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise RlplaceError(f"cannot write {out}: folder {folder} does not exist")
+    check_output_paths([out])
     devices = int(_option(args, "devices", 2))
     profile = calibrate(
         devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0)),
@@ -146,7 +159,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     if out:
         write_profile(profile, out)
     if getattr(args, "json", False):
-        _print_json(profile.to_json())
+        print_json(profile.to_json())
     else:
         print("\n".join(profile_summary(profile)))
         if out:

@@ -46,6 +46,8 @@ from rlplace.measure.program import ValueInfo
 BACKENDS = ("gloo", "nccl")
 RESULT_FILE = "result.json"
 NICE_VARIABLE = "RLPLACE_RANK_NICE"
+#: The launcher's pid, so that a rank exits when the launcher is gone (`rlplace.interrupt.die_with_parent`).
+LAUNCHER_VARIABLE = "RLPLACE_LAUNCHER_PID"
 #: glibc settings for the ranks: keep freed memory (up to 32 MB blocks) for reuse instead of
 #: unmapping it, so an activation does not page-fault afresh every step; this is what
 #: PyTorch's caching allocator does on GPUs. Variables already set are left alone.
@@ -317,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="job JSON written by rlplace measure")
     parser.add_argument("--out", required=True, help="folder for result.json (rank 0) and error-<rank>.txt")
     args = parser.parse_args(argv)
+    from rlplace.interrupt import die_with_parent
+
+    launcher = os.environ.get(LAUNCHER_VARIABLE)
+    die_with_parent(int(launcher) if launcher else None)  # a launcher killed by any signal leaves no orphaned rank
     _apply_priority()
     rank = int(os.environ.get("RANK", "0"))
     out = Path(args.out)
@@ -419,6 +425,7 @@ def launch_job(
                     "WORLD_SIZE": str(num_ranks),
                     "MASTER_ADDR": "127.0.0.1",
                     "MASTER_PORT": str(port),
+                    LAUNCHER_VARIABLE: str(os.getpid()),
                 }
                 if threads > 0:
                     environment["OMP_NUM_THREADS"] = str(threads)

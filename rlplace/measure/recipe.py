@@ -7,13 +7,12 @@ same weights and inputs on every rank, and the same trace gives the same node na
 Specs:
     ``zoo:NAME``                   a named model of ``rlplace.zoo``;
     ``path/to/file.py:function``   a function returning ``(module, example_inputs)``;
-    ``package.module:function``    the same, imported by module name.
+    ``package.module:function``    the same, imported by module name (its errors, a
+                                   ``SystemExit`` included, are `RlplaceError`).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,25 +55,10 @@ class ModelRecipe:
 
 
 def _call_factory(spec: str, batch_size: int | None) -> tuple[Any, Any]:
-    from rlplace.modelspec import ZOO_PREFIX, is_python_spec, load_model_spec
+    from rlplace.load import model_and_inputs
 
-    if spec.startswith(ZOO_PREFIX) or is_python_spec(spec):
-        loaded = load_model_spec(spec, batch_size=batch_size)
-        return loaded.module, loaded.example_inputs
-    location, _, function_name = spec.rpartition(":")
-    if not location or not function_name or location.endswith(".json"):
+    if spec.endswith(".json") or spec.startswith("synthetic:"):
         raise RlplaceError(
             f"cannot measure model spec {spec!r}: measurement runs PyTorch code; use zoo:NAME, path/to/file.py:function or package.module:function"
         )
-    try:
-        source = importlib.import_module(location)
-    except ImportError as exc:
-        raise RlplaceError(f"cannot import {location!r} for model spec {spec!r}: {exc}") from None
-    factory = getattr(source, function_name, None)
-    if not callable(factory):
-        raise RlplaceError(f"{location} has no function {function_name!r}")
-    accepts_batch = "batch_size" in inspect.signature(factory).parameters
-    result = factory(batch_size=batch_size) if batch_size is not None and accepts_batch else factory()
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise RlplaceError(f"{spec} must return (module, example_inputs)")
-    return result
+    return model_and_inputs(spec, batch_size=batch_size, importable=True)
