@@ -119,6 +119,28 @@ def tiny_transformer(batch_size: int = 2) -> tuple[nn.Module, tuple[torch.Tensor
     return transformer(batch_size=batch_size, seq=8, dim=32, layers=1)
 
 
+class TwoBranch(nn.Module):
+    """Two equal stacks of Linear + ReLU on the same input, concatenated into a linear head.
+
+    Shapes: input (batch, width) -> output (batch, classes).
+    """
+
+    def __init__(self, width: int = 512, depth: int = 4, classes: int = 16) -> None:
+        super().__init__()
+        self.left = nn.Sequential(*(layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())))
+        self.right = nn.Sequential(*(layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())))
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.left(x), self.right(x)], dim=1))
+
+
+def two_branch(batch_size: int = 256, width: int = 512, depth: int = 4, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Two parallel Linear + ReLU stacks feeding one head (issue 11's branchy model); batch 256."""
+    torch.manual_seed(seed)
+    return TwoBranch(width, depth), (torch.randn(batch_size, width, generator=_generator(seed + 1)),)
+
+
 # ----------------------------------------------------------------------------- calibration
 class _Chain(nn.Module):
     """Applies ``layers`` in order; the calibration models are built from it."""
