@@ -68,7 +68,11 @@ def launch_job(
     ``main`` contract of `rlplace.measure.distributed`: rank 0 writes DIR/result.json, a
     failing rank DIR/error-<rank>.txt); `rlplace.runtime.worker` runs pipelines through it.
 
-    ``nice`` sets the ranks' CPU priority (negative values need root; see `_apply_priority`).
+    ``nice`` sets the ranks' CPU priority (negative values need root; see
+    `rlplace.measure.distributed._apply_priority`); None gives them this process's own nice
+    value when it is not 0 (``nice -n -5 rlplace measure ...``), for their sessions too: each
+    rank runs in a session of its own, and with autogroup scheduling a plain inherited nice
+    value would not count against other sessions.
     ``keep_awake`` keeps the host's cores from halting while the ranks run
     (`rlplace.measure.awake`); None leaves it off (a calibration profile says whether it helps
     on this host, `rlplace.profile.Profile.keep_awake`; callers pass that).
@@ -78,6 +82,8 @@ def launch_job(
             ``timeout_s``. Every rank is killed (its whole process group) and reaped before
             this returns or raises.
     """
+    if nice is None and hasattr(os, "getpriority"):
+        nice = os.getpriority(os.PRIO_PROCESS, 0) or None
     with tempfile.TemporaryDirectory(prefix="rlplace-measure-") as folder, cores_kept_awake(bool(keep_awake)):
         job_file = Path(folder) / "job.json"
         job_file.write_text(json.dumps(dict(job)), encoding="utf-8")
