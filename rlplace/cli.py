@@ -24,7 +24,8 @@ DEFAULT_METHOD = "local-search"
 def _add_keep_awake_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
-        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: what --profile's calibration found on this host, else off)",
+        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts "
+        "(default off; measure follows --profile, whose calibration timed whether it helps on this host)",
     )  # fmt: skip
 
 
