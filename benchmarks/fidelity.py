@@ -25,6 +25,11 @@ model, and the median |relative error| of one-device placements and of parallel 
 apart. Last, the two-branch check: one branch per rank should measure faster than one rank
 (it needs two free cores: a loaded host shows it less or not at all).
 
+Each row also shows how long the ranks waited for a CPU while ready to run (Linux schedstat,
+the longest rank per step, median over steps): on a shared host this is what other processes
+added; each half is summarized once more with those waits taken out of the measured steps
+(an estimate of an idle host, labelled as such, never the headline).
+
 Timings on a shared host are noisy: the ranks run at ``--nice`` (default -5 as root, for
 their sessions too) and the load average before and after is printed.
 
@@ -71,6 +76,8 @@ class Row:
     measured: float
     messages: int
     simulated_roofline: float
+    waited: float = 0.0
+    unloaded: float = 0.0
 
     @property
     def error(self) -> float:
@@ -207,14 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             setup = setup.with_op_profile(correction=correction)
         measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, rounds=args.rounds, threads=1, timeout_s=args.timeout, nice=args.nice)
         print(f"\n{name} ({half}): {setup.graph.num_ops} ops, {len(named)} distinct placements, {time.perf_counter() - model_started:.0f} s")
-        print(f"  {'placement':26s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s}")
+        print(f"  {'placement':26s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s} {'cpu-wait ms':>12s}")
         for (placement_name, placement), measurement in zip(named, measured, strict=True):
+            waits = measurement.cpu_waits if len(measurement.cpu_waits) == len(measurement.step_times) else (0.0,) * len(measurement.step_times)
             row = Row(
                 half, name, placement_name, float(setup.simulate(placement).step_time), measurement.measured_step_time, measurement.messages,
-                float(roofline.simulate(placement).step_time),
+                float(roofline.simulate(placement).step_time), float(statistics.median(waits)),
+                float(statistics.median(t - w for t, w in zip(measurement.step_times, waits, strict=True))),
             )  # fmt: skip
             rows.append(row)
-            print(f"  {placement_name:26s} {row.simulated * 1e3:13.2f} {row.measured * 1e3:12.2f} {row.error * 100:6.1f}% {row.messages:5d}")
+            print(f"  {placement_name:26s} {row.simulated * 1e3:13.2f} {row.measured * 1e3:12.2f} {row.error * 100:6.1f}% {row.messages:5d} {row.waited * 1e3:12.2f}")
 
     summary: dict[str, object] = {}
     for half in ("development", "held-out", "other"):
@@ -234,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"  calibrated roofline alone (no per-op profile): spearman {_rho(plain['spearman'])}, median |rel. error| {_percent(plain['median_abs_rel_error'])}"
                 f" (one-device {_percent(plain['one_device_median_abs_rel_error'])}, splits {_percent(plain['parallel_median_abs_rel_error'])})"
             )
+        unloaded = stats([Row(r.half, r.model, r.placement, r.simulated, r.unloaded, r.messages, r.simulated_roofline) for r in subset])
+        share = statistics.median(r.waited / r.measured for r in subset)
+        summary[half]["minus_cpu_waits"] = unloaded | {"median_wait_share": share}  # type: ignore[index]
+        print(
+            f"  ranks waited for a CPU {share * 100:.0f}% of a step (median); measured minus those waits (what an idle host would show, an estimate): "
+            f"spearman {_rho(unloaded['spearman'])}, median |rel. error| {_percent(unloaded['median_abs_rel_error'])}"
+            f" (one-device {_percent(unloaded['one_device_median_abs_rel_error'])}, splits {_percent(unloaded['parallel_median_abs_rel_error'])})"
+        )
         for model, entry in per_model.items():
             print(
                 f"    {model:18s} spearman {_rho(entry['spearman'])}  median |rel. error| {_percent(entry['median_abs_rel_error'])}"

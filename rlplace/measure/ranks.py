@@ -156,6 +156,7 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         module, inputs = ModelRecipe.from_json(job.model).build()
         program = export_forward(module, inputs)
         step_times: list[list[float]] = [[] for _ in job.assignments]
+        cpu_waits: list[list[float]] = [[] for _ in job.assignments]
         cpu_times: list[list[list[float]]] = [[] for _ in job.assignments]
         results: list[dict[str, Any]] = []
         rounds = max(1, job.rounds)
@@ -166,9 +167,10 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
                     program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault, trace=job.trace and last_round
                 )
                 step_times[index].extend(timing.step_times)
+                cpu_waits[index].extend(timing.cpu_waits)
                 cpu_times[index].append(timing.cpu_times)
                 if last_round:
-                    results.append(_result_entry(job, timing, step_times[index], cpu_times[index], world_size, device))
+                    results.append(_result_entry(job, timing, step_times[index], cpu_times[index], world_size, device) | {"cpu_waits": cpu_waits[index]})
                 dist.barrier()
         return {"results": results, "world_size": world_size, "backend": job.backend, "program": program.source} if rank == 0 else None
     finally:
@@ -208,6 +210,9 @@ class Timing:
     Attributes:
         step_times: per timed step, the slowest rank's wall time (s).
         cpu_times: per rank, the median main-thread CPU time of a step (s).
+        cpu_waits: per timed step, the longest time (s) any rank's main thread was ready to run
+            but waited for a CPU (Linux ``schedstat`` run delay; empty elsewhere): how much
+            other processes on the host stretched the step.
         worker: this rank's worker after the last step.
         plan: the segment plan.
         spans: this rank's spans of one traced step after the timed ones (None: not traced).
@@ -218,6 +223,7 @@ class Timing:
     worker: Any
     plan: SegmentPlan
     spans: list[Span] | None = None
+    cpu_waits: list[float] = field(default_factory=list)
 
 
 def time_assignment(
@@ -243,17 +249,19 @@ def time_assignment(
     worker = DeviceWorker(program, plan, rank, device, transport, optimizer=optimizer)
     times: list[float] = []
     cpu_times: list[float] = []
+    waits: list[float] = []
     for step in range(warmup + steps):
         if step == warmup and fault and fault.get("rank") == rank:
             _inject_fault(str(fault.get("kind", "exit")))
         dist.barrier()
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        started, cpu_started, wait_started = time.perf_counter(), time.thread_time(), run_delay()
         run_step(worker, plan)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - started)
             cpu_times.append(time.thread_time() - cpu_started)
+            waits.append(run_delay() - wait_started)
     slowest = torch.tensor(times, dtype=torch.float64)
     busy = torch.zeros(world_size, dtype=torch.float64)
     busy[rank] = float(sorted(cpu_times)[len(cpu_times) // 2])
@@ -261,6 +269,10 @@ def time_assignment(
         slowest, busy = slowest.to(device), busy.to(device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     dist.all_reduce(busy, op=dist.ReduceOp.SUM)
+    waited = torch.tensor(waits, dtype=torch.float64)
+    if device.type == "cuda":
+        waited = waited.to(device)
+    dist.all_reduce(waited, op=dist.ReduceOp.MAX)
     spans = None
     if trace:
         recorder = StepRecorder()
@@ -271,7 +283,17 @@ def time_assignment(
             torch.cuda.synchronize(device)
         worker.transport = transport
         spans = recorder.spans
-    return Timing(slowest.cpu().tolist(), busy.cpu().tolist(), worker, plan, spans)
+    return Timing(slowest.cpu().tolist(), busy.cpu().tolist(), worker, plan, spans, [w for w in waited.cpu().tolist() if w == w])
+
+
+def run_delay() -> float:
+    """Seconds this thread has spent ready to run but waiting for a CPU (Linux
+    ``/proc/thread-self/schedstat``, second field); NaN where unavailable."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def run_step(worker: Any, plan: SegmentPlan, recorder: StepRecorder | None = None) -> None:

@@ -71,6 +71,8 @@ class Measurement:
             step (distributed backends; load on the host does not inflate it).
         state: parameters, gradients and buffers after the last step (when asked for).
         trace: per rank, the spans of one traced step (`rlplace.measure.timeline`; when asked for).
+        cpu_waits: per timed step, the longest time any rank waited for a CPU while ready to
+            run (s; Linux, distributed backends): what a loaded host added to the step.
     """
 
     step_times: tuple[float, ...]
@@ -81,6 +83,7 @@ class Measurement:
     state: Mapping[str, Any] | None = None
     cpu_times: tuple[float, ...] = ()
     trace: tuple[tuple[Span, ...], ...] | None = None
+    cpu_waits: tuple[float, ...] = ()
 
     @property
     def measured_step_time(self) -> float:
@@ -240,6 +243,7 @@ def measure(
             entry.get("state"),
             tuple(entry["cpu_times"]),
             tuple(tuple(Span.from_json(span) for span in spans) for spans in entry["trace"]) if "trace" in entry else None,
+            tuple(entry.get("cpu_waits", ())),
         )
         for entry in result["results"]
     ]

@@ -11,6 +11,10 @@ receives of its inputs.
 Perfetto file: one process per simulated device (named ``simulated ...``) and one process per
 rank (``measured rank<r>``), both starting at time 0 (for the ranks: the earliest step start
 over all ranks, after the barrier every step begins with). Torch-free.
+
+Spans are host times: on CUDA devices (NCCL) a compute span ends when its kernels are
+queued, not done (the step as a whole is synchronized); across hosts the ranks' clocks are
+not aligned. Both caveats leave gloo ranks on one host, the case this was built for, exact.
 """
 
 from __future__ import annotations
