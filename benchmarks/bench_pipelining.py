@@ -98,9 +98,9 @@ def balanced_cuts(graph: OpGraph, costs: CostTable, module: nn.Module, stages: i
 
 def bench_one(name: str, spec_name: str, schedule: str, args: argparse.Namespace) -> dict[str, Any]:
     from rlplace.capture import capture_model
-    from rlplace.measure.calibrate import load_profile
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.measure.session import local_cpu_cluster
+    from rlplace.profile import load_profile
     from rlplace.runtime.run import run_pipeline
 
     recipe = ModelRecipe(spec_name)

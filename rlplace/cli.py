@@ -25,7 +25,8 @@ DEFAULT_METHOD = "local-search"
 def _add_keep_awake_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
-        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts (default: on for gloo)",
+        help="spin idle-priority loops on the host's cores while ranks run, so a waiting rank's core never halts "
+        "(default off; measure follows --profile, whose calibration timed whether it helps on this host)",
     )  # fmt: skip
 
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     measure.add_argument("--seed", type=int, default=0, help="seed of the model's weights and inputs")
     measure.add_argument("--json", action="store_true", help="print one JSON object")
+    measure.add_argument("--trace", metavar="FILE", help="write one Perfetto/Chrome trace: a traced step of every rank beside the simulated schedule")
     _add_keep_awake_option(measure)
 
     run = commands.add_parser("run", help="train a stage placement with torch.distributed.pipelining and time it")

@@ -48,7 +48,7 @@ def _cluster(args: argparse.Namespace, spec: str | None, model):
     """The cluster of ``spec`` (or the model file's own), with ``--profile``'s calibration applied."""
     cluster = resolve_cluster(spec, model)
     if getattr(args, "profile", None):
-        from rlplace.measure.calibrate import apply_profile, load_profile
+        from rlplace.profile import apply_profile, load_profile
 
         cluster = apply_profile(cluster, load_profile(args.profile))
     return cluster

@@ -16,7 +16,7 @@ The table is computed once per (graph, cluster) and is read-only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,29 @@ FREE_KINDS = frozenset({"view", "data", "input", "output"})
 ABSENT_KINDS = frozenset({"input", "output"})
 #: Classes of ops with their own fixed cost in a calibration (``op_overhead_by_class``).
 OVERHEAD_CLASSES = ("forward", "backward", "optimizer", "forward_view", "backward_view", "conv", "norm")
+
+
+#: Key of ``Cluster.meta`` holding one `DeviceCalibration` (or None) per device.
+CALIBRATION_META_KEY = "calibration"
+
+
+@dataclass(frozen=True)
+class DeviceCalibration:
+    """What a calibration (`rlplace.profile.Profile.apply`) measured for one device's ops.
+
+    Attributes:
+        kind_efficiency: op kind -> fraction of the device's FP32 FLOP/s (compute-bound
+            kinds) and of its memory bandwidth (memory-bound kinds) that ops of the kind reach;
+            kinds not listed keep `COMPUTE_EFFICIENCY` / `BANDWIDTH_EFFICIENCY`.
+        launch_overhead_s: seconds every op that does work pays (used when
+            ``overhead_by_class`` is empty).
+        overhead_by_class: `OVERHEAD_CLASSES` entry -> seconds per op of that class, views
+            included (replaces ``launch_overhead_s``).
+    """
+
+    kind_efficiency: Mapping[str, float] = field(default_factory=dict)
+    launch_overhead_s: float = 0.0
+    overhead_by_class: Mapping[str, float] = field(default_factory=dict)
 
 
 def overhead_class(kind: str, is_backward: bool) -> str | None:
@@ -136,9 +159,9 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
     for d, device in enumerate(cluster.devices):
         compute_efficiency, bandwidth_efficiency, launch = efficiency, BANDWIDTH_EFFICIENCY, LAUNCH_OVERHEAD_S[device.category]
         calibrated = _calibration(cluster, d)
-        by_class: dict[str, float] = {}
-        if calibrated is not None:  # measured per-kind efficiencies and launch cost (rlplace.measure.calibrate)
-            by_kind, launch, by_class = calibrated
+        by_class: Mapping[str, float] = {}
+        if calibrated is not None:  # measured per-kind efficiencies and op costs (rlplace.profile)
+            by_kind, launch, by_class = calibrated.kind_efficiency, calibrated.launch_overhead_s, calibrated.overhead_by_class
             compute_efficiency = np.array([by_kind.get(kind, default) for kind, default in zip(graph.kinds, efficiency, strict=True)])
             bandwidth_efficiency = np.array([by_kind.get(kind, BANDWIDTH_EFFICIENCY) for kind in graph.kinds])
         compute = graph.flops / (device.peak_flops(precision) * compute_efficiency)
@@ -152,24 +175,14 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
     return times
 
 
-def _calibration(cluster: Cluster, device: int) -> tuple[dict[str, float], float, dict[str, float]] | None:
-    """Per-kind efficiency and launch cost measured for ``device``, if the cluster carries them.
-
-    ``cluster.meta["calibration"]["devices"][device]`` holds ``kind_efficiency`` (fraction of
-    the device's FLOP/s and memory bandwidth an op of each kind reaches),
-    ``launch_overhead_s`` and optionally ``op_overhead_by_class`` (seconds per op of each
-    `OVERHEAD_CLASSES` entry, replacing the single launch cost), as
-    `rlplace.measure.calibrate.apply_profile` writes them.
-    """
-    calibration = cluster.meta.get("calibration") if isinstance(cluster.meta, Mapping) else None
-    if not isinstance(calibration, Mapping):
+def _calibration(cluster: Cluster, device: int) -> DeviceCalibration | None:
+    """The `DeviceCalibration` of ``device``, if the cluster carries one
+    (``cluster.meta[CALIBRATION_META_KEY]``, a tuple with one entry per device)."""
+    entries = cluster.meta.get(CALIBRATION_META_KEY) if isinstance(cluster.meta, Mapping) else None
+    if not isinstance(entries, tuple) or device >= len(entries):
         return None
-    entries = calibration.get("devices") or []
-    entry = entries[device] if device < len(entries) else None
-    if not isinstance(entry, Mapping):
-        return None
-    by_class = {str(name): float(value) for name, value in (entry.get("op_overhead_by_class") or {}).items()}
-    return {str(kind): float(value) for kind, value in (entry.get("kind_efficiency") or {}).items()}, float(entry.get("launch_overhead_s") or 0.0), by_class
+    entry = entries[device]
+    return entry if isinstance(entry, DeviceCalibration) else None
 
 
 def _edge_times(graph: OpGraph, cluster: Cluster) -> np.ndarray:

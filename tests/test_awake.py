@@ -34,6 +34,10 @@ def test_spinners_run_at_idle_priority_and_are_reaped_on_exit() -> None:
             assert spinner.poll() is None
             if hasattr(os, "SCHED_IDLE"):
                 assert os.sched_getscheduler(spinner.pid) == os.SCHED_IDLE
+                group = f"/proc/{spinner.pid}/autogroup"
+                if os.path.exists(group):  # its own session's group must not compete as an equal
+                    with open(group) as text:
+                        assert text.read().split()[-1] == "19"
             else:
                 assert psutil.Process(spinner.pid).nice() == 19
         pids = [spinner.pid for spinner in spinners]

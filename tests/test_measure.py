@@ -30,8 +30,8 @@ from rlplace.measure.calibrate import (
     solve_step_fit,
     write_profile,
 )
-from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import LocalExecutor, reference_step
+from rlplace.measure.launch import MeasureFailure
 from rlplace.measure.plan import Message, plan_segments
 from rlplace.measure.program import export_forward, is_getitem
 from rlplace.measure.recipe import ModelRecipe

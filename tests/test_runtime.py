@@ -15,8 +15,8 @@ import torch
 from rlplace.cli import main
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.measure.distributed import MeasureFailure
 from rlplace.measure.executor import reference_step
+from rlplace.measure.launch import MeasureFailure
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import local_cpu_cluster
 from rlplace.runtime.run import run_pipeline

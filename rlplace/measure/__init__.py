@@ -5,10 +5,15 @@ Modules (each has one job):
     plan        per-device segments and the message schedule of one training step;
     assign      a captured-graph placement -> a device per executor node;
     executor    forward, backward and optimizer step of a placed model (one process);
-    distributed one rank per device under torch.distributed; local launcher, torchrun entry;
+    ranks       the rank side: job, point-to-point transport, timed (and traced) steps;
+    launch      start local ranks, watch them, kill and reap them (`MeasureFailure`);
+    distributed the process entry point of a rank (measure or calibrate; torchrun uses it);
+    timeline    spans of a traced step per rank, merged beside the simulated schedule;
+    awake       idle-priority spinners that keep cores from halting (when the profile says so);
     recipe      how every process rebuilds the same model;
     session     capture + assign + measure + simulate for many placements;
-    calibrate   device and link profiles, `apply_profile`;
+    calibrate   measures device and link profiles (the `rlplace.profile.Profile` itself is torch-free);
+    opprofile   a model's own per-op times, timed in isolation and corrected;
     reward      the ``measured`` reward source of the environment;
     cli         handlers of ``rlplace measure`` and ``rlplace calibrate``;
     models      small reference models for tests and the fidelity benchmark.

@@ -8,13 +8,17 @@ far more than the link does. The simulator models devices that are never desched
 while a measurement runs one spinner process per core fills every idle moment:
 
 * under ``SCHED_IDLE`` (Linux; elsewhere nice 19), so a rank or anything else that becomes
-  runnable preempts it at once, and it takes no measurable time from them;
+  runnable preempts it at once, and in an autogroup of nice 19: with autogroup scheduling
+  (``/proc/sys/kernel/sched_autogroup_enabled``) the kernel first shares a core between
+  sessions, and ``SCHED_IDLE`` only ranks threads inside one, so a spinner in its own session
+  at the default group nice took half of a busy rank's core (issue 11: a two-rank step
+  measured 94 ms with spinners, 52 ms without);
 * it exits by itself within ~10 ms once the process that started it is gone, so a killed
   launcher leaves no busy loop behind.
 
-Measured here (2-core VM, 12-layer chain split layer by layer, 22 messages per step, three
-runs of 20 steps): median step 19.6-59.8 ms with the cores left to halt, 16.1-20.0 ms with
-them kept awake; the unsplit chain 8.1-8.8 ms either way.
+Whether it helps depends on the host: `rlplace calibrate` times it
+(`rlplace.measure.calibrate.keep_awake_check`) and the profile records the answer, which
+measurements then follow by default.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ try:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 except (AttributeError, OSError):
     os.nice(19)
+try:  # its own session is its own autogroup: without this, the group competes as an equal
+    with open("/proc/self/autogroup", "w") as group:
+        group.write("19")
+except OSError:
+    pass
 while os.getppid() == parent:
     for _ in range(100_000):
         pass

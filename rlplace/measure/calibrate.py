@@ -17,10 +17,10 @@ forward, backward, optimizer, views, convolutions, normalizations) to them, so t
 predicts what the executor spends per step on one device (`fit_kind_efficiency`);
 
 then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
-``latency`` (s, one way) and ``bandwidth`` (bytes/s). The profile is JSON (`write_profile`);
-`apply_profile` returns a cluster whose devices and links carry the calibrated numbers,
-scaled by the cost model's efficiency factors so that `rlplace.costs.CostTable` predicts
-exactly the measured rate for a matmul and for a streaming element-wise op.
+``latency`` (s, one way) and ``bandwidth`` (bytes/s), what a message adds to a step through
+the executor, and whether keeping idle cores awake helps a message-heavy step on this host
+(`keep_awake_check`). The result is a `rlplace.profile.Profile` (typed, torch-free: loading
+and applying it never imports this module).
 """
 
 from __future__ import annotations
@@ -32,19 +32,17 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rlplace.cluster import CPU, Cluster, Device
-from rlplace.costs import BANDWIDTH_EFFICIENCY, COMPUTE_EFFICIENCY
 from rlplace.errors import RlplaceError
-from rlplace.io import read_json, write_text_atomic
+from rlplace.profile import DeviceProfile, Profile, apply_profile, load_profile, mean_rates, profile_cluster, profile_summary, write_profile
 
-PROFILE_FORMAT = "rlplace-profile"
-PROFILE_VERSION = 1
+__all__ = [  # the profile itself lives in rlplace.profile (torch-free); re-exported for older imports
+    "DeviceProfile", "Profile", "apply_profile", "calibrate", "load_profile", "mean_rates", "profile_cluster", "profile_summary", "write_profile",
+]
 
 #: (m, k, n) of the timed matrix multiplications.
 MATMUL_SHAPES = ((64, 256, 256), (128, 512, 512), (256, 512, 256), (512, 512, 512), (128, 1024, 512))
@@ -56,197 +54,6 @@ ELEMENTWISE_SIZES = (1 << 16, 1 << 18, 1 << 20)
 LINK_SIZES = (16 << 10, 1 << 20)
 #: Percentile of link timings kept (see `profile_links`).
 LINK_PERCENTILE = 20
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """Measured rates of one device.
-
-    Attributes:
-        name: ``rank<r>``.
-        device: torch device it ran on (``cpu``, ``cuda:0``).
-        matmul_flops, conv_flops: FLOP/s reached by fp32 matmuls and convolutions.
-        memory_bandwidth: bytes/s read plus written by element-wise ops.
-        op_overhead_s: fixed time of one op through the executor (dispatch, Python).
-        kind_efficiency: per op kind of `rlplace.costs`, the fraction of ``matmul_flops``
-            (compute-bound ops) and of ``memory_bandwidth`` (memory-bound ops) that ops of the
-            kind reach in whole training steps, fitted on `CALIBRATION_MODELS` (empty when
-            not fitted).
-        launch_overhead_s: fitted fixed cost per forward op of a training step (dispatch,
-            autograd, allocations), None when not fitted.
-        op_overhead_by_class: fitted fixed cost (s) per op of each `rlplace.costs.OVERHEAD_CLASSES`
-            entry (empty in profiles fitted with a single launch cost).
-        fit: calibration model -> (measured, fitted) step time in seconds on this device.
-    """
-
-    name: str
-    device: str
-    matmul_flops: float
-    conv_flops: float
-    memory_bandwidth: float
-    op_overhead_s: float
-    kind_efficiency: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    launch_overhead_s: float | None = None
-    fit: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    op_overhead_by_class: Mapping[str, float] = dataclasses.field(default_factory=dict)
-
-
-@dataclass(frozen=True, eq=False)
-class Profile:
-    """A calibration of k devices.
-
-    Shapes (k devices):
-        devices: k `DeviceProfile`.
-        bandwidth: (k, k) bytes/s from rank a to rank b (``inf`` on the diagonal).
-        latency: (k, k) seconds one way from a to b (0 on the diagonal).
-        message_overhead_s: what one message costs a training step through the executor
-            beyond the link's latency and bandwidth (segment bookkeeping, the extra autograd
-            call, waking the receiver), measured on ranks 0 and 1; `apply_profile` adds it
-            to every link's latency.
-    """
-
-    devices: tuple[DeviceProfile, ...]
-    bandwidth: np.ndarray
-    latency: np.ndarray
-    backend: str
-    threads: int
-    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    message_overhead_s: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        k = len(self.devices)
-
-        def matrix(values: np.ndarray) -> list[list[float | None]]:
-            return [[None if a == b else float(values[a, b]) for b in range(k)] for a in range(k)]
-
-        return {
-            "format": PROFILE_FORMAT,
-            "version": PROFILE_VERSION,
-            "backend": self.backend,
-            "threads": self.threads,
-            "devices": [dataclasses.asdict(d) for d in self.devices],
-            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s},
-            "meta": dict(self.meta),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "profile") -> Profile:
-        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
-            raise RlplaceError(f"{source}: not an rlplace profile (expected \"format\": \"{PROFILE_FORMAT}\"); write one with `rlplace calibrate --out FILE`")
-        if data.get("version") != PROFILE_VERSION:
-            raise RlplaceError(f"{source}: profile version {data.get('version')!r} is not supported (expected {PROFILE_VERSION}); recalibrate")
-        try:
-            devices = tuple(_device_from_json(entry) for entry in data["devices"])
-            k = len(devices)
-            bandwidth = np.array([[math.inf if a == b else float(data["links"]["bandwidth"][a][b]) for b in range(k)] for a in range(k)])
-            latency = np.array([[0.0 if a == b else float(data["links"]["latency"][a][b]) for b in range(k)] for a in range(k)])
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise RlplaceError(f"{source}: malformed profile ({type(exc).__name__}: {exc}); recalibrate with `rlplace calibrate`") from None
-        if not devices:
-            raise RlplaceError(f"{source}: the profile has no devices")
-        for device in devices:
-            rates = (device.matmul_flops, device.conv_flops, device.memory_bandwidth, *device.kind_efficiency.values())
-            overheads = (device.op_overhead_s, device.launch_overhead_s or 0.0, *device.op_overhead_by_class.values())
-            if not all(math.isfinite(r) and r > 0 for r in rates) or not all(math.isfinite(o) and o >= 0 for o in overheads):
-                raise RlplaceError(f"{source}: device {device.name!r} has a non-positive rate; recalibrate")
-        overhead = float(data["links"].get("message_overhead_s", 0.0) or 0.0)
-        if not overhead >= 0:
-            raise RlplaceError(f"{source}: negative message overhead; recalibrate")
-        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), int(data.get("threads", 0)), dict(data.get("meta") or {}), overhead)
-
-
-def _device_from_json(entry: Mapping[str, Any]) -> DeviceProfile:
-    required = ("name", "device", "matmul_flops", "conv_flops", "memory_bandwidth", "op_overhead_s")
-    launch = entry.get("launch_overhead_s")
-    return DeviceProfile(
-        **{key: entry[key] for key in required},
-        kind_efficiency={str(k): float(v) for k, v in (entry.get("kind_efficiency") or {}).items()},
-        launch_overhead_s=None if launch is None else float(launch),
-        fit={str(k): (float(v[0]), float(v[1])) for k, v in (entry.get("fit") or {}).items()},
-        op_overhead_by_class={str(k): float(v) for k, v in (entry.get("op_overhead_by_class") or {}).items()},
-    )
-
-
-def write_profile(profile: Profile, path: str | Path) -> None:
-    """Write ``profile`` as JSON (atomically)."""
-    import json
-
-    write_text_atomic(path, json.dumps(profile.to_json(), indent=2) + "\n")
-
-
-def load_profile(path: str | Path) -> Profile:
-    """Read a profile written by `write_profile` (`RlplaceError` naming the file if bad)."""
-    return Profile.from_json(read_json(path), str(path))
-
-
-def apply_profile(cluster: Cluster, profile: Profile | str | Path) -> Cluster:
-    """A copy of ``cluster`` whose devices and links carry the calibrated numbers.
-
-    Device i takes profile device i (a one-device profile serves every device; a profile of
-    more devices gives the first k). With fitted per-kind efficiencies, a device's FP32
-    FLOP/s and memory bandwidth become the measured matmul rate and element-wise bandwidth,
-    and ``meta["calibration"]`` carries the per-kind efficiencies and per-op launch cost (per
-    op class when fitted so) that `rlplace.costs.CostTable` then uses instead of its defaults. Without them, FP32 FLOP/s
-    becomes ``matmul_flops / COMPUTE_EFFICIENCY["matmul"]`` and bandwidth
-    ``memory_bandwidth / BANDWIDTH_EFFICIENCY``, so the default roofline gives a matmul and a
-    streaming op exactly their measured rates. FP16 peaks keep their ratio to FP32. Links take
-    the profile's matrix when it covers k devices, else the mean measured link for every
-    pair. Memory capacities, hosts and names are kept.
-
-    Shapes: the profile's (c, c) link matrices become the cluster's (k, k) ones (c >= k).
-    """
-    if not isinstance(profile, Profile):
-        profile = load_profile(profile)
-    k = cluster.num_devices
-    count = len(profile.devices)
-    if 1 < count < k:
-        raise RlplaceError(f"the profile calibrates {count} devices but cluster {cluster.name!r} has {k}; calibrate with {k} ranks or use a one-device profile")
-    devices = []
-    calibration = []
-    for index, device in enumerate(cluster.devices):
-        measured = profile.devices[index if count >= k else 0]
-        fitted = bool(measured.kind_efficiency) and measured.launch_overhead_s is not None
-        fp32 = measured.matmul_flops if fitted else measured.matmul_flops / COMPUTE_EFFICIENCY["matmul"]
-        bandwidth = measured.memory_bandwidth if fitted else measured.memory_bandwidth / BANDWIDTH_EFFICIENCY
-        devices.append(dataclasses.replace(device, fp32_flops=fp32, fp16_flops=fp32 * (device.fp16_flops / device.fp32_flops), memory_bandwidth=bandwidth))
-        entry = {"kind_efficiency": dict(measured.kind_efficiency), "launch_overhead_s": measured.launch_overhead_s}
-        if measured.op_overhead_by_class:
-            entry["op_overhead_by_class"] = dict(measured.op_overhead_by_class)
-        calibration.append(entry if fitted else None)
-    diagonal = np.eye(k, dtype=bool)
-    if count >= k and k > 1:
-        bandwidth_matrix, latency_matrix = profile.bandwidth[:k, :k].copy(), profile.latency[:k, :k].copy()
-    elif count > 1:
-        off = ~np.eye(count, dtype=bool)
-        bandwidth_matrix = np.where(diagonal, math.inf, float(np.mean(profile.bandwidth[off])))
-        latency_matrix = np.where(diagonal, 0.0, float(np.mean(profile.latency[off])))
-    else:
-        bandwidth_matrix, latency_matrix = cluster.bandwidth, cluster.latency
-    latency_matrix = np.where(diagonal, 0.0, latency_matrix + profile.message_overhead_s)
-    meta = {**dict(cluster.meta), "profile": {"backend": profile.backend, "threads": profile.threads}}
-    if any(entry is not None for entry in calibration):
-        meta["calibration"] = {"devices": calibration}
-    return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth_matrix, latency=latency_matrix, meta=meta)
-
-
-def profile_cluster(profile: Profile, *, name: str = "calibrated") -> Cluster:
-    """A cluster made of the profiled devices themselves (CPU ranks: category ``cpu``).
-
-    Memory is the host's RAM (``psutil`` when available, else unlimited).
-    """
-    try:
-        import psutil
-
-        memory = float(psutil.virtual_memory().total)
-    except ImportError:
-        memory = math.inf
-    base = []
-    for measured in profile.devices:
-        category = CPU if measured.device.startswith("cpu") else "accelerator"
-        base.append(Device(name=measured.name, kind="calibrated", category=category, fp32_flops=1.0, fp16_flops=1.0, memory=memory, memory_bandwidth=1.0))
-    k = len(base)
-    cluster = Cluster(name=name, devices=tuple(base), bandwidth=np.where(np.eye(k, dtype=bool), math.inf, 1.0), latency=np.zeros((k, k)))
-    return apply_profile(cluster, profile)
 
 
 # ============================================================================ timing
@@ -557,21 +364,14 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
     return bandwidth, latency
 
 
-def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> float:
-    """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
-
-    Alternates steps of `rlplace.measure.models.crossing_chain` all on rank 0 and split
-    layer by layer over ranks 0 and 1 (every boundary on the critical path), so drift of the
-    host's speed cancels; the median difference of paired step times (slowest rank), minus
-    the link time, is divided by the number of messages.
-    """
-    import torch.distributed as dist
-
-    from rlplace.measure.distributed import DistTransport, run_step
+def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The program of `rlplace.measure.models.crossing_chain` and, for this rank, a worker and
+    plan of it all on rank 0 and one split layer by layer over ranks 0 and 1."""
     from rlplace.measure.executor import DeviceWorker
     from rlplace.measure.models import crossing_chain
     from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
+    from rlplace.measure.ranks import DistTransport
 
     module, inputs = crossing_chain()
     program = export_forward(module, inputs)
@@ -584,7 +384,16 @@ def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth
     for assignment in ({node.name: 0 for node in program.nodes}, {node.name: layer(node.name) % min(world_size, 2) for node in program.nodes}):
         plan = plan_segments(program, assignment, world_size)
         runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
-    differences = []
+    return program, runs
+
+
+def _paired_steps(runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int) -> list[tuple[float, float]]:
+    """Per round after ``warmup``, the slowest rank's time (s) of one step of each run (collective)."""
+    import torch.distributed as dist
+
+    from rlplace.measure.ranks import run_step
+
+    pairs = []
     for index in range(warmup + rounds):
         times = []
         for worker, plan in runs:
@@ -595,12 +404,65 @@ def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth
         slowest = torch.tensor(times, dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         if index >= warmup:
-            differences.append(float(slowest[1] - slowest[0]))
+            pairs.append((float(slowest[0]), float(slowest[1])))
+    return pairs
+
+
+def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> float:
+    """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
+
+    Alternates steps of `rlplace.measure.models.crossing_chain` all on rank 0 and split
+    layer by layer over ranks 0 and 1 (every boundary on the critical path), so drift of the
+    host's speed cancels; the median difference of paired step times (slowest rank), minus
+    the link time, is divided by the number of messages.
+    """
+    program, runs = _crossing_runs(rank, world_size, device)
+    differences = [split - single for single, split in _paired_steps(runs, rounds, warmup)]
     messages = runs[1][1].messages
     if not messages:
         return 0.0
     link_time = sum(latency + program.values[m.value].nbytes / bandwidth for m in messages)
     return max((statistics.median(differences) - link_time) / len(messages), 0.0)
+
+
+#: Keep-awake is on by default only if it made the message-heavy split at least this much
+#: faster (fraction) and the one-rank step at most `KEEP_AWAKE_TOLERANCE` slower.
+KEEP_AWAKE_GAIN = 0.10
+KEEP_AWAKE_TOLERANCE = 0.03
+
+
+def keep_awake_check(rank: int, world_size: int, device: torch.device, *, rounds: int = 4, steps: int = 5) -> dict[str, float]:
+    """Median step times (s) of `crossing_chain` on one rank and split layer by layer, with the
+    host's idle cores left to halt and kept awake (`rlplace.measure.awake`, started by rank 0),
+    alternating ``rounds`` times so drift cancels (collective). Keys: ``single_idle``,
+    ``single_awake``, ``split_idle``, ``split_awake``."""
+    import torch.distributed as dist
+
+    from rlplace.measure.awake import cores_kept_awake
+
+    _, runs = _crossing_runs(rank, world_size, device)
+    samples: dict[str, list[float]] = {"single_idle": [], "single_awake": [], "split_idle": [], "split_awake": []}
+    _paired_steps(runs, 0, 2)  # warm-up
+    for index in range(2 * rounds):
+        awake = index % 2 == 1
+        dist.barrier()
+        with cores_kept_awake(awake and rank == 0):
+            dist.barrier()
+            for single, split in _paired_steps(runs, steps, 1):
+                mode = "awake" if awake else "idle"
+                samples[f"single_{mode}"].append(single)
+                samples[f"split_{mode}"].append(split)
+            dist.barrier()
+    return {key: float(statistics.median(values)) for key, values in samples.items()}
+
+
+def keep_awake_helps(check: Mapping[str, float]) -> bool:
+    """The decision `keep_awake_check`'s numbers support (see `KEEP_AWAKE_GAIN`)."""
+    if not check:
+        return False
+    faster_split = check["split_awake"] < (1 - KEEP_AWAKE_GAIN) * check["split_idle"]
+    no_slower_single = check["single_awake"] <= (1 + KEEP_AWAKE_TOLERANCE) * check["single_idle"]
+    return bool(faster_split and no_slower_single)
 
 
 def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, local_rank: int) -> dict[str, Any] | None:
@@ -609,7 +471,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
     import torch.distributed as dist
 
-    from rlplace.measure.distributed import rank_device
+    from rlplace.measure.ranks import rank_device
 
     backend = str(job.get("backend", "gloo"))
     threads = int(job.get("threads", 1))
@@ -639,8 +501,11 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
         overhead = 0.0
+        check: dict[str, float] = {}
         if world_size > 1:
             overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
+            if job.get("check_keep_awake", True):
+                check = keep_awake_check(rank, world_size, device)
     finally:
         dist.destroy_process_group()
     if rank != 0:
@@ -655,55 +520,31 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         threads=threads,
         meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         message_overhead_s=overhead,
+        keep_awake=keep_awake_helps(check),
+        keep_awake_check=check,
     )
     return profile.to_json()
 
 
 def calibrate(
     num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None,
-    keep_awake: bool | None = None,
+    keep_awake: bool | None = None, check_keep_awake: bool = True,
 ) -> Profile:
     """Calibrate ``num_devices`` local ranks (one process each) and return the profile.
 
     ``fit`` also fits per-kind efficiencies and the per-op launch cost on the calibration
     models (`fit_kind_efficiency`, tens of seconds); without it only the raw rates are kept.
     ``nice`` sets the ranks' CPU priority and ``keep_awake`` keeps idle cores from halting
-    (see `rlplace.measure.distributed.launch_job`).
+    during the calibration itself (see `rlplace.measure.launch.launch_job`; default off).
+    ``check_keep_awake`` (two or more devices) times whether keeping cores awake helps
+    measurements on this host (`keep_awake_check`); the profile records the answer.
     """
-    from rlplace.measure.distributed import launch_job
+    from rlplace.measure.launch import launch_job
 
     if num_devices < 1:
         raise RlplaceError(f"calibration needs at least one device (got {num_devices})")
-    job = {"kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit}
+    job = {
+        "kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit,
+        "check_keep_awake": check_keep_awake,
+    }  # fmt: skip
     return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
-
-
-def profile_summary(profile: Profile) -> list[str]:
-    """Human-readable lines: one per device, one per link."""
-    lines = []
-    for d in profile.devices:
-        lines.append(
-            f"{d.name} ({d.device}): matmul {d.matmul_flops / 1e9:.1f} GFLOP/s, conv {d.conv_flops / 1e9:.1f} GFLOP/s, "
-            f"element-wise {d.memory_bandwidth / 1e9:.1f} GB/s, {d.op_overhead_s * 1e6:.1f} us per bare op"
-        )
-        if d.kind_efficiency and d.launch_overhead_s is not None:
-            efficiencies = ", ".join(f"{kind} {value:.2f}" for kind, value in d.kind_efficiency.items())
-            errors = [abs(f - m) / m for m, f in d.fit.values() if m > 0]
-            overheads = ", ".join(f"{name} {value * 1e6:.1f}" for name, value in d.op_overhead_by_class.items()) or f"{d.launch_overhead_s * 1e6:.1f}"
-            lines.append(
-                f"  fitted: us per op {overheads}; efficiency {efficiencies}; "
-                f"median fit error {statistics.median(errors) * 100 if errors else float('nan'):.1f}% over {len(errors)} calibration models"
-            )
-    k = len(profile.devices)
-    for a in range(k):
-        for b in range(k):
-            if a != b:
-                lines.append(f"link rank{a} -> rank{b}: {profile.bandwidth[a, b] / 1e9:.2f} GB/s, {profile.latency[a, b] * 1e6:.0f} us")
-    if k > 1:
-        lines.append(f"executor overhead per message: {profile.message_overhead_s * 1e6:.0f} us (added to every link's latency)")
-    return lines
-
-
-def mean_rates(profiles: Sequence[DeviceProfile]) -> dict[str, float]:
-    """Mean of each rate over devices (for reports)."""
-    return {key: float(np.mean([getattr(p, key) for p in profiles])) for key in ("matmul_flops", "conv_flops", "memory_bandwidth", "op_overhead_s")}

@@ -7,7 +7,8 @@ defaults, so a parser may leave options out.
 ``rlplace measure MODEL --placement P`` reads: ``model``, ``placement`` (file or
 ``expert:FILE``), ``cluster`` (None), ``profile`` (None), ``backend`` (``gloo``), ``steps``
 (10), ``warmup`` (3), ``rounds`` (1), ``op_profile`` (False), ``timeout`` (120 s), ``threads`` (1), ``batch_size`` (None),
-``optimizer`` (``adam``), ``seed`` (0), ``json`` (False), ``keep_awake`` (None: on for gloo).
+``optimizer`` (``adam``), ``seed`` (0), ``json`` (False), ``keep_awake`` (None: the profile's
+choice, else off), ``trace`` (None: no trace file).
 
 ``rlplace calibrate`` reads: ``out`` (None: print only), ``backend`` (``gloo``), ``devices``
 (2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None).
@@ -51,6 +52,13 @@ def _devices_in_placement(spec: str) -> int | None:
     return devices
 
 
+def check_writable(path: str) -> None:
+    """`RlplaceError` unless ``path``'s folder exists (checked before minutes of measuring)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RlplaceError(f"cannot write {path}: folder {folder} does not exist")
+
+
 def run_measure_command(args: argparse.Namespace) -> int:
     """Time training steps of a placed model and print them beside the simulator's prediction."""
     if getattr(args, "inference", False):
@@ -78,9 +86,9 @@ def run_measure_command(args: argparse.Namespace) -> int:
         from rlplace.limits import MAX_DEVICES, check_count
 
         check_count(used, MAX_DEVICES, "MAX_DEVICES", f"{args.placement}: the placement's largest device index + 1 (one rank per device)")
-    from rlplace.measure.calibrate import apply_profile, load_profile
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
+    from rlplace.profile import apply_profile, load_profile
 
     profile = load_profile(args.profile) if getattr(args, "profile", None) else None
     cluster_spec = getattr(args, "cluster", None)
@@ -104,7 +112,27 @@ def run_measure_command(args: argparse.Namespace) -> int:
     executed = setup.executed(placement)
     simulated = setup.simulate(placement)
     assignment = setup.assignment(placement)
-    (measurement,) = measure(setup, [placement], backend=backend, steps=steps, warmup=warmup, rounds=rounds, threads=threads, timeout_s=timeout, keep_awake=getattr(args, "keep_awake", None))
+    trace_path = getattr(args, "trace", None)
+    if trace_path:
+        check_writable(trace_path)
+        if backend == "local":
+            raise RlplaceError("--trace records one process per rank; use --backend gloo or nccl")
+    keep_awake = getattr(args, "keep_awake", None)
+    if keep_awake is None:
+        keep_awake = bool(profile.keep_awake) if profile is not None else False
+    (measurement,) = measure(
+        setup, [placement], backend=backend, steps=steps, warmup=warmup, rounds=rounds, threads=threads, timeout_s=timeout, keep_awake=keep_awake, trace=bool(trace_path)
+    )
+    if trace_path and measurement.trace is not None:
+        from rlplace.measure.timeline import write_merged_trace
+        from rlplace.simulate import simulate
+        from rlplace.trace import chrome_trace
+
+        recorded = simulate(setup.graph, cluster, setup.costs, executed, objective="latency", record=True)
+        write_merged_trace(
+            trace_path, chrome_trace(recorded, setup.graph, cluster), measurement.trace,
+            meta={"measured_step_time_s": measurement.measured_step_time, "simulated_step_time_s": float(simulated.step_time), "keep_awake": keep_awake},
+        )  # fmt: skip
     payload = {
         "measured_step_time": measurement.measured_step_time,
         "simulated_step_time": float(simulated.step_time),
@@ -120,6 +148,8 @@ def run_measure_command(args: argparse.Namespace) -> int:
         "device_names": cluster.device_names,
         "cluster": cluster.name,
         "profile": getattr(args, "profile", None),
+        "keep_awake": keep_awake,
+        "trace": trace_path,
         "model": str(args.model),
         "graph": setup.graph.name,
         "num_ops": setup.graph.num_ops,
@@ -141,13 +171,17 @@ def run_measure_command(args: argparse.Namespace) -> int:
             f"simulated step time  {payload['simulated_step_time'] * 1e3:.3f} ms  (latency objective, cluster {cluster.name})\n"
             f"relative error       {payload['relative_error'] * 100:.1f} %\n"
             f"segments {measurement.segments}, messages per step {measurement.messages}, loss {measurement.loss:.6g}"
+            f"{', cores kept awake' if keep_awake else ''}"
         )
+        if trace_path:
+            print(f"trace written to {trace_path} (open in https://ui.perfetto.dev): one track per rank beside one per simulated device")
     return 0
 
 
 def run_calibrate_command(args: argparse.Namespace) -> int:
     """Profile the local devices and links; write the profile JSON when ``--out`` is given."""
-    from rlplace.measure.calibrate import calibrate, profile_summary, write_profile
+    from rlplace.measure.calibrate import calibrate
+    from rlplace.profile import profile_summary, write_profile
 
     out = getattr(args, "out", None)
     check_output_paths([out])

@@ -30,6 +30,7 @@ from torch.fx.node import map_arg
 from rlplace.errors import RlplaceError
 from rlplace.measure.plan import PLACEHOLDER_STAGE, Message, Segment, SegmentPlan
 from rlplace.measure.program import ForwardProgram, LossFunction, ValueInfo, default_loss, node_callable
+from rlplace.measure.timeline import StepRecorder
 
 OPTIMIZERS = ("adam", "sgd", "sgd-momentum")
 
@@ -65,6 +66,27 @@ class LocalTransport:
 
     def flush(self) -> None:
         """Nothing to wait for: `LocalExecutor` checks the mailbox is empty after the step."""
+
+
+class TracingTransport:
+    """Wraps a transport and records each receive (``wait``), send and flush as a span
+    (`rlplace.measure.timeline.StepRecorder`)."""
+
+    def __init__(self, inner: Transport, recorder: StepRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def send(self, message: Message, tensor: torch.Tensor) -> None:
+        with self.recorder.span(f"send {message.kind} {message.value} to {message.dst}", "send", bytes=tensor.numel() * tensor.element_size()):
+            self.inner.send(message, tensor)
+
+    def recv(self, message: Message, info: ValueInfo, device: torch.device) -> torch.Tensor:
+        with self.recorder.span(f"recv {message.kind} {message.value} from {message.src}", "wait", bytes=info.nbytes):
+            return self.inner.recv(message, info, device)
+
+    def flush(self) -> None:
+        with self.recorder.span("flush sends", "send"):
+            self.inner.flush()
 
 
 def make_optimizer(name: str, parameters: Sequence[nn.Parameter], lr: float = 1e-3) -> torch.optim.Optimizer | None:

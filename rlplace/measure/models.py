@@ -119,6 +119,139 @@ def tiny_transformer(batch_size: int = 2) -> tuple[nn.Module, tuple[torch.Tensor
     return transformer(batch_size=batch_size, seq=8, dim=32, layers=1)
 
 
+class TwoBranch(nn.Module):
+    """Two equal stacks of Linear + ReLU on the same input, concatenated into a linear head.
+
+    Shapes: input (batch, width) -> output (batch, classes).
+    """
+
+    def __init__(self, width: int = 512, depth: int = 4, classes: int = 16) -> None:
+        super().__init__()
+        self.left = nn.Sequential(*(layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())))
+        self.right = nn.Sequential(*(layer for _ in range(depth) for layer in (nn.Linear(width, width), nn.ReLU())))
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.left(x), self.right(x)], dim=1))
+
+
+def two_branch(batch_size: int = 256, width: int = 512, depth: int = 4, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Two parallel Linear + ReLU stacks feeding one head (issue 11's branchy model); batch 256."""
+    torch.manual_seed(seed)
+    return TwoBranch(width, depth), (torch.randn(batch_size, width, generator=_generator(seed + 1)),)
+
+
+class ThreeBranch(nn.Module):
+    """Inception-like: three Linear + GELU stacks of different widths and depths on one input,
+    concatenated into a head.
+
+    Shapes: input (batch, width) -> output (batch, classes).
+    """
+
+    def __init__(self, width: int = 256, classes: int = 16) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(width, 512), nn.GELU(), nn.Linear(512, width))
+        self.b = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, width))
+        self.c = nn.Sequential(nn.Linear(width, 128), nn.GELU())
+        self.head = nn.Linear(2 * width + 128, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x), self.c(x)], dim=1))
+
+
+class ResidualCNN(nn.Module):
+    """A stem convolution and two residual blocks (conv, batch norm, ReLU, conv, batch norm,
+    skip), the second strided with a 1x1 projection; pooling and a classifier.
+
+    Shapes: input (batch, 3, size, size) -> output (batch, classes).
+    """
+
+    def __init__(self, channels: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
+        self.block2 = nn.Sequential(
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.BatchNorm2d(2 * channels), nn.ReLU(), nn.Conv2d(2 * channels, 2 * channels, 3, padding=1), nn.BatchNorm2d(2 * channels)
+        )
+        self.project = nn.Conv2d(channels, 2 * channels, 1, stride=2)
+        self.classifier = nn.Linear(2 * channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.block1(x))
+        x = torch.relu(self.project(x) + self.block2(x))
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+class SoftMoE(nn.Module):
+    """A mixture-of-experts layer between two dense layers: a softmax router weighs four expert
+    MLPs (every expert runs on every token: dense gating, so the step is deterministic).
+
+    Shapes: input (batch, width) -> output (batch, width).
+    """
+
+    def __init__(self, width: int = 256, experts: int = 4, hidden: int = 512) -> None:
+        super().__init__()
+        self.inp = nn.Linear(width, width)
+        self.router = nn.Linear(width, experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width)) for _ in range(experts))
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.inp(x))
+        gates = torch.softmax(self.router(x), dim=-1)
+        mixed = sum(gates[:, e : e + 1] * expert(x) for e, expert in enumerate(self.experts))
+        return self.out(x + mixed)
+
+
+class EmbeddingHeavy(nn.Module):
+    """DLRM-like: two large embedding tables looked up by id bags (mean-pooled), a dense
+    feature MLP, and a top MLP over their concatenation.
+
+    Shapes: ids (batch, bag) int64 in [0, rows) and dense (batch, 64) -> output (batch, 1).
+    """
+
+    def __init__(self, rows: int = 20000, dim: int = 64) -> None:
+        super().__init__()
+        self.users = nn.Embedding(rows, dim)
+        self.items = nn.Embedding(rows, dim)
+        self.dense = nn.Sequential(nn.Linear(64, dim), nn.ReLU())
+        self.top = nn.Sequential(nn.Linear(3 * dim, 128), nn.ReLU(), nn.Linear(128, 1))
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.top(torch.cat([self.users(ids).mean(dim=1), self.items(ids.flip(1)).mean(dim=1), self.dense(dense)], dim=1))
+
+
+def three_branch(batch_size: int = 128, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`ThreeBranch` (unequal branches) and one batch (kept out of development)."""
+    torch.manual_seed(seed)
+    return ThreeBranch(), (torch.randn(batch_size, 256, generator=_generator(seed + 1)),)
+
+
+def residual_cnn(batch_size: int = 8, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`ResidualCNN` on 32x32 images (kept out of development)."""
+    torch.manual_seed(seed)
+    return ResidualCNN(), (torch.randn(batch_size, 3, 32, 32, generator=_generator(seed + 1)),)
+
+
+def soft_moe(batch_size: int = 128, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`SoftMoE` with four experts (kept out of development)."""
+    torch.manual_seed(seed)
+    return SoftMoE(), (torch.randn(batch_size, 256, generator=_generator(seed + 1)),)
+
+
+def embedding_heavy(batch_size: int = 256, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """`EmbeddingHeavy` with bags of 8 ids (kept out of development)."""
+    torch.manual_seed(seed)
+    generator = _generator(seed + 1)
+    return EmbeddingHeavy(), (torch.randint(0, 20000, (batch_size, 8), generator=generator), torch.randn(batch_size, 64, generator=generator))
+
+
+def deep_transformer(batch_size: int = 4, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Transformer of 6 narrow blocks (width 64, 32 tokens; kept out of development)."""
+    return transformer(batch_size=batch_size, seq=32, dim=64, layers=6, seed=seed)
+
+
 # ----------------------------------------------------------------------------- calibration
 class _Chain(nn.Module):
     """Applies ``layers`` in order; the calibration models are built from it."""

@@ -28,7 +28,7 @@ import numpy as np
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.measure.distributed import MeasureFailure
+from rlplace.measure.launch import MeasureFailure
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import MeasureSetup, measure
 

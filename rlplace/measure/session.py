@@ -24,12 +24,14 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.measure.assign import Assignment, assign_devices, executed_placement
-from rlplace.measure.calibrate import Profile, apply_profile, profile_cluster
-from rlplace.measure.distributed import BACKENDS, MeasureJob, launch_local
+from rlplace.measure.launch import launch_local
 from rlplace.measure.opprofile import IsolationCorrection
 from rlplace.measure.program import ForwardProgram, export_forward
+from rlplace.measure.ranks import BACKENDS, MeasureJob
 from rlplace.measure.recipe import ModelRecipe
+from rlplace.measure.timeline import Span
 from rlplace.placement import Placement, as_placement, check_constraints
+from rlplace.profile import Profile, apply_profile, profile_cluster
 
 #: ``local`` runs every device in this process; the others start one process per device.
 ALL_BACKENDS = (*BACKENDS, "local")
@@ -68,6 +70,9 @@ class Measurement:
         cpu_times: per device, the median CPU time (s) its process's main thread spent in a
             step (distributed backends; load on the host does not inflate it).
         state: parameters, gradients and buffers after the last step (when asked for).
+        trace: per rank, the spans of one traced step (`rlplace.measure.timeline`; when asked for).
+        cpu_waits: per timed step, the longest time any rank waited for a CPU while ready to
+            run (s; Linux, distributed backends): what a loaded host added to the step.
     """
 
     step_times: tuple[float, ...]
@@ -77,6 +82,8 @@ class Measurement:
     backend: str
     state: Mapping[str, Any] | None = None
     cpu_times: tuple[float, ...] = ()
+    trace: tuple[tuple[Span, ...], ...] | None = None
+    cpu_waits: tuple[float, ...] = ()
 
     @property
     def measured_step_time(self) -> float:
@@ -178,13 +185,16 @@ def measure(
     fault: Mapping[str, Any] | None = None,
     nice: int | None = None,
     keep_awake: bool | None = None,
+    trace: bool = False,
 ) -> list[Measurement]:
     """Time ``steps`` training steps (after ``warmup``) of every placement, ``rounds`` times
     over (each round passes over all placements; the timed steps of all rounds are pooled).
 
     ``nice`` sets the CPU priority of the rank processes (negative: root only), so other
     processes on a shared host disturb the timings less. ``keep_awake`` keeps idle cores
-    from halting during the run (`rlplace.measure.awake`; None: on for gloo).
+    from halting during the run (`rlplace.measure.awake`; None: what the cluster's calibration
+    profile found helps on this host, else off). ``trace`` records one more step per
+    placement span by span on every rank (distributed backends only).
 
     Raises:
         RlplaceError: a bad option or a placement the executor cannot honour.
@@ -217,11 +227,23 @@ def measure(
         timeout_s=timeout_s,
         return_state=return_state,
         fault=dict(fault or {}),
+        trace=trace,
     )
+    if keep_awake is None:
+        recorded = setup.cluster.meta.get("profile")
+        keep_awake = bool(recorded.get("keep_awake", False)) if isinstance(recorded, Mapping) else False
     result = launch_local(job, nice=nice, keep_awake=keep_awake)
     return [
         Measurement(
-            tuple(entry["step_times"]), float(entry["loss"]), int(entry["segments"]), int(entry["messages"]), backend, entry.get("state"), tuple(entry["cpu_times"])
+            tuple(entry["step_times"]),
+            float(entry["loss"]),
+            int(entry["segments"]),
+            int(entry["messages"]),
+            backend,
+            entry.get("state"),
+            tuple(entry["cpu_times"]),
+            tuple(tuple(Span.from_json(span) for span in spans) for spans in entry["trace"]) if "trace" in entry else None,
+            tuple(entry.get("cpu_waits", ())),
         )
         for entry in result["results"]
     ]

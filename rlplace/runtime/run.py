@@ -84,7 +84,7 @@ def run_pipeline(
         RlplaceError: bad options. MeasureFailure: a rank failed or the run timed out (every
             rank is killed and reaped first).
     """
-    from rlplace.measure.distributed import launch_job
+    from rlplace.measure.launch import launch_job
 
     if backend not in BACKENDS:
         raise RlplaceError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -188,8 +188,8 @@ def prepare_run(
 
 
 def _cluster(cluster_spec: str | None, profile: str | None, devices: int) -> Cluster:
-    from rlplace.measure.calibrate import apply_profile, load_profile
     from rlplace.measure.session import local_cpu_cluster
+    from rlplace.profile import apply_profile, load_profile
 
     loaded = load_profile(profile) if profile else None
     if cluster_spec:

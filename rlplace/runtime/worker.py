@@ -86,8 +86,8 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
     """Join the group, build this rank's stages, train; rank 0 returns the result."""
     from torch.distributed.pipelining import pipeline
 
-    from rlplace.measure.distributed import rank_device
     from rlplace.measure.executor import make_optimizer
+    from rlplace.measure.ranks import rank_device
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.runtime.stages import SplitSpec
 
