@@ -207,7 +207,6 @@ def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
 
 def run_run_command(args: argparse.Namespace) -> int:
     """``rlplace run``: print measured beside simulated step time (text or ``--json``)."""
-    import json
 
     if getattr(args, "inference", False):
         raise RlplaceError("rlplace run trains (forward, backward, optimizer); drop --inference")
@@ -255,7 +254,9 @@ def run_run_command(args: argparse.Namespace) -> int:
         "cluster": setup.cluster.name,
     }
     if getattr(args, "json", False):
-        print(json.dumps(payload, allow_nan=True))
+        from rlplace.io import print_json
+
+        print_json(payload)
         return 0
     note = "" if spec.simulated_schedule == spec.schedule else f"; the simulator has no {spec.schedule} order yet, so this is GPipe order"
     points = ", ".join(f"{fqn} {point.removeprefix('SplitPoint.')}" for fqn, point in spec.split_points.items())
