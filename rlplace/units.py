@@ -17,7 +17,9 @@ Suffixes:
 
 Arithmetic runs in `decimal.Decimal`, so ``parse_bytes("1.5GiB")`` is exactly 1610612736 and
 ``parse_flops("15.7TFLOPS")`` is the float nearest to 15.7e12, as the literal would be. The
-``format_*`` functions write a value back in a readable unit that parses to the same float.
+``format_*`` functions write a value back in a readable unit that parses to the same float;
+``show_bytes`` and ``show_time`` write values for people (messages and tables), rounded. This
+module is the one owner of byte and time formatting.
 """
 
 from __future__ import annotations
@@ -111,6 +113,32 @@ def format_bytes(value: float) -> str:
     if math.isinf(value):
         return "unlimited"
     return _format(value, [("GiB", 2**30), ("GB", 10**9), ("MiB", 2**20), ("MB", 10**6), ("KiB", 2**10), ("B", 1)], lambda t: parse_bytes(t, "value"))
+
+
+def show_bytes(value: float) -> str:
+    """``value`` bytes for people (messages, tables): SI units, 3 significant digits
+    (``"20 GB"``, ``"1.5 MB"``, ``"512 B"``), ``"unlimited"`` for an uncapped device.
+    Not exact: use `format_bytes` for text that must read back."""
+    if not math.isfinite(value):
+        return "unlimited"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def show_time(value: float | None, unit: str) -> str:
+    """A duration for people: seconds as s/ms/us, other units (profiled graphs) as plain
+    numbers with their unit, ``—`` for none."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    if unit != "s":
+        return f"{value:.6g} {unit}"
+    if value >= 1:
+        return f"{value:.3f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3f} ms"
+    return f"{value * 1e6:.1f} us"
 
 
 def format_bandwidth(value: float) -> str:

@@ -9,18 +9,21 @@ go to the lower device index. Devices are limited to those that can run the op's
 have room for it under the memory estimate; the rest of a colocation class follows its first
 op. The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
 If a unit finds no room, the schedule is redone without memory limits and repaired
-(`rlplace.baselines.common.fit_with_fallback`).
+(`rlplace.rules.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import ListSchedule, bottom_levels, finalize, finite_mean, fit_with_fallback, mean_edge_time, prepare
+from rlplace.baselines.adjacency import bottom_levels
+from rlplace.baselines.list_schedule import ListSchedule
+from rlplace.baselines.summaries import finite_mean, mean_edge_time
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:

@@ -6,23 +6,24 @@ pair with the earliest start time is scheduled, where
     start(op, d) = max(time device d becomes free, time all inputs can be on d)
 
 and inputs arrive ``costs.edge_time`` after their producer ends (no link contention; see
-`rlplace.baselines.common.ListSchedule`). Ties go to the earlier finish, then the lower op
+`rlplace.baselines.list_schedule.ListSchedule`). Ties go to the earlier finish, then the lower op
 id, then the lower device index. A device may be used when it can run the op's unit and has
 room for it under the memory estimate; the rest of a colocation class follows its first op.
 The schedule optimises latency; for ``throughput`` it still returns a feasible placement.
 If a unit finds no room, the schedule is redone without memory limits and repaired
-(`rlplace.baselines.common.fit_with_fallback`).
+(`rlplace.rules.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import ListSchedule, finalize, fit_with_fallback, prepare
+from rlplace.baselines.list_schedule import ListSchedule
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:

@@ -22,20 +22,23 @@ whose last op has an unscheduled favourite child kept free for it (other ops use
 they may use no other device). Baechi also lets an *urgent* op (one as ready everywhere as it
 will ever be) take a waiting device; this version does not.
 If a unit finds no room, the schedule is redone without memory limits and repaired
-(`rlplace.baselines.common.fit_with_fallback`).
+(`rlplace.rules.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import EdgeIndex, ListSchedule, finalize, finite_mean, fit_with_fallback, mean_edge_time, prepare
+from rlplace.baselines.adjacency import EdgeIndex
+from rlplace.baselines.list_schedule import ListSchedule
 from rlplace.baselines.m_etf import run_etf
+from rlplace.baselines.summaries import finite_mean, mean_edge_time
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import finalize, fit_with_fallback, prepare
 
 #: Edges whose relaxed x_e is below this become favourite-child edges.
 FAVOURITE_THRESHOLD = 0.5

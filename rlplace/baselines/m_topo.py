@@ -9,18 +9,18 @@ which the walk places every unit (bisection, 60 steps; the walk only gets furthe
 grows). The result is the contiguous split that balances compute best under memory caps;
 communication is ignored. A unit that cannot run on the walk's device goes to the fastest
 device that can run it and has room, without moving the walk. If memory stops the walk at any
-cap, the walk is redone without memory limits and repaired (`common.fit_with_fallback`).
+cap, the walk is redone without memory limits and repaired (`rlplace.rules.fit_with_fallback`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import MemoryLedger, Units, finalize, fit_with_fallback, prepare, start_assignment_error
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import MemoryLedger, Units, finalize, fit_with_fallback, prepare, start_assignment_error
 
 _BISECTION_STEPS = 60
 

@@ -2,7 +2,7 @@
 
 Each sample walks the units in topological order of their first op and puts each on a
 device drawn uniformly among those that can run it and have room under the memory estimate
-(`rlplace.baselines.common`). Samples are ranked by the simulator's score for the requested
+(`rlplace.rules`). Samples are ranked by the simulator's score for the requested
 objective: less memory overflow first, then smaller step time; the first best sample wins.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import MemoryLedger, Units, finalize, fit_with_fallback, make_simulator, prepare, start_assignment_error
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import MemoryLedger, Units, finalize, fit_with_fallback, make_simulator, prepare, start_assignment_error
 
 #: Number of random placements scored.
 DEFAULT_SAMPLES = 64

@@ -3,8 +3,8 @@
 Units (single ops, or whole colocation classes) are taken in the order of their first op.
 A pointer starts at device 0; each unit goes to the first device, from the pointer on
 (cyclically), that can run it and has room for it under the memory estimate of
-`rlplace.baselines.common`; the pointer then moves one past that device. If a unit finds no
-room, the deal is redone without memory limits and repaired (`common.fit_with_fallback`). With no colocation
+`rlplace.rules`; the pointer then moves one past that device. If a unit finds no
+room, the deal is redone without memory limits and repaired (`rlplace.rules.fit_with_fallback`). With no colocation
 and no constraints, op ``i`` lands on device ``i mod k``.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import MemoryLedger, finalize, fit_with_fallback, prepare, start_assignment_error
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import MemoryLedger, finalize, fit_with_fallback, prepare, start_assignment_error
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import format_bytes, make_simulator, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement, as_placement
+from rlplace.rules import make_simulator, prepare
+from rlplace.units import show_bytes
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
@@ -48,6 +49,6 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
         peaks[device] = peak
     largest = max(peaks, key=lambda d: (capacity[d], -d))
     raise RlplaceError(
-        f"graph {graph.name!r} needs {format_bytes(peaks[largest])} on one device but the largest device that can run it, "
-        f"{cluster.devices[largest].name}, has {format_bytes(capacity[largest])}; use a multi-device method such as m-topo"
+        f"graph {graph.name!r} needs {show_bytes(peaks[largest])} on one device but the largest device that can run it, "
+        f"{cluster.devices[largest].name}, has {show_bytes(capacity[largest])}; use a multi-device method such as m-topo"
     )

@@ -1,0 +1,129 @@
+"""The end of every decision: legalize, evaluate, repair, evaluate again (`settle`).
+
+The baselines (`finalize`, op units, exact simulator check), the env's reference and final
+placements and the policy's candidates (`rlplace.envs.repair.settle_groups`, group units) all
+run `settle`, with the same exact repair (`rlplace.rules.repair.repair_exact`).
+`fit_with_fallback` is the greedy baselines' way to survive the estimate running out.
+
+Shapes: n ops, N items, u units, k devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rlplace.cluster import Cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+from rlplace.placement import Placement, as_placement, check_constraints
+from rlplace.rules.feasible import NoRoomError
+from rlplace.rules.repair import repair_estimate, repair_exact
+from rlplace.rules.units import Units, build_units
+from rlplace.units import show_bytes
+
+#: Relative tolerance under which two step times count as equal.
+TIME_TOLERANCE = 1e-12
+
+Evaluate = Callable[[np.ndarray], tuple[float, float]]
+"""(N,) legal placement -> (step time, bytes over capacity summed over devices)."""
+
+
+def settle(
+    choice: np.ndarray,
+    *,
+    legalize: Callable[[np.ndarray], np.ndarray],
+    evaluate: Evaluate,
+    repair: Callable[[np.ndarray], tuple[np.ndarray, int]] | None,
+) -> tuple[float, float, np.ndarray]:
+    """Legalize ``choice``, evaluate it, and if it overflows memory and ``repair`` is given,
+    repair it (``repair(legal) -> (repaired, moves)``) and evaluate again.
+
+    Returns (overflow bytes, step time, (N,) legal placement), the repaired one when it moved a unit.
+    """
+    legal = legalize(np.asarray(choice, dtype=np.int64))
+    step_time, overflow = evaluate(legal)
+    if overflow > 0 and repair is not None:
+        repaired, moves = repair(legal)
+        if moves:
+            legal = repaired
+            step_time, overflow = evaluate(legal)
+    return float(overflow), float(step_time), np.asarray(legal, dtype=np.int64)
+
+
+def make_simulator(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str, microbatches: int = 1) -> Any:
+    """The shared `rlplace.simulate.Simulator` for ``objective`` (it ignores ``microbatches``
+    unless the objective is ``pipelined``)."""
+    from rlplace.simulate import Simulator
+
+    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+
+
+def finalize(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    placement: np.ndarray,
+    *,
+    objective: str,
+    method: str,
+    simulator: Any = None,
+    microbatches: int = 1,
+) -> Placement:
+    """Check a method's placement exactly and return it read-only.
+
+    Op times and colocation are checked (`check_constraints`: a method's output must already
+    be legal); peak memory comes from the simulator. A device over capacity gets units moved
+    off it (`repair_exact`); if that fails, `RlplaceError` names the device and the overflow.
+    """
+    simulator = simulator if simulator is not None else make_simulator(graph, cluster, costs, objective, microbatches)
+    capacity = cluster.memory
+    units: list[Units] = []
+
+    def check(choice: np.ndarray) -> np.ndarray:
+        legal = as_placement(choice, graph, cluster)
+        check_constraints(graph, costs, legal)
+        return legal
+
+    def overflow(p: np.ndarray) -> tuple[float, float]:
+        return 0.0, float(np.maximum(np.asarray(simulator.peak_memory(p), dtype=np.float64) - capacity, 0.0).sum())
+
+    def repair(legal: np.ndarray) -> tuple[np.ndarray, int]:
+        units.append(build_units(graph, costs, objective))
+        assignment, peak, moves = repair_exact(units[0], units[0].contract(legal), lambda a: simulator.peak_memory(units[0].expand(a)), capacity)
+        if np.any(peak > capacity):
+            device = int(np.argmax(peak - capacity))
+            raise RlplaceError(
+                f"{method}: no placement of graph {graph.name!r} within device memory found: device {cluster.devices[device].name} "
+                f"needs {show_bytes(float(peak[device]))} at its peak but has {show_bytes(float(capacity[device]))}; "
+                "use more or larger devices, or a smaller batch"
+            )
+        return units[0].expand(assignment), moves
+
+    _, _, result = settle(placement, legalize=check, evaluate=overflow, repair=repair)
+    return as_placement(result, graph, cluster)
+
+
+def fit_with_fallback(
+    graph: OpGraph, cluster: Cluster, units: Units, budget: np.ndarray, decide: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(u,) assignment from ``decide(budget)``; if that greedy pass runs out of room, from
+    ``decide`` with unlimited memory followed by `repair_estimate` under ``budget``.
+
+    Greedy passes commit memory early and can strand a large unit late although a placement
+    exists; the fallback keeps the heuristic's choices and moves as few units as it can. When
+    even the repair cannot meet the (conservative) estimate, the unlimited assignment is
+    returned as is: `finalize` then checks it against the simulator's exact peak memory and
+    repairs it or explains why it cannot.
+    """
+    try:
+        return decide(budget)
+    except NoRoomError:
+        unlimited = decide(np.full_like(budget, np.inf))
+        try:
+            return repair_estimate(graph, cluster, units, unlimited, budget)
+        except RlplaceError:
+            return unlimited
