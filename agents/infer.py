@@ -244,16 +244,7 @@ def score_groups(problem: Any, oom_mode: str, groups: np.ndarray) -> tuple[float
     """(overflow bytes, step time, (G,) legal group placement) of a (G,) group choice, by the
     env's rules: legalize, simulate the full graph, and under ``repair`` move units off
     overfull devices and simulate again."""
-    from rlplace.envs.repair import legalize, repair_memory
-
-    legal, _ = legalize(problem, groups)
-    step_time, overflow = problem.reward_source.evaluate(problem.expand(legal))
-    if overflow > 0 and oom_mode == "repair":
-        repaired, _, moves = repair_memory(problem, legal)
-        if moves:
-            legal = repaired
-            step_time, overflow = problem.reward_source.evaluate(problem.expand(legal))
-    return float(overflow), float(step_time), np.asarray(legal, dtype=np.int64)
+    return problem.settle(groups, repair=oom_mode == "repair")
 
 
 def _score(problem: Any, oom_mode: str, groups: np.ndarray) -> tuple[float, float, np.ndarray]:

@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
+from rlplace.objectives import OBJECTIVES
 from rlplace.schedules import SCHEDULES
 
 from .ledger import MemoryLedger
@@ -24,7 +25,6 @@ from .specs import ModelEntry, builtin_clusters, builtin_models, pair_table, res
 ACTION_FORMS = ("one-shot", "sequential")
 OOM_MODES = ("repair", "penalty")
 MEMORY_MASKS = ("bound", "resident")
-OBJECTIVES = ("latency", "pipelined", "throughput")
 
 
 class PlacementEnv(gym.Env):

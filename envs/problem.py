@@ -15,7 +15,7 @@ finds no feasible placement, or ``reference_method="speed-proportional-split"``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,9 @@ import numpy as np
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
-from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.graph import OpGraph
+from rlplace.rules import Units, build_units, legalize, repair_exact, settle
+from rlplace.units import show_bytes
 
 from .reward import RewardSource, make_reward_source
 
@@ -55,6 +57,8 @@ class PlacementProblem:
         single_time: fastest single-device time of the graph (sum of op times), time unit.
         reference_time: T_ref, the reference placement's step time, time unit.
         reference_placement: (n,) int64 reference placement of the full graph.
+        units: the colocation units of the groups (`rlplace.rules.build_units` over groups).
+        copy_and_work_bound: bytes, every exported output once plus the largest working memory.
     """
 
     graph: OpGraph
@@ -84,6 +88,8 @@ class PlacementProblem:
     reference_time: float
     reference_placement: np.ndarray
     reference_method: str
+    units: Units | None = None
+    copy_and_work_bound: float = 0.0
 
     @property
     def num_groups(self) -> int:
@@ -102,19 +108,44 @@ class PlacementProblem:
         groups' resident and output bytes, plus a copy of every exported output and the largest
         working memory of the graph. When it holds the simulator's memory pass can be skipped."""
         held = np.bincount(group_placement, weights=self.resident + self.transient, minlength=self.num_devices)
-        return bool(np.all(held + self._copy_and_work_bound <= self.capacity))
-
-    @property
-    def _copy_and_work_bound(self) -> float:
-        cached = self.__dict__.get("_bound_cache")
-        if cached is None:
-            cached = float(self.export.sum() + (self.work.max() if self.work.size else 0.0))
-            object.__setattr__(self, "_bound_cache", cached)
-        return cached
+        return bool(np.all(held + self.copy_and_work_bound <= self.capacity))
 
     def peak_memory(self, placement: np.ndarray) -> np.ndarray:
         """(k,) bytes, the simulator's memory model for a full-graph placement."""
         return np.asarray(self.simulator.peak_memory(placement), dtype=np.float64)
+
+    def legalize(self, choice: np.ndarray) -> tuple[np.ndarray, int]:
+        """(G,) chosen devices (any int) -> ((G,) int64 legal devices, choices outside the mask),
+        by `rlplace.rules.legalize`: a device the group may not take becomes its first allowed
+        device, then every group of a colocation unit follows the unit's first group."""
+        return legalize(choice, self.allowed, self.first_allowed, self.unit_leader)
+
+    def repair(self, group_placement: np.ndarray) -> tuple[np.ndarray, bool, int]:
+        """`rlplace.rules.repair_exact` on the groups' colocation units: move units off
+        devices whose simulated peak exceeds capacity while that lowers the total overflow.
+
+        Returns ((G,) int64 repaired placement, whether it fits in memory, units moved).
+        """
+        units = self.units
+        assert units is not None
+        assignment, peak, moves = repair_exact(
+            units,
+            units.contract(group_placement),
+            lambda unit_device: self.peak_memory(self.expand(units.expand(unit_device))),
+            self.capacity,
+            allowed=self.allowed[units.first_op],
+        )
+        return units.expand(assignment), bool(np.all(peak <= self.capacity)), moves
+
+    def settle(self, choice: np.ndarray, *, repair: bool = True) -> tuple[float, float, np.ndarray]:
+        """(overflow bytes, step time, (G,) legal placement) of a (G,) choice by `rlplace.rules.settle`:
+        legalize, score the full graph with the reward source, and (``repair``) repair and score again."""
+        return settle(
+            choice,
+            legalize=lambda c: self.legalize(c)[0],
+            evaluate=lambda legal: self.reward_source.evaluate(self.expand(legal)),
+            repair=(lambda legal: self.repair(legal)[0::2]) if repair else None,
+        )
 
 
 def build_problem(
@@ -166,17 +197,16 @@ def build_problem(
     bounds = np.searchsorted(group_edge_dst[preds_order], np.arange(num_groups + 1))
     group_preds = tuple(group_edge_src[preds_order][bounds[g] : bounds[g + 1]] for g in range(num_groups))
 
-    unit_leader = _colocation_units(graph, group_of_op, num_groups)
-    unit_resident = np.bincount(unit_leader, weights=resident, minlength=num_groups)[unit_leader]
-    unit_capable = np.ones((num_groups, k), dtype=bool)
-    np.logical_and.at(unit_capable, unit_leader, np.isfinite(group_time))
-    allowed = unit_capable[unit_leader] & (unit_resident[:, None] <= capacity[None, :])
+    units = build_units(graph, costs, objective, group_of_op, num_groups)
+    unit_leader = units.leader
+    unit_resident = np.bincount(units.of_op, weights=resident, minlength=units.num_units)
+    allowed = (units.allowed & (unit_resident[:, None] <= capacity[None, :]))[units.of_op]
     if not np.all(np.any(allowed, axis=1)):
         g = int(np.argmin(np.any(allowed, axis=1)))
         op = graph.names[int(np.argmax(group_of_op == g))]
         raise RlplaceError(
             f"graph {graph.name!r} cannot be placed on cluster {cluster.name!r}: the group of op {op!r} "
-            f"(with its colocated ops, {unit_resident[g] / 2**30:.3g} GiB resident) fits on no device that can run it; use a cluster with more memory"
+            f"(with its colocated ops, {show_bytes(unit_resident[units.of_op[g]])} resident) fits on no device that can run it; use a cluster with more memory"
         )
     first_allowed = np.argmax(allowed, axis=1).astype(np.int64)
 
@@ -185,15 +215,14 @@ def build_problem(
     if not single_time > 0:
         raise RlplaceError(f"graph {graph.name!r} has no work (every op takes 0 time on cluster {cluster.name!r}); nothing to place")
 
-    sim_microbatches = microbatches if objective == "pipelined" else 1
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=sim_microbatches, schedule=schedule)
-    source = make_reward_source(reward_source, simulator, graph, cluster, costs, objective=objective, microbatches=sim_microbatches)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
+    source = make_reward_source(reward_source, simulator, graph, cluster, costs, objective=objective, microbatches=simulator.microbatches)
     problem = PlacementProblem(
         graph=graph,
         cluster=cluster,
         costs=costs,
         objective=objective,
-        microbatches=sim_microbatches,
+        microbatches=simulator.microbatches,
         group_graph=group_graph,
         coarsening=coarsening,
         group_of_op=_readonly(group_of_op),
@@ -216,29 +245,22 @@ def build_problem(
         reference_time=np.nan,
         reference_placement=np.zeros(graph.num_ops, dtype=np.int64),
         reference_method=reference_method,
+        units=units,
+        copy_and_work_bound=float(export.sum() + (work.max() if work.size else 0.0)),
     )
     return _with_reference(problem, reference_method)
 
 
 def _with_reference(problem: PlacementProblem, method: str) -> PlacementProblem:
-    """Score the reference heuristic and return the problem with T_ref filled in."""
-    from .repair import legalize, repair_memory
-
+    """A copy of ``problem`` with T_ref filled in: the reference heuristic's placement, settled
+    (legalized, scored, memory-repaired if needed) like every candidate."""
     group_placement, used = _reference_groups(problem, method)
-    group_placement, _ = legalize(problem, group_placement)
-    placement = problem.expand(group_placement)
-    step_time, overflow = problem.reward_source.evaluate(placement)
-    if overflow > 0:
-        repaired, _, _ = repair_memory(problem, group_placement)
-        placement = problem.expand(repaired)
-        step_time, overflow = problem.reward_source.evaluate(placement)
+    _, step_time, legal = problem.settle(group_placement)
     if not (np.isfinite(step_time) and step_time > 0):
         raise RlplaceError(f"reference placement ({used}) of graph {problem.graph.name!r} on {problem.cluster.name!r} has step time {step_time!r}; cannot scale rewards")
+    placement = problem.expand(legal)
     placement.setflags(write=False)
-    object.__setattr__(problem, "reference_time", float(step_time))
-    object.__setattr__(problem, "reference_placement", placement)
-    object.__setattr__(problem, "reference_method", used)
-    return problem
+    return replace(problem, reference_time=float(step_time), reference_placement=placement, reference_method=used)
 
 
 def _reference_groups(problem: PlacementProblem, method: str) -> tuple[np.ndarray, str]:
@@ -296,30 +318,6 @@ def _coarsen(graph: OpGraph, max_nodes: int) -> tuple[OpGraph, Any, np.ndarray]:
         )
     group_of_op = np.asarray(coarsening.group_of, dtype=np.int64)
     return group_graph, coarsening, group_of_op
-
-
-def _colocation_units(graph: OpGraph, group_of_op: np.ndarray, num_groups: int) -> np.ndarray:
-    """(G,) int64 leader (lowest group id) of the unit of groups tied by colocation classes."""
-    parent = np.arange(num_groups, dtype=np.int64)
-
-    def find(g: int) -> int:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = int(parent[g])
-        return g
-
-    has_class = graph.coloc != NO_CLASS
-    if np.any(has_class):
-        classes = graph.coloc[has_class]
-        groups = group_of_op[has_class]
-        order = np.lexsort((groups, classes))
-        classes, groups = classes[order], groups[order]
-        for i in range(1, classes.size):
-            if classes[i] == classes[i - 1] and groups[i] != groups[i - 1]:
-                a, b = find(int(groups[i - 1])), find(int(groups[i]))
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    return np.array([find(g) for g in range(num_groups)], dtype=np.int64)
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

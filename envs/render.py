@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from rlplace.report import format_bytes
+from rlplace.units import show_bytes
 
 from .problem import PlacementProblem
 
@@ -42,7 +42,7 @@ def ansi_table(problem: PlacementProblem, group_placement: np.ndarray, title: st
     lines = [title, f"{'device':<{width}}  {'groups':>6}  {'ops':>6}  {memory_label:>24}  {'busy (' + unit + ')':>12}"]
     for d in range(k):
         capacity = problem.capacity[d]
-        memory_text = f"{format_bytes(memory[d])} / {format_bytes(capacity)}"
+        memory_text = f"{show_bytes(memory[d])} / {show_bytes(capacity)}"
         flag = " OOM" if complete and memory[d] > capacity else ""
         lines.append(f"{names[d]:<{width}}  {groups[d]:>6}  {ops[d]:>6}  {memory_text:>24}  {busy[d]:>12.4g}{flag}")
     if not complete:

@@ -16,8 +16,8 @@ from typing import NoReturn
 from rlplace.errors import RlplaceError
 from rlplace.interrupt import Terminated, signals_as_exceptions
 from rlplace.io import reserved_stdout
+from rlplace.objectives import OBJECTIVES
 
-OBJECTIVES = ("latency", "pipelined", "throughput")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")  # rlplace.schedules.SCHEDULES, spelled out so the parser imports no numba
 DEFAULT_METHOD = "local-search"
 

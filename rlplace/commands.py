@@ -16,7 +16,8 @@ from rlplace.io import check_output_paths, dumps_finite, print_json, write_outpu
 from rlplace.limits import MAX_DEVICES, MAX_MICROBATCHES, MAX_SAMPLES, MAX_THREADS, check_count, check_seed
 from rlplace.load import load_model, resolve_cluster
 from rlplace.pipeline import Decision, decide, default_objective
-from rlplace.report import console, decision_table, evaluation_table, format_bytes, graph_summary
+from rlplace.report import console, decision_table, evaluation_table, graph_summary
+from rlplace.units import show_bytes
 
 #: Methods `rlplace evaluate` compares when --methods is not given (fast ones only).
 DEFAULT_EVALUATE_METHODS = ("single", "round-robin", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search")
@@ -73,8 +74,8 @@ def _graph_text(summary: dict[str, Any]) -> str:
         f"[bold]{summary['name']}[/bold]: {summary['num_ops']:,} ops ({summary['num_backward_ops']:,} backward/optimizer), "
         f"{summary['num_edges']:,} edges, {summary['num_groups']:,} groups at G={summary['max_groups']}\n"
         f"  forward FLOPs {summary['forward_flops']:.4g}, total FLOPs {summary['total_flops']:.4g}\n"
-        f"  parameters {format_bytes(summary['param_bytes'])}, resident (params + grads + optimizer) {format_bytes(summary['resident_bytes'])}, "
-        f"activations {format_bytes(summary['activation_bytes'])}"
+        f"  parameters {show_bytes(summary['param_bytes'])}, resident (params + grads + optimizer) {show_bytes(summary['resident_bytes'])}, "
+        f"activations {show_bytes(summary['activation_bytes'])}"
     )
 
 
@@ -92,8 +93,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     costs = CostTable.build(model.graph, cluster)
     check_constraints(model.graph, costs, placement)
     objective = args.objective or default_objective(model.graph)
-    microbatches = args.microbatches if objective == "pipelined" else 1
-    result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=microbatches, schedule=args.schedule, record=bool(args.trace))
+    result = simulate(model.graph, cluster, costs, placement, objective=objective, microbatches=args.microbatches, schedule=args.schedule, record=bool(args.trace))
     decision = Decision("given", objective, model.graph, cluster, placement, 0.0, result)
     if result.oom:
         raise RlplaceError(_over_memory(decision))
@@ -112,8 +112,8 @@ def _over_memory(decision: Decision) -> str:
     result = decision.result
     device = int(np.argmax(np.asarray(result.overflow_bytes) > 0))
     return (
-        f"the placement does not fit: device {decision.cluster.device_names[device]} needs {format_bytes(float(result.peak_memory[device]))} "
-        f"but has {format_bytes(float(result.capacity[device]))} (over by {format_bytes(float(result.overflow_bytes[device]))}); "
+        f"the placement does not fit: device {decision.cluster.device_names[device]} needs {show_bytes(float(result.peak_memory[device]))} "
+        f"but has {show_bytes(float(result.capacity[device]))} (over by {show_bytes(float(result.overflow_bytes[device]))}); "
         "move ops off that device"
     )
 
@@ -203,9 +203,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_microbatches(args.microbatches)
     check_seed(args.seed)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(DEFAULT_EVALUATE_METHODS)
-    from rlplace.baselines import check_method_names
+    from rlplace.methods import check_method_names
 
-    check_method_names([m for m in methods if not m.startswith("expert:")])
+    check_method_names(methods)
     if args.stages:
         for method in methods:
             _stage_options(method)
@@ -292,7 +292,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    from rlplace.baselines import METHOD_DESCRIPTIONS
+    from rlplace.methods import METHOD_DESCRIPTIONS
 
     for name, text in METHOD_DESCRIPTIONS.items():
         print(f"{name:15s} {text}")
@@ -307,7 +307,7 @@ def run_presets(args: argparse.Namespace) -> int:
         cluster = load_cluster(name)
         kinds = ", ".join(sorted({d.kind for d in cluster.devices}))
         hosts = len({d.host for d in cluster.devices})
-        print(f"{name:18s} {cluster.num_devices} devices ({kinds}) on {hosts} host(s), memory {format_bytes(float(np.sum(cluster.memory)))}")
+        print(f"{name:18s} {cluster.num_devices} devices ({kinds}) on {hosts} host(s), memory {show_bytes(float(np.sum(cluster.memory)))}")
     return 0
 
 

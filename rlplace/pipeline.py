@@ -18,7 +18,7 @@ from rlplace.errors import RlplaceError
 from rlplace.feedback import compile_phase, phase
 from rlplace.graph import OpGraph
 from rlplace.load import LoadedModel
-from rlplace.placement import Placement, as_placement, check_constraints
+from rlplace.placement import Placement, as_placement
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +115,7 @@ def decide(
     ``schedule`` (``pipelined`` only) is the pipeline schedule of the final simulation; the
     methods themselves score candidate placements in the GPipe order.
     """
+    from rlplace.methods import is_expert, run_method
     from rlplace.simulate import simulate
 
     graph = model.graph
@@ -123,49 +124,38 @@ def decide(
 
         graph = keep_modules_whole(graph, no_split_paths(model.module))
     costs = CostTable.build(graph, cluster)
-    coarsening = None
-    optimal: bool | None = None
-    if method.startswith("expert:"):
-        from rlplace.formats import load_placement_spec
-
-        started = time.perf_counter()
-        placement = load_placement_spec(method, graph, cluster)
-        decide_s = time.perf_counter() - started
-        check_constraints(graph, costs, placement)  # every method checks its own output in `finalize`
-    else:
-        from rlplace.baselines import MICROBATCH_AWARE, run_method
-
+    expert = is_expert(method)  # a split of the full graph: never coarsened
+    work, coarsening = graph, None
+    if not expert:
         with phase("coarsen"):
             work, coarsening = working_graph(graph, max_groups)
-        work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
+    work_costs = costs if coarsening is None else CostTable.grouped(costs, coarsening.group_of, work, cluster)
+    if not expert:
         with compile_phase():
             _load_simulator_kernels(work, cluster, work_costs)
-        options = dict(method_options or {})
-        if objective == "pipelined" and method in MICROBATCH_AWARE:
-            options["microbatches"] = microbatches
-        if coarsening is not None and method == "local-search":
-            options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
-        with phase("search", method):
-            outcome = run_method(method, work, cluster, work_costs, objective=objective, seed=seed, module=model.module, **options)
-        decide_s = outcome.decide_s
-        optimal = outcome.optimal if coarsening is None or outcome.optimal is None else False
-        placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
+    options = dict(method_options or {})
+    if coarsening is not None and method == "local-search":
+        options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
+    with phase("search", method):
+        outcome = run_method(method, work, cluster, work_costs, objective=objective, microbatches=microbatches, seed=seed, module=model.module, **options)
+    decide_s = outcome.decide_s
+    # A proof about the coarsened graph is no proof about the full one.
+    optimal = outcome.optimal if coarsening is None or outcome.optimal is None else False
+    placement = as_placement(outcome.placement, graph, cluster) if coarsening is None else coarsening.expand(outcome.placement)
     if coarsening is not None:
         # Group sizes bound memory only approximately; check the full graph exactly and repair
         # (or explain) there, counting the time as part of the decision.
-        from rlplace.baselines.common import finalize
+        from rlplace.rules import finalize
 
         started = time.perf_counter()
-        placement = finalize(graph, cluster, costs, placement, objective=objective, method=method)
+        placement = finalize(graph, cluster, costs, placement, objective=objective, method=method, microbatches=microbatches)
         decide_s += time.perf_counter() - started
     if (method_options or {}).get("stages"):
         from rlplace.baselines.dp import stage_order
 
         if stage_order(graph, placement) is None:
             raise RlplaceError(f"{method} --stages: the split of the coarsened graph is not contiguous on the full graph {graph.name!r}; raise --max-groups")
-    result = simulate(
-        graph, cluster, costs, placement, objective=objective, microbatches=microbatches if objective == "pipelined" else 1, schedule=schedule, record=record
-    )
+    result = simulate(graph, cluster, costs, placement, objective=objective, microbatches=microbatches, schedule=schedule, record=record)
     return Decision(method, objective, graph, cluster, placement, decide_s, result, coarsening, optimal)
 
 
@@ -174,7 +164,7 @@ def _full_graph_referee(graph: OpGraph, cluster: Cluster, costs: CostTable, coar
     from rlplace.simulate import Simulator
 
     pipelined = objective == "pipelined"
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches if pipelined else 1, schedule=schedule if pipelined else "gpipe")
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule if pipelined else "gpipe")
 
     def referee(coarse: np.ndarray) -> tuple[float, float]:
         step, overflow = simulator.score(coarsening.expand(coarse))

@@ -10,35 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from rlplace.graph import OpGraph
+from rlplace.units import show_bytes, show_time
 
 
 def console(*, stderr: bool = False) -> Console:
     """A rich console; wide enough that tables do not wrap in CI logs."""
     return Console(stderr=stderr, width=160 if not Console().is_terminal else None)
-
-
-def format_bytes(value: float) -> str:
-    """``1.5 GiB`` style (binary units), ``inf`` for uncapped."""
-    if not np.isfinite(value):
-        return "inf"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_time(value: float, unit: str) -> str:
-    """Seconds as ms/us; other units (profiled graphs) as plain numbers with their unit."""
-    if value is None or not np.isfinite(value):
-        return "—"
-    if unit != "s":
-        return f"{value:.6g} {unit}"
-    if value >= 1:
-        return f"{value:.3f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.3f} ms"
-    return f"{value * 1e6:.1f} us"
 
 
 def graph_summary(graph: OpGraph, max_groups: int) -> dict[str, Any]:
@@ -70,7 +47,7 @@ def decision_table(decision: Any) -> Table:
     unit = decision.graph.time_unit
     title = (
         f"{decision.graph.name} on {decision.cluster.name} — {decision.method}, {decision.objective}: "
-        f"step {format_time(result.step_time, unit)} (lower bound {format_time(result.lower_bound, unit)}), "
+        f"step {show_time(result.step_time, unit)} (lower bound {show_time(result.lower_bound, unit)}), "
         f"decided in {decision.decide_s:.3f} s" + ("  [bold red]OUT OF MEMORY[/]" if result.oom else "")
     )
     table = Table(title=title, title_justify="left")
@@ -80,9 +57,9 @@ def decision_table(decision: Any) -> Table:
     for d, device in enumerate(decision.cluster.devices):
         over = result.overflow_bytes[d]
         table.add_row(
-            device.name, device.kind, f"{counts[d]:,}", format_time(float(result.busy_time[d]), unit),
-            format_bytes(float(result.peak_memory[d])), format_bytes(float(result.capacity[d])),
-            f"[red]over by {format_bytes(float(over))}[/]" if over > 0 else "ok",
+            device.name, device.kind, f"{counts[d]:,}", show_time(float(result.busy_time[d]), unit),
+            show_bytes(float(result.peak_memory[d])), show_bytes(float(result.capacity[d])),
+            f"[red]over by {show_bytes(float(over))}[/]" if over > 0 else "ok",
         )
     why = one_device_note(decision)
     if why:
@@ -125,9 +102,9 @@ def evaluation_table(rows: list[dict[str, Any]]) -> Table:
         speedup = row.get("speedup_vs_single")
         ratio = row.get("ratio_to_lower_bound")
         table.add_row(
-            model, row["cluster"], method, format_time(row["step_time"], unit),
+            model, row["cluster"], method, show_time(row["step_time"], unit),
             "—" if speedup is None else f"{speedup:.2f}x", "—" if ratio is None else f"{ratio:.2f}",
-            format_bytes(max(row["peak_memory_bytes"])), "[red]yes[/]" if row["oom"] else "no", f"{row['decide_s']:.3f} s",
+            show_bytes(max(row["peak_memory_bytes"])), "[red]yes[/]" if row["oom"] else "no", f"{row['decide_s']:.3f} s",
         )
     if footnotes:  # errors in full below the table, not cut to a column
         table.caption = "\n".join(escape(f"[{i}] {text}") for i, text in enumerate(footnotes, start=1))

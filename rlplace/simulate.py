@@ -80,9 +80,9 @@ from rlplace.cluster import CPU, Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.objectives import OBJECTIVES as OBJECTIVES
+from rlplace.objectives import check_objective
 from rlplace.schedules import SCHEDULES, Order, gpipe_order, pipeline_order
-
-OBJECTIVES = ("latency", "pipelined", "throughput")
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,8 +225,7 @@ class Simulator:
         schedule: str = "gpipe",
         priority: Sequence[float] | np.ndarray | None = None,
     ) -> None:
-        if objective not in OBJECTIVES:
-            raise RlplaceError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        check_objective(objective)
         if schedule not in SCHEDULES:
             raise RlplaceError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
         if isinstance(microbatches, bool) or not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
@@ -519,8 +518,7 @@ def simulate(
 
 def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
     """The objective's placement-independent lower bound on the step time (see the module doc)."""
-    if objective not in OBJECTIVES:
-        raise RlplaceError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    check_objective(objective)
     op_time = np.asarray(costs.op_time, dtype=np.float64)
     work = work_bound(op_time)
     if objective == "throughput" or graph.num_ops == 0:

@@ -302,8 +302,8 @@ def test_inference_refuses_a_cluster_larger_than_the_policy() -> None:
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no shipped checkpoint")
 def test_policy_method_runs_the_shipped_checkpoint_through_run_method() -> None:
     from rlplace.agents.infer import place_with_policy
-    from rlplace.baselines import run_method
     from rlplace.cluster_spec import load_cluster
+    from rlplace.methods import run_method
 
     graph, cluster = synthetic_graph("series-parallel", n=40, seed=7, training=True), load_cluster("4xV100-nvlink")
     costs = CostTable.build(graph, cluster)

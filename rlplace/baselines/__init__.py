@@ -1,13 +1,19 @@
 """Classic placement baselines: one module per algorithm, all with the same signature.
 
-Every method is ``place(graph, cluster, costs, *, objective="latency", seed=0) -> Placement``
-and returns a placement that respects op times (no op on a device it cannot run on),
-colocation classes and device memory (estimate while deciding, exact simulator check at the
-end; see `rlplace.baselines.common`), or raises `RlplaceError` saying why no such placement
-was found. Modules are imported on first use, so importing this package stays cheap.
+Every baseline is ``place(graph, cluster, costs, *, objective="latency", seed=0) -> Placement``
+(``dp``, ``local-search`` and ``random`` also take ``microbatches=``) and returns a placement
+that respects op times (no op on a device it cannot run on), colocation classes and device
+memory (estimate while deciding, exact simulator check at the end; see `rlplace.rules`), or
+raises `RlplaceError` saying why no such placement was found. Modules are imported on first
+use, so importing this package stays cheap.
 
-``METHODS`` maps each method name to its ``place``; `run_method` times one decision.
-``expert:FILE`` splits are read by `rlplace.formats`, the learned ``policy`` by the agents.
+A baseline module may also define ``place_with_proof(...) -> (Placement, bool | None)``
+(same arguments) saying whether the placement is proven optimal for the method's own problem;
+`run_method` uses it when present and reports ``optimal=None`` otherwise.
+
+``METHODS`` maps each baseline name to its ``place``; `run_method` times one decision. The
+full registry (``expert:FILE``, ``accelerate``, ``policy`` besides these) is `rlplace.methods`,
+a layer above; the env and the agents use this package for reference and teacher placements.
 """
 
 from __future__ import annotations
@@ -38,11 +44,9 @@ _MODULES: dict[str, str] = {
     "critical-path": "critical_path",
     "dp": "dp",
     "local-search": "local_search",
-    "accelerate": "accelerate_map",
-    "policy": "policy",
 }
 
-#: One line per method, for ``rlplace methods`` and the README.
+#: One line per baseline, for ``rlplace methods`` and the README.
 METHOD_DESCRIPTIONS: dict[str, str] = {
     "single": "all ops on the fastest device that holds the whole graph",
     "round-robin": "ops (colocation classes as one) dealt to devices in turn, in topological order",
@@ -55,15 +59,18 @@ METHOD_DESCRIPTIONS: dict[str, str] = {
     "critical-path": "bottom-level priority list scheduling at the earliest start time",
     "dp": "best contiguous pipeline split (dynamic program)",
     "local-search": "moves and swaps from the best fast baseline, scored by the simulator (2000 simulations)",
-    "accelerate": "HF accelerate's infer_auto_device_map (memory only; models only)",
-    "policy": "pretrained GNN policy: greedy, 16 samples and a 200-simulation local search (checkpoints/default)",
 }
 
 
-def _lazy(module_name: str) -> PlaceFunction:
+def _module(name: str) -> Any:
+    return importlib.import_module(f"rlplace.baselines.{_MODULES[name]}")
+
+
+def _lazy(name: str) -> PlaceFunction:
+    module_name = _MODULES[name]
+
     def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, **options: Any) -> Placement:
-        module = importlib.import_module(f"rlplace.baselines.{module_name}")
-        return module.place(graph, cluster, costs, objective=objective, seed=seed, **options)
+        return _module(name).place(graph, cluster, costs, objective=objective, seed=seed, **options)
 
     place.__name__ = f"{module_name}_place"
     place.__qualname__ = place.__name__
@@ -71,9 +78,9 @@ def _lazy(module_name: str) -> PlaceFunction:
     return place
 
 
-#: Method name -> ``place(graph, cluster, costs, *, objective, seed)``.
-METHODS: Mapping[str, PlaceFunction] = {name: _lazy(module) for name, module in _MODULES.items()}
-#: Methods that score candidates with the simulator and take ``microbatches=`` for ``pipelined``.
+#: Baseline name -> ``place(graph, cluster, costs, *, objective, seed)``.
+METHODS: Mapping[str, PlaceFunction] = {name: _lazy(name) for name in _MODULES}
+#: Baselines that score candidates with the simulator and take ``microbatches=``.
 MICROBATCH_AWARE = frozenset({"dp", "local-search", "random"})
 #: Methods that take ``stages=True`` (a contiguous split, stage k on one device; ``--stages``).
 STAGE_AWARE = frozenset({"dp", "local-search"})
@@ -98,10 +105,10 @@ class MethodResult:
 
 
 def check_method_names(names: Iterable[str]) -> None:
-    """Raise `RlplaceError` for the first name that is not a method of `METHODS`."""
+    """Raise `RlplaceError` for the first name that is not a baseline of `METHODS`."""
     for name in names:
         if name not in METHODS:
-            raise RlplaceError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)} (and expert:FILE)")
+            raise RlplaceError(f"unknown method {name!r}; valid baselines: {', '.join(METHODS)}")
 
 
 def run_method(
@@ -112,27 +119,22 @@ def run_method(
     *,
     objective: str,
     seed: int = 0,
-    module: Any = None,
+    microbatches: int = 1,
     **options: Any,
 ) -> MethodResult:
-    """Place ``graph`` on ``cluster`` with method ``name`` and time the decision.
+    """Place ``graph`` on ``cluster`` with baseline ``name`` and time the decision.
 
-    ``module`` is the model's ``nn.Module`` (needed by ``accelerate`` only; other methods ignore it).
-    ``options`` go to the method's ``place`` (e.g. ``checkpoint=``, ``samples=`` for ``policy``).
+    ``microbatches`` goes to the baselines of `MICROBATCH_AWARE` (the simulator ignores it
+    unless the objective is ``pipelined``); ``options`` go to the baseline's ``place``.
     """
     check_method_names([name])
+    if name in MICROBATCH_AWARE:
+        options["microbatches"] = microbatches
     started = time.perf_counter()
-    if name == "accelerate":
-        from rlplace.baselines.accelerate_map import place_module
-
-        if module is None:
-            raise RlplaceError("accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME), not a graph file")
-        placement = place_module(module, graph, cluster, costs, objective=objective, seed=seed)
-    elif name == "dp":
-        from rlplace.baselines.dp import place_with_proof
-
-        placement, optimal = place_with_proof(graph, cluster, costs, objective=objective, seed=seed, **options)
-        return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started, optimal=optimal)
+    module = _module(name)
+    optimal: bool | None = None
+    if hasattr(module, "place_with_proof"):
+        placement, optimal = module.place_with_proof(graph, cluster, costs, objective=objective, seed=seed, **options)
     else:
-        placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options)
-    return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started)
+        placement = module.place(graph, cluster, costs, objective=objective, seed=seed, **options)
+    return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started, optimal=optimal)
