@@ -1,0 +1,118 @@
+"""The placement rules of `rlplace.rules`, each checked through both of its callers: the
+baselines (`rlplace.rules.prepare`, `finalize`) and the env (`rlplace.envs.problem`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlplace.cluster import ACCELERATOR, Cluster, Device
+from rlplace.costs import CostTable
+from rlplace.envs.problem import build_problem
+from rlplace.graph import OpGraph
+from rlplace.placement import colocation_violation
+from rlplace.rules import build_units, colocation_leaders, finalize, prepare, repair_exact
+from rlplace.simulate import Simulator
+from rlplace.synthetic import synthetic_graph
+
+GB = 1e9
+
+
+def gpus(k: int, memory: float = 16 * GB) -> Cluster:
+    devices = [Device(name=f"gpu{i}", kind="custom", category=ACCELERATOR, fp32_flops=1e12, fp16_flops=1e12, memory=memory, memory_bandwidth=1e11) for i in range(k)]
+    return Cluster.build(f"{k}gpu", devices, intra_host=(1e9, 0.0))
+
+
+def independent_ops(resident: list[float], coloc: list[str | None] | None = None) -> OpGraph:
+    """Ops op0, op1, ... taking 1 time unit each, no edges, the given resident bytes and classes."""
+    coloc = coloc or [None] * len(resident)
+    ops = [
+        {"name": f"op{i}", "times": {ACCELERATOR: 1.0}, "resident_bytes": r, "param_bytes": r, "coloc": c}
+        for i, (r, c) in enumerate(zip(resident, coloc, strict=True))
+    ]
+    return OpGraph.build(ops, [], name="independent", time_classes=(ACCELERATOR,))
+
+
+# ------------------------------------------------------------------ colocation units
+def test_colocation_units_by_hand_for_ops_and_for_groups() -> None:
+    # a, c share class x; d, e share class y; b is alone.
+    graph = independent_ops([0.0] * 5, ["x", None, "x", "y", "y"])
+    assert colocation_leaders(graph).tolist() == [0, 1, 0, 3, 3]
+    # Groups {a}, {b, c}, {d}, {e}: x ties groups 0 and 1, y ties 2 and 3.
+    assert colocation_leaders(graph, np.array([0, 1, 1, 2, 3]), 4).tolist() == [0, 0, 2, 2]
+    # Transitive: groups {a, d}, {c}, {e}: x ties 0-1, y ties 0-2, so all three are one unit.
+    assert colocation_leaders(graph, np.array([0, 3, 1, 0, 2]), 4).tolist() == [0, 0, 0, 3]
+
+
+def test_the_baselines_and_the_env_build_the_same_colocation_units() -> None:
+    graph, cluster = synthetic_graph("series-parallel", n=30, seed=3, training=True), gpus(2)
+    assert np.any(graph.coloc >= 0), "the synthetic training graph has colocation classes"
+    units, _ = prepare(graph, cluster, CostTable.build(graph, cluster), "latency")
+    problem = build_problem(graph, cluster, objective="latency", microbatches=1, max_nodes=graph.num_ops)
+    assert problem.coarsening is None
+    np.testing.assert_array_equal(problem.unit_leader, units.leader)
+    # Coarsened, ops of one unit land in groups of one group unit.
+    coarse = build_problem(graph, cluster, objective="latency", microbatches=1, max_nodes=8)
+    assert coarse.coarsening is not None
+    group_leader_of_op = coarse.unit_leader[coarse.group_of_op]
+    for members in units.members:
+        assert np.unique(group_leader_of_op[members]).size == 1
+
+
+# ------------------------------------------------------------------------- legalize
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=-2, max_value=4), min_size=12, max_size=12))
+def test_legalize_output_respects_op_times_and_colocation(choice: list[int]) -> None:
+    graph = independent_ops([1 * GB] * 12, ["x", None, "x", "y", None, "y", "x", None, None, "z", "z", None])
+    problem = build_problem(graph, gpus(3), objective="latency", microbatches=1, max_nodes=64)
+    legal, invalid = problem.legalize(np.array(choice))
+    assert invalid == sum(not 0 <= c < 3 for c in choice)
+    assert np.all(problem.allowed[np.arange(legal.size), legal])
+    assert colocation_violation(graph, problem.expand(legal)) is None
+
+
+# --------------------------------------------------------------------- exact repair
+def test_the_baselines_and_the_env_repair_the_same_overflow_the_same_way() -> None:
+    # Three 4 GB ops all on gpu0 (10 GB) overflow it by 2 GB; each alone covers that, the
+    # first (op0) moves to gpu1, the device with the most room.
+    graph, cluster = independent_ops([4 * GB] * 3), gpus(2, 10 * GB)
+    start = np.zeros(3, dtype=np.int64)
+    by_baselines = finalize(graph, cluster, CostTable.build(graph, cluster), start, objective="latency", method="test")
+    problem = build_problem(graph, cluster, objective="latency", microbatches=1, max_nodes=64)
+    by_env, fits, moves = problem.repair(start)
+    assert by_baselines.tolist() == by_env.tolist() == [1, 0, 0]
+    assert fits and moves == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=6), min_size=2, max_size=7),
+    st.integers(min_value=2, max_value=3),
+    st.integers(min_value=6, max_value=14),
+)
+def test_exact_repair_fixes_what_one_move_at_a_time_can_and_never_adds_overflow(sizes: list[int], k: int, capacity_gb: int) -> None:
+    """Under ``throughput`` (resident bytes only, so the estimate is exact): start with every op
+    on gpu0; the repair never raises the total overflow, and whenever all ops fit by
+    first-fit-decreasing with room for the largest op to spare, the repair ends without overflow."""
+    graph, cluster = independent_ops([s * GB for s in sizes]), gpus(k, capacity_gb * GB)
+    costs = CostTable.build(graph, cluster)
+    units = build_units(graph, costs, "throughput")
+    simulator = Simulator(graph, cluster, costs, objective="throughput")
+    capacity = cluster.memory
+    start = np.zeros(units.num_units, dtype=np.int64)
+
+    def overflow(peak: np.ndarray) -> float:
+        return float(np.maximum(peak - capacity, 0.0).sum())
+
+    before = overflow(simulator.peak_memory(units.expand(start)))
+    assignment, peak, moves = repair_exact(units, start, lambda a: simulator.peak_memory(units.expand(a)), capacity)
+    assert overflow(peak) <= before
+    np.testing.assert_allclose(peak, simulator.peak_memory(units.expand(assignment)))
+    if before == 0:
+        assert moves == 0 and np.all(assignment == 0)
+    loads = np.zeros(k)
+    for size in sorted(sizes, reverse=True):
+        loads[int(np.argmin(loads))] += size
+    if loads.max() + max(sizes) <= capacity_gb:
+        assert overflow(peak) == 0
