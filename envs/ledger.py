@@ -1,4 +1,4 @@
-"""`MemoryLedger`: per-device memory bookkeeping for the sequential action form.
+"""The env's sequential memory bound: a `rlplace.rules.MemoryLedger` over the problem's groups.
 
 The ledger keeps an upper bound of each device's peak memory under the simulator's model
 (``rlplace.simulate``) for the groups placed so far, so a device the mask offers can never
@@ -22,66 +22,21 @@ the env's ``oom_mode``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-import numpy as np
-
-if TYPE_CHECKING:
-    from .problem import PlacementProblem
+from rlplace.rules import MemoryLedger
 
 
-class MemoryLedger:
-    """Upper bounds of memory per device as groups are placed one by one in topological order.
-
-    Shapes (G groups, k devices):
-        placement: (G,) int64, device per placed group, -1 before it is placed.
-        used: (k,) float64 bytes of resident, transient and received-copy memory so far.
-        work_peak: (k,) float64 largest working memory of a group placed on the device.
-        received: (G, k) bool, the exported outputs of group a already have a copy on device d.
-    """
-
-    def __init__(self, problem: PlacementProblem, *, resident_only: bool = False) -> None:
-        self.problem = problem
-        self.resident_only = resident_only
-        k = problem.num_devices
-        self.placement = np.full(problem.num_groups, -1, dtype=np.int64)
-        self.used = np.zeros(k)
-        self.work_peak = np.zeros(k)
-        self.received = np.zeros((problem.num_groups, k), dtype=bool)
-        self._devices = np.arange(k)
-        self._added: tuple[int, np.ndarray] | None = None  # added_bytes of the last group asked about
-
-    def added_bytes(self, group: int) -> np.ndarray:
-        """(k,) bytes the bound of each device grows by if ``group`` goes there (work excluded)."""
-        cached = self._added
-        if cached is not None and cached[0] == group:
-            return cached[1]
-        problem = self.problem
-        if self.resident_only:
-            added = np.full(self._devices.size, problem.resident[group])
-        else:
-            added = np.full(self._devices.size, problem.resident[group] + problem.transient[group])
-            producers = problem.group_preds[group]
-            if producers.size:
-                remote = (self._devices[None, :] != self.placement[producers][:, None]) & ~self.received[producers]
-                added += problem.export[producers] @ remote
-        self._added = (group, added)
-        return added
-
-    def room(self, group: int) -> np.ndarray:
-        """(k,) bool, devices whose bound stays within capacity with ``group`` added."""
-        problem = self.problem
-        work = 0.0 if self.resident_only else problem.work[group]
-        bound = self.used + self.added_bytes(group) + np.maximum(self.work_peak, work)
-        return bound <= problem.capacity
-
-    def place(self, group: int, device: int) -> None:
-        """Record ``group`` on ``device``."""
-        problem = self.problem
-        self.used[device] += self.added_bytes(group)[device]
-        if not self.resident_only:
-            self.work_peak[device] = max(self.work_peak[device], problem.work[group])
-            producers = problem.group_preds[group]
-            self.received[producers[self.placement[producers] != device], device] = True
-        self.placement[group] = device
-        self._added = None
+def sequential_ledger(problem: Any, *, resident_only: bool = False) -> MemoryLedger:
+    """An empty ledger for placing ``problem``'s groups one by one in topological order
+    (``problem`` is a `rlplace.envs.problem.PlacementProblem`)."""
+    if resident_only:
+        return MemoryLedger(problem.resident, problem.capacity, allowed=problem.allowed)
+    return MemoryLedger(
+        problem.resident + problem.transient,
+        problem.capacity,
+        allowed=problem.allowed,
+        work=problem.work,
+        producers=problem.group_preds,
+        export=problem.export,
+    )

@@ -12,9 +12,10 @@ from gymnasium import spaces
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
 from rlplace.objectives import OBJECTIVES
+from rlplace.rules import MemoryLedger
 from rlplace.schedules import SCHEDULES
 
-from .ledger import MemoryLedger
+from .ledger import sequential_ledger
 from .observation import ObservationEncoder, StaticObservation
 from .problem import FALLBACK_REFERENCE, PlacementProblem, build_problem
 from .render import ansi_table, rgb_image
@@ -228,7 +229,7 @@ class PlacementEnv(gym.Env):
         self._done = False
         self._current = 0
         if self.action_form == "sequential":
-            self._ledger = MemoryLedger(problem, resident_only=self.memory_mask == "resident")
+            self._ledger = sequential_ledger(problem, resident_only=self.memory_mask == "resident")
             self._mask = self._sequential_mask(0)
             if not np.any(self._mask):
                 raise RlplaceError(
@@ -290,7 +291,7 @@ class PlacementEnv(gym.Env):
         group = self._current
         invalid = not (0 <= action < self.max_devices and self._mask[action])
         device = int(np.argmax(self._mask)) if invalid else action
-        ledger.place(group, device)
+        ledger.add(group, device)
         self._placement[group] = device
         self._current = group + 1
         if self._current == problem.num_groups:
@@ -317,7 +318,7 @@ class PlacementEnv(gym.Env):
         else:
             candidates = problem.allowed[group]
         mask = np.zeros(self.max_devices, dtype=bool)
-        mask[: problem.num_devices] = candidates & ledger.room(group)
+        mask[: problem.num_devices] = candidates & ledger.candidates(group)
         return mask
 
     def _finish(self, group_placement: np.ndarray) -> tuple[float, dict[str, Any]]:

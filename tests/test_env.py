@@ -13,7 +13,7 @@ import rlplace.envs
 from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.envs import PlacementEnv
-from rlplace.envs.ledger import MemoryLedger
+from rlplace.envs.ledger import sequential_ledger
 from rlplace.envs.observation import EDGE_FEATURES, NODE_FEATURES
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
@@ -367,9 +367,9 @@ def test_ledger_bound_covers_the_simulated_peak():
     problem = env.problem(0, 0)
     rng = np.random.default_rng(5)
     for _ in range(20):
-        ledger = MemoryLedger(problem)
+        ledger = sequential_ledger(problem)
         for group in range(problem.num_groups):
-            ledger.place(group, int(rng.integers(problem.num_devices)))
+            ledger.add(group, int(rng.integers(problem.num_devices)))
         peak = problem.peak_memory(problem.expand(ledger.placement))
         assert np.all(peak <= ledger.used + ledger.work_peak + 1e-6)
 

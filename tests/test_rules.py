@@ -116,3 +116,29 @@ def test_exact_repair_fixes_what_one_move_at_a_time_can_and_never_adds_overflow(
         loads[int(np.argmin(loads))] += size
     if loads.max() + max(sizes) <= capacity_gb:
         assert overflow(peak) == 0
+
+
+# --------------------------------------------------------------------- memory ledger
+def test_the_baselines_and_the_env_ledgers_count_the_same_bytes_under_throughput() -> None:
+    """Under ``throughput`` memory is resident bytes only: the baselines' unit ledger and the
+    env's sequential ledger (copies and working memory tracked, all 0 there) must agree."""
+    from rlplace.envs.ledger import sequential_ledger
+    from rlplace.rules import MemoryLedger
+
+    graph = synthetic_graph("series-parallel", n=20, seed=2, training=True)
+    cluster = gpus(3, 0.7 * float(graph.resident_bytes.sum()))
+    units, budget = prepare(graph, cluster, CostTable.build(graph, cluster), "throughput")
+    problem = build_problem(graph, cluster, objective="throughput", microbatches=1, max_nodes=graph.num_ops)
+    baselines, env = MemoryLedger(units, budget), sequential_ledger(problem)
+    rng = np.random.default_rng(0)
+    for group in range(problem.num_groups):
+        device = int(rng.integers(3))
+        if problem.unit_leader[group] == group:
+            unit = int(units.of_op[group])
+            assert env.candidates(group)[device] == baselines.fits(unit, device)
+            baselines.add(unit, device)
+        else:
+            device = int(env.placement[problem.unit_leader[group]])
+        env.add(group, device)
+    np.testing.assert_array_equal(env.used, baselines.used)
+    np.testing.assert_array_equal(env.used, np.bincount(env.placement, weights=graph.resident_bytes, minlength=3))
