@@ -68,8 +68,9 @@ class PlacementEnv(gym.Env):
         Terminal only (intermediate sequential steps give 0): ``(T_ref - T) / T_ref`` for the
         step time T of the full placement (0 matches the reference heuristic, 0.5 is twice as
         fast). Memory overflow: with ``oom_mode="repair"`` (default) the placement is first
-        repaired by the deterministic rule of ``rlplace.envs.repair`` (largest colocation units
-        off overfull devices onto the device with most free memory); a placement that still
+        repaired by the baselines' exact rule (``rlplace.rules.repair_exact`` on the groups'
+        colocation units: a unit moves off the most overfull device onto the device with the
+        most simulated slack when the simulator says that lowers the overflow); a placement that still
         overflows, or any overflow under ``oom_mode="penalty"``, earns
         ``min((T_ref - T) / T_ref, 0) - oom_penalty * (1 + overflow / finite capacity)``. A
         sequential episode whose next group fits on no device ends at once with
