@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlplace.baselines import METHODS
-from rlplace.baselines.common import ListSchedule, build_units, memory_budget
+from rlplace.baselines.list_schedule import ListSchedule
 from rlplace.baselines.local_search import start_placements
 from rlplace.baselines.m_sct import favourite_parents, solve_favourite_lp
 from rlplace.cluster import ACCELERATOR, CPU, Cluster, Device
@@ -24,6 +24,7 @@ from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.methods import METHOD_NAMES, MethodResult, check_method_names, run_method
 from rlplace.placement import check_constraints
+from rlplace.rules import build_units, memory_budget
 from rlplace.simulate import Simulator
 
 GB = 1e9
@@ -245,7 +246,7 @@ def test_greedy_that_strands_an_op_falls_back_to_repair() -> None:
 
 
 def test_finalize_moves_units_off_a_device_over_its_exact_peak() -> None:
-    from rlplace.baselines.common import finalize
+    from rlplace.rules import finalize
 
     # Three independent 4 GB ops all on gpu0 (10 GB) overflow it by 2 GB; each alone covers
     # the overflow, so the first (a) moves to gpu1, the device with the most slack.
