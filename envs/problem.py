@@ -274,7 +274,7 @@ def _reference_groups(problem: PlacementProblem, method: str) -> tuple[np.ndarra
 
         group_costs = problem.costs if problem.coarsening is None else CostTable.grouped(problem.costs, problem.coarsening.group_of, problem.group_graph, problem.cluster)
         try:
-            outcome = run_method(method, problem.group_graph, problem.cluster, group_costs, objective=problem.objective, seed=0)
+            outcome = run_method(method, problem.group_graph, problem.cluster, group_costs, objective=problem.objective, microbatches=problem.microbatches, seed=0)
         except RlplaceError:
             pass
         else:
