@@ -1,0 +1,58 @@
+"""The method registry (`rlplace.methods`): every name, the same inputs for every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rlplace.baselines import METHODS
+from rlplace.cluster_spec import load_cluster
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.formats.dnn_partitioning import shared_data_dir
+from rlplace.load import load_model
+from rlplace.methods import METHOD_NAMES, TAKES_MICROBATCHES, check_method_names, run_method
+from rlplace.pipeline import decide
+from rlplace.synthetic import synthetic_graph
+
+DATA = shared_data_dir()
+
+
+def test_names_cover_baselines_accelerate_and_policy_and_expert_files() -> None:
+    assert set(METHODS) < set(METHOD_NAMES) and {"accelerate", "policy"} <= set(METHOD_NAMES)
+    check_method_names(["m-topo", "policy", "expert:anything.json"])
+    with pytest.raises(RlplaceError, match=r"unknown method 'nope'; valid methods: .* \(and expert:FILE\)"):
+        check_method_names(["m-topo", "nope"])
+    assert {"dp", "local-search", "random", "policy"} <= TAKES_MICROBATCHES
+
+
+def test_microbatches_reach_the_methods_that_take_them() -> None:
+    graph, cluster = synthetic_graph("layered", n=40, seed=1, training=True), load_cluster("4xT4")
+    costs = CostTable.build(graph, cluster)
+    for method in ("dp", "random"):
+        through_registry = run_method(method, graph, cluster, costs, objective="pipelined", microbatches=8, seed=0)
+        direct = METHODS[method](graph, cluster, costs, objective="pipelined", seed=0, microbatches=8)
+        np.testing.assert_array_equal(through_registry.placement, direct)
+    # The simulator ignores M outside ``pipelined``, so passing it there changes nothing.
+    latency = run_method("dp", graph, cluster, costs, objective="latency", microbatches=8)
+    np.testing.assert_array_equal(latency.placement, METHODS["dp"](graph, cluster, costs, objective="latency"))
+
+
+def test_a_baseline_result_says_nothing_about_optimality_unless_it_proves_it() -> None:
+    graph, cluster = synthetic_graph("layered", n=30, seed=2), load_cluster("4xT4")
+    result = run_method("m-topo", graph, cluster, CostTable.build(graph, cluster), objective="latency")
+    assert result.optimal is None
+
+
+@pytest.mark.skipif(not (DATA / "graphs").is_dir(), reason=f"shared data absent at {DATA}")
+def test_expert_splits_go_through_the_registry_uncoarsened() -> None:
+    from rlplace.formats import load_placement_spec
+    from rlplace.load import resolve_cluster
+
+    model = load_model(str(DATA / "graphs" / "bert24_training__layer.json"))
+    spec = f"expert:{DATA / 'human-experts' / 'bert24_training_expert.json'}"
+    cluster = resolve_cluster(None, model)
+    decision = decide(model, cluster, spec, objective="throughput", max_groups=4)
+    assert decision.coarsening is None and decision.optimal is None
+    np.testing.assert_array_equal(decision.placement, load_placement_spec(spec, model.graph, cluster))
+    assert decision.to_json()["optimal"] is None
