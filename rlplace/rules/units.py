@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from rlplace.costs import CostTable
 from rlplace.graph import NO_CLASS, OpGraph
@@ -39,6 +37,9 @@ def colocation_leaders(graph: OpGraph, group_of_op: np.ndarray | None = None, nu
     has_class = graph.coloc != NO_CLASS
     if not np.any(has_class):
         return np.arange(count, dtype=np.int64)
+    from scipy.sparse import coo_matrix  # only graphs with colocation classes pay for scipy
+    from scipy.sparse.csgraph import connected_components
+
     classes = graph.coloc[has_class].astype(np.int64)
     groups = group_of_op[has_class]
     # Bipartite graph: nodes 0..count-1 are items, count.. are classes; an edge per classed op.
