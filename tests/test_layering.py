@@ -62,8 +62,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "rlplace.graph",
             "rlplace.objectives",
             "rlplace.units",
+            "rlplace.devicemap",
+            "rlplace.feedback",
             "rlplace.io",
             "rlplace.errors",
+            # Any module not named above is core, the strictest place: it may import only core.
             "rlplace",
         ),
     ),
