@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplace.baselines import METHODS
+from rlplace.methods import METHOD_NAMES as METHODS
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
