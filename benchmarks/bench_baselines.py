@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplace.methods import METHOD_NAMES as METHODS
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
+from rlplace.methods import METHOD_NAMES as METHODS
 
 #: Zoo models and presets of the ``zoo`` part (models that capture in under ~30 s here).
 ZOO_MODELS = ("gpt2", "bert-base", "resnet-50", "vit-base", "mlp-medium", "mixtral-tiny", "llama-1b")
