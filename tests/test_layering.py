@@ -55,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "rlplace.trace",
             "rlplace.coarsen",
             "rlplace.simulate",
+            "rlplace.schedules",
             "rlplace._simkernel",
             "rlplace.costs",
             "rlplace.profile",
