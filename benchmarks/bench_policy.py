@@ -1,21 +1,28 @@
-"""Zero-shot quality and decision time of the trained policy on held-out (model, cluster) pairs.
+"""The improvement policy against the classic methods on the held-out split, at equal wall time.
 
-For every pair of the checkpoint's held-out models and held-out clusters (or those given on
-the command line) it prints the simulated step time (latency objective, full graph) of:
+Cases come from ``rlplace.agents.improve_data``'s held-out models (synthetic fork-join family,
+dnn-partitioning resnet50 family) on its held-out clusters, in four regimes:
+(A) ``latency``; (B) ``pipelined`` M=4 and M=8, and ``throughput``; (C) memory-bound
+(`memory_bound` capacities: no device holds the model); (D) mixed and two-host clusters.
 
-- ``greedy``: the policy's most likely placement (no search at all);
-- ``best-of-K``: the best of greedy and K sampled placements;
-- ``policy``: best-of-K then a short local search (what ``rlplace place --method policy`` runs);
-- baselines through ``rlplace.pipeline.decide`` (as ``rlplace place --method NAME`` runs them):
-  m-topo, heft, dp and local-search by default;
+Per case and seed:
 
-each with its decision time in seconds, then a summary: the geometric mean of each method's
-step time relative to m-topo (below 1 is faster) and how often the policy is at least as fast
-as each baseline. Graphs above 256 ops are coarsened first, as the CLI does. The first
-policy call also loads the checkpoint; that cold time is printed separately.
+- every fast classic method (``local-search``'s start methods) and ``local-search`` (its
+  default 2000 simulations) through ``rlplace.methods.run_method``; the best of them is the
+  case's *best classic*;
+- ``policy`` (``rlplace.policy_method.place``) with ``budget_s`` = local-search's measured
+  wall time, and the ablation: the same search with a uniform random move order
+  (``rlplace.agents.guided_search.guided_search(ranker=None)``), same starts, same budget;
+- simulations each search needed to reach local-search's final step time (from its curve).
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--samples 16]
-        [--models zoo:gpt2 ...] [--clusters 4xL4 ...] [--methods m-topo,heft,dp,local-search] [--json FILE]
+Every step time is the simulator's on the graph the methods decide on (graphs above 256 ops
+would be coarsened as the CLI does; the held-out ones are below that). Prints one row per case
+and seed, then per regime: geometric mean and worst of policy / best classic, geomeans of
+policy / local-search and policy / ablation, and the median simulations to local-search's
+quality. Also prints the cold-start cost (importing torch + torch_geometric, loading the
+checkpoint). Timings come from a shared machine: noisy.
+
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,99 +30,170 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlplace.agents.data import load_graph, resolve_cluster_spec
-from rlplace.agents.infer import default_checkpoint_dir, load_policy, place_with_policy
-from rlplace.costs import CostTable
-from rlplace.load import LoadedModel
-from rlplace.pipeline import decide, working_graph
-from rlplace.simulate import simulate
-
-MAX_GROUPS = 256  # the CLI's coarsening threshold (rlplace.pipeline.decide's default)
+REGIMES = {
+    "A": "latency",
+    "B": "pipelined M=4/8, throughput",
+    "C": "memory-bound",
+    "D": "mixed / two-host",
+}
 
 
-def policy_row(graph: Any, cluster: Any, checkpoint: Any, samples: int, search: int) -> tuple[float, float, str]:
-    """(full-graph step time, decision seconds, source) of one policy variant, as the CLI would run it."""
+def held_out_cases(quick: bool) -> list[tuple[str, Any]]:
+    """(regime, Case) pairs of the held-out split."""
+    from rlplace.agents.data import resolve_cluster_spec
+    from rlplace.agents.improve_data import DNN_PARTITIONING, memory_bound
+    from rlplace.envs.improve_env import make_case
+    from rlplace.load import load_model
+
+    def graph(spec: str):
+        return load_model(spec).graph
+
+    fj60 = graph("synthetic:fork-join:n=60:seed=900:training=true")
+    fj120 = graph("synthetic:fork-join:n=120:seed=901:branches=6")
+    fj200 = graph("synthetic:fork-join:n=200:seed=902:branches=3")
+    l4, two_host, mixed, big = (resolve_cluster_spec(c) for c in ("4xL4", "2x4xV100", "1xA100+3xT4", "2x8xA100"))
+    cases = [
+        ("A", make_case("fork-join-60t@4xL4", fj60, l4, objective="latency", max_nodes=256)),
+        ("A", make_case("fork-join-120@4xL4", fj120, l4, objective="latency", max_nodes=256)),
+        ("B", make_case("fork-join-120@4xL4 M=4", fj120, l4, objective="pipelined", microbatches=4, max_nodes=256)),
+        ("B", make_case("fork-join-60t@2x4xV100 M=8", fj60, two_host, objective="pipelined", microbatches=8, max_nodes=256)),
+        ("B", make_case("fork-join-200@2x8xA100 thr", fj200, big, objective="throughput", max_nodes=256)),
+        ("C", make_case("fork-join-60t@4xL4[mem]", fj60, memory_bound(l4, fj60, "latency"), objective="latency", max_nodes=256)),
+        ("C", make_case("fork-join-120@1xA100+3xT4[mem] thr", fj120, memory_bound(mixed, fj120, "throughput"), objective="throughput", max_nodes=256)),
+        ("D", make_case("fork-join-120@1xA100+3xT4", fj120, mixed, objective="latency", max_nodes=256)),
+        ("D", make_case("fork-join-200@2x4xV100 M=4", fj200, two_host, objective="pipelined", microbatches=4, max_nodes=256)),
+    ]
+    resnet = DNN_PARTITIONING / "resnet50_training__layer.json"
+    if resnet.is_file():
+        loaded = load_model(str(resnet))
+        cases.append(("B", make_case("resnet50-train-layer (own cluster) thr", loaded.graph, loaded.cluster, objective="throughput", max_nodes=256)))
+    return cases[::3] if quick else cases
+
+
+def sims_to_reach(curve: list[tuple[int, float, float]], target: float) -> float:
+    """Simulations after which the curve's best step time is <= target (inf if never)."""
+    for simulations, _, best in curve:
+        if best <= target * (1 + 1e-9):
+            return float(simulations)
+    return math.inf
+
+
+def run_case(case: Any, seed: int, checkpoint: str | None) -> dict[str, Any]:
+    """One case and seed: classic methods, local-search, policy and the ablation."""
+    import torch
+
+    from rlplace.agents.guided_search import guided_search, scorer_ranker
+    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.envs.improve_state import build_move_problem
+    from rlplace.methods import run_method
+    from rlplace.policy_method import load_policy
+
+    problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
+
+    def scored(placement: np.ndarray) -> float:
+        step_time, overflow = problem.simulator.score(np.asarray(placement))
+        return step_time if overflow == 0 else math.inf
+
+    times: dict[str, float] = {}
+    for name in START_METHODS:
+        try:
+            times[name] = scored(run_method(name, case.graph, case.cluster, case.costs, objective=case.objective, seed=seed).placement)
+        except Exception:  # a method without a placement is simply absent
+            continue
+    options = {"microbatches": case.microbatches} if case.objective == "pipelined" else {}
+    ls = run_method("local-search", case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, **options)
+    times["local-search"] = scored(ls.placement)
+    budget = ls.decide_s
+    policy = run_method("policy", case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, checkpoint=checkpoint, budget_s=budget, **options)
+    policy_time = scored(policy.placement)
+    starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, methods=START_METHODS).values()]
+    began = time.perf_counter()
+    _, ablation_key, ablation_stats = guided_search(problem, starts, None, evaluations=10**9, budget_s=budget - (time.perf_counter() - began) * 0, seed=seed)
+    torch.set_num_threads(1)
+    _, _, policy_stats = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=10**9, budget_s=budget, seed=seed)
+    best_name = min(times, key=lambda k: times[k])
+    return {
+        "best_classic": best_name,
+        "best_time": times[best_name],
+        "local_search": times["local-search"],
+        "policy": policy_time,
+        "ablation": ablation_key[1] if ablation_key[0] == 0 else math.inf,
+        "budget_s": budget,
+        "policy_decide_s": policy.decide_s,
+        "ls_sims": 2000,
+        "policy_sims_to_ls": sims_to_reach(policy_stats.curve, times["local-search"]),
+        "ablation_sims_to_ls": sims_to_reach(ablation_stats.curve, times["local-search"]),
+        "policy_sims": policy_stats.simulations,
+        "ablation_sims": ablation_stats.simulations,
+    }
+
+
+def geomean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    return float(np.exp(np.mean(np.log(finite)))) if finite else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="policy checkpoint folder (default checkpoints/default)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="every third case only")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+
+    began = time.perf_counter()
+    import torch  # noqa: F401
+
+    torch_s = time.perf_counter() - began
+    import torch_geometric.nn  # noqa: F401
+
+    pyg_s = time.perf_counter() - began - torch_s
+    from rlplace.policy_method import load_policy
+
     started = time.perf_counter()
-    work, coarsening = working_graph(graph, MAX_GROUPS)
-    decision = place_with_policy(work, cluster, checkpoint=checkpoint, samples=samples, search_evaluations=search)
-    placement = coarsening.expand(decision.placement) if coarsening is not None else decision.placement
-    decide_s = time.perf_counter() - started
-    costs = CostTable.build(graph, cluster)
-    result = simulate(graph, cluster, costs, np.asarray(placement), objective="latency")
-    step_time = math.inf if result.oom else float(result.step_time)
-    return step_time, decide_s, decision.source
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(default_checkpoint_dir()))
-    parser.add_argument("--models", nargs="+", help="MODEL specs (default: the checkpoint's held-out models)")
-    parser.add_argument("--clusters", nargs="+", help="cluster specs (default: the checkpoint's held-out clusters)")
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--search", type=int, default=200, help="local-search simulations after best-of-K")
-    parser.add_argument("--methods", default="m-topo,heft,dp,local-search")
-    parser.add_argument("--json", help="also write the rows as JSON here")
-    args = parser.parse_args()
-
-    started = time.perf_counter()
-    checkpoint = load_policy(args.checkpoint)
+    load_policy(args.checkpoint)
     load_s = time.perf_counter() - started
-    models = args.models or checkpoint.heldout.get("models", [])
-    clusters = args.clusters or checkpoint.heldout.get("clusters", [])
-    baselines = [m for m in args.methods.split(",") if m]
-    training = checkpoint.training
-    print(f"checkpoint {args.checkpoint}: trained {training.get('timesteps')} steps in {training.get('wall_s')} s; loaded in {load_s:.2f} s")
-    print(f"held-out models: {', '.join(models)}\nheld-out clusters: {', '.join(clusters)}\n")
+    print(f"cold start: import torch {torch_s:.2f} s, torch_geometric {pyg_s:.2f} s, load checkpoint {load_s:.2f} s")
 
-    variants = [("greedy", 0, 0), (f"best-of-{args.samples}", args.samples, 0), ("policy", args.samples, args.search)]
-    names = [v[0] for v in variants] + baselines
-    header = f"{'model':34s} {'cluster':14s} {'ops':>5s} " + " ".join(f"{n:>13s}" for n in names)
-    print("step time in ms (decision s)")
+    rows = []
+    header = f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'abl/best':>8} {'pol/LS':>7} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'budget s':>8}"
     print(header)
-    rows: list[dict[str, Any]] = []
-    cold_s = None
-    for spec in models:
-        graph, own_cluster = load_graph(spec)
-        for cluster_spec in clusters:
-            cluster = own_cluster or resolve_cluster_spec(cluster_spec)
-            row: dict[str, Any] = {"model": spec, "cluster": cluster.name, "ops": graph.num_ops, "times": {}, "decide_s": {}}
-            for name, samples, search in variants:
-                step_time, decide_s, _ = policy_row(graph, cluster, checkpoint, samples, search)
-                if cold_s is None:
-                    cold_s = decide_s
-                row["times"][name], row["decide_s"][name] = step_time, decide_s
-            for method in baselines:
-                try:
-                    decision = decide(LoadedModel(spec, graph), cluster, method, objective="latency", max_groups=MAX_GROUPS)
-                    step_time = math.inf if decision.result.oom else float(decision.result.step_time)
-                    row["times"][method], row["decide_s"][method] = step_time, decision.decide_s
-                except Exception as error:  # a baseline that fails on a pair is reported, not fatal
-                    row["times"][method], row["decide_s"][method] = math.inf, math.nan
-                    row.setdefault("errors", {})[method] = str(error)
+    for regime, case in held_out_cases(args.quick):
+        for seed in range(args.seeds):
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint)}
             rows.append(row)
-            cells = " ".join(f"{row['times'][n] * 1e3:7.1f} ({row['decide_s'][n]:4.2f})" if math.isfinite(row["times"][n]) else f"{'failed':>13s}" for n in names)
-            print(f"{spec[:34]:34s} {cluster.name[:14]:14s} {graph.num_ops:5d} {cells}", flush=True)
-
-    print("\nsummary over", len(rows), "pairs")
-    for name in names:
-        ratios = [r["times"][name] / r["times"]["m-topo"] for r in rows if "m-topo" in r["times"] and math.isfinite(r["times"][name]) and math.isfinite(r["times"]["m-topo"])]
-        times = [r["decide_s"][name] for r in rows if math.isfinite(r["decide_s"].get(name, math.nan))]
-        geo = math.exp(float(np.mean(np.log(ratios)))) if ratios else math.nan
-        print(f"  {name:14s} step time / m-topo (geo. mean) {geo:6.3f}   median decision {np.median(times) if times else math.nan:6.2f} s   max {max(times) if times else math.nan:6.2f} s")
-    for variant in ("greedy", "policy"):
-        for method in baselines:
-            wins = sum(1 for r in rows if r["times"][variant] <= r["times"][method] * (1 + 1e-9))
-            print(f"  {variant} at least as fast as {method}: {wins}/{len(rows)}")
-    print(f"  first policy decision (cold, checkpoint already loaded): {cold_s:.2f} s")
+            best = row["best_time"]
+            print(
+                f"{regime:6} {case.label[:40]:40} {seed:>4} {row['best_classic']:>14} {row['policy'] / best:8.3f} {row['local_search'] / best:8.3f} "
+                f"{row['ablation'] / best:8.3f} {row['policy'] / row['local_search']:7.3f} {row['policy'] / row['ablation']:7.3f} "
+                f"{row['policy_sims_to_ls']:>8.0f}/{row['ablation_sims_to_ls']:<8.0f} {row['budget_s']:8.2f}",
+                flush=True,
+            )
+    print()
+    print(f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS':>9} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33}")
+    for regime in [*REGIMES, "all"]:
+        chosen = [r for r in rows if regime == "all" or r["regime"] == regime]
+        if not chosen:
+            continue
+        ratios = [r["policy"] / r["best_time"] for r in chosen]
+        name = "all" if regime == "all" else f"({regime}) {REGIMES[regime]}"
+        print(
+            f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search'] for r in chosen]):9.3f} "
+            f"{geomean([r['policy'] / r['ablation'] for r in chosen]):15.3f} "
+            f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f}"
+        )
+    print(f"decision time: policy budget = local-search's wall time, median {np.median([r['budget_s'] for r in rows]):.2f} s (max {max(r['budget_s'] for r in rows):.2f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "load_s": load_s, "rows": rows}, indent=1, default=float))
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

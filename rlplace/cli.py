@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--stages", action="store_true", help="dp/local-search: a contiguous split into pipeline stages, one device each")
     place.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint folder (default checkpoints/default or $RLPLACE_CHECKPOINT)")
     place.add_argument("--samples", type=int, default=None, metavar="K", help="placements the policy samples besides its greedy one (default 16)")
+    place.add_argument("--budget-s", type=float, default=None, metavar="S", help="policy: search time budget in seconds (default: 2000 simulations)")
     place.add_argument("--out", metavar="FILE", help="write the placement JSON")
     place.add_argument("--device-map", metavar="FILE", help="write an accelerate-style {module: device} map (PyTorch models)")
     place.add_argument("--split-spec", metavar="FILE", help="write torch.distributed.pipelining split points and stage devices (contiguous stage placements)")

@@ -180,6 +180,8 @@ def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
         options["checkpoint"] = args.checkpoint
     if args.samples is not None:
         options["samples"] = check_count(require_positive("--samples", args.samples), MAX_SAMPLES, "MAX_SAMPLES", "--samples")
+    if getattr(args, "budget_s", None) is not None:
+        options["budget_s"] = args.budget_s  # checked by the policy method (> 0 seconds)
     return options
 
 

@@ -35,7 +35,7 @@ EXPERT_PREFIX = "expert:"
 METHOD_DESCRIPTIONS: dict[str, str] = {
     **BASELINE_DESCRIPTIONS,
     "accelerate": "HF accelerate's infer_auto_device_map (memory only; models only)",
-    "policy": "pretrained GNN policy: greedy, 16 samples and a 200-simulation local search (checkpoints/default)",
+    "policy": "policy-guided search: local search whose moves a trained GNN ranks (checkpoints/default; 2000 simulations or --budget-s)",
 }
 #: Every method name (``expert:FILE`` besides).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_DESCRIPTIONS)

@@ -1,29 +1,55 @@
-"""``policy``: the pretrained GNN policy (``rlplace.agents``) as a placement method.
+"""``policy``: policy-guided search with the trained improvement policy (``rlplace.agents``).
 
-The agents package (PyTorch, the env) is imported on the first call only, so the core keeps
-its import cost. Options (keyword arguments of `place`, passed through by the CLI):
+Decides on the graph and cost table it is given (the same coarse graph and `CostTable` every
+method gets) and the requested objective and M:
 
-``checkpoint``  folder of a checkpoint written by ``train_agent.py`` (default:
-                ``$RLPLACE_CHECKPOINT``, else ``checkpoints/default`` of the repository);
-``samples``     K sampled placements scored besides the greedy one (default 16);
-``search_evaluations``  simulations of the final local search (default 200; 0 turns it off).
+1. starts: the placements of ``local-search``'s fast baselines
+   (``rlplace.baselines.local_search.START_METHODS``), the same starts local search uses;
+2. search: `rlplace.agents.guided_search.guided_search` with the checkpoint's `MoveScorer`
+   ranking the moves (a fixed share of random moves kept), simulated in batches, with kicks,
+   until ``evaluations`` simulations or ``budget_s`` seconds;
+3. the best placement goes through `rlplace.rules.finalize` (exact memory check and repair)
+   like every method.
 
 The registry (`rlplace.methods`) hands it the same coarse graph, cost table, objective,
-micro-batch count and seed as every other method. The returned placement goes through the
-same exact memory check as every baseline (`rlplace.rules.finalize`). This module sits in the
-methods layer (it imports the agents), not in the baselines package.
+micro-batch count and seed as every other method. This module sits in the methods layer (it
+imports the agents), not in the baselines package.
+
+The agents package (PyTorch, torch-geometric) is imported on the first call only; the loaded
+checkpoint is kept for the next call of the process. Options (keyword arguments, passed by the
+CLI): ``checkpoint`` (folder; default ``$RLPLACE_CHECKPOINT``, else ``checkpoints/default``),
+``evaluations`` (simulations, default `DEFAULT_EVALUATIONS`), ``budget_s`` (seconds for the
+whole decision after the checkpoint is loaded: start placements and search; none by default), ``samples`` (accepted for compatibility with the one-shot policy; unused here).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
 from rlplace.rules import finalize
+
+#: Simulations of one decision when neither ``evaluations`` nor ``budget_s`` is given.
+DEFAULT_EVALUATIONS = 2000
+_LOADED: dict[str, Any] = {}
+
+
+def load_policy(checkpoint: str | Path | None = None) -> Any:
+    """The checkpoint's `MoveScorer` (cached per folder for the life of the process)."""
+    from rlplace.agents.improve_checkpoint import default_checkpoint_dir, load_scorer
+
+    folder = str(Path(checkpoint) if checkpoint is not None else default_checkpoint_dir())
+    if folder not in _LOADED:
+        _LOADED[folder] = load_scorer(folder)[0]
+    return _LOADED[folder]
 
 
 def place(
@@ -35,21 +61,37 @@ def place(
     seed: int = 0,
     microbatches: int = 1,
     checkpoint: str | Path | None = None,
+    evaluations: int | None = None,
+    budget_s: float | None = None,
     samples: int | None = None,
-    search_evaluations: int | None = None,
     **_: Any,
 ) -> Placement:
-    """Greedy + K samples + local search of the trained policy, scored by the simulator."""
-    from rlplace.agents.infer import DEFAULT_SAMPLES, DEFAULT_SEARCH_EVALUATIONS, place_with_policy
+    """Policy-guided search from the fast baselines' placements (module docstring)."""
+    import torch
 
-    decision = place_with_policy(
-        graph,
-        cluster,
-        checkpoint=checkpoint,
-        objective=objective,
-        microbatches=microbatches,
-        samples=DEFAULT_SAMPLES if samples is None else samples,
-        search_evaluations=DEFAULT_SEARCH_EVALUATIONS if search_evaluations is None else search_evaluations,
-        seed=seed,
-    )
-    return finalize(graph, cluster, costs, decision.placement, objective=objective, method="policy", microbatches=microbatches)
+    from rlplace.agents.guided_search import guided_search, scorer_ranker
+    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.envs.improve_state import build_move_problem
+
+    if evaluations is not None and evaluations < 1:
+        raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
+    if budget_s is not None and not budget_s > 0:
+        raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
+    scorer = load_policy(checkpoint)  # imports and loading are the cold start, outside the budget
+    began = time.perf_counter()
+    problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    failures: dict[str, str] = {}
+    found = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures)
+    if not found:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
+        raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
+    starts = [problem.units.contract(p) for p in found.values()]
+    limit = evaluations if evaluations is not None else (10**9 if budget_s is not None else DEFAULT_EVALUATIONS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
+    try:
+        left = None if budget_s is None else max(budget_s - (time.perf_counter() - began), 1e-3)
+        best, _, _ = guided_search(problem, starts, scorer_ranker(scorer), evaluations=limit, budget_s=left, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    return finalize(graph, cluster, costs, problem.units.expand(np.asarray(best)), objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches)

@@ -301,14 +301,14 @@ def test_inference_refuses_a_cluster_larger_than_the_policy() -> None:
 
 @pytest.mark.skipif(not (SHIPPED / CONFIG_FILE).is_file(), reason="no shipped checkpoint")
 def test_policy_method_runs_the_shipped_checkpoint_through_run_method() -> None:
-    from rlplace.agents.infer import place_with_policy
+    """The shipped checkpoint is the improvement policy; the policy method searches with it."""
     from rlplace.cluster_spec import load_cluster
     from rlplace.methods import run_method
 
     graph, cluster = synthetic_graph("series-parallel", n=40, seed=7, training=True), load_cluster("4xV100-nvlink")
     costs = CostTable.build(graph, cluster)
-    outcome = run_method("policy", graph, cluster, costs, objective="latency", seed=0, checkpoint=str(SHIPPED), samples=4, search_evaluations=20)
-    direct = place_with_policy(graph, cluster, checkpoint=SHIPPED, samples=4, search_evaluations=20)
+    outcome = run_method("policy", graph, cluster, costs, objective="latency", seed=0, checkpoint=str(SHIPPED), evaluations=30)
+    again = run_method("policy", graph, cluster, costs, objective="latency", seed=0, checkpoint=str(SHIPPED), evaluations=30)
     assert outcome.method == "policy" and outcome.decide_s > 0
-    np.testing.assert_array_equal(outcome.placement, direct.placement)
+    np.testing.assert_array_equal(outcome.placement, again.placement)
     check_constraints(graph, costs, outcome.placement)

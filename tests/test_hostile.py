@@ -552,13 +552,14 @@ def test_checkpoint_config_that_does_not_fit_the_weights(network: dict, needle: 
 def test_checkpoint_hash_covers_the_config(tmp_path: Path) -> None:
     if not CHECKPOINT.is_dir():
         pytest.skip("no shipped checkpoint")
-    from agents.checkpoint import load_checkpoint, save_checkpoint
+    from agents.improve_checkpoint import load_scorer, save_scorer
     from rlplace.errors import RlplaceError
 
-    folder = save_checkpoint(load_checkpoint(CHECKPOINT), tmp_path / "saved")
-    assert load_checkpoint(folder).network_config.hidden > 0
+    scorer, meta = load_scorer(CHECKPOINT)
+    folder = save_scorer(scorer, tmp_path / "saved", meta)
+    assert load_scorer(folder)[0].config.hidden > 0
     config = json.loads((folder / "config.json").read_text())
-    config["env"]["objective"] = "throughput"  # any edit, not only a size
+    config["meta"]["heldout"] = {}  # any edit, not only a size
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(RlplaceError, match="config_sha256"):
-        load_checkpoint(folder)
+        load_scorer(folder)

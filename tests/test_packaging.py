@@ -61,4 +61,4 @@ def test_wheel_in_a_fresh_venv_places_with_the_packaged_policy(tmp_path: Path) -
     assert answer["step_time"] > 0
     assert len(answer["placement"]) == answer["num_ops"]
     help_text = run([str(venv / "bin" / "rlplace"), "train", "--help"], outside, env).stdout
-    assert "--timesteps" in help_text
+    assert "--expert-time-s" in help_text and "--ppo-timesteps" in help_text

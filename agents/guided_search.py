@@ -1,0 +1,247 @@
+"""Policy-guided search: local search whose candidate moves come in the order a ranker gives.
+
+`guided_search` starts from the best of several (u,) start assignments and repeats:
+
+1. observe the current placement (one full simulation: critical path, busy times, features);
+2. rank its legal moves (``rlplace.envs.improve_state.legal_moves``) with ``ranker`` (a
+   (u, k) score per move, higher first); a fixed share ``random_share`` of the positions in
+   the candidate order is given to uniformly random legal moves instead (exploration);
+3. simulate the candidates in batches of ``batch``; the best move of the first batch holding
+   an improving one is taken (a tie is taken as a *sideways* step, at most
+   ``SIDEWAYS_LIMIT`` in a row); the search goes on down the same order (moves of the moved
+   unit and moves the memory estimate now forbids dropped) and goes back to 1 after
+   ``rerank_every`` moves or when the order is used up (a ranking costs a forward pass);
+   before each candidate move a random swap of two units is tried with probability
+   ``swap_share`` (as ``local-search`` does; the policy ranks moves, not swaps);
+4. when ``scan`` candidates bring nothing, restart from the best placement so far with a few
+   random moves (a *kick*, as ``local-search`` does).
+
+It stops after ``evaluations`` simulations or ``budget_s`` seconds and returns the best
+placement seen (less memory overflow first, then smaller step time), so never worse than its
+best start. With ``ranker=None`` the order is a uniform random permutation: plain local search,
+the ablation ``benchmarks/bench_policy.py`` prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlplace.envs.improve_state import MoveProblem, Observation, legal_moves, observe
+from rlplace.rules import TIME_TOLERANCE
+
+Ranker = Callable[[MoveProblem, np.ndarray, Observation], np.ndarray]
+Key = tuple[float, float]
+
+SIDEWAYS_LIMIT = 20
+DEFAULT_BATCH = 4
+DEFAULT_RANDOM_SHARE = 0.2
+DEFAULT_SCAN = 64
+DEFAULT_RERANK = 4
+#: Probability of a random swap of two units before each candidate move (``local-search`` uses 0.3).
+DEFAULT_SWAP_SHARE = 0.3
+
+
+@dataclass
+class SearchStats:
+    """What a search did: simulations, rankings, restarts, and the best key after each simulation."""
+
+    simulations: int = 0
+    rankings: int = 0
+    restarts: int = 0
+    moves_taken: int = 0
+    wall_s: float = 0.0
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (simulations, seconds, best step time)
+
+
+def _better(a: Key, b: Key) -> bool:
+    if a[0] != b[0]:
+        return a[0] < b[0]
+    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])
+
+
+def _equal(a: Key, b: Key) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) <= TIME_TOLERANCE * abs(b[1])
+
+
+def guided_search(
+    problem: MoveProblem,
+    starts: Sequence[np.ndarray],
+    ranker: Ranker | None,
+    *,
+    evaluations: int = 2000,
+    budget_s: float | None = None,
+    batch: int = DEFAULT_BATCH,
+    random_share: float = DEFAULT_RANDOM_SHARE,
+    scan: int = DEFAULT_SCAN,
+    rerank_every: int = DEFAULT_RERANK,
+    swap_share: float = DEFAULT_SWAP_SHARE,
+    seed: int = 0,
+) -> tuple[np.ndarray, Key, SearchStats]:
+    """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
+    rng = np.random.default_rng(seed)
+    stats = SearchStats()
+    began = time.perf_counter()
+    deadline = None if budget_s is None else began + budget_s
+
+    def out_of_budget() -> bool:
+        return stats.simulations >= evaluations or (deadline is not None and time.perf_counter() >= deadline)
+
+    def score(assignment: np.ndarray) -> Key:
+        stats.simulations += 1
+        return problem.score(assignment)
+
+    scored = [(score(np.asarray(s, np.int64)), i) for i, s in enumerate(starts)]
+    best_key, index = min(scored)
+    best = np.asarray(starts[index], np.int64).copy()
+    stats.curve.append((stats.simulations, time.perf_counter() - began, best_key[1]))
+    current, current_key = best.copy(), best_key
+    sideways = 0
+    order = np.zeros(0, np.int64)
+    since_ranking = rerank_every
+    while not out_of_budget():
+        if since_ranking >= rerank_every or order.size == 0:
+            obs = observe(problem, current)
+            stats.simulations += 1
+            order = _with_swaps(_candidate_order(problem, current, obs, ranker, rng, random_share, scan), problem.num_units, rng, swap_share)
+            since_ranking = 0
+            if ranker is not None:
+                stats.rankings += 1
+        taken = False
+        while order.size and not out_of_budget():
+            chunk, order = order[:batch], order[batch:]
+            trials = []
+            for move in chunk:
+                if out_of_budget():
+                    break
+                trial = _apply(problem, current, int(move))
+                if trial is not None:
+                    trials.append((score(trial), trial))
+            if not trials:
+                continue
+            key, trial = min(trials, key=lambda item: item[0])
+            if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
+                sideways = 0 if _better(key, current_key) else sideways + 1
+                moved_units = np.flatnonzero(trial != current)
+                current, current_key = trial, key
+                stats.moves_taken += 1
+                if _better(current_key, best_key):
+                    best, best_key = current.copy(), current_key
+                    stats.curve.append((stats.simulations, time.perf_counter() - began, best_key[1]))
+                taken = True
+                since_ranking += 1
+                order = _still_legal(problem, current, order, moved_units)
+                break
+        if not taken and not out_of_budget():
+            current = _kick(problem, best, rng)
+            current_key = score(current)
+            sideways = 0
+            since_ranking = rerank_every
+            stats.restarts += 1
+    stats.wall_s = time.perf_counter() - began
+    stats.curve.append((stats.simulations, stats.wall_s, best_key[1]))
+    return best, best_key, stats
+
+
+def _candidate_order(
+    problem: MoveProblem, current: np.ndarray, obs: Observation, ranker: Ranker | None, rng: np.random.Generator, random_share: float, scan: int
+) -> np.ndarray:
+    """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in."""
+    legal = np.flatnonzero(obs.legal.reshape(-1))
+    if legal.size == 0:
+        return legal
+    shuffled = legal[rng.permutation(legal.size)]
+    if ranker is None:
+        return shuffled[:scan]
+    scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)[legal]
+    ranked = legal[np.argsort(-scores, kind="stable")]
+    size = min(scan, legal.size)
+    take_random = rng.random(size) < random_share
+    order: list[int] = []
+    seen: set[int] = set()
+    r_i = s_i = 0
+    for pick_random in take_random.tolist():
+        source, position = (shuffled, r_i) if pick_random else (ranked, s_i)
+        while position < source.size and int(source[position]) in seen:
+            position += 1
+        if position >= source.size:
+            source, position = (ranked, s_i) if pick_random else (shuffled, r_i)
+            while position < source.size and int(source[position]) in seen:
+                position += 1
+            pick_random = not pick_random
+        if position >= source.size:
+            break
+        move = int(source[position])
+        seen.add(move)
+        order.append(move)
+        if pick_random:
+            r_i = position + 1
+        else:
+            s_i = position + 1
+    return np.asarray(order, dtype=np.int64)
+
+
+def _still_legal(problem: MoveProblem, current: np.ndarray, order: np.ndarray, moved_units: np.ndarray) -> np.ndarray:
+    """The rest of a candidate order after a move: moves of the moved unit dropped, and moves the
+    new placement makes illegal (memory estimate) dropped."""
+    if order.size == 0:
+        return order
+    legal = legal_moves(problem, current).reshape(-1)
+    moves = order >= 0
+    keep = ~moves  # swaps are checked when they are tried
+    keep[moves] = legal[order[moves]] & ~np.isin(order[moves] // problem.num_devices, moved_units)
+    return order[keep]
+
+
+def _apply(problem: MoveProblem, current: np.ndarray, candidate: int) -> np.ndarray | None:
+    """The assignment after a candidate: a move id ``unit * k + device`` (>= 0) or a swap id
+    ``-(1 + a * u + b)`` of units a and b; None for a swap that is no longer possible."""
+    trial = current.copy()
+    if candidate >= 0:
+        unit, device = divmod(candidate, problem.num_devices)
+        trial[unit] = device
+        return trial
+    a, b = divmod(-candidate - 1, problem.num_units)
+    da, db = int(current[a]), int(current[b])
+    if da == db or not (problem.units.allowed[a, db] and problem.units.allowed[b, da]):
+        return None
+    trial[a], trial[b] = db, da
+    return trial
+
+
+def _with_swaps(order: np.ndarray, u: int, rng: np.random.Generator, swap_share: float) -> np.ndarray:
+    """``order`` with a random swap id inserted before each entry with probability ``swap_share``
+    (as ``local-search`` interleaves swaps)."""
+    if u < 2 or swap_share <= 0 or order.size == 0:
+        return order
+    out: list[int] = []
+    for move in order.tolist():
+        if rng.random() < swap_share:
+            a, b = (int(v) for v in rng.choice(u, size=2, replace=False))
+            out.append(-(1 + a * u + b))
+        out.append(move)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _kick(problem: MoveProblem, best: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``best`` with a few units sent to random devices that can run them."""
+    kicked = best.copy()
+    u = problem.num_units
+    size = min(max(2, u // 50), u)
+    for unit in rng.choice(u, size=size, replace=False).tolist():
+        devices = np.flatnonzero(problem.units.allowed[unit])
+        kicked[unit] = int(devices[rng.integers(devices.size)])
+    return kicked
+
+
+def scorer_ranker(scorer: object) -> Ranker:
+    """A `Ranker` from a `rlplace.agents.scorer.MoveScorer` (its pair logits)."""
+    from .scorer import move_scores
+
+    def rank(problem: MoveProblem, assignment: np.ndarray, obs: Observation) -> np.ndarray:
+        return move_scores(scorer, obs)  # type: ignore[arg-type]
+
+    return rank

@@ -1,0 +1,119 @@
+"""Training and held-out cases of the improvement policy, and the documented split.
+
+Held out (never trained or tuned on), as whole families and whole clusters:
+
+- models: the synthetic ``fork-join`` family (every seed and size) and the ``resnet50`` family
+  of the shared dnn-partitioning graphs (all three files);
+- clusters: ``4xL4`` (a device kind absent from training), ``2x4xV100`` (two hosts over
+  InfiniBand), ``1xA100+3xT4`` (a mixed layout absent from training) and ``2x8xA100`` (16
+  devices on two hosts).
+
+Trained on: synthetic ``layered`` and ``series-parallel`` graphs (forward and training graphs,
+several seeds and sizes), the ``bert`` dnn-partitioning graphs (on their own clusters), on the
+clusters of `TRAIN_CLUSTERS` (2-8 devices: homogeneous, mixed, two-host), each also in a
+*memory-bound* variant (`memory_bound`), under ``latency``, ``pipelined`` M=4 and 8, and
+``throughput``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from rlplace.cluster import Cluster
+from rlplace.envs.improve_env import Case, make_case
+from rlplace.graph import OpGraph
+
+DNN_PARTITIONING = Path("/work/shared/data/dnn-partitioning/graphs")
+
+TRAIN_MODELS: tuple[str, ...] = (
+    "synthetic:layered:n=40:seed=200:training=true",
+    "synthetic:layered:n=60:seed=201:width=4",
+    "synthetic:layered:n=100:seed=202:width=3:training=true",
+    "synthetic:layered:n=150:seed=203",
+    "synthetic:series-parallel:n=50:seed=204:training=true",
+    "synthetic:series-parallel:n=90:seed=205",
+    "synthetic:series-parallel:n=120:seed=206:training=true",
+)
+TRAIN_DNN: tuple[str, ...] = ("bert24_training__layer.json", "bert24_inference__layer.json", "bert_l-3_inference__operator.json")
+TRAIN_CLUSTERS: tuple[str, ...] = ("2xV100-pcie", "4xV100-nvlink", "4xT4", "2xA100+2xT4", "1xH100+3xA10G", "8xA100-nvlink", "2xV100+4xT4")
+
+HELDOUT_MODELS: tuple[str, ...] = (
+    "synthetic:fork-join:n=60:seed=900:training=true",
+    "synthetic:fork-join:n=120:seed=901:branches=6",
+    "synthetic:fork-join:n=200:seed=902:branches=3",
+)
+HELDOUT_DNN: tuple[str, ...] = ("resnet50_training__layer.json", "resnet50_inference__layer.json", "resnet50_inference__operator.json")
+HELDOUT_CLUSTERS: tuple[str, ...] = ("4xL4", "2x4xV100", "1xA100+3xT4", "2x8xA100")
+
+#: (objective, M) settings every case family is drawn under.
+OBJECTIVE_SETTINGS: tuple[tuple[str, int], ...] = (("latency", 1), ("pipelined", 4), ("pipelined", 8), ("throughput", 1))
+
+
+def memory_bound(cluster: Cluster, graph: OpGraph, objective: str, *, share: float = 1.5) -> Cluster:
+    """``cluster`` with every device's memory set to ``share / k`` of the graph's memory estimate
+    (so no single device can hold it when ``share < k``), never below twice its largest op."""
+    from rlplace.rules import op_memory_demand
+
+    demand = float(op_memory_demand(graph, objective).sum())
+    largest = float(np.max(graph.resident_bytes + graph.output_bytes + graph.work_bytes)) if graph.num_ops else 0.0
+    memory = max(share * demand / cluster.num_devices, 2.0 * largest)
+    devices = tuple(dataclasses.replace(d, memory=memory) for d in cluster.devices)
+    return dataclasses.replace(cluster, name=f"{cluster.name}[mem]", devices=devices)
+
+
+def _load(spec: str) -> tuple[OpGraph, Cluster | None]:
+    from rlplace.load import load_model
+
+    loaded = load_model(str(DNN_PARTITIONING / spec) if spec.endswith(".json") else spec)
+    return loaded.graph, loaded.cluster
+
+
+#: (model spec, cluster spec ('' = the graph's own), objective, M, memory-bound)
+CaseSpec = tuple[str, str, str, int, bool]
+
+
+def case_specs(models: tuple[str, ...], dnn: tuple[str, ...], clusters: tuple[str, ...]) -> list[CaseSpec]:
+    """Every model on every cluster under every objective setting, plus memory-bound variants
+    (latency and throughput); dnn-partitioning graphs on their own cluster under ``throughput``
+    and ``pipelined`` M=4. Cheap: nothing is loaded (`build_case` does that)."""
+    items: list[CaseSpec] = []
+    for model in models:
+        for cluster in clusters:
+            for objective, m in OBJECTIVE_SETTINGS:
+                items.append((model, cluster, objective, m, False))
+            items.append((model, cluster, "latency", 1, True))
+            items.append((model, cluster, "throughput", 1, True))
+    for spec in dnn:
+        if (DNN_PARTITIONING / spec).is_file():
+            items.append((spec, "", "throughput", 1, False))
+            items.append((spec, "", "pipelined", 4, False))
+    return items
+
+
+_GRAPHS: dict[str, tuple[OpGraph, Cluster | None]] = {}
+
+
+def build_case(spec: CaseSpec, *, max_nodes: int = 256) -> Case:
+    """The `Case` of one `CaseSpec` (graphs are loaded once per process)."""
+    from .data import resolve_cluster_spec
+
+    model, cluster_spec, objective, m, tight = spec
+    if model not in _GRAPHS:
+        _GRAPHS[model] = _load(model)
+    graph, own = _GRAPHS[model]
+    cluster = own if own is not None and not cluster_spec else resolve_cluster_spec(cluster_spec)
+    if tight:
+        cluster = memory_bound(cluster, graph, objective)
+    label = f"{model}@{cluster.name}/{objective}" + (f"(M={m})" if objective == "pipelined" else "")
+    return make_case(label, graph, cluster, objective=objective, microbatches=m, max_nodes=max_nodes)
+
+
+def iter_cases(models: tuple[str, ...], dnn: tuple[str, ...], clusters: tuple[str, ...], rng: np.random.Generator, *, max_nodes: int = 256) -> Iterator[Case]:
+    """The cases of `case_specs` in a random order, built as they are drawn."""
+    items = case_specs(models, dnn, clusters)
+    for index in rng.permutation(len(items)).tolist():
+        yield build_case(items[index], max_nodes=max_nodes)

@@ -1,0 +1,265 @@
+"""The improvement policy: scorer, MaskablePPO plug-in, expert targets, guided search, checkpoints, training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlplace.cluster import Cluster, Device
+from rlplace.costs import CostTable
+from rlplace.envs.improve_state import build_move_problem, observe
+from rlplace.errors import RlplaceError
+from rlplace.graph import OpGraph
+
+HEAVY = 10.0
+TINY = 1e-3
+
+
+def two_heavy_graph(tiny: int = 20) -> OpGraph:
+    """A source feeding two heavy ops and ``tiny`` nearly free ones: on 2 equal devices the
+    optimum (latency) puts the heavy ops apart (T <= HEAVY + (tiny + 1) * TINY); together T >= 2 * HEAVY."""
+    ops = [dict(name="in", times={"accelerator": TINY})]
+    ops += [dict(name=f"heavy{i}", times={"accelerator": HEAVY}) for i in range(2)]
+    ops += [dict(name=f"tiny{i}", times={"accelerator": TINY}) for i in range(tiny)]
+    edges = [dict(src="in", dst=op["name"], bytes=1.0, time=TINY) for op in ops[1:]]
+    return OpGraph.build(ops, edges, name="two-heavy", time_classes=("accelerator",), time_unit="unit")
+
+
+def two_devices() -> Cluster:
+    devices = tuple(Device(f"g{i}", "custom", "accelerator", 1e12, 1e12, 1e12, 1e11) for i in range(2))
+    return Cluster("pair", devices, np.array([[np.inf, 1e9], [1e9, np.inf]]), np.zeros((2, 2)))
+
+
+def problem_of(graph: OpGraph, objective: str = "latency"):
+    cluster = two_devices()
+    return build_move_problem(graph, cluster, CostTable.build(graph, cluster), objective=objective)
+
+
+@pytest.mark.parametrize("conv", ["gine", "gatv2", "transformer"])
+def test_scorer_logits_have_the_flat_action_layout_and_do_not_depend_on_the_batch(conv: str) -> None:
+    from rlplace.agents.scorer import PAD_LOGIT, MoveScorer, ScorerConfig, collate
+
+    torch.manual_seed(0)
+    scorer = MoveScorer(ScorerConfig(hidden=16, layers=2, conv=conv, scorer_hidden=16)).eval()
+    small = problem_of(two_heavy_graph(3))
+    large = problem_of(two_heavy_graph(9))
+    a = observe(small, np.zeros(small.num_units, np.int64))
+    b = observe(large, np.zeros(large.num_units, np.int64))
+    with torch.no_grad():
+        alone, value_alone = scorer(collate([a]))
+        both, values = scorer(collate([a, b]))
+    n, d = both.shape[1] - 1, 2
+    assert alone.shape == (1, small.num_units * 2 + 1) and both.shape == (2, large.num_units * 2 + 1)
+    assert n == large.num_units * d
+    padded = both[0, :-1].reshape(large.num_units, d)
+    torch.testing.assert_close(padded[: small.num_units].reshape(-1), alone[0, :-1], rtol=1e-4, atol=1e-4)
+    assert torch.all(padded[small.num_units :] == PAD_LOGIT)
+    torch.testing.assert_close(both[0, -1], alone[0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(values[0], value_alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_conv_is_a_clear_error() -> None:
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    with pytest.raises(RlplaceError, match="unknown conv 'sage'"):
+        MoveScorer(ScorerConfig(conv="sage"))
+
+
+def test_maskable_ppo_trains_the_scorer_policy_and_never_picks_a_masked_move() -> None:
+    from sb3_contrib import MaskablePPO
+
+    from rlplace.agents.improve_policy import ImproveMaskablePolicy
+    from rlplace.envs.improve_env import ImproveEnv, make_case
+
+    case = make_case("two-heavy", two_heavy_graph(4), two_devices(), objective="latency")
+    env = ImproveEnv(cases=[case], max_nodes=8, max_devices=2, max_edges=16, max_moves=4)
+    model = MaskablePPO(ImproveMaskablePolicy, env, n_steps=16, batch_size=8, n_epochs=1, seed=0, policy_kwargs={"scorer": {"hidden": 8, "layers": 1, "scorer_hidden": 8}})
+    model.learn(32)
+    obs, _ = env.reset(seed=0)
+    for _ in range(4):
+        mask = env.action_masks()
+        action, _ = model.predict(obs, action_masks=mask)
+        assert mask[int(action)]
+        obs, _, terminated, truncated, _ = env.step(int(action))
+        if terminated or truncated:
+            break
+
+
+def test_expert_target_puts_mass_on_improving_moves_or_stop() -> None:
+    from rlplace.agents.expert import target_of
+
+    gains = np.array([[np.nan, 0.2], [np.nan, 0.1], [np.nan, -0.5]])
+    target = target_of(gains, temperature=0.5)
+    assert target[-1] == 0.0 and target.sum() == pytest.approx(1.0)
+    # weights exp((g - best) / (0.5 * best)): 1 and exp(-1)
+    assert target[1] == pytest.approx(1 / (1 + np.exp(-1.0)))
+    assert target[3] == pytest.approx(np.exp(-1.0) / (1 + np.exp(-1.0)))
+    assert target_of(np.array([[np.nan, -0.1]]))[-1] == 1.0
+
+
+def test_expert_labels_are_the_simulated_relative_gains() -> None:
+    from rlplace.agents.expert import label
+
+    problem = problem_of(two_heavy_graph(2))
+    start = np.zeros(problem.num_units, np.int64)
+    obs = observe(problem, start)
+    gains = label(problem, start, obs, np.random.default_rng(0))
+    heavy = problem.graph.index_of("heavy0")
+    unit = int(problem.units.of_op[heavy])
+    moved = start.copy()
+    moved[unit] = 1
+    expected = (obs.step_time - problem.simulator.step_time(problem.units.expand(moved))) / obs.step_time
+    assert gains[unit, 1] == pytest.approx(expected)
+    assert np.all(np.isnan(gains[:, 0]))
+
+
+def _sims_to_optimum(problem, ranker, seeds: range) -> float:
+    from rlplace.agents.guided_search import guided_search
+
+    counts = []
+    start = np.zeros(problem.num_units, np.int64)
+    for seed in seeds:
+        _, _, stats = guided_search(problem, [start], ranker, evaluations=60, batch=1, random_share=0.0, swap_share=0.0, seed=seed)
+        reached = [sims for sims, _, best in stats.curve if best <= HEAVY * 1.01]
+        counts.append(reached[0] if reached else 61)
+    return float(np.mean(counts))
+
+
+def test_after_a_tiny_training_run_the_policy_beats_random_move_order_on_a_known_optimum() -> None:
+    from rlplace.agents.expert import collect_states, fit
+    from rlplace.agents.guided_search import scorer_ranker
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    torch.manual_seed(0)
+    problem = problem_of(two_heavy_graph())
+    examples = collect_states(problem, [np.zeros(problem.num_units, np.int64)], np.random.default_rng(0), depth=3, perturbations=2)
+    scorer = MoveScorer(ScorerConfig(hidden=16, layers=1, scorer_hidden=16))
+    fit(scorer, examples, epochs=40, batch_size=8, learning_rate=3e-3)
+    policy = _sims_to_optimum(problem, scorer_ranker(scorer), range(6))
+    random = _sims_to_optimum(problem, None, range(6))
+    assert policy < random
+    assert policy <= 3  # start, observe, the first ranked move
+
+
+def test_guided_search_never_returns_worse_than_its_best_start_and_respects_the_budget() -> None:
+    from rlplace.agents.guided_search import guided_search
+
+    problem = problem_of(two_heavy_graph(6))
+    starts = [np.zeros(problem.num_units, np.int64), np.ones(problem.num_units, np.int64)]
+    best, key, stats = guided_search(problem, starts, None, evaluations=25, seed=3)
+    assert stats.simulations <= 25
+    assert key == problem.score(best)
+    assert key <= min(problem.score(s) for s in starts)
+
+
+def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from rlplace.agents.improve_checkpoint import load_scorer, save_scorer
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig, move_scores
+
+    torch.manual_seed(1)
+    scorer = MoveScorer(ScorerConfig(hidden=16, layers=2, conv="gatv2")).eval()
+    save_scorer(scorer, tmp_path / "ck", {"note": "x"})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded, meta = load_scorer(tmp_path / "ck")
+    assert meta == {"note": "x"}
+    problem = problem_of(two_heavy_graph(5))
+    obs = observe(problem, np.zeros(problem.num_units, np.int64))
+    before, after = move_scores(scorer, obs), move_scores(loaded, obs)
+    assert np.array_equal(before, after)
+    assert np.array_equal(np.argsort(-before.reshape(-1), kind="stable"), np.argsort(-after.reshape(-1), kind="stable"))
+
+
+def test_tampered_or_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
+    from rlplace.agents.improve_checkpoint import load_scorer, save_scorer
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    folder = save_scorer(MoveScorer(ScorerConfig(hidden=8, layers=1)), tmp_path / "ck")
+    config = json.loads((folder / "config.json").read_text())
+    config["weights"]["sha256"] = "0" * 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RlplaceError, match="SHA-256"):
+        load_scorer(folder)
+    config["format"] = "other"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RlplaceError, match="not an improvement-policy checkpoint"):
+        load_scorer(folder)
+    with pytest.raises(RlplaceError, match="no policy checkpoint"):
+        load_scorer(tmp_path / "missing")
+
+
+def test_train_agent_options_come_from_train_config_fields() -> None:
+    from dataclasses import fields
+
+    import train_agent
+    from rlplace.agents.improve_train import TrainConfig, field_help
+
+    helps = field_help()
+    assert set(helps) == {f.name for f in fields(TrainConfig)}
+    assert all(helps.values())
+    parser = train_agent.build_parser()
+    options = {action.dest for action in parser._actions if action.dest != "help"}
+    assert options == {f.name for f in fields(TrainConfig)}
+    assert parser.parse_args(["--rounds", "2", "--conv", "gatv2"]).rounds == 2
+
+
+def test_policy_method_runs_through_run_method_on_the_given_costs(tmp_path: Path) -> None:
+    from rlplace.agents.improve_checkpoint import save_scorer
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+    from rlplace.methods import run_method
+
+    save_scorer(MoveScorer(ScorerConfig(hidden=8, layers=1)), tmp_path / "ck")
+    graph = two_heavy_graph(4)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    result = run_method("policy", graph, cluster, costs, objective="latency", checkpoint=tmp_path / "ck", evaluations=40)
+    problem = problem_of(graph)
+    assert problem.simulator.step_time(result.placement) <= HEAVY * 1.01
+
+
+def test_training_resumes_after_a_kill_with_nothing_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from rlplace.agents import expert, improve_train
+
+    def config(folder: str):
+        return improve_train.TrainConfig(
+            out=str(tmp_path / folder / "out"), work_dir=str(tmp_path / folder / "work"), rounds=1, cases_per_round=2, depth=2,
+            perturbations=0, max_moves=16, epochs=1, hidden=8, layers=1, max_units=64,
+        )
+
+    improve_train.train(config("whole"), log=lambda line: None)
+    real = expert.collect_states
+    calls = {"count": 0}
+
+    def killed_on_second_case(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(expert, "collect_states", killed_on_second_case)
+    with pytest.raises(KeyboardInterrupt):
+        improve_train.train(config("killed"), log=lambda line: None)
+    state = json.loads((tmp_path / "killed" / "work" / "state.json").read_text())
+    assert state["round"] == 0 and state["cases_done"] == 1
+    monkeypatch.setattr(expert, "collect_states", real)
+    improve_train.train(config("killed"), log=lambda line: None)
+    whole = load_file(str(tmp_path / "whole" / "out" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "out" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(whole[name], resumed[name], rtol=0, atol=0)
+    meta = json.loads((tmp_path / "killed" / "out" / "config.json").read_text())["meta"]
+    assert meta["training"]["examples"] == json.loads((tmp_path / "whole" / "out" / "config.json").read_text())["meta"]["training"]["examples"]
+    assert "fork-join" in " ".join(meta["heldout"]["models"])
