@@ -2,7 +2,9 @@
 
 Every method gets the same inputs: the graph it places (the coarse group graph when the
 pipeline coarsens), the cluster, the cost table of that graph, the objective, the micro-batch
-count, a seed and the method's own options. Names:
+count and pipeline schedule (``pipelined`` only: the methods that score candidates with the
+simulator score them under that schedule, `rlplace.baselines.MICROBATCH_AWARE`), a seed and
+the method's own options. Names:
 
 - the baselines of `rlplace.baselines` (``single``, ``m-topo``, ``dp``, ``local-search``, ...);
 - ``expert:FILE``: a dnn-partitioning split read by `rlplace.formats` (per op: never coarsened);
@@ -65,6 +67,7 @@ def run_method(
     *,
     objective: str,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     seed: int = 0,
     module: Any = None,
     **options: Any,
@@ -74,12 +77,14 @@ def run_method(
     Args:
         costs: the cost table of ``graph`` on ``cluster`` (the same one every method gets).
         microbatches: M of ``pipelined``, passed to the methods of `TAKES_MICROBATCHES`.
+        schedule: the pipeline schedule of ``pipelined``, passed to the baselines of
+            `rlplace.baselines.MICROBATCH_AWARE` (the policy scores its candidates under GPipe).
         module: the model's ``nn.Module`` (``accelerate`` only; the others ignore it).
         options: the method's own keyword options (e.g. ``checkpoint=``, ``samples=`` for ``policy``).
     """
     check_method_names([name])
     if name in BASELINES:
-        return run_baseline(name, graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, **options)
+        return run_baseline(name, graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
     started = time.perf_counter()
     if is_expert(name):
         from rlplace.formats import load_placement_spec

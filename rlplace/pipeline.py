@@ -112,8 +112,9 @@ def decide(
 
     ``keep_whole``: the modules the model declares in ``_no_split_modules`` stay on one device
     (`rlplace.devicemap.keep_modules_whole`); the Decision's graph carries that constraint.
-    ``schedule`` (``pipelined`` only) is the pipeline schedule of the final simulation; the
-    methods themselves score candidate placements in the GPipe order.
+    ``schedule`` (``pipelined`` only) is the pipeline schedule of the objective: the methods
+    that score candidates with the simulator score them under it, the full-graph memory check
+    and repair uses its activation memory, and the final simulation runs it.
     """
     from rlplace.methods import is_expert, run_method
     from rlplace.simulate import simulate
@@ -137,7 +138,9 @@ def decide(
     if coarsening is not None and method == "local-search":
         options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
     with phase("search", method):
-        outcome = run_method(method, work, cluster, work_costs, objective=objective, microbatches=microbatches, seed=seed, module=model.module, **options)
+        outcome = run_method(
+            method, work, cluster, work_costs, objective=objective, microbatches=microbatches, schedule=schedule, seed=seed, module=model.module, **options
+        )
     decide_s = outcome.decide_s
     # A proof about the coarsened graph is no proof about the full one.
     optimal = outcome.optimal if coarsening is None or outcome.optimal is None else False
@@ -148,7 +151,7 @@ def decide(
         from rlplace.rules import finalize
 
         started = time.perf_counter()
-        placement = finalize(graph, cluster, costs, placement, objective=objective, method=method, microbatches=microbatches)
+        placement = finalize(graph, cluster, costs, placement, objective=objective, method=method, microbatches=microbatches, schedule=schedule)
         decide_s += time.perf_counter() - started
     if (method_options or {}).get("stages"):
         from rlplace.baselines.dp import stage_order
@@ -163,8 +166,7 @@ def _full_graph_referee(graph: OpGraph, cluster: Cluster, costs: CostTable, coar
     """(bytes over, step time) of a coarse placement on the full graph, simulated as the decision's final result is."""
     from rlplace.simulate import Simulator
 
-    pipelined = objective == "pipelined"
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule if pipelined else "gpipe")
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
 
     def referee(coarse: np.ndarray) -> tuple[float, float]:
         step, overflow = simulator.score(coarsening.expand(coarse))

@@ -12,7 +12,7 @@ from rlplace.costs import CostTable
 from rlplace.envs.problem import build_problem
 from rlplace.graph import OpGraph
 from rlplace.placement import colocation_violation
-from rlplace.rules import build_units, colocation_leaders, finalize, prepare, repair_exact
+from rlplace.rules import activation_share, build_units, colocation_leaders, finalize, prepare, repair_exact
 from rlplace.simulate import Simulator
 from rlplace.synthetic import synthetic_graph
 
@@ -142,3 +142,82 @@ def test_the_baselines_and_the_env_ledgers_count_the_same_bytes_under_throughput
         env.add(group, device)
     np.testing.assert_array_equal(env.used, baselines.used)
     np.testing.assert_array_equal(env.used, np.bincount(env.placement, weights=graph.resident_bytes, minlength=3))
+
+
+# ------------------------------------------------------------ pipeline schedule memory
+def training_chain() -> tuple[OpGraph, Cluster]:
+    """f0 -> f1 -> b1 -> b0, f0 -> b0 (f0's output kept for its backward); stage pairs colocated.
+
+    Every op takes 1 s per step (1/4 s per micro-batch at M = 4), f0 and f1 output 8 GB per
+    step (2 GB per micro-batch), nothing else holds memory, edges are free. gpu0 has 6 GB,
+    gpu1 100 GB, so only gpu0's peak matters.
+    """
+    ops = [
+        {"name": "f0", "times": {ACCELERATOR: 1.0}, "output_bytes": 8 * GB, "coloc": "s0"},
+        {"name": "f1", "times": {ACCELERATOR: 1.0}, "output_bytes": 8 * GB, "coloc": "s1"},
+        {"name": "b1", "times": {ACCELERATOR: 1.0}, "is_backward": True, "coloc": "s1"},
+        {"name": "b0", "times": {ACCELERATOR: 1.0}, "is_backward": True, "coloc": "s0"},
+    ]
+    edges = [{"src": s, "dst": d, "bytes": 0.0, "time": 0.0} for s, d in (("f0", "f1"), ("f1", "b1"), ("b1", "b0"), ("f0", "b0"))]
+    graph = OpGraph.build(ops, edges, name="chain", time_classes=(ACCELERATOR,))
+    devices = [Device(name=f"gpu{i}", kind="custom", category=ACCELERATOR, fp32_flops=1e12, fp16_flops=1e12, memory=m, memory_bandwidth=1e11) for i, m in enumerate((6 * GB, 100 * GB))]
+    return graph, Cluster.build("6GB+100GB", devices, intra_host=(1e9, 0.0))
+
+
+#: The two-stage split of `training_chain`: f0, b0 on gpu0 (stage 0), f1, b1 on gpu1 (stage 1).
+SPLIT = [0, 1, 1, 0]
+
+
+def test_activation_share_by_hand() -> None:
+    assert activation_share("pipelined", 4, "1f1b", 2) == 0.5  # min(4, 2) of 4 micro-batches in flight
+    assert activation_share("pipelined", 8, "1f1b", 4) == 0.5
+    assert activation_share("pipelined", 2, "1f1b", 4) == 1.0  # M < k: every micro-batch may be in flight
+    assert activation_share("pipelined", 4, "gpipe", 2) == 1.0
+    assert activation_share("pipelined", 4, "interleaved-1f1b", 2) == 1.0  # counted as gpipe (an upper bound)
+    assert activation_share("pipelined", 1, "1f1b", 2) == 1.0
+    assert activation_share("latency", 4, "1f1b", 2) == 1.0
+
+
+def test_a_split_that_overflows_under_gpipe_fits_under_1f1b_and_finalize_keeps_it() -> None:
+    # Time in micro-batch op units (1/4 s). gpu0 runs F0..F3 at 0..4 under gpipe, and each f0
+    # output (2 GB) lives until its b0 finishes (>= 5): all four are alive at [3, 4], 8 GB.
+    # Under 1f1b stage 0 does w = min(4, 2 - 0) = 2 forwards, then F2 waits for B0: F0 [0,1],
+    # F1 [1,2], B0 [3,4], F2 [4,5], B1 [5,6], F3 [6,7], ...: f0 outputs live [0,4], [1,6],
+    # [4,8], [6,10], never more than two at once, 4 GB. Capacity 6 GB lies in between.
+    graph, cluster = training_chain()
+    costs = CostTable.build(graph, cluster)
+    split = np.array(SPLIT, dtype=np.int64)
+    gpipe = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="gpipe").run(split)
+    one_f_one_b = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b").run(split)
+    assert gpipe.peak_memory[0] == 8 * GB and gpipe.oom
+    assert one_f_one_b.peak_memory[0] == 4 * GB
+    assert gpipe.step_time == one_f_one_b.step_time == 2.5  # 10 micro-batch op times either way
+    kept = finalize(graph, cluster, costs, split, objective="pipelined", method="test", microbatches=4, schedule="1f1b")
+    assert kept.tolist() == SPLIT
+    repaired = finalize(graph, cluster, costs, split, objective="pipelined", method="test", microbatches=4, schedule="gpipe")
+    assert repaired.tolist() != SPLIT
+    assert not Simulator(graph, cluster, costs, objective="pipelined", microbatches=4).run(repaired).oom
+
+
+def test_the_estimate_counts_the_microbatches_1f1b_keeps_in_flight() -> None:
+    # Units {f0, b0} and {f1, b1}: 8 GB of outputs each; under 1f1b at M = 4 on 2 devices, half.
+    graph, cluster = training_chain()
+    costs = CostTable.build(graph, cluster)
+    gpipe, _ = prepare(graph, cluster, costs, "pipelined", microbatches=4, schedule="gpipe")
+    one_f_one_b, _ = prepare(graph, cluster, costs, "pipelined", microbatches=4, schedule="1f1b")
+    assert gpipe.demand.tolist() == [8 * GB, 8 * GB]
+    assert one_f_one_b.demand.tolist() == [4 * GB, 4 * GB]
+
+
+def test_dp_and_local_search_find_the_split_only_under_1f1b() -> None:
+    # gpipe: the split overflows gpu0 (8 > 6 GB) and so does everything on gpu0 (16 GB): the
+    # answer holds every op on gpu1, 4 ops x 1 s = 4 s. 1f1b: the split fits (4 GB), 2.5 s.
+    from rlplace.baselines import dp, local_search
+
+    graph, cluster = training_chain()
+    costs = CostTable.build(graph, cluster)
+    for method in (dp.place, local_search.place):
+        under_gpipe = method(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="gpipe")
+        under_1f1b = method(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b")
+        assert under_gpipe.tolist() == [1, 1, 1, 1]
+        assert under_1f1b.tolist() == SPLIT

@@ -1,7 +1,8 @@
 """Classic placement baselines: one module per algorithm, all with the same signature.
 
 Every baseline is ``place(graph, cluster, costs, *, objective="latency", seed=0) -> Placement``
-(``dp``, ``local-search`` and ``random`` also take ``microbatches=``) and returns a placement
+(``dp``, ``local-search`` and ``random``, which score candidates with the simulator, also
+take ``microbatches=`` and ``schedule=``, the M and the pipeline schedule of ``pipelined``) and returns a placement
 that respects op times (no op on a device it cannot run on), colocation classes and device
 memory (estimate while deciding, exact simulator check at the end; see `rlplace.rules`), or
 raises `RlplaceError` saying why no such placement was found. Modules are imported on first
@@ -80,7 +81,7 @@ def _lazy(name: str) -> PlaceFunction:
 
 #: Baseline name -> ``place(graph, cluster, costs, *, objective, seed)``.
 METHODS: Mapping[str, PlaceFunction] = {name: _lazy(name) for name in _MODULES}
-#: Baselines that score candidates with the simulator and take ``microbatches=``.
+#: Baselines that score candidates with the simulator and take ``microbatches=`` and ``schedule=``.
 MICROBATCH_AWARE = frozenset({"dp", "local-search", "random"})
 #: Methods that take ``stages=True`` (a contiguous split, stage k on one device; ``--stages``).
 STAGE_AWARE = frozenset({"dp", "local-search"})
@@ -120,16 +121,18 @@ def run_method(
     objective: str,
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     **options: Any,
 ) -> MethodResult:
     """Place ``graph`` on ``cluster`` with baseline ``name`` and time the decision.
 
-    ``microbatches`` goes to the baselines of `MICROBATCH_AWARE` (the simulator ignores it
-    unless the objective is ``pipelined``); ``options`` go to the baseline's ``place``.
+    ``microbatches`` and ``schedule`` go to the baselines of `MICROBATCH_AWARE` (the simulator
+    ignores both unless the objective is ``pipelined``); ``options`` go to the baseline's ``place``.
     """
     check_method_names([name])
     if name in MICROBATCH_AWARE:
         options["microbatches"] = microbatches
+        options["schedule"] = schedule
     started = time.perf_counter()
     module = _module(name)
     optimal: bool | None = None

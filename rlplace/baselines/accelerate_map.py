@@ -16,7 +16,7 @@ only (no compute, no activations): a memory-only baseline. This module
    that no entry owns takes the device of its first producer that has one, else of its first
    consumer that has one, else the first device of the map;
 3. keeps colocation classes together (the class follows its first op), then moves units off
-   devices that cannot run them or lack memory (`rlplace.baselines.common.repair_estimate`).
+   devices that cannot run them or lack memory (`rlplace.rules.repair_estimate`).
 
 Graphs without a PyTorch module (graph files, dnn-partitioning data) cannot use it: `place`
 raises `RlplaceError`; `place_module` is the entry point, and ``run_method`` passes the module.
@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from rlplace.baselines.common import EdgeIndex, finalize, prepare, repair_estimate
+from rlplace.baselines.adjacency import EdgeIndex
 from rlplace.cluster import CPU, Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import finalize, prepare, repair_estimate
 
 NO_MODULE_ERROR = "accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME); graph files carry no nn.Module"
 

@@ -50,8 +50,10 @@ which moves single ops and so could break contiguity: an overflowing split is an
 of them, `chain_segments`), are cut into at most k consecutive stages, stage j on the j-th
 device of the devices sorted fastest first. The same program over that chain proposes, for
 every number of stages 1..k, the split that minimizes the largest stage cost (stage compute
-plus its boundary transfers; memory from the estimate of `rlplace.baselines.common`). The
-simulator scores these k candidates under the objective and the best within memory wins; if
+plus its boundary transfers; memory from the estimate of `rlplace.rules`, whose activations
+under ``pipelined`` with ``1f1b`` are the micro-batches that schedule keeps in flight). The
+simulator scores these k candidates under the objective (and pipeline schedule) and the best
+within memory wins; if
 all overflow (the estimate omits received copies), the program runs again with the budgets
 scaled by `MEMORY_MARGINS`. A pipeline's step is governed by its slowest stage, which the
 model captures; one step's latency also by the sum of the stages, which only the simulator
@@ -69,12 +71,14 @@ from numba import njit
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from rlplace.baselines.common import check_objective, finalize, make_simulator, mean_edge_time, memory_budget, op_memory_demand
+from rlplace.baselines.summaries import mean_edge_time
 from rlplace.cluster import CPU, Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.objectives import check_objective
 from rlplace.placement import Placement, as_placement
+from rlplace.rules import activation_share, finalize, make_simulator, memory_budget, op_memory_demand
 
 #: Beyond this many ideals the blocks are linearized and the answer is no longer proven
 #: optimal (the authors' C++ tool stops at the same count). The program's work is the number
@@ -173,11 +177,12 @@ def place(
     objective: str = "latency",
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     stages: bool = False,
 ) -> Placement:
     """The best contiguous split (module docstring); ``seed`` is unused (deterministic)."""
     del seed
-    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=stages).placement
+    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=stages).placement
 
 
 def place_with_proof(
@@ -188,18 +193,30 @@ def place_with_proof(
     objective: str = "latency",
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     stages: bool = False,
 ) -> tuple[Placement, bool]:
     """`place` and whether the split is proven optimal (`DpSolution.optimal`)."""
     del seed
-    solution = solve(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=stages)
+    solution = solve(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=stages)
     return solution.placement, solution.optimal
 
 
 def solve(
-    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1, stages: bool = False
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+    stages: bool = False,
 ) -> DpSolution:
     """Run the program for ``objective`` and return the placement with the search statistics.
+
+    ``microbatches`` and ``schedule``: M and the pipeline schedule of ``pipelined``; the
+    candidates are scored, and their memory checked, under that schedule (the estimate's
+    activations scaled by `rlplace.rules.activation_share`).
 
     ``stages``: the placement must stay a contiguous split (`stage_order` is not None): no
     memory repair that moves single ops after the program; a split that overflows device
@@ -216,7 +233,7 @@ def solve(
     blocks = contract_blocks(graph, costs)
     if objective == "throughput":
         return _solve_throughput(graph, cluster, costs, blocks, stages)
-    return _solve_stages(graph, cluster, costs, blocks, objective, microbatches, stages)
+    return _solve_stages(graph, cluster, costs, blocks, objective, microbatches, schedule, stages)
 
 
 def stage_order(graph: OpGraph, placement: np.ndarray) -> list[int] | None:
@@ -616,17 +633,17 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
     )
 
 
-def _solve_stages(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int, strict: bool) -> DpSolution:
-    from rlplace.simulate import Simulator
-
+def _solve_stages(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, objective: str, microbatches: int, schedule: str, strict: bool
+) -> DpSolution:
     blocks = chain_segments(blocks, costs)
     lattice = chain_ideals(blocks.num_blocks)
     total = np.where(np.isfinite(costs.op_time), costs.op_time, np.inf).sum(axis=0)
     devices = _sequence(tuple(int(d) for d in np.argsort(total, kind="stable")))
     is_cpu = np.array([d.category == CPU for d in cluster.devices], dtype=bool)
-    demand = op_memory_demand(graph, objective)
+    demand = op_memory_demand(graph, objective, activation_share(objective, microbatches, schedule, cluster.num_devices))
     budget = memory_budget(graph, cluster, objective)
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     best: tuple[float, float, int] | None = None
     best_placement: Placement | None = None
     best_value = math.inf

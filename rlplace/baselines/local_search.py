@@ -3,8 +3,9 @@
 Start: every fast baseline (``START_METHODS``; those that raise are skipped) is scored by
 `rlplace.simulate.Simulator.score` for the requested objective and the best one is kept
 (less memory overflow first, then smaller step time; the order of ``START_METHODS`` breaks
-ties). Starts that take ``microbatches`` (dp) get the search's, so each start is the
-placement that method returns for this very objective.
+ties). Starts that take ``microbatches`` and ``schedule`` (dp) get the search's, so each
+start is the placement that method returns for this very objective; under ``pipelined`` the
+simulator, and so every score and the final memory check, uses the requested schedule.
 
 Search (first improvement, random order, seeded): the neighbourhood is every move of one unit
 to another device that can run it, plus swaps of two units on different devices. Candidates
@@ -36,12 +37,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rlplace.baselines.common import TIME_TOLERANCE, MemoryLedger, Units, finalize, ledger_for, make_simulator, prepare
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.rules import TIME_TOLERANCE, MemoryLedger, Units, finalize, ledger_for, make_simulator, prepare
 
 #: Default number of simulations.
 DEFAULT_EVALUATIONS = 2000
@@ -63,6 +64,7 @@ def place(
     objective: str = "latency",
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     evaluations: int = DEFAULT_EVALUATIONS,
     start: np.ndarray | None = None,
     start_methods: Sequence[str] = START_METHODS,
@@ -70,7 +72,8 @@ def place(
     referee: Callable[[np.ndarray], Score] | None = None,
 ) -> Placement:
     """Improve the best fast baseline (or ``start``, an (n,) placement) by local search;
-    ``microbatches`` sets M of the ``pipelined`` objective the search scores; ``stages`` keeps
+    ``microbatches`` and ``schedule`` set M and the pipeline schedule of the ``pipelined``
+    objective the search scores; ``stages`` keeps
     a contiguous split and moves only its stage boundaries (module docstring).
 
     ``referee``: when ``graph`` stands for a larger one (a coarsened graph), the score
@@ -78,15 +81,15 @@ def place(
     for. The search's result and every start are judged by it and the best is returned (the
     search's result on ties), so the answer is never worse than a start where it counts.
     """
-    units, budget = prepare(graph, cluster, costs, objective)
-    simulator = make_simulator(graph, cluster, costs, objective, microbatches)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     if stages:
         from rlplace.baselines.stage_search import search_boundaries
 
         if start is None:
             from rlplace.baselines.dp import place as dp_place
 
-            start = np.asarray(dp_place(graph, cluster, costs, objective=objective, microbatches=microbatches, stages=True), dtype=np.int64)
+            start = np.asarray(dp_place(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=True), dtype=np.int64)
         best = search_boundaries(graph, costs, simulator, start=start, evaluations=evaluations, seed=seed)
         best = _refereed(best, [np.asarray(start, dtype=np.int64)], referee)
         return finalize(graph, cluster, costs, best, objective=objective, method="local-search", simulator=simulator)
@@ -94,7 +97,8 @@ def place(
     if start is None:
         failures: dict[str, str] = {}
         starts = start_placements(
-            graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures, microbatches=microbatches
+            graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures,
+            microbatches=microbatches, schedule=schedule,
         )
         if not starts:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
@@ -128,9 +132,10 @@ def start_placements(
     methods: Sequence[str] = START_METHODS,
     failures: dict[str, str] | None = None,
     microbatches: int = 1,
+    schedule: str = "gpipe",
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped);
-    those of `MICROBATCH_AWARE` get ``microbatches`` for ``pipelined``.
+    those of `MICROBATCH_AWARE` get ``microbatches`` and ``schedule`` for ``pipelined``.
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
@@ -138,7 +143,9 @@ def start_placements(
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
-        options = {"microbatches": microbatches} if objective == "pipelined" and name in MICROBATCH_AWARE else {}
+        options: dict[str, object] = {}
+        if objective == "pipelined" and name in MICROBATCH_AWARE:
+            options = {"microbatches": microbatches, "schedule": schedule}
         try:
             found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options), dtype=np.int64)
         except RlplaceError as error:

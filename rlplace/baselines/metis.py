@@ -5,7 +5,7 @@
   there). Edges between units weigh the bytes they carry (the given transfer times for
   profiled graphs, whose bytes may be absent), summed over the edges between the two units.
 - Target part weights (``tpwgts``) are proportional to device speed
-  (`rlplace.baselines.common.device_speed`), so faster devices get more work.
+  (`rlplace.baselines.summaries.device_speed`), so faster devices get more work.
 - Parts map to devices by a minimum-cost assignment (``scipy.optimize.linear_sum_assignment``)
   on each part's compute time on each device, then `repair_estimate` moves units off devices
   that cannot run them or lack memory.
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import Units, device_speed, finalize, prepare, repair_estimate
+from rlplace.baselines.summaries import device_speed
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.io import c_stdout_to_stderr
 from rlplace.placement import Placement
+from rlplace.rules import Units, finalize, prepare, repair_estimate
 
 _WEIGHT_SCALE = 1e8
 

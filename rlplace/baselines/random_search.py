@@ -29,13 +29,15 @@ def place(
     objective: str = "latency",
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
     samples: int = DEFAULT_SAMPLES,
 ) -> Placement:
     """Best of ``samples`` random feasible placements drawn with ``numpy.random.default_rng(seed)``;
-    ``microbatches`` sets M of the ``pipelined`` objective they are scored with."""
-    units, budget = prepare(graph, cluster, costs, objective)
+    ``microbatches`` and ``schedule`` set M and the pipeline schedule of the ``pipelined``
+    objective they are scored (and their memory checked) with."""
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     rng = np.random.default_rng(seed)
-    simulator = make_simulator(graph, cluster, costs, objective, microbatches)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     best: np.ndarray | None = None
     best_key = (np.inf, np.inf)
     failure: RlplaceError | None = None

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlplace.baselines.common import TIME_TOLERANCE
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.rules import TIME_TOLERANCE
 
 Score = tuple[float, float]
 

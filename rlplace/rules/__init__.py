@@ -13,7 +13,7 @@ This package sits in the core layer: it imports graph, cluster, costs, placement
 (lazily) simulate, never the baselines, the env or the agents.
 """
 
-from rlplace.rules.estimate import memory_budget, op_memory_demand, work_reserve
+from rlplace.rules.estimate import activation_share, memory_budget, op_memory_demand, work_reserve
 from rlplace.rules.feasible import NoRoomError, check_feasible, prepare, start_assignment_error, unit_memory_floor
 from rlplace.rules.finish import TIME_TOLERANCE, finalize, fit_with_fallback, make_simulator, settle
 from rlplace.rules.ledger import MemoryLedger, ledger_for
@@ -26,6 +26,7 @@ __all__ = [
     "MemoryLedger",
     "NoRoomError",
     "Units",
+    "activation_share",
     "build_units",
     "check_feasible",
     "colocation_leaders",

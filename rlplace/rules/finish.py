@@ -20,6 +20,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement, as_placement, check_constraints
+from rlplace.rules.estimate import activation_share
 from rlplace.rules.feasible import NoRoomError
 from rlplace.rules.repair import repair_estimate, repair_exact
 from rlplace.rules.units import Units, build_units
@@ -54,12 +55,13 @@ def settle(
     return float(overflow), float(step_time), np.asarray(legal, dtype=np.int64)
 
 
-def make_simulator(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str, microbatches: int = 1) -> Any:
+def make_simulator(graph: OpGraph, cluster: Cluster, costs: CostTable, objective: str, microbatches: int = 1, schedule: str = "gpipe") -> Any:
     """The shared `rlplace.simulate.Simulator` for ``objective`` (it ignores ``microbatches``
-    unless the objective is ``pipelined``)."""
+    and ``schedule`` unless the objective is ``pipelined``): every method that scores
+    candidates or checks memory with it sees the schedule the answer is judged under."""
     from rlplace.simulate import Simulator
 
-    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    return Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
 
 
 def finalize(
@@ -72,14 +74,18 @@ def finalize(
     method: str,
     simulator: Any = None,
     microbatches: int = 1,
+    schedule: str = "gpipe",
 ) -> Placement:
     """Check a method's placement exactly and return it read-only.
 
     Op times and colocation are checked (`check_constraints`: a method's output must already
-    be legal); peak memory comes from the simulator. A device over capacity gets units moved
-    off it (`repair_exact`); if that fails, `RlplaceError` names the device and the overflow.
+    be legal); peak memory comes from the simulator (``simulator``, else one for
+    ``objective``, ``microbatches`` and ``schedule``: under ``1f1b`` fewer micro-batches are in
+    flight than under ``gpipe``, so a split may fit there and not here). A device over
+    capacity gets units moved off it (`repair_exact`); if that fails, `RlplaceError` names the
+    device and the overflow.
     """
-    simulator = simulator if simulator is not None else make_simulator(graph, cluster, costs, objective, microbatches)
+    simulator = simulator if simulator is not None else make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     capacity = cluster.memory
     units: list[Units] = []
 
@@ -92,7 +98,8 @@ def finalize(
         return 0.0, float(np.maximum(np.asarray(simulator.peak_memory(p), dtype=np.float64) - capacity, 0.0).sum())
 
     def repair(legal: np.ndarray) -> tuple[np.ndarray, int]:
-        units.append(build_units(graph, costs, objective))
+        share = activation_share(objective, getattr(simulator, "microbatches", microbatches), getattr(simulator, "schedule", None) or schedule, cluster.num_devices)
+        units.append(build_units(graph, costs, objective, share=share))
         assignment, peak, moves = repair_exact(units[0], units[0].contract(legal), lambda a: simulator.peak_memory(units[0].expand(a)), capacity)
         if np.any(peak > capacity):
             device = int(np.argmax(peak - capacity))

@@ -103,10 +103,17 @@ class Units:
 
 
 def build_units(
-    graph: OpGraph, costs: CostTable, objective: str, group_of_op: np.ndarray | None = None, num_groups: int | None = None
+    graph: OpGraph,
+    costs: CostTable,
+    objective: str,
+    group_of_op: np.ndarray | None = None,
+    num_groups: int | None = None,
+    *,
+    share: float = 1.0,
 ) -> Units:
     """Units of ``graph``'s ops (or of the groups ``group_of_op`` maps them to) with their
-    memory demand under ``objective`` and their summed times on each device."""
+    memory demand under ``objective`` (``share``: `rlplace.rules.estimate.activation_share`)
+    and their summed times on each device."""
     n, k = graph.num_ops, costs.num_devices
     item_of_op = np.arange(n, dtype=np.int64) if group_of_op is None else np.asarray(group_of_op, dtype=np.int64)
     count = n if group_of_op is None else int(num_groups if num_groups is not None else (item_of_op.max() + 1 if n else 0))
@@ -119,7 +126,7 @@ def build_units(
     bounds = np.searchsorted(of_op[sort], np.arange(u + 1))
     members = tuple(sort[bounds[j] : bounds[j + 1]].astype(np.int64) for j in range(u))
     unit_of_op = of_op[item_of_op]
-    demand = np.bincount(unit_of_op, weights=op_memory_demand(graph, objective), minlength=u)
+    demand = np.bincount(unit_of_op, weights=op_memory_demand(graph, objective, share), minlength=u)
     time = np.zeros((u, k), dtype=np.float64)
     np.add.at(time, unit_of_op, costs.op_time)
     allowed = np.isfinite(time)
