@@ -78,7 +78,7 @@ def run_method(
         costs: the cost table of ``graph`` on ``cluster`` (the same one every method gets).
         microbatches: M of ``pipelined``, passed to the methods of `TAKES_MICROBATCHES`.
         schedule: the pipeline schedule of ``pipelined``, passed to the baselines of
-            `rlplace.baselines.MICROBATCH_AWARE` (the policy scores its candidates under GPipe).
+            `rlplace.baselines.MICROBATCH_AWARE` (not yet to ``policy``, which scores its candidates in GPipe order).
         module: the model's ``nn.Module`` (``accelerate`` only; the others ignore it).
         options: the method's own keyword options (e.g. ``checkpoint=``, ``samples=`` for ``policy``).
     """

@@ -361,19 +361,19 @@ def search_problem(seed: int) -> tuple[OpGraph, Cluster]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("objective", ["latency", "pipelined", "throughput"])
-def test_local_search_never_ends_worse_than_its_best_start(seed: int, objective: str) -> None:
+@pytest.mark.parametrize(("objective", "schedule"), [("latency", "gpipe"), ("pipelined", "gpipe"), ("pipelined", "1f1b"), ("throughput", "gpipe")])
+def test_local_search_never_ends_worse_than_its_best_start(seed: int, objective: str, schedule: str) -> None:
     graph, cluster = search_problem(seed)
     costs = CostTable.build(graph, cluster)
-    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=4 if objective == "pipelined" else 1)
-    starts = local_search.start_placements(graph, cluster, costs, objective=objective, seed=seed, microbatches=4)
+    simulator = Simulator(graph, cluster, costs, objective=objective, microbatches=4 if objective == "pipelined" else 1, schedule=schedule)
+    starts = local_search.start_placements(graph, cluster, costs, objective=objective, seed=seed, microbatches=4, schedule=schedule)
     assert "dp" in starts
     best_start = min((float(o), float(t)) for t, o in (simulator.score(p) for p in starts.values()))
-    found = local_search.place(graph, cluster, costs, objective=objective, seed=seed, microbatches=4, evaluations=40)
+    found = local_search.place(graph, cluster, costs, objective=objective, seed=seed, microbatches=4, schedule=schedule, evaluations=40)
     step, over = simulator.score(found)
     assert (float(over), float(step)) <= (best_start[0], best_start[1] + 1e-12)
-    # dp as the user calls it (same microbatches) is among the starts
-    direct = dp.place(graph, cluster, costs, objective=objective, microbatches=4)
+    # dp as the user calls it (same microbatches and schedule) is among the starts
+    direct = dp.place(graph, cluster, costs, objective=objective, microbatches=4, schedule=schedule)
     assert simulator.step_time(found) <= simulator.step_time(direct) + 1e-12
 
 

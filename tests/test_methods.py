@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,29 @@ def test_microbatches_reach_the_methods_that_take_them() -> None:
     # The simulator ignores M outside ``pipelined``, so passing it there changes nothing.
     latency = run_method("dp", graph, cluster, costs, objective="latency", microbatches=8)
     np.testing.assert_array_equal(latency.placement, METHODS["dp"](graph, cluster, costs, objective="latency"))
+
+
+def test_the_schedule_reaches_the_methods_that_score_with_the_simulator() -> None:
+    graph, cluster = synthetic_graph("layered", n=40, seed=1, training=True), load_cluster("4xT4")
+    costs = CostTable.build(graph, cluster)
+    for method in ("dp", "random", "local-search"):
+        options = {"evaluations": 30} if method == "local-search" else {}
+        through_registry = run_method(method, graph, cluster, costs, objective="pipelined", microbatches=8, schedule="1f1b", seed=0, **options)
+        direct = METHODS[method](graph, cluster, costs, objective="pipelined", seed=0, microbatches=8, schedule="1f1b", **options)
+        np.testing.assert_array_equal(through_registry.placement, direct)
+
+
+def test_evaluate_json_rows_carry_the_schedule(capfd: pytest.CaptureFixture[str]) -> None:
+    from rlplace.cli import main
+
+    methods = ["single", "m-topo", "dp", "local-search"]
+    argv = ["evaluate", "synthetic:layered:n=30", "--cluster", "4xT4", "--objective", "pipelined", "--microbatches", "4", "--schedule", "1f1b", "--max-groups", "12"]
+    status = main([*argv, "--methods", ",".join(methods), "--json"])
+    captured = capfd.readouterr()
+    assert status == 0, captured.err
+    rows = json.loads(captured.out)
+    assert [row["method"] for row in rows] == methods
+    assert all(row["error"] is None and row["schedule"] == "1f1b" for row in rows)
 
 
 def test_a_baseline_result_says_nothing_about_optimality_unless_it_proves_it() -> None:
