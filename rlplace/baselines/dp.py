@@ -203,14 +203,7 @@ def place_with_proof(
 
 
 def solve(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-    stages: bool = False,
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1, schedule: str = "gpipe", stages: bool = False
 ) -> DpSolution:
     """Run the program for ``objective`` and return the placement with the search statistics.
 
