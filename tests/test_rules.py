@@ -4,15 +4,17 @@ baselines (`rlplace.rules.prepare`, `finalize`) and the env (`rlplace.envs.probl
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlplace.cluster import ACCELERATOR, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.envs.problem import build_problem
+from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import colocation_violation
-from rlplace.rules import activation_share, build_units, colocation_leaders, finalize, prepare, repair_exact
+from rlplace.rules import activation_share, build_units, colocation_leaders, finalize, prepare, repair_exact, unit_memory_floor
 from rlplace.simulate import Simulator
 from rlplace.synthetic import synthetic_graph
 
@@ -221,3 +223,15 @@ def test_dp_and_local_search_find_the_split_only_under_1f1b() -> None:
         under_1f1b = method(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b")
         assert under_gpipe.tolist() == [1, 1, 1, 1]
         assert under_1f1b.tolist() == SPLIT
+
+
+def test_the_sound_memory_floor_is_one_microbatch_share_under_pipelined() -> None:
+    # One op: 8 GB of output per step on a 6 GB device. One step at once needs 8 GB, so no
+    # placement exists for latency; at M = 4 a micro-batch needs 2 GB, so prepare must not refuse.
+    graph = OpGraph.build([{"name": "x", "times": {ACCELERATOR: 1.0}, "output_bytes": 8 * GB}], [], name="one", time_classes=(ACCELERATOR,))
+    cluster = gpus(1, 6 * GB)
+    costs = CostTable.build(graph, cluster)
+    with pytest.raises(RlplaceError, match="needs 8"):
+        prepare(graph, cluster, costs, "latency")
+    units, _ = prepare(graph, cluster, costs, "pipelined", microbatches=4)
+    assert unit_memory_floor(graph, units, "pipelined", 4).tolist() == [2 * GB]
