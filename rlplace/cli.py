@@ -162,9 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        import train_agent  # installed beside rlplace (pyproject py-modules), so the wheel has it too
+        from rlplace.agents.train_cli import main as train_main  # the same main as train_agent.py
 
-        return int(train_agent.main(argv[1:]) or 0)
+        return int(train_main(argv[1:]) or 0)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed)

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "train_agent.py", "rlplace", "envs", "agents", "checkpoints/default")
 
@@ -34,7 +32,23 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
     return done
 
 
-@pytest.mark.slow
+def package_folders() -> set[str]:
+    """Dotted names of the folders with an ``__init__.py`` that make up the installed packages."""
+    names = {"rlplace.envs", "rlplace.agents"}
+    for init in (ROOT / "rlplace").rglob("__init__.py"):
+        relative = init.parent.relative_to(ROOT)
+        if relative.parts[:2] not in (("rlplace", "envs"), ("rlplace", "agents")):  # import symlinks of worktrees
+            names.add(".".join(relative.parts))
+    return names
+
+
+def test_pyproject_lists_every_package_folder() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert package_folders() <= listed, f"packages missing from pyproject.toml: {sorted(package_folders() - listed)}"
+
+
 def test_wheel_in_a_fresh_venv_places_with_the_packaged_policy(tmp_path: Path) -> None:
     source, wheels, venv, outside = tmp_path / "src", tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     copy_sources(source)
@@ -55,6 +69,8 @@ def test_wheel_in_a_fresh_venv_places_with_the_packaged_policy(tmp_path: Path) -
     assert module_file.startswith(str(venv_site)), located.stdout
     assert Path(checkpoint) == venv_site / "rlplace" / "checkpoints" / "default"
     assert (Path(checkpoint) / "model.safetensors").is_file()
+    imports = "; ".join(f"import {name}" for name in sorted(package_folders()))
+    run([str(python), "-c", imports], outside, env)
     placed = run([str(venv / "bin" / "rlplace"), "place", "zoo:mlp-small", "--cluster", "2xV100-pcie", "--method", "policy", "--json"], outside, env)
     answer = json.loads(placed.stdout)
     assert answer["method"] == "policy"
