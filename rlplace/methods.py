@@ -2,9 +2,9 @@
 
 Every method gets the same inputs: the graph it places (the coarse group graph when the
 pipeline coarsens), the cluster, the cost table of that graph, the objective, the micro-batch
-count and pipeline schedule (``pipelined`` only: the methods that score candidates with the
-simulator score them under that schedule, `rlplace.baselines.MICROBATCH_AWARE`), a seed and
-the method's own options. Names:
+count and pipeline schedule (``pipelined`` only: they set every method's memory estimate and
+final check, and the schedule the simulator-scored methods score under; see
+`rlplace.baselines`), a seed and the method's own options. Names:
 
 - the baselines of `rlplace.baselines` (``single``, ``m-topo``, ``dp``, ``local-search``, ...);
 - ``expert:FILE``: a dnn-partitioning split read by `rlplace.formats` (per op: never coarsened);
@@ -17,19 +17,18 @@ below imports it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from rlplace.baselines import METHOD_DESCRIPTIONS as BASELINE_DESCRIPTIONS
 from rlplace.baselines import METHODS as BASELINES
-from rlplace.baselines import MICROBATCH_AWARE as BASELINES_WITH_MICROBATCHES
-from rlplace.baselines import MethodResult
-from rlplace.baselines import run_method as run_baseline
+from rlplace.baselines import MethodResult, ProofFunction, without_proof
+from rlplace.baselines import run_method as run_placement
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
+from rlplace.placement import Placement
 
 EXPERT_PREFIX = "expert:"
 
@@ -41,10 +40,8 @@ METHOD_DESCRIPTIONS: dict[str, str] = {
 }
 #: Every method name (``expert:FILE`` besides).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_DESCRIPTIONS)
-#: Methods that take ``microbatches=`` (for ``pipelined``; the others place independently of M).
-TAKES_MICROBATCHES = frozenset(BASELINES_WITH_MICROBATCHES | {"policy"})
 
-__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "TAKES_MICROBATCHES", "MethodResult", "check_method_names", "is_expert", "run_method"]
+__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "MethodResult", "check_method_names", "is_expert", "run_method"]
 
 
 def is_expert(name: str) -> bool:
@@ -59,47 +56,46 @@ def check_method_names(names: Iterable[str]) -> None:
             raise RlplaceError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)} (and expert:FILE)")
 
 
-def run_method(
-    name: str,
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-    seed: int = 0,
-    module: Any = None,
-    **options: Any,
-) -> MethodResult:
+def run_method(name: str, graph: OpGraph, cluster: Cluster, costs: CostTable, *, module: Any = None, **inputs: Any) -> MethodResult:
     """Place ``graph`` on ``cluster`` with method ``name`` and time the decision.
 
     Args:
         costs: the cost table of ``graph`` on ``cluster`` (the same one every method gets).
-        microbatches: M of ``pipelined``, passed to the methods of `TAKES_MICROBATCHES`.
-        schedule: the pipeline schedule of ``pipelined``, passed to the baselines of
-            `rlplace.baselines.MICROBATCH_AWARE` (not yet to ``policy``, which scores its candidates in GPipe order).
         module: the model's ``nn.Module`` (``accelerate`` only; the others ignore it).
-        options: the method's own keyword options (e.g. ``checkpoint=``, ``samples=`` for ``policy``).
+        inputs: ``objective`` (required), ``seed``, ``microbatches``, ``schedule`` and the
+            method's own keyword options (e.g. ``checkpoint=``, ``samples=`` for ``policy``),
+            as `rlplace.baselines.run_method` takes them; every method gets the same ones.
     """
     check_method_names([name])
-    if name in BASELINES:
-        return run_baseline(name, graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
-    started = time.perf_counter()
-    if is_expert(name):
-        from rlplace.formats import load_placement_spec
-        from rlplace.placement import check_constraints
+    place = None if name in BASELINES else _place_function(name, module)
+    return run_placement(name, graph, cluster, costs, place=place, **inputs)
 
-        placement = load_placement_spec(name, graph, cluster)
-        check_constraints(graph, costs, placement)
-    elif name == "accelerate":
+
+def _place_function(name: str, module: Any) -> ProofFunction:
+    """The function of a method that is not a baseline, in ``place_with_proof``'s form."""
+    if is_expert(name):
+
+        def place_expert(graph: OpGraph, cluster: Cluster, costs: CostTable, **_: Any) -> Placement:
+            from rlplace.formats import load_placement_spec
+            from rlplace.placement import check_constraints
+
+            placement = load_placement_spec(name, graph, cluster)
+            check_constraints(graph, costs, placement)
+            return placement
+
+        return without_proof(place_expert)
+    if name == "accelerate":
+        from functools import partial
+
         from rlplace.baselines.accelerate_map import place_module
 
         if module is None:
             raise RlplaceError("accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME), not a graph file")
-        placement = place_module(module, graph, cluster, costs, objective=objective, seed=seed)
-    else:  # policy
-        from rlplace.policy_method import place
+        return without_proof(partial(place_module, module))
 
-        placement = place(graph, cluster, costs, objective=objective, microbatches=microbatches, seed=seed, **options)
-    return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started)
+    def place_policy(*args: Any, **kwargs: Any) -> Placement:
+        from rlplace.policy_method import place  # imports the agents: timed as part of the decision
+
+        return place(*args, **kwargs)
+
+    return without_proof(place_policy)

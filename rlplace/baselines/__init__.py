@@ -1,20 +1,24 @@
 """Classic placement baselines: one module per algorithm, all with the same signature.
 
-Every baseline is ``place(graph, cluster, costs, *, objective="latency", seed=0) -> Placement``
-(``dp``, ``local-search`` and ``random``, which score candidates with the simulator, also
-take ``microbatches=`` and ``schedule=``, the M and the pipeline schedule of ``pipelined``) and returns a placement
-that respects op times (no op on a device it cannot run on), colocation classes and device
-memory (estimate while deciding, exact simulator check at the end; see `rlplace.rules`), or
-raises `RlplaceError` saying why no such placement was found. Modules are imported on first
-use, so importing this package stays cheap.
+Every baseline is ``place(graph, cluster, costs, *, objective="latency", seed=0,
+microbatches=1, schedule="gpipe", **own_options) -> Placement``: ``microbatches`` and
+``schedule`` are the M and the pipeline schedule of ``pipelined`` (ignored by every other
+objective). They set the memory estimate a method decides under (`rlplace.rules.prepare`:
+1F1B keeps fewer micro-batches' activations alive than GPipe) and the exact simulator check
+at the end (`rlplace.rules.finalize`), and the methods that score candidates with the
+simulator (``dp``, ``local-search``, ``random``) score them under that schedule. A baseline
+returns a placement that respects op times (no op on a device it cannot run on), colocation
+classes and device memory, or raises `RlplaceError` saying why no such placement was found.
+Modules are imported on first use, so importing this package stays cheap.
 
 A baseline module may also define ``place_with_proof(...) -> (Placement, bool | None)``
 (same arguments) saying whether the placement is proven optimal for the method's own problem;
 `run_method` uses it when present and reports ``optimal=None`` otherwise.
 
-``METHODS`` maps each baseline name to its ``place``; `run_method` times one decision. The
-full registry (``expert:FILE``, ``accelerate``, ``policy`` besides these) is `rlplace.methods`,
-a layer above; the env and the agents use this package for reference and teacher placements.
+``METHODS`` maps each baseline name to its ``place``; `run_method` times one decision (of a
+baseline, or of any function with the same contract: `rlplace.methods`, a layer above, passes
+those of ``expert:FILE``, ``accelerate`` and ``policy``). The env and the agents use this
+package for reference and teacher placements.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from rlplace.graph import OpGraph
 from rlplace.placement import Placement
 
 PlaceFunction = Callable[..., Placement]
+#: ``place_with_proof``'s form: (placement, proven optimal or None).
+ProofFunction = Callable[..., tuple[Placement, bool | None]]
 
 _MODULES: dict[str, str] = {
     "single": "single",
@@ -79,10 +85,8 @@ def _lazy(name: str) -> PlaceFunction:
     return place
 
 
-#: Baseline name -> ``place(graph, cluster, costs, *, objective, seed)``.
+#: Baseline name -> ``place(graph, cluster, costs, *, objective, seed, microbatches, schedule)``.
 METHODS: Mapping[str, PlaceFunction] = {name: _lazy(name) for name in _MODULES}
-#: Baselines that score candidates with the simulator and take ``microbatches=`` and ``schedule=``.
-MICROBATCH_AWARE = frozenset({"dp", "local-search", "random"})
 #: Methods that take ``stages=True`` (a contiguous split, stage k on one device; ``--stages``).
 STAGE_AWARE = frozenset({"dp", "local-search"})
 
@@ -112,6 +116,15 @@ def check_method_names(names: Iterable[str]) -> None:
             raise RlplaceError(f"unknown method {name!r}; valid baselines: {', '.join(METHODS)}")
 
 
+def without_proof(place: PlaceFunction) -> ProofFunction:
+    """``place`` in ``place_with_proof``'s form, claiming nothing (``optimal=None``)."""
+
+    def place_with_proof(*args: Any, **kwargs: Any) -> tuple[Placement, bool | None]:
+        return place(*args, **kwargs), None
+
+    return place_with_proof
+
+
 def run_method(
     name: str,
     graph: OpGraph,
@@ -122,22 +135,21 @@ def run_method(
     seed: int = 0,
     microbatches: int = 1,
     schedule: str = "gpipe",
+    place: ProofFunction | None = None,
     **options: Any,
 ) -> MethodResult:
-    """Place ``graph`` on ``cluster`` with baseline ``name`` and time the decision.
+    """Place ``graph`` on ``cluster`` with method ``name`` and time the decision.
 
-    ``microbatches`` and ``schedule`` go to the baselines of `MICROBATCH_AWARE` (the simulator
-    ignores both unless the objective is ``pipelined``); ``options`` go to the baseline's ``place``.
+    Args:
+        objective, seed, microbatches, schedule: passed to the method (module docstring).
+        place: the method's function in ``place_with_proof``'s form (see `without_proof`); None
+            for the baseline ``name`` of `METHODS` (its ``place_with_proof`` when it has one).
+        options: the method's own keyword options.
     """
-    check_method_names([name])
-    if name in MICROBATCH_AWARE:
-        options["microbatches"] = microbatches
-        options["schedule"] = schedule
     started = time.perf_counter()
-    module = _module(name)
-    optimal: bool | None = None
-    if hasattr(module, "place_with_proof"):
-        placement, optimal = module.place_with_proof(graph, cluster, costs, objective=objective, seed=seed, **options)
-    else:
-        placement = module.place(graph, cluster, costs, objective=objective, seed=seed, **options)
+    if place is None:
+        check_method_names([name])
+        module = _module(name)
+        place = module.place_with_proof if hasattr(module, "place_with_proof") else without_proof(module.place)
+    placement, optimal = place(graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
     return MethodResult(method=name, placement=placement, decide_s=time.perf_counter() - started, optimal=optimal)

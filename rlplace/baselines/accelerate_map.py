@@ -41,9 +41,18 @@ from rlplace.rules import finalize, prepare, repair_estimate
 NO_MODULE_ERROR = "accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME); graph files carry no nn.Module"
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """Always raises: the method needs the model's ``nn.Module`` (use `place_module`)."""
-    del graph, cluster, costs, objective, seed
+    del graph, cluster, costs, objective, seed, microbatches, schedule
     raise RlplaceError(NO_MODULE_ERROR)
 
 
@@ -55,17 +64,22 @@ def place_module(
     *,
     objective: str = "latency",
     seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
     no_split_module_classes: Sequence[str] | None = None,
 ) -> Placement:
-    """accelerate's device map of ``module`` expanded to the ops of ``graph`` (module docstring)."""
+    """accelerate's device map of ``module`` expanded to the ops of ``graph`` (module docstring);
+    ``microbatches`` and ``schedule`` set the memory estimate of the repair and the final check."""
     del seed
     if module is None:
         raise RlplaceError(NO_MODULE_ERROR)
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     device_map = infer_device_map(module, graph, cluster, no_split_module_classes=no_split_module_classes)
     placement = expand_device_map(device_map, module_paths(graph), graph)
     assignment = repair_estimate(graph, cluster, units, units.contract(placement), budget)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="accelerate")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="accelerate", microbatches=microbatches, schedule=schedule
+    )
 
 
 def infer_device_map(module: Any, graph: OpGraph, cluster: Cluster, *, no_split_module_classes: Sequence[str] | None = None) -> dict[str, int]:

@@ -28,33 +28,44 @@ from rlplace.placement import Placement
 from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """Bottom-level list schedule's placement (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     level = bottom_levels(graph, fastest_time(costs.op_time), mean_edge_time(costs))
     n = graph.num_ops
 
     def decide(limit: np.ndarray) -> np.ndarray:
-        schedule = ListSchedule(graph, costs, units, limit)
+        plan = ListSchedule(graph, costs, units, limit)
         missing = np.bincount(graph.edge_dst, minlength=n).astype(np.int64)
         ready = [(-float(level[op]), op) for op in range(n) if missing[op] == 0]
         heapq.heapify(ready)
         while ready:
             _, op = heapq.heappop(ready)
-            devices = np.flatnonzero(schedule.candidates(op))
+            devices = np.flatnonzero(plan.candidates(op))
             if devices.size == 0:
-                raise schedule.no_room_error(op, cluster)
-            start = np.maximum(schedule.data_ready(op)[devices], schedule.available[devices])
+                raise plan.no_room_error(op, cluster)
+            start = np.maximum(plan.data_ready(op)[devices], plan.available[devices])
             finish = start + costs.op_time[op, devices]
             pick = int(np.lexsort((devices, finish, start))[0])
-            schedule.assign(op, int(devices[pick]), float(start[pick]))
-            for edge in schedule.edges.outgoing(op).tolist():
+            plan.assign(op, int(devices[pick]), float(start[pick]))
+            for edge in plan.edges.outgoing(op).tolist():
                 consumer = int(graph.edge_dst[edge])
                 missing[consumer] -= 1
                 if missing[consumer] == 0:
                     heapq.heappush(ready, (-float(level[consumer]), consumer))
-        return schedule.unit_device
+        return plan.unit_device
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="critical-path")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="critical-path", microbatches=microbatches, schedule=schedule
+    )

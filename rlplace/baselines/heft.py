@@ -26,29 +26,40 @@ from rlplace.placement import Placement
 from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """HEFT schedule's placement (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     rank = bottom_levels(graph, finite_mean(costs.op_time), mean_edge_time(costs))
     order = np.lexsort((np.arange(graph.num_ops), -rank)).tolist()
 
     def decide(limit: np.ndarray) -> np.ndarray:
-        schedule = ListSchedule(graph, costs, units, limit)
+        plan = ListSchedule(graph, costs, units, limit)
         for op in order:
-            devices = np.flatnonzero(schedule.candidates(op))
+            devices = np.flatnonzero(plan.candidates(op))
             if devices.size == 0:
-                raise schedule.no_room_error(op, cluster)
-            ready = schedule.data_ready(op)
+                raise plan.no_room_error(op, cluster)
+            ready = plan.data_ready(op)
             best: tuple[float, int, float] | None = None
             for device in devices.tolist():
                 duration = float(costs.op_time[op, device])
-                start = schedule.insertion_start(device, float(ready[device]), duration)
+                start = plan.insertion_start(device, float(ready[device]), duration)
                 if best is None or start + duration < best[0]:
                     best = (start + duration, device, start)
             assert best is not None
-            schedule.assign(op, best[1], best[2])
-        return schedule.unit_device
+            plan.assign(op, best[1], best[2])
+        return plan.unit_device
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="heft")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="heft", microbatches=microbatches, schedule=schedule
+    )

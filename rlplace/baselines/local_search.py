@@ -3,8 +3,8 @@
 Start: every fast baseline (``START_METHODS``; those that raise are skipped) is scored by
 `rlplace.simulate.Simulator.score` for the requested objective and the best one is kept
 (less memory overflow first, then smaller step time; the order of ``START_METHODS`` breaks
-ties). Starts that take ``microbatches`` and ``schedule`` (dp) get the search's, so each
-start is the placement that method returns for this very objective; under ``pipelined`` the
+ties). Every start gets the search's ``microbatches`` and ``schedule``, so each start is
+the placement that method returns for this very objective and schedule; under ``pipelined`` the
 simulator, and so every score and the final memory check, uses the requested schedule.
 
 Search (first improvement, random order, seeded): the neighbourhood is every move of one unit
@@ -134,20 +134,18 @@ def start_placements(
     microbatches: int = 1,
     schedule: str = "gpipe",
 ) -> dict[str, np.ndarray]:
-    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped);
-    those of `MICROBATCH_AWARE` get ``microbatches`` and ``schedule`` for ``pipelined``.
+    """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
+    each under the search's ``microbatches`` and ``schedule``.
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
-    from rlplace.baselines import METHODS, MICROBATCH_AWARE
+    from rlplace.baselines import METHODS
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
-        options: dict[str, object] = {}
-        if objective == "pipelined" and name in MICROBATCH_AWARE:
-            options = {"microbatches": microbatches, "schedule": schedule}
         try:
-            found[name] = np.asarray(METHODS[name](graph, cluster, costs, objective=objective, seed=seed, **options), dtype=np.int64)
+            placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule)
+            found[name] = np.asarray(placement, dtype=np.int64)
         except RlplaceError as error:
             if failures is not None:
                 failures[name] = str(error)

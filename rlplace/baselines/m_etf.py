@@ -26,18 +26,29 @@ from rlplace.placement import Placement
 from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """ETF schedule's placement (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
 
     def decide(limit: np.ndarray) -> np.ndarray:
-        schedule = ListSchedule(graph, costs, units, limit)
-        run_etf(schedule, cluster)
-        return schedule.unit_device
+        plan = ListSchedule(graph, costs, units, limit)
+        run_etf(plan, cluster)
+        return plan.unit_device
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-etf")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="m-etf", microbatches=microbatches, schedule=schedule
+    )
 
 
 def run_etf(schedule: ListSchedule, cluster: Cluster, favourite_parent: np.ndarray | None = None) -> None:

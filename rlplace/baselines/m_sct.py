@@ -44,20 +44,31 @@ from rlplace.rules import finalize, fit_with_fallback, prepare
 FAVOURITE_THRESHOLD = 0.5
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """SCT schedule's placement (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     relaxed = solve_favourite_lp(graph, finite_mean(costs.op_time), mean_edge_time(costs))
     favourite_parent = favourite_parents(graph, relaxed, mean_edge_time(costs))
 
     def decide(limit: np.ndarray) -> np.ndarray:
-        schedule = ListSchedule(graph, costs, units, limit)
-        run_etf(schedule, cluster, favourite_parent)
-        return schedule.unit_device
+        plan = ListSchedule(graph, costs, units, limit)
+        run_etf(plan, cluster, favourite_parent)
+        return plan.unit_device
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-sct")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="m-sct", microbatches=microbatches, schedule=schedule
+    )
 
 
 def solve_favourite_lp(graph: OpGraph, op_time: np.ndarray, edge_time: np.ndarray) -> np.ndarray:

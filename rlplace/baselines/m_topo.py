@@ -25,10 +25,19 @@ from rlplace.rules import MemoryLedger, Units, finalize, fit_with_fallback, prep
 _BISECTION_STEPS = 60
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """Contiguous chunks of the topological order (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     time = np.where(units.allowed, units.time, 0.0)
     high = float(time.max(axis=1).sum()) if units.num_units else 0.0
 
@@ -36,7 +45,9 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
         return smallest_cap_walk(units, limit, high, graph, cluster)
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="m-topo")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="m-topo", microbatches=microbatches, schedule=schedule
+    )
 
 
 def smallest_cap_walk(units: Units, budget: np.ndarray, high: float, graph: OpGraph, cluster: Cluster) -> np.ndarray:

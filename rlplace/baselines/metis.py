@@ -28,16 +28,27 @@ from rlplace.rules import Units, finalize, prepare, repair_estimate
 _WEIGHT_SCALE = 1e8
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """Partition with METIS (seeded with ``seed``), map parts to devices, repair (module docstring)."""
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     k = cluster.num_devices
     speed = device_speed(costs)
     trivial = k == 1 or units.num_units <= 1
     parts = np.zeros(units.num_units, dtype=np.int64) if trivial else partition(graph, units, speed, k, seed)
     assignment = map_parts_to_devices(units, parts, k)[parts] if units.num_units else parts
     assignment = repair_estimate(graph, cluster, units, assignment, budget)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="metis")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="metis", microbatches=microbatches, schedule=schedule
+    )
 
 
 def partition(graph: OpGraph, units: Units, speed: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -19,10 +19,19 @@ from rlplace.placement import Placement
 from rlplace.rules import MemoryLedger, finalize, fit_with_fallback, prepare, start_assignment_error
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
     """Deal units to devices cyclically (module docstring). ``seed`` is unused."""
     del seed
-    units, budget = prepare(graph, cluster, costs, objective)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     k = cluster.num_devices
 
     def decide(limit: np.ndarray) -> np.ndarray:
@@ -42,4 +51,6 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
         return assignment
 
     assignment = fit_with_fallback(graph, cluster, units, budget, decide)
-    return finalize(graph, cluster, costs, units.expand(assignment), objective=objective, method="round-robin")
+    return finalize(
+        graph, cluster, costs, units.expand(assignment), objective=objective, method="round-robin", microbatches=microbatches, schedule=schedule
+    )

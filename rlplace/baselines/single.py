@@ -20,13 +20,23 @@ from rlplace.rules import make_simulator, prepare
 from rlplace.units import show_bytes
 
 
-def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0) -> Placement:
-    """All ops on the fastest device that runs them all within its memory.
+def place(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+) -> Placement:
+    """All ops on the fastest device that runs them all within its memory (peak memory under
+    ``objective``, ``microbatches`` and ``schedule``).
 
     ``seed`` is unused (the method is deterministic). Ties in total time go to the lower index.
     """
     del seed
-    prepare(graph, cluster, costs, objective)  # clear errors for ops too big for every device
+    prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)  # clear errors for ops too big for every device
     total_time = costs.op_time.sum(axis=0)
     runs_all = np.isfinite(total_time)
     if not np.any(runs_all):
@@ -35,7 +45,7 @@ def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str 
             f"no single device of cluster {cluster.name!r} can run every op ({'; '.join(blockers[:3])}); "
             "use a multi-device method such as m-etf"
         )
-    simulator = make_simulator(graph, cluster, costs, objective)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     capacity = cluster.memory
     peaks: dict[int, float] = {}
     for device in np.argsort(np.where(runs_all, total_time, np.inf), kind="stable"):
