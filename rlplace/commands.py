@@ -243,7 +243,8 @@ def _evaluate_one(model, cluster, method: str, objective: str, args: argparse.Na
             max_groups=args.max_groups, method_options=_stage_options(method) if args.stages else None,
         )
     except RlplaceError as error:
-        return {"model": model.spec, "cluster": cluster.name, "method": method, "objective": objective, "step_time": None, "error": str(error)}
+        schedule = args.schedule if objective == "pipelined" else None  # as a Decision's row says it
+        return {"model": model.spec, "cluster": cluster.name, "method": method, "objective": objective, "schedule": schedule, "step_time": None, "error": str(error)}
     row = decision.to_json()
     row.update(model=model.spec, cluster=cluster.name, error=None)
     return row

@@ -439,3 +439,70 @@ def test_local_search_reaches_the_reference_on_shared_graphs(name: str, referenc
     simulator = Simulator(graph, cluster, costs, objective="throughput")
     assert simulator.score(placement)[1] == 0.0
     assert simulator.step_time(placement) <= reference
+
+
+# ------------------------------------------------------------ pipeline schedule memory
+#: The greedy baselines: they decide under the memory estimate and check exactly at the end.
+GREEDY = {
+    "round-robin": "round_robin", "metis": "metis", "m-topo": "m_topo", "m-etf": "m_etf",
+    "m-sct": "m_sct", "heft": "heft", "critical-path": "critical_path",
+}  # fmt: skip
+
+
+def schedule_chain() -> tuple[OpGraph, Cluster, CostTable]:
+    """tests/test_rules.py's `training_chain`: stages {f0, b0} and {f1, b1} with 8 GB of outputs
+    per step each; gpu0 has 6 GB. Any op on gpu0 peaks there at 8 GB or more under GPipe at
+    M = 4 (all four micro-batches alive) but at 4 GB under 1F1B (at most two in flight, one
+    when gpu0 holds everything), so every legal placement fits under 1F1B and only
+    "everything on gpu1" fits under GPipe."""
+    from test_rules import training_chain  # pytest puts tests/ on sys.path
+
+    graph, cluster = training_chain()
+    return graph, cluster, CostTable.build(graph, cluster)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("method", list(GREEDY))
+def test_greedy_baselines_decide_and_check_memory_under_the_schedule(method: str, schedule: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import rlplace.rules as rules
+
+    module = importlib.import_module(f"rlplace.baselines.{GREEDY[method]}")
+    graph, cluster, costs = schedule_chain()
+    seen: dict[str, object] = {}
+
+    def spy_prepare(*args: object, **kwargs: object) -> object:
+        units, budget = rules.prepare(*args, **kwargs)
+        seen["demand"] = units.demand.tolist()
+        return units, budget
+
+    def spy_finalize(graph: OpGraph, cluster: Cluster, costs: CostTable, placement: np.ndarray, **kwargs: object) -> object:
+        seen["decided"], seen["finalize"] = np.asarray(placement).tolist(), kwargs
+        return rules.finalize(graph, cluster, costs, placement, **kwargs)
+
+    monkeypatch.setattr(module, "prepare", spy_prepare)
+    monkeypatch.setattr(module, "finalize", spy_finalize)
+    result = METHODS[method](graph, cluster, costs, objective="pipelined", microbatches=4, schedule=schedule)
+    # The estimate: 8 GB per stage under GPipe, half of it under 1F1B (min(M, k) = 2 of 4 in flight).
+    assert seen["demand"] == ([8 * GB, 8 * GB] if schedule == "gpipe" else [4 * GB, 4 * GB])
+    # The final exact check runs the requested schedule ...
+    assert seen["finalize"] == {"objective": "pipelined", "method": method, "microbatches": 4, "schedule": schedule}
+    peak = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4, schedule=schedule).run(result).peak_memory
+    assert peak[0] <= 6 * GB
+    if schedule == "1f1b":
+        # ... so whatever the heuristic chose fits and is kept, a split included (2.5 s, not 4 s).
+        assert result.tolist() == seen["decided"]
+    else:
+        # ... and under GPipe only "everything on gpu1" fits: a split is repaired away.
+        assert result.tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_single_checks_the_peak_of_the_schedule(schedule: str) -> None:
+    # Everything on gpu0 (the lower index of two equally fast devices): 16 GB under GPipe, so
+    # gpu1; one stage under 1F1B keeps one micro-batch in flight, 4 GB, so gpu0 holds it.
+    graph, cluster, costs = schedule_chain()
+    result = METHODS["single"](graph, cluster, costs, objective="pipelined", microbatches=4, schedule=schedule)
+    assert result.tolist() == ([1, 1, 1, 1] if schedule == "gpipe" else [0, 0, 0, 0])
+    assert METHODS["single"](graph, cluster, costs, objective="latency").tolist() == [1, 1, 1, 1]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.load import load_model
-from rlplace.methods import METHOD_NAMES, TAKES_MICROBATCHES, check_method_names, run_method
+from rlplace.methods import METHOD_NAMES, check_method_names, run_method
 from rlplace.pipeline import decide
 from rlplace.synthetic import synthetic_graph
 
@@ -25,7 +29,58 @@ def test_names_cover_baselines_accelerate_and_policy_and_expert_files() -> None:
     check_method_names(["m-topo", "policy", "expert:anything.json"])
     with pytest.raises(RlplaceError, match=r"unknown method 'nope'; valid methods: .* \(and expert:FILE\)"):
         check_method_names(["m-topo", "nope"])
-    assert {"dp", "local-search", "random", "policy"} <= TAKES_MICROBATCHES
+
+
+def _method_function(name: str) -> tuple[ModuleType, str]:
+    """(module, attribute) of the function `run_method` calls for method ``name``."""
+    if name == "accelerate":
+        return importlib.import_module("rlplace.baselines.accelerate_map"), "place_module"
+    if name == "policy":
+        return importlib.import_module("rlplace.policy_method"), "place"
+    from rlplace.baselines import _MODULES
+
+    module = importlib.import_module(f"rlplace.baselines.{_MODULES[name]}")
+    return module, "place_with_proof" if hasattr(module, "place_with_proof") else "place"
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_every_method_takes_microbatches_and_schedule(name: str) -> None:
+    module, attribute = _method_function(name)
+    parameters = inspect.signature(getattr(module, attribute)).parameters
+    if name != "policy":  # the policy swallows the schedule (``**_``) until it scores under it
+        assert parameters["microbatches"].default == 1 and parameters["schedule"].default == "gpipe"
+    graph, cluster = synthetic_graph("layered", n=6, seed=0), load_cluster("2xV100-pcie")
+    prefix = (object(),) if name == "accelerate" else ()
+    inspect.signature(getattr(module, attribute)).bind(*prefix, graph, cluster, None, objective="pipelined", seed=0, microbatches=2, schedule="1f1b")
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_the_registry_passes_microbatches_and_schedule_to_every_method(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, cluster = synthetic_graph("layered", n=6, seed=0), load_cluster("2xV100-pcie")
+    costs = CostTable.build(graph, cluster)
+    module, attribute = _method_function(name)
+    seen: dict[str, Any] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        placement = np.zeros(graph.num_ops, dtype=np.int64)
+        return (placement, None) if attribute == "place_with_proof" else placement
+
+    monkeypatch.setattr(module, attribute, spy)
+    run_method(name, graph, cluster, costs, objective="pipelined", microbatches=3, schedule="1f1b", seed=5, module=object())
+    assert {key: seen[key] for key in ("objective", "seed", "microbatches", "schedule")} == {
+        "objective": "pipelined", "seed": 5, "microbatches": 3, "schedule": "1f1b",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_baseline_places_under_1f1b_through_the_registry(name: str) -> None:
+    graph, cluster = synthetic_graph("layered", n=12, seed=3, training=True), load_cluster("2xV100-pcie")
+    costs = CostTable.build(graph, cluster)
+    options = {"evaluations": 20} if name == "local-search" else {}
+    result = run_method(name, graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b", **options)
+    direct = METHODS[name](graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b", **options)
+    np.testing.assert_array_equal(result.placement, direct)
 
 
 def test_microbatches_reach_the_methods_that_take_them() -> None:
@@ -61,6 +116,11 @@ def test_evaluate_json_rows_carry_the_schedule(capfd: pytest.CaptureFixture[str]
     rows = json.loads(captured.out)
     assert [row["method"] for row in rows] == methods
     assert all(row["error"] is None and row["schedule"] == "1f1b" for row in rows)
+    # A method that fails (accelerate needs a model, not a graph) gets a row with the schedule too.
+    main([*argv, "--methods", "single,accelerate", "--json"])
+    captured = capfd.readouterr()
+    rows = json.loads(captured.out)
+    assert [(row["method"], row["schedule"], row["error"] is None) for row in rows] == [("single", "1f1b", True), ("accelerate", "1f1b", False)]
 
 
 def test_a_baseline_result_says_nothing_about_optimality_unless_it_proves_it() -> None:
