@@ -41,16 +41,7 @@ from rlplace.rules import finalize, prepare, repair_estimate
 NO_MODULE_ERROR = "accelerate needs a PyTorch model (MODEL as file.py:function or zoo:NAME); graph files carry no nn.Module"
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """Always raises: the method needs the model's ``nn.Module`` (use `place_module`)."""
     del graph, cluster, costs, objective, seed, microbatches, schedule
     raise RlplaceError(NO_MODULE_ERROR)

@@ -26,16 +26,7 @@ from rlplace.placement import Placement
 from rlplace.rules import finalize, fit_with_fallback, prepare
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """HEFT schedule's placement (module docstring). ``seed`` is unused."""
     del seed
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)

@@ -44,16 +44,7 @@ from rlplace.rules import finalize, fit_with_fallback, prepare
 FAVOURITE_THRESHOLD = 0.5
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """SCT schedule's placement (module docstring). ``seed`` is unused."""
     del seed
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)

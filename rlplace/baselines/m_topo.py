@@ -25,16 +25,7 @@ from rlplace.rules import MemoryLedger, Units, finalize, fit_with_fallback, prep
 _BISECTION_STEPS = 60
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """Contiguous chunks of the topological order (module docstring). ``seed`` is unused."""
     del seed
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)

@@ -28,16 +28,7 @@ from rlplace.rules import Units, finalize, prepare, repair_estimate
 _WEIGHT_SCALE = 1e8
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """Partition with METIS (seeded with ``seed``), map parts to devices, repair (module docstring)."""
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     k = cluster.num_devices

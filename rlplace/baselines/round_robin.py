@@ -19,16 +19,7 @@ from rlplace.placement import Placement
 from rlplace.rules import MemoryLedger, finalize, fit_with_fallback, prepare, start_assignment_error
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """Deal units to devices cyclically (module docstring). ``seed`` is unused."""
     del seed
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)

@@ -20,16 +20,7 @@ from rlplace.rules import make_simulator, prepare
 from rlplace.units import show_bytes
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-) -> Placement:
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", seed: int = 0, microbatches: int = 1, schedule: str = "gpipe") -> Placement:
     """All ops on the fastest device that runs them all within its memory (peak memory under
     ``objective``, ``microbatches`` and ``schedule``).
 
