@@ -11,6 +11,11 @@ in practice (cuBLAS/cuDNN GEMMs and convolutions ~60-70 %, fused attention ~50 %
 kernels reach ~80 % of DRAM bandwidth); a profiled graph's own times replace the model.
 Transfers take ``latency + bytes / bandwidth`` of the link, or the graph's given edge time.
 The table is computed once per (graph, cluster) and is read-only.
+
+Fixed parts: ``op_fixed`` (the launch or per-class overhead inside ``op_time``) and
+``edge_fixed`` (the link latency inside ``edge_time``) do not shrink with the batch, so the
+``pipelined`` objective charges them in full to every micro-batch and divides only the rest
+by M (`rlplace.simulate`).
 """
 
 from __future__ import annotations
@@ -97,11 +102,29 @@ class CostTable:
         edge_time: (m, k, k) float64, time to move edge e's tensor from device a to device b
             (0 when a == b).
         time_unit: the unit of both (``"s"`` for analytic graphs).
+        op_fixed: (n, k) float64 or None, the part of ``op_time`` that every run of the op
+            pays whatever its batch (launch / per-op overhead); None: none.
+        edge_fixed: (m, k, k) float64 or None, the part of ``edge_time`` every message pays
+            whatever its size (link latency, executor overhead per message); None: none.
     """
 
     op_time: np.ndarray
     edge_time: np.ndarray
     time_unit: str
+    op_fixed: np.ndarray | None = None
+    edge_fixed: np.ndarray | None = None
+
+    def microbatch_scaled(self, microbatches: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(op_time, edge_time)`` such that dividing by M gives one micro-batch's times.
+
+        One micro-batch of M costs ``fixed + (time - fixed) / M``; the simulator's kernels
+        divide by M, so this returns ``time + (M - 1) * fixed`` (the inputs when M = 1 or
+        nothing is fixed). Shapes as ``op_time`` and ``edge_time``.
+        """
+        extra = float(microbatches - 1)
+        op_time = self.op_time if self.op_fixed is None or extra == 0 else self.op_time + extra * self.op_fixed
+        edge_time = self.edge_time if self.edge_fixed is None or extra == 0 else self.edge_time + extra * self.edge_fixed
+        return op_time, edge_time
 
     @classmethod
     def build(cls, graph: OpGraph, cluster: Cluster, *, precision: str | None = None) -> CostTable:
@@ -111,11 +134,11 @@ class CostTable:
         ``meta["precision"]`` or fp32.
         """
         check_edge_table(graph.num_edges, cluster.num_devices, f"graph {graph.name!r} on cluster {cluster.name!r}")
-        op_time = _op_times(graph, cluster, precision or str(graph.meta.get("precision", "fp32")))
-        edge_time = _edge_times(graph, cluster)
-        op_time.setflags(write=False)
-        edge_time.setflags(write=False)
-        return cls(op_time=op_time, edge_time=edge_time, time_unit=graph.time_unit)
+        op_time, op_fixed = _op_times(graph, cluster, precision or str(graph.meta.get("precision", "fp32")))
+        edge_time, edge_fixed = _edge_times(graph, cluster)
+        for array in (op_time, edge_time, op_fixed, edge_fixed):
+            array.setflags(write=False)
+        return cls(op_time=op_time, edge_time=edge_time, time_unit=graph.time_unit, op_fixed=op_fixed, edge_fixed=edge_fixed)
 
     @classmethod
     def grouped(cls, fine: CostTable, group_of: np.ndarray, coarse: OpGraph, cluster: Cluster) -> CostTable:
@@ -131,17 +154,21 @@ class CostTable:
         k = fine.op_time.shape[1]
         op_time = np.zeros((coarse.num_ops, k), dtype=np.float64)
         np.add.at(op_time, group_of, fine.op_time)
-        edge_time = _edge_times(coarse, cluster)
-        op_time.setflags(write=False)
-        edge_time.setflags(write=False)
-        return cls(op_time=op_time, edge_time=edge_time, time_unit=fine.time_unit)
+        op_fixed = np.zeros((coarse.num_ops, k), dtype=np.float64)
+        if fine.op_fixed is not None:
+            np.add.at(op_fixed, group_of, fine.op_fixed)
+        edge_time, edge_fixed = _edge_times(coarse, cluster)
+        for array in (op_time, edge_time, op_fixed, edge_fixed):
+            array.setflags(write=False)
+        return cls(op_time=op_time, edge_time=edge_time, time_unit=fine.time_unit, op_fixed=op_fixed, edge_fixed=edge_fixed)
 
     @property
     def num_devices(self) -> int:
         return int(self.op_time.shape[1])
 
 
-def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
+def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) op times and (n, k) their fixed parts (zero for given times)."""
     n, k = graph.num_ops, cluster.num_devices
     if graph.given_times is not None:
         columns = []
@@ -152,10 +179,11 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
                     f"device {device.name!r} of cluster {cluster.name!r} is a {device.category}"
                 )
             columns.append(graph.given_times[:, graph.time_classes.index(device.category)])
-        return np.stack(columns, axis=1).astype(np.float64)
+        return np.stack(columns, axis=1).astype(np.float64), np.zeros((n, k), dtype=np.float64)
     efficiency = np.array([COMPUTE_EFFICIENCY.get(kind, COMPUTE_EFFICIENCY["other"]) for kind in graph.kinds])
     free = np.array([kind in FREE_KINDS for kind in graph.kinds])
     times = np.empty((n, k), dtype=np.float64)
+    fixed_times = np.zeros((n, k), dtype=np.float64)
     for d, device in enumerate(cluster.devices):
         compute_efficiency, bandwidth_efficiency, launch = efficiency, BANDWIDTH_EFFICIENCY, LAUNCH_OVERHEAD_S[device.category]
         calibrated = _calibration(cluster, d)
@@ -170,9 +198,13 @@ def _op_times(graph: OpGraph, cluster: Cluster, precision: str) -> np.ndarray:
         if by_class:  # a fixed cost per op class, views included (every executor node costs)
             fixed = np.array([by_class.get(overhead_class(kind, bool(back)) or "", 0.0) for kind, back in zip(graph.kinds, graph.is_backward, strict=True)])
             times[:, d] = np.where(does_work, np.maximum(compute, memory), 0.0) + fixed
+            fixed_times[:, d] = fixed
         else:
             times[:, d] = np.where(does_work, np.maximum(compute, memory) + launch, 0.0)
-    return times
+            fixed_times[:, d] = np.where(does_work, launch, 0.0)
+    # an optimizer update runs once per step: its M micro-batch instances together are that one run
+    fixed_times[np.array([kind == "optimizer" for kind in graph.kinds], dtype=bool)] = 0.0
+    return times, fixed_times
 
 
 def _calibration(cluster: Cluster, device: int) -> DeviceCalibration | None:
@@ -185,11 +217,14 @@ def _calibration(cluster: Cluster, device: int) -> DeviceCalibration | None:
     return entry if isinstance(entry, DeviceCalibration) else None
 
 
-def _edge_times(graph: OpGraph, cluster: Cluster) -> np.ndarray:
+def _edge_times(graph: OpGraph, cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
+    """(m, k, k) edge times and (m, k, k) their fixed parts (the link latency; zero for given times)."""
     k = cluster.num_devices
     off_diagonal = ~np.eye(k, dtype=bool)
     if graph.edge_given_time is not None:
-        return graph.edge_given_time[:, None, None] * off_diagonal[None, :, :]
+        times = graph.edge_given_time[:, None, None] * off_diagonal[None, :, :]
+        return times, np.zeros_like(times, dtype=np.float64)
     with np.errstate(divide="ignore"):
         inverse_bandwidth = np.where(off_diagonal, 1.0 / cluster.bandwidth, 0.0)
-    return cluster.latency[None, :, :] * off_diagonal[None] + graph.edge_bytes[:, None, None] * inverse_bandwidth[None]
+    fixed = np.broadcast_to(cluster.latency[None, :, :] * off_diagonal[None], (graph.num_edges, k, k)).astype(np.float64)
+    return fixed + graph.edge_bytes[:, None, None] * inverse_bandwidth[None], fixed

@@ -16,7 +16,9 @@ Model (DESIGN.md, "Simulator model"):
   instance id first). Computation and communication overlap.
 - ``latency``: the finish time of the last op of one step.
 - ``pipelined``: M micro-batches through the same placement; each micro-batch's op and
-  transfer times are the step's divided by M. Micro-batches share no data dependencies
+  transfer times are the step's divided by M, except their fixed parts (`CostTable.op_fixed`:
+  launch and per-op overheads; ``edge_fixed``: link latency), which every micro-batch pays in
+  full. Micro-batches share no data dependencies
   (weight gradients accumulate). The *schedule* (`rlplace.schedules`, where the model is
   stated in full) orders each device's (chunk, phase, micro-batch) slots: a device prefers
   the ready instance of its earliest slot (priority inside a slot as for ``latency``) and
@@ -250,8 +252,10 @@ class Simulator:
         self._succ_op = _frozen(graph.edge_dst[order], np.int64)
         self._succ_edge = _frozen(order, np.int64)
         self._indegree = _frozen(np.bincount(graph.edge_dst, minlength=n), np.int64)
-        self._op_time = _frozen(costs.op_time, np.float64)
-        self._edge_time = _frozen(costs.edge_time, np.float64)
+        # pipelined: per-op launch costs and link latencies are paid by every micro-batch in full
+        op_time, edge_time = costs.microbatch_scaled(self.microbatches)
+        self._op_time = _frozen(op_time, np.float64)
+        self._edge_time = _frozen(edge_time, np.float64)
         self._output_bytes = _frozen(graph.output_bytes, np.float64)
         self._work_bytes = _frozen(graph.work_bytes, np.float64)
         self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)

@@ -666,3 +666,40 @@ def test_1f1b_keeps_at_most_the_stages_ahead_in_flight(problem):
     interleaved = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=microbatches, schedule="interleaved-1f1b", record=True)
     assert interleaved.microbatch_start.tolist() == one_f_one_b.microbatch_start.tolist()
     assert interleaved.activation_memory.tolist() == one_f_one_b.activation_memory.tolist()
+
+
+# ------------------------------------------------ fixed costs under pipelined micro-batches
+def test_fixed_op_and_link_costs_are_paid_by_every_microbatch():
+    # f0 (device 0) -> f1 (device 1). Step times: f0 4 of which 1 fixed, f1 4 none fixed, the
+    # transfer 2 of which 1 fixed (latency). M = 2, one micro-batch: f0 1 + 3/2 = 2.5, f1 2,
+    # transfer 1 + 1/2 = 1.5. d0: f0 [0, 2.5], [2.5, 5]; link [2.5, 4], [5, 6.5];
+    # d1: f1 [4, 6], [6.5, 8.5] -> 8.5 (7 if everything were divided by M).
+    graph = graph_of({"f0": 4.0, "f1": 4.0}, [("f0", "f1", 2.0)])
+    cluster = cluster_of(2)
+    plain = CostTable.build(graph, cluster)
+    op_fixed = np.array([[1.0, 1.0], [0.0, 0.0]])
+    edge_fixed = np.array([[[0.0, 1.0], [1.0, 0.0]]])
+    costs = CostTable(plain.op_time, plain.edge_time, "s", op_fixed=op_fixed, edge_fixed=edge_fixed)
+    placement = place(graph, {"f0": 0, "f1": 1})
+    result = simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=2, record=True)
+    assert result.microbatch_start.T.tolist() == [[0.0, 2.5], [4.0, 6.5]]
+    assert result.step_time == 8.5
+    assert simulate(graph, cluster, plain, placement, objective="pipelined", microbatches=2).step_time == 7.0
+    # M = 1 and the latency objective are unchanged by fixed parts
+    assert simulate(graph, cluster, costs, placement).step_time == simulate(graph, cluster, plain, placement).step_time == 10.0
+    op_time, edge_time = costs.microbatch_scaled(3)
+    assert op_time.tolist() == [[6.0, 6.0], [4.0, 4.0]]
+    assert edge_time.tolist() == [[[0.0, 4.0], [4.0, 0.0]]]
+
+
+def test_analytic_cost_table_records_launch_cost_and_latency_as_fixed():
+    # one matmul and one optimizer update on 2 accelerators (launch 5 us, link latency 3 us)
+    graph = OpGraph.build(
+        [{"name": "mm", "kind": "matmul", "flops": 2e9, "bytes_accessed": 1e6, "output_bytes": 4e3}, {"name": "adam", "kind": "optimizer", "bytes_accessed": 1e6, "is_backward": True}],
+        [{"src": "mm", "dst": "adam", "bytes": 4e3}],
+    )
+    cluster = Cluster.build("two", [device("d0"), device("d1")], intra_host=(1e9, 3e-6))
+    costs = CostTable.build(graph, cluster)
+    assert costs.op_fixed.tolist() == [[5e-6, 5e-6], [0.0, 0.0]]  # an update runs once per step: nothing fixed per micro-batch
+    assert costs.edge_fixed[0].tolist() == [[0.0, 3e-6], [3e-6, 0.0]]
+    assert costs.edge_time[0, 0, 1] == pytest.approx(3e-6 + 4e3 / 1e9, rel=1e-12)
