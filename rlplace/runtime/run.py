@@ -40,6 +40,9 @@ class PipelineRun:
         num_stages: stages ``pipeline()`` built; world_size: ranks.
         stage_parameters: parameters (elements) of each stage.
         state: parameters and gradients after the last step by FQN (when asked for).
+        cpu_waits: per timed step, the longest time (s) any rank's main thread waited for a
+            CPU while ready to run (Linux schedstat; empty elsewhere): what other processes
+            on the host added to the step.
     """
 
     step_times: tuple[float, ...]
@@ -48,11 +51,20 @@ class PipelineRun:
     world_size: int
     stage_parameters: tuple[int, ...]
     state: dict[str, Any] | None = None
+    cpu_waits: tuple[float, ...] = ()
 
     @property
     def measured_step_time(self) -> float:
         """Median of the timed steps (s)."""
         return float(statistics.median(self.step_times))
+
+    @property
+    def unloaded_step_time(self) -> float | None:
+        """Median over steps of step time minus that step's CPU wait (s): an estimate of the
+        step on an idle host, never the headline; None without waits."""
+        if len(self.cpu_waits) != len(self.step_times):
+            return None
+        return float(statistics.median(t - w for t, w in zip(self.step_times, self.cpu_waits, strict=True)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,8 +121,9 @@ def run_pipeline(
     }
     result = launch_job(job, spec.num_ranks, timeout_s=timeout_s, threads=threads, keep_awake=keep_awake, module="rlplace.runtime.worker")
     return PipelineRun(
-        tuple(result["step_times"]), float(result["loss"]), int(result["num_stages"]), int(result["world_size"]), tuple(result["stage_parameters"]), result.get("state")
-    )
+        tuple(result["step_times"]), float(result["loss"]), int(result["num_stages"]), int(result["world_size"]), tuple(result["stage_parameters"]), result.get("state"),
+        tuple(float(w) for w in result.get("cpu_waits") or ()),
+    )  # fmt: skip
 
 
 def check_schedule(spec: SplitSpec) -> None:

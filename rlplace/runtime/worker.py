@@ -10,7 +10,11 @@ The loss: the last stage applies `rlplace.measure.program.default_loss` to each
 micro-batch's output (the schedule's ``loss_fn(output, target)``; the target is a dummy);
 torch scales gradients by 1/M (``scale_grads``), so the gradients are those of the mean of the
 micro-batch losses, which equals the unpipelined loss for a per-sample mean. Each step's
-time is the slowest rank's (ranks start together after a barrier).
+time is the slowest rank's (ranks start together after a barrier), and beside it the longest
+time any rank's main thread was ready to run but waited for a CPU in that step (Linux
+schedstat run delay, as `rlplace.measure.ranks.time_assignment` reports it).
+
+The stage modules run their generated code, not ``torch.fx.Interpreter`` (`run_generated_code`).
 
 Entry: ``python -m rlplace.runtime.worker --job JOB --out DIR`` with ``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT`` set (`rlplace.measure.distributed.launch_job` or torchrun).
@@ -62,6 +66,23 @@ def microbatch_inputs(inputs: Any, microbatches: int) -> tuple[tuple[Any, ...], 
     return args, kwargs, tuple(t[:size] for t in args), {k: v[:size] for k, v in kwargs.items()}, batch
 
 
+def run_generated_code(module: nn.Module) -> int:
+    """Make ``pipeline()``'s unflattened submodules run their generated code; returns how many.
+
+    ``pipeline()`` outlines every called submodule as a ``torch.export.unflatten``
+    ``InterpreterModule``, which by default executes its graph node by node through
+    ``torch.fx.Interpreter`` (for readable stack traces). On small CPU micro-batches that
+    interpretation cost ~1 ms per stage call, several times the compute; the codegen path
+    (what ``torch.export.unflatten._disable_interpreter`` selects) computes the same ops.
+    """
+    count = 0
+    for sub in module.modules():
+        if getattr(sub, "_run_with_interpreter", False):
+            sub._run_with_interpreter = False
+            count += 1
+    return count
+
+
 def make_schedule(schedule: str, stages: Sequence[Any], microbatches: int, loss_fn: Any) -> Any:
     """The torch schedule object of ``schedule`` for this rank's stages."""
     from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
@@ -87,7 +108,7 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
     from torch.distributed.pipelining import pipeline
 
     from rlplace.measure.executor import make_optimizer
-    from rlplace.measure.ranks import rank_device
+    from rlplace.measure.ranks import rank_device, run_delay
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.runtime.stages import SplitSpec
 
@@ -108,6 +129,8 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
             raise RlplaceError(f"pipeline() split the model into {pipe.num_stages} stages, the split spec has {spec.num_stages}; a split module runs more than once or outside the forward")
         mine = stages_of_rank(rank, world_size, spec.num_stages)
         stages = [pipe.build_stage(index, device) for index in mine]
+        for stage in stages:
+            run_generated_code(stage.submod)
         parameters = _unique_parameters([stage.submod for stage in stages])
         optimizer = make_optimizer(str(job.get("optimizer", "adam")), parameters)
         step = make_schedule(schedule, stages, microbatches, pipeline_loss)
@@ -117,13 +140,14 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
         kwargs = {k: v.to(device) for k, v in kwargs.items()}
         steps, warmup = int(job.get("steps", 10)), int(job.get("warmup", 2))
         times: list[float] = []
+        waits: list[float] = []
         losses: list[torch.Tensor] = []
         for index in range(warmup + steps):
             for parameter in parameters:
                 parameter.grad = None
             losses = []
             dist.barrier()
-            started = time.perf_counter()
+            started, wait_started = time.perf_counter(), run_delay()
             step.step(*(args if first else ()), **(kwargs if first else {}), target=target if last else None, losses=losses if last else None)
             if optimizer is not None:
                 optimizer.step()
@@ -131,8 +155,11 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
                 torch.cuda.synchronize(device)
             if index >= warmup:
                 times.append(time.perf_counter() - started)
+                waits.append(run_delay() - wait_started)
         slowest = torch.tensor(times, dtype=torch.float64, device=device)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        waited = torch.tensor(waits, dtype=torch.float64, device=device)
+        dist.all_reduce(waited, op=dist.ReduceOp.MAX)
         loss = torch.tensor([float(torch.stack([x.detach().float() for x in losses]).mean()) if last else float("-inf")], dtype=torch.float64, device=device)
         dist.all_reduce(loss, op=dist.ReduceOp.MAX)
         state = None
@@ -147,6 +174,7 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
             return None
         return {
             "step_times": slowest.cpu().tolist(),
+            "cpu_waits": [w for w in waited.cpu().tolist() if w == w],
             "loss": float(loss.item()),
             "num_stages": pipe.num_stages,
             "world_size": world_size,
