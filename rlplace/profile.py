@@ -6,11 +6,12 @@ its numbers on a cluster (device rates, link latency and bandwidth, and per devi
 `rlplace.costs.DeviceCalibration` that `rlplace.costs.CostTable` reads), so ``--profile`` on
 ``simulate``/``place``/``evaluate`` never imports torch.
 
-JSON (``"format": "rlplace-profile"``): ``version`` (2; version 1 files, written before the
-keep-awake check, still load with ``keep_awake`` off), ``backend``, ``threads``, ``devices``
-(one `DeviceProfile` each), ``links`` (``bandwidth`` and ``latency`` k x k matrices with
-``null`` on the diagonal, ``message_overhead_s``), ``keep_awake`` and ``keep_awake_check``
-(see `Profile`), ``meta``.
+JSON (``"format": "rlplace-profile"``): ``version`` (3; version 1 files, written before the
+keep-awake check, still load with ``keep_awake`` off, and version 1 and 2 files, written
+before torch's pipeline stages were timed, with ``stage_overhead_s`` 0), ``backend``,
+``threads``, ``devices`` (one `DeviceProfile` each), ``links`` (``bandwidth`` and ``latency``
+k x k matrices with ``null`` on the diagonal, ``message_overhead_s``), ``keep_awake`` and
+``keep_awake_check`` (see `Profile`), ``stage_overhead_s``, ``meta``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from rlplace.errors import RlplaceError
 from rlplace.io import read_json, write_text_atomic
 
 PROFILE_FORMAT = "rlplace-profile"
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 #: Versions `Profile.from_json` reads.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+#: Cluster meta key of `Profile.stage_overhead_s` (seconds), set by `Profile.apply` when positive.
+STAGE_OVERHEAD_META_KEY = "pipeline_stage_overhead_s"
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,13 @@ class Profile:
             made a message-heavy split faster without slowing a one-rank step.
         keep_awake_check: that check's median step times (s), keys ``split_idle``,
             ``split_awake``, ``single_idle``, ``single_awake`` (empty when not run).
+        stage_overhead_s: main-thread CPU seconds one *stage action* of
+            ``torch.distributed.pipelining`` (one micro-batch's forward or backward through
+            one ``PipelineStage``, with its P2P posting and gradient accumulation) costs
+            beyond the ops the cost model charges; measured on a tiny pipeline at calibration
+            (`rlplace.runtime.overhead`), 0 when not measured. `apply` passes it on in
+            ``meta[STAGE_OVERHEAD_META_KEY]``; ``rlplace run``'s prediction charges it once per stage, micro-batch
+            and direction (`rlplace.runtime.stages`).
         meta: host, torch version, creation time.
     """
 
@@ -128,6 +138,7 @@ class Profile:
     message_overhead_s: float = 0.0
     keep_awake: bool = False
     keep_awake_check: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    stage_overhead_s: float = 0.0
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +156,7 @@ class Profile:
             "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s},
             "keep_awake": self.keep_awake,
             "keep_awake_check": dict(self.keep_awake_check),
+            "stage_overhead_s": self.stage_overhead_s,
             "meta": dict(self.meta),
         }
 
@@ -174,6 +186,7 @@ class Profile:
                 raise ValueError(f"keep_awake must be true or false, not {keep_awake!r}")
             check = {str(key): float(value) for key, value in (data.get("keep_awake_check") or {}).items()}
             threads = int(data.get("threads", 0))
+            stage_overhead = float(data.get("stage_overhead_s", 0.0) or 0.0)
             meta = data.get("meta") or {}
             if not isinstance(meta, dict):
                 raise ValueError("meta must be an object")
@@ -190,7 +203,9 @@ class Profile:
             raise RlplaceError(f"{source}: links need positive bandwidths and non-negative finite latencies; recalibrate")
         if not (math.isfinite(overhead) and overhead >= 0):
             raise RlplaceError(f"{source}: the message overhead must be a non-negative number; recalibrate")
-        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check)
+        if not (math.isfinite(stage_overhead) and stage_overhead >= 0):
+            raise RlplaceError(f"{source}: stage_overhead_s must be a non-negative number; recalibrate")
+        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check, stage_overhead)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -242,6 +257,8 @@ class Profile:
         latency_matrix = np.where(diagonal, 0.0, latency_matrix + self.message_overhead_s)
         meta: dict[str, object] = {key: value for key, value in cluster.meta.items() if key != CALIBRATION_META_KEY}
         meta["profile"] = {"backend": self.backend, "threads": self.threads, "keep_awake": self.keep_awake}
+        if self.stage_overhead_s > 0:
+            meta[STAGE_OVERHEAD_META_KEY] = self.stage_overhead_s
         if any(entry is not None for entry in calibration):
             meta[CALIBRATION_META_KEY] = tuple(calibration)
         return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth_matrix, latency=latency_matrix, meta=meta)
@@ -288,6 +305,7 @@ class Profile:
                     lines.append(f"link rank{a} -> rank{b}: {self.bandwidth[a, b] / 1e9:.2f} GB/s, {self.latency[a, b] * 1e6:.0f} us")
         if k > 1:
             lines.append(f"executor overhead per message: {self.message_overhead_s * 1e6:.0f} us (added to every link's latency)")
+            lines.append(f"torch pipeline stage overhead: {self.stage_overhead_s * 1e6:.0f} us per stage, micro-batch and direction (rlplace run's prediction)")
         check = self.keep_awake_check
         if check:
             lines.append(

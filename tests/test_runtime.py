@@ -19,8 +19,19 @@ from rlplace.measure.executor import reference_step
 from rlplace.measure.launch import MeasureFailure
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import local_cpu_cluster
+from rlplace.runtime.overhead import modeled_busy, stage_overhead_from_cpu
 from rlplace.runtime.run import run_pipeline
-from rlplace.runtime.stages import SplitSpec, forward_sequence, module_boundaries, snapped_placement, split_spec
+from rlplace.runtime.stages import (
+    SplitSpec,
+    forward_sequence,
+    module_boundaries,
+    snapped_placement,
+    split_spec,
+    stage_action_ops,
+    stage_overhead,
+    stage_runs,
+    with_stage_overhead,
+)
 
 MODELS = Path(__file__).parent / "fixtures" / "pipe_models.py"
 MLP = f"{MODELS}:mlp"
@@ -213,3 +224,100 @@ def test_python_api_result_gives_the_split_spec() -> None:
     spec = result.split_spec()
     assert spec.microbatches == 2 and spec.num_stages == len(spec.split_points) + 1
     assert spec.placement.shape == result.placement.shape and spec.device_names == tuple(result.cluster.device_names)
+
+
+# ------------------------------------------------- the prediction: torch's cost per stage action
+def chain_with_backward() -> tuple[OpGraph, np.ndarray]:
+    """f0 (device 0) -> f1 (device 1) -> b1 (device 1) -> b0 (device 0), f0 -> b0; per
+    micro-batch of M = 4: forward 1, backward 2, each cross-device transfer 1 (step values
+    M times that); colocation classes pair f0 with b0 and f1 with b1."""
+    ops = [
+        {"name": "f0", "times": {"cpu": 4.0}, "coloc": "a"},
+        {"name": "f1", "times": {"cpu": 4.0}, "coloc": "b"},
+        {"name": "b1", "times": {"cpu": 8.0}, "coloc": "b", "is_backward": True},
+        {"name": "b0", "times": {"cpu": 8.0}, "coloc": "a", "is_backward": True},
+    ]
+    edges = [{"src": "f0", "dst": "f1", "bytes": 0.0, "time": 4.0}, {"src": "f1", "dst": "b1", "bytes": 0.0, "time": 0.0}, {"src": "b1", "dst": "b0", "bytes": 0.0, "time": 4.0}, {"src": "f0", "dst": "b0", "bytes": 0.0, "time": 0.0}]
+    return OpGraph.build(ops, edges, time_classes=("cpu",)), np.array([0, 1, 1, 0], dtype=np.int64)
+
+
+def test_stage_actions_are_each_stages_first_forward_and_first_backward_op() -> None:
+    graph, placement = chain_with_backward()
+    runs = stage_runs(graph, placement)
+    assert runs == [(0, 0, 0), (1, 1, 1)]
+    assert stage_action_ops(graph, runs).tolist() == [0, 1, 3, 2]  # f0, f1, then stage 0's b0, stage 1's b1
+
+
+def test_stage_overhead_is_paid_by_every_stage_action_of_every_microbatch() -> None:
+    # GPipe, M = 4, h = 0.5 on f0, f1, b1, b0: per micro-batch forward 1.5, backward 2.5, transfers 1.
+    # d0: f0 at 0, 1.5, 3, 4.5; link 0->1 [1.5,2.5], [3,4], [4.5,5.5], [6,7]; d1: f1 at 2.5, 4, 5.5, 7
+    # (each arrives as the previous ends), b1 at 8.5, 11, 13.5, 16; link 1->0 [11,12], [13.5,14.5],
+    # [16,17], [18.5,19.5]; d0: b0 at 12, 14.5, 17, 19.5 -> 22 (17 without the overhead).
+    from rlplace.cluster import Cluster, Device
+    from rlplace.costs import CostTable
+    from rlplace.simulate import simulate
+
+    graph, placement = chain_with_backward()
+    cluster = Cluster.build("two", [Device(f"d{i}", "cpu", "cpu", 1.0, 1.0, 1e12, 1.0) for i in range(2)], intra_host=(1e9, 0.0))
+    costs = CostTable.build(graph, cluster)
+    assert simulate(graph, cluster, costs, placement, objective="pipelined", microbatches=4).step_time == 17.0
+    charged = with_stage_overhead(costs, stage_action_ops(graph, stage_runs(graph, placement)), 0.5)
+    result = simulate(graph, cluster, charged, placement, objective="pipelined", microbatches=4, schedule="gpipe", record=True)
+    assert result.microbatch_start.T.tolist() == [[0, 1.5, 3, 4.5], [2.5, 4, 5.5, 7], [8.5, 11, 13.5, 16], [12, 14.5, 17, 19.5]]
+    assert result.step_time == 22.0
+    assert with_stage_overhead(costs, np.array([0]), 0.0) is costs
+
+
+def test_stage_overhead_from_cpu_is_the_median_rank_excess_per_action() -> None:
+    # rank 0: (10 - 4) ms / 8 actions = 0.75 ms; rank 1: (12 - 8) / 8 = 0.5 ms -> median 0.625 ms
+    assert stage_overhead_from_cpu([0.010, 0.012], [0.004, 0.008], [8, 8]) == pytest.approx(0.000625, rel=1e-12)
+    assert stage_overhead_from_cpu([0.001], [0.002], [8]) == 0.0  # never negative
+    with pytest.raises(ValueError):
+        stage_overhead_from_cpu([0.01, 0.01], [0.0], [8, 8])
+
+
+def test_modeled_busy_counts_every_microbatch_and_its_fixed_part() -> None:
+    from rlplace.costs import CostTable
+
+    costs = CostTable(np.array([[4.0, 4.0], [8.0, 8.0]]), np.zeros((0, 2, 2)), "s", op_fixed=np.array([[1.0, 1.0], [0.0, 0.0]]))
+    # op 0 on device 1: 4 + 3 x 1 = 7; op 1 on device 0: 8
+    assert modeled_busy(costs, np.array([1, 0]), 4).tolist() == [8.0, 7.0]
+
+
+def test_profile_carries_the_stage_overhead_to_the_split_spec_prediction(tmp_path: Path) -> None:
+    import dataclasses
+
+    from rlplace.profile import STAGE_OVERHEAD_META_KEY, Profile
+
+    _, module, _, graph = captured(MLP)
+    base = local_cpu_cluster(2)
+    placement = by_module(graph, ("2", "3", "4"))
+    plain = split_spec(graph, placement, base, microbatches=2, module=module)
+    profile_path = tmp_path / "p.json"
+    cluster = base
+    assert stage_overhead(cluster) == 0.0
+    charged_cluster = dataclasses.replace(cluster, meta={**cluster.meta, STAGE_OVERHEAD_META_KEY: 1e-3})
+    assert stage_overhead(charged_cluster) == 1e-3
+    charged = split_spec(graph, placement, charged_cluster, microbatches=2, module=module)
+    # 2 stages x 2 micro-batches x (forward, backward) = 8 actions of 1 ms: device 0 runs its 4
+    # (its forwards and backwards bracket the step), so the step grows by at least 4 ms and by
+    # at most all 8.
+    assert 4e-3 - 1e-12 <= charged.snapped_step_time - plain.snapped_step_time <= 8e-3 + 1e-12
+    assert 4e-3 - 1e-12 <= charged.step_time - plain.step_time <= 8e-3 + 1e-12
+    # a version 2 profile file (before the field) loads with 0; version 3 round-trips it
+    saved = Profile.from_json(json.loads(json.dumps({**_minimal_profile_json(), "version": 2})))
+    assert saved.stage_overhead_s == 0.0
+    again = dataclasses.replace(saved, stage_overhead_s=2.5e-4)
+    again.save(profile_path)
+    loaded = Profile.load(profile_path)
+    assert loaded.stage_overhead_s == 2.5e-4
+    assert loaded.apply(cluster).meta[STAGE_OVERHEAD_META_KEY] == 2.5e-4
+    assert STAGE_OVERHEAD_META_KEY not in saved.apply(cluster).meta
+
+
+def _minimal_profile_json() -> dict[str, Any]:
+    device = {"name": "rank0", "device": "cpu", "matmul_flops": 1e10, "conv_flops": 1e10, "memory_bandwidth": 1e10, "op_overhead_s": 1e-6}
+    return {
+        "format": "rlplace-profile", "backend": "gloo", "threads": 1, "devices": [device, {**device, "name": "rank1"}],
+        "links": {"bandwidth": [[None, 1e9], [1e9, None]], "latency": [[None, 1e-4], [1e-4, None]], "message_overhead_s": 0.0},
+    }  # fmt: skip

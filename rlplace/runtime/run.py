@@ -43,6 +43,8 @@ class PipelineRun:
         cpu_waits: per timed step, the longest time (s) any rank's main thread waited for a
             CPU while ready to run (Linux schedstat; empty elsewhere): what other processes
             on the host added to the step.
+        cpu_times: per rank, the median main-thread CPU time (s) of a step (load-robust:
+            what the rank itself computed, Python included).
     """
 
     step_times: tuple[float, ...]
@@ -52,6 +54,7 @@ class PipelineRun:
     stage_parameters: tuple[int, ...]
     state: dict[str, Any] | None = None
     cpu_waits: tuple[float, ...] = ()
+    cpu_times: tuple[float, ...] = ()
 
     @property
     def measured_step_time(self) -> float:
@@ -122,7 +125,7 @@ def run_pipeline(
     result = launch_job(job, spec.num_ranks, timeout_s=timeout_s, threads=threads, keep_awake=keep_awake, module="rlplace.runtime.worker")
     return PipelineRun(
         tuple(result["step_times"]), float(result["loss"]), int(result["num_stages"]), int(result["world_size"]), tuple(result["stage_parameters"]), result.get("state"),
-        tuple(float(w) for w in result.get("cpu_waits") or ()),
+        tuple(float(w) for w in result.get("cpu_waits") or ()), tuple(float(c) for c in result.get("cpu_times") or ()),
     )  # fmt: skip
 
 
@@ -242,7 +245,13 @@ def run_run_command(args: argparse.Namespace) -> int:
         optimizer=optimizer, seed=int(_option(args, "seed", 0)),
     )  # fmt: skip
     spec = setup.spec
-    run = run_pipeline(setup.recipe, spec, backend=backend, steps=steps, warmup=warmup, threads=threads, optimizer=optimizer, timeout_s=timeout)
+    profile = getattr(args, "profile", None)
+    keep_awake = None
+    if profile:  # as rlplace measure: the ranks follow the calibration's keep-awake decision
+        from rlplace.profile import load_profile
+
+        keep_awake = load_profile(profile).keep_awake
+    run = run_pipeline(setup.recipe, spec, backend=backend, steps=steps, warmup=warmup, threads=threads, optimizer=optimizer, timeout_s=timeout, keep_awake=keep_awake)
     payload = {
         "measured_step_time": run.measured_step_time,
         "simulated_step_time": spec.snapped_step_time,
@@ -257,6 +266,8 @@ def run_run_command(args: argparse.Namespace) -> int:
         "stage_parameters": list(run.stage_parameters),
         "anchors_moved": spec.anchors_moved,
         "step_times": list(run.step_times),
+        "cpu_waits": list(run.cpu_waits),
+        "unloaded_step_time_estimate": run.unloaded_step_time,
         "steps": steps,
         "warmup": warmup,
         "backend": backend,

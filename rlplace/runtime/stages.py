@@ -24,7 +24,7 @@ torch's stages run them; ops outside any class follow `rlplace.measure.assign.ex
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,10 +333,61 @@ def split_spec(
     step_time = snapped_time = simulated_schedule = None
     if simulate_steps:
         costs = costs if costs is not None else CostTable.build(graph, cluster)
-        step_time, simulated_schedule = simulate_pipelined(graph, cluster, costs, given, microbatches, schedule)
-        snapped_time, _ = simulate_pipelined(graph, cluster, costs, snapped, microbatches, schedule)
+        overhead = stage_overhead(cluster)
+        given_costs = with_stage_overhead(costs, stage_action_ops(graph, runs), overhead)
+        snapped_costs = with_stage_overhead(costs, stage_action_ops(graph, stage_runs(graph, snapped, interleaved=True)), overhead)
+        step_time, simulated_schedule = simulate_pipelined(graph, cluster, given_costs, given, microbatches, schedule)
+        snapped_time, _ = simulate_pipelined(graph, cluster, snapped_costs, snapped, microbatches, schedule)
     snapped.setflags(write=False)
     return SplitSpec(points, stage_devices, tuple(cluster.device_names), microbatches, schedule, moved, snapped, step_time, snapped_time, simulated_schedule)
+
+
+def stage_overhead(cluster: Cluster) -> float:
+    """Seconds one stage action costs in torch's pipeline runtime on ``cluster``
+    (`rlplace.profile.Profile.stage_overhead_s`, carried in the cluster's meta; 0 without)."""
+    from rlplace.profile import STAGE_OVERHEAD_META_KEY
+
+    value = cluster.meta.get(STAGE_OVERHEAD_META_KEY, 0.0) if isinstance(cluster.meta, Mapping) else 0.0
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def stage_action_ops(graph: OpGraph, runs: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """(2S,) op ids: per stage, its first forward anchor op and its first backward op.
+
+    A stage's backward ops are the backward ops of the colocation classes of its forward ops;
+    the first in graph order is where its ``backward_one_chunk`` starts. Stages with no
+    backward op (inference graphs) give only their forward op.
+    """
+    sequence = forward_sequence(graph)
+    stage_of_class: dict[int, int] = {}
+    for stage, (first, last, _) in enumerate(runs):
+        for op in sequence[first : last + 1]:
+            if graph.coloc[op] != NO_CLASS:
+                stage_of_class.setdefault(int(graph.coloc[op]), stage)
+    entries = [int(sequence[first]) for first, _, _ in runs]
+    first_backward: dict[int, int] = {}
+    optimizer = np.array([kind == "optimizer" for kind in graph.kinds], dtype=bool)
+    for op in np.flatnonzero(graph.is_backward & ~optimizer & (graph.coloc != NO_CLASS)):
+        stage = stage_of_class.get(int(graph.coloc[op]))
+        if stage is not None:
+            first_backward.setdefault(stage, int(op))
+    entries += [first_backward[stage] for stage in sorted(first_backward)]
+    return np.asarray(entries, dtype=np.int64)
+
+
+def with_stage_overhead(costs: CostTable, ops: np.ndarray, overhead_s: float) -> CostTable:
+    """``costs`` with ``overhead_s`` added to ``ops`` on every device, as a fixed part (each
+    micro-batch pays it in full: one stage action per micro-batch); ``costs`` itself when 0.
+
+    Shapes: ops (a,) op ids.
+    """
+    if overhead_s <= 0 or ops.size == 0:
+        return costs
+    op_time = np.array(costs.op_time, dtype=np.float64)
+    op_fixed = np.zeros_like(op_time) if costs.op_fixed is None else np.array(costs.op_fixed, dtype=np.float64)
+    op_time[ops] += overhead_s
+    op_fixed[ops] += overhead_s
+    return CostTable(op_time, costs.edge_time, costs.time_unit, op_fixed=op_fixed, edge_fixed=costs.edge_fixed)
 
 
 def simulate_pipelined(graph: OpGraph, cluster: Cluster, costs: CostTable, placement: np.ndarray, microbatches: int, schedule: str) -> tuple[float, str]:

@@ -12,7 +12,8 @@ torch scales gradients by 1/M (``scale_grads``), so the gradients are those of t
 micro-batch losses, which equals the unpipelined loss for a per-sample mean. Each step's
 time is the slowest rank's (ranks start together after a barrier), and beside it the longest
 time any rank's main thread was ready to run but waited for a CPU in that step (Linux
-schedstat run delay, as `rlplace.measure.ranks.time_assignment` reports it).
+schedstat run delay, as `rlplace.measure.ranks.time_assignment` reports it); per rank, the
+median main-thread CPU time of a step.
 
 The stage modules run their generated code, not ``torch.fx.Interpreter`` (`run_generated_code`).
 
@@ -141,13 +142,14 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
         steps, warmup = int(job.get("steps", 10)), int(job.get("warmup", 2))
         times: list[float] = []
         waits: list[float] = []
+        cpu_times: list[float] = []
         losses: list[torch.Tensor] = []
         for index in range(warmup + steps):
             for parameter in parameters:
                 parameter.grad = None
             losses = []
             dist.barrier()
-            started, wait_started = time.perf_counter(), run_delay()
+            started, wait_started, cpu_started = time.perf_counter(), run_delay(), time.thread_time()
             step.step(*(args if first else ()), **(kwargs if first else {}), target=target if last else None, losses=losses if last else None)
             if optimizer is not None:
                 optimizer.step()
@@ -156,10 +158,14 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 waits.append(run_delay() - wait_started)
+                cpu_times.append(time.thread_time() - cpu_started)
         slowest = torch.tensor(times, dtype=torch.float64, device=device)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         waited = torch.tensor(waits, dtype=torch.float64, device=device)
         dist.all_reduce(waited, op=dist.ReduceOp.MAX)
+        busy = torch.zeros(world_size, dtype=torch.float64, device=device)
+        busy[rank] = float(sorted(cpu_times)[len(cpu_times) // 2])
+        dist.all_reduce(busy, op=dist.ReduceOp.SUM)
         loss = torch.tensor([float(torch.stack([x.detach().float() for x in losses]).mean()) if last else float("-inf")], dtype=torch.float64, device=device)
         dist.all_reduce(loss, op=dist.ReduceOp.MAX)
         state = None
@@ -175,6 +181,7 @@ def run_rank(job: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] 
         return {
             "step_times": slowest.cpu().tolist(),
             "cpu_waits": [w for w in waited.cpu().tolist() if w == w],
+            "cpu_times": busy.cpu().tolist(),
             "loss": float(loss.item()),
             "num_stages": pipe.num_stages,
             "world_size": world_size,
