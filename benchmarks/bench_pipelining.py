@@ -12,7 +12,10 @@ Each row is run ``--repeats`` times (a fresh pair of ranks each time) and shows 
 of those runs' median step times with their range, the ranks' CPU wait per step (the longest
 rank's schedstat run delay: what other processes on the host added) and the measured time
 minus those waits (an estimate of an idle host, labelled as such, never the headline). The
-ranks follow the profile's keep-awake decision, as ``rlplace measure`` does.
+ranks follow the profile's keep-awake decision, as ``rlplace measure`` does. Two more columns
+compare work, not time, and hardly move with the load: ``rank cpu`` is the busiest rank's
+main-thread CPU time per step (median), ``sim busy`` the busiest device's busy time in the
+simulation (its ops, every micro-batch, with the profile's per-stage-action overhead).
 
     python benchmarks/bench_pipelining.py [--models mlp,transformer] [--schedules gpipe,1f1b,interleaved-1f1b]
                                           [--microbatches 4] [--steps 10] [--warmup 2] [--repeats 3]
@@ -39,7 +42,17 @@ from torch.nn import functional as F
 
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
-from rlplace.runtime.stages import forward_sequence, module_boundaries, snapped_placement, split_spec
+from rlplace.runtime.overhead import modeled_busy
+from rlplace.runtime.stages import (
+    forward_sequence,
+    module_boundaries,
+    snapped_placement,
+    split_spec,
+    stage_action_ops,
+    stage_overhead,
+    stage_runs,
+    with_stage_overhead,
+)
 
 
 class Block(nn.Module):
@@ -127,6 +140,9 @@ def bench_one(name: str, spec_name: str, schedule: str, args: argparse.Namespace
     for _ in range(args.repeats):
         runs.append(run_pipeline(recipe, spec, steps=args.steps, warmup=args.warmup, optimizer="adam", timeout_s=600, keep_awake=profile.keep_awake if profile else None))
     medians = sorted(run.measured_step_time for run in runs)
+    snapped = np.asarray(spec.placement)
+    charged = with_stage_overhead(costs, stage_action_ops(graph, stage_runs(graph, snapped, interleaved=True)), stage_overhead(cluster))
+    busy = modeled_busy(charged, snapped, spec.microbatches)
     unloaded = [run.unloaded_step_time for run in runs]
     return {
         "model": name,
@@ -140,6 +156,8 @@ def bench_one(name: str, spec_name: str, schedule: str, args: argparse.Namespace
         "cpu_wait": statistics.median(statistics.median(run.cpu_waits) if run.cpu_waits else float("nan") for run in runs),
         "unloaded_step_time": statistics.median(u for u in unloaded if u is not None) if any(u is not None for u in unloaded) else None,
         "simulated_step_time": spec.snapped_step_time,
+        "rank_cpu": statistics.median(max(run.cpu_times) for run in runs),
+        "simulated_busy": float(busy.max()),
         "simulated_schedule": spec.simulated_schedule,
         "wall_s": time.perf_counter() - started,
     }
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores; nice {os.getpriority(os.PRIO_PROCESS, 0)}")
     print(
         f"{'model':12s} {'schedule':17s} {'stages':>6s} {'M':>3s} {'measured ms':>12s} {'range of runs':>15s} {'cpu-wait ms':>12s} "
-        f"{'minus waits':>12s} {'simulated ms':>13s} {'sim order':>10s}  split points"
+        f"{'minus waits':>12s} {'simulated ms':>13s} {'rank cpu ms':>12s} {'sim busy ms':>12s} {'sim order':>10s}  split points"
     )
     for name in args.models.split(","):
         for schedule in args.schedules.split(","):
@@ -172,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:12s} {schedule:17s} {row['stages']:6d} {row['microbatches']:3d} {row['measured_step_time'] * 1e3:12.2f} {spread:>15s} "
                 f"{row['cpu_wait'] * 1e3:12.2f} {(unloaded if unloaded is not None else float('nan')) * 1e3:12.2f} "
-                f"{row['simulated_step_time'] * 1e3:13.3f} {row['simulated_schedule']:>10s}  {points}",
+                f"{row['simulated_step_time'] * 1e3:13.3f} {row['rank_cpu'] * 1e3:12.2f} {row['simulated_busy'] * 1e3:12.2f} {row['simulated_schedule']:>10s}  {points}",
                 flush=True,
             )
     print(
