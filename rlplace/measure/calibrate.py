@@ -537,9 +537,7 @@ def calibrate(
     ``nice`` sets the ranks' CPU priority and ``keep_awake`` keeps idle cores from halting
     during the calibration itself (see `rlplace.measure.launch.launch_job`; default off).
     ``check_keep_awake`` (two or more devices) times whether keeping cores awake helps
-    measurements on this host (`keep_awake_check`); the profile records the answer. With
-    ``fit`` on two or more gloo ranks, the CPU cost of one stage action of
-    ``torch.distributed.pipelining`` is measured too (`rlplace.runtime.overhead`, ~15 s).
+    measurements on this host (`keep_awake_check`); the profile records the answer.
     """
     from rlplace.measure.launch import launch_job
 
@@ -549,9 +547,4 @@ def calibrate(
         "kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit,
         "check_keep_awake": check_keep_awake,
     }  # fmt: skip
-    profile = Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
-    if fit and num_devices >= 2 and backend == "gloo":  # torch's pipeline runtime cost per stage action (rlplace run's prediction)
-        from rlplace.runtime.overhead import measure_stage_overhead
-
-        profile = dataclasses.replace(profile, stage_overhead_s=measure_stage_overhead(profile, timeout_s=timeout_s, keep_awake=profile.keep_awake))
-    return profile
+    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")

@@ -190,6 +190,13 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
         devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0)),
         keep_awake=getattr(args, "keep_awake", None),
     )
+    if devices >= 2 and profile.backend == "gloo":  # torch's pipeline cost per stage action, for rlplace run's prediction
+        import dataclasses
+
+        from rlplace.runtime.overhead import measure_stage_overhead
+
+        overhead = measure_stage_overhead(profile, timeout_s=float(_option(args, "timeout", 300.0)), keep_awake=profile.keep_awake)
+        profile = dataclasses.replace(profile, stage_overhead_s=overhead)
     if out:
         write_profile(profile, out)
     if getattr(args, "json", False):
