@@ -216,8 +216,14 @@ def profiled_costs(graph: OpGraph, costs: CostTable, profile: OpProfile, *, corr
     step = correction.scale * parts.isolated + np.where(parts.forward, correction.forward_s, 0.0) + np.where(parts.backward, correction.backward_s, 0.0)
     measured = parts.forward | parts.backward
     op_time[measured, :] = np.maximum(step[measured], 0.0)[:, None]
-    op_time.setflags(write=False)
-    return CostTable(op_time=op_time, edge_time=costs.edge_time, time_unit=costs.time_unit)
+    # The per-node part of the correction is paid by every micro-batch; the scaled part shrinks with it.
+    per_node = np.where(parts.forward, correction.forward_s, 0.0) + np.where(parts.backward, correction.backward_s, 0.0)
+    op_fixed = np.zeros_like(op_time) if costs.op_fixed is None else np.array(costs.op_fixed, dtype=np.float64)
+    op_fixed[measured, :] = np.clip(per_node[measured], 0.0, None)[:, None]
+    op_fixed = np.minimum(op_fixed, op_time)
+    for array in (op_time, op_fixed):
+        array.setflags(write=False)
+    return CostTable(op_time=op_time, edge_time=costs.edge_time, time_unit=costs.time_unit, op_fixed=op_fixed, edge_fixed=costs.edge_fixed)
 
 
 def solve_isolation_correction(rows: Sequence[tuple[float, float, float, float, float]], names: Sequence[str]) -> IsolationCorrection:
