@@ -20,11 +20,11 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rlplace.measure.launch import LAUNCHER_VARIABLE, NICE_VARIABLE, RESULT_FILE, MeasureFailure, free_port, launch_job, launch_local, stop_processes
+from rlplace.measure.launch import NICE_VARIABLE, MeasureFailure, free_port, launch_job, launch_local, report_rank_outcome, stop_processes
 from rlplace.measure.ranks import BACKENDS, DistTransport, MeasureJob, rank_device, run_rank, run_step, time_assignment
 
 __all__ = [
@@ -43,33 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="job JSON written by rlplace measure")
     parser.add_argument("--out", required=True, help="folder for result.json (rank 0) and error-<rank>.txt")
     args = parser.parse_args(argv)
-    from rlplace.interrupt import die_with_parent
-
-    launcher = os.environ.get(LAUNCHER_VARIABLE)
-    die_with_parent(int(launcher) if launcher else None)  # a launcher killed by any signal leaves no orphaned rank
     _apply_priority()
-    rank = int(os.environ.get("RANK", "0"))
-    out = Path(args.out)
-    try:
+    world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+
+    def work(rank: int) -> dict[str, Any] | None:
         data = json.loads(Path(args.job).read_text(encoding="utf-8"))
-        world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
         if data.get("kind") == "calibrate":
             from rlplace.measure.calibrate import run_calibration_rank
 
-            result = run_calibration_rank(data, rank, world_size, local_rank)
-        else:
-            result = run_rank(MeasureJob(**data), rank, world_size, local_rank)
-        if result is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            temporary = out / f".{RESULT_FILE}.tmp"
-            temporary.write_text(json.dumps(result), encoding="utf-8")
-            temporary.replace(out / RESULT_FILE)
-        return 0
-    except BaseException as exc:  # report any failure of this rank to the launcher, then fail
-        out.mkdir(parents=True, exist_ok=True)
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        (out / f"error-{rank}.txt").write_text(f"{type(exc).__name__}: {message}\n{traceback.format_exc()}", encoding="utf-8")
-        return 1
+            return run_calibration_rank(data, rank, world_size, local_rank)
+        return run_rank(MeasureJob(**data), rank, world_size, local_rank)
+
+    return report_rank_outcome(Path(args.out), work)
 
 
 def _apply_priority() -> None:

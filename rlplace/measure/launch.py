@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,3 +175,29 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def report_rank_outcome(out: Path, work: Callable[[int], dict[str, Any] | None]) -> int:
+    """The body of a rank's entry point: tie the rank to its launcher, run ``work(rank)``, and
+    leave what the launcher reads in ``out``: ``result.json`` (written atomically, for the rank
+    that returns a result) or ``error-<rank>.txt`` (the first line of the error, then the
+    traceback). Returns the rank's exit status (0 or 1).
+    """
+    from rlplace.interrupt import die_with_parent
+
+    launcher = os.environ.get(LAUNCHER_VARIABLE)
+    die_with_parent(int(launcher) if launcher else None)  # a launcher killed by any signal leaves no orphaned rank
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        result = work(rank)
+        if result is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            temporary = out / f".{RESULT_FILE}.tmp"
+            temporary.write_text(json.dumps(result), encoding="utf-8")
+            temporary.replace(out / RESULT_FILE)
+        return 0
+    except BaseException as exc:  # report any failure of this rank to the launcher, then fail
+        out.mkdir(parents=True, exist_ok=True)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        (out / f"error-{rank}.txt").write_text(f"{type(exc).__name__}: {message}\n{traceback.format_exc()}", encoding="utf-8")
+        return 1

@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rlplace.errors import RlplaceError
-
-RESULT_FILE = "result.json"
+from rlplace.measure.launch import report_rank_outcome
 
 
 def stages_of_rank(rank: int, num_ranks: int, num_stages: int) -> list[int]:
@@ -222,22 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--out", required=True)
     parsed = parser.parse_args(argv)
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    out = Path(parsed.out)
-    try:
-        job = json.loads(Path(parsed.job).read_text(encoding="utf-8"))
-        result = run_rank(job, rank, world_size)
-        if result is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            temporary = out / f".{RESULT_FILE}.tmp"
-            temporary.write_text(json.dumps(result), encoding="utf-8")
-            temporary.replace(out / RESULT_FILE)
-        return 0
-    except BaseException as exc:  # report any failure of this rank to the launcher, then fail
-        out.mkdir(parents=True, exist_ok=True)
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        (out / f"error-{rank}.txt").write_text(f"{type(exc).__name__}: {message}\n{traceback.format_exc()}", encoding="utf-8")
-        return 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    job = json.loads(Path(parsed.job).read_text(encoding="utf-8"))
+    return report_rank_outcome(Path(parsed.out), lambda rank: run_rank(job, rank, world_size))
 
 
 if __name__ == "__main__":
