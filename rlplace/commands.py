@@ -285,6 +285,14 @@ def run_run(args: argparse.Namespace) -> int:
     return run_run_command(args)
 
 
+def run_tune(args: argparse.Namespace) -> int:
+    from rlplace.agents.tune import run_tune_command
+
+    check_seed(args.seed)
+    check_count(require_positive("--threads", args.threads), MAX_THREADS, "MAX_THREADS", "--threads")
+    return run_tune_command(args)
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from rlplace.measure.cli import run_calibrate_command
 
