@@ -63,8 +63,11 @@ class SessionMeasurer:
     retried one by one so one bad placement does not cost the others.
     """
 
-    def __init__(self, setup: Any, *, backend: str = "gloo", steps: int = 5, warmup: int = 2, threads: int = 1, keep_awake: bool | None = None) -> None:
+    def __init__(
+        self, setup: Any, *, backend: str = "gloo", steps: int = 5, warmup: int = 2, threads: int = 1, keep_awake: bool | None = None, fault: dict[str, Any] | None = None
+    ) -> None:
         self.setup = setup
+        self.fault = fault  # a rank fault to inject (tests: {"rank": 1, "kind": "hang"})
         self.backend, self.steps, self.warmup, self.threads, self.keep_awake = backend, steps, warmup, threads, keep_awake
         self.failures: list[str] = []
         self.launches = 0
@@ -78,7 +81,7 @@ class SessionMeasurer:
             self.launches += 1
             found = measure(
                 self.setup, list(placements), backend=self.backend, steps=self.steps, warmup=self.warmup, threads=self.threads,
-                timeout_s=timeout_s * len(placements), keep_awake=self.keep_awake,
+                timeout_s=timeout_s * len(placements), keep_awake=self.keep_awake, fault=self.fault,
             )  # fmt: skip
             return [m.measured_step_time for m in found]
         except (MeasureFailure, RlplaceError) as error:
@@ -672,3 +675,29 @@ def _tune_cluster(args: Any) -> Any:
         cluster = resolve_cluster(args.cluster)
         return apply_profile(cluster, profile) if profile is not None else cluster
     return local_cpu_cluster(len(profile.devices) if profile is not None else 2, profile)
+
+
+def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int]) -> int:
+    """``train_agent.py --reward simulator|measured ...``: ``simulator`` trains as without the
+    option (``train_main`` on the other arguments); ``measured`` needs ``--model MODEL`` and runs
+    ``rlplace tune MODEL`` with the other arguments (``--cluster``, ``--backend``, ``--budget``,
+    ``--timeout``, ``--checkpoint``, ``--out``...)."""
+    import argparse
+    import sys
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # one line, status 2, as the rlplace command
+            self.exit(2, f"error: train_agent.py: {message}\n")
+
+    parser = _Parser(add_help=False)
+    parser.add_argument("--reward", choices=("simulator", "measured"), required=True)
+    parser.add_argument("--model", default=None)
+    known, rest = parser.parse_known_args(argv)
+    if known.reward == "simulator":
+        return train_main(rest + (["--model", known.model] if known.model else []))
+    if not known.model:
+        print("error: --reward measured needs --model MODEL (the model whose measured step times tune the policy)", file=sys.stderr)
+        return 2
+    from rlplace.cli import main as rlplace_main
+
+    return rlplace_main(["tune", known.model, *rest])
