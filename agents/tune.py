@@ -528,7 +528,6 @@ def tune_model(
     from rlplace.costs import CostTable
     from rlplace.envs.improve_state import build_move_problem
     from rlplace.measure.session import MeasureSetup
-    from rlplace.pipeline import working_graph
 
     from .improve_checkpoint import default_checkpoint_dir, load_scorer
 
@@ -538,7 +537,12 @@ def tune_model(
     base = str(checkpoint) if checkpoint is not None else str(default_checkpoint_dir())
     scorer, _ = load_scorer(base)
     setup = MeasureSetup.prepare(recipe, cluster, optimizer=optimizer)
-    graph, coarsening = working_graph(setup.graph, max_groups)
+    graph, coarsening = setup.graph, None
+    if graph.num_ops > max_groups:  # as rlplace.pipeline.working_graph (captured graphs)
+        from rlplace.coarsen import coarsen
+
+        coarsening = coarsen(graph, max_groups)
+        graph = coarsening.graph
     costs = setup.costs if coarsening is None else CostTable.build(graph, cluster)
     problem = build_move_problem(graph, cluster, costs, objective="latency")
     found = start_placements(graph, cluster, costs, objective="latency", seed=config.seed, methods=START_METHODS)
@@ -677,7 +681,7 @@ def _tune_cluster(args: Any) -> Any:
     return local_cpu_cluster(len(profile.devices) if profile is not None else 2, profile)
 
 
-def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int]) -> int:
+def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int], tune_main: Callable[[list[str]], int]) -> int:
     """``train_agent.py --reward simulator|measured ...``: ``simulator`` trains as without the
     option (``train_main`` on the other arguments); ``measured`` needs ``--model MODEL`` and runs
     ``rlplace tune MODEL`` with the other arguments (``--cluster``, ``--backend``, ``--budget``,
@@ -698,6 +702,4 @@ def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int]) -
     if not known.model:
         print("error: --reward measured needs --model MODEL (the model whose measured step times tune the policy)", file=sys.stderr)
         return 2
-    from rlplace.cli import main as rlplace_main
-
-    return rlplace_main(["tune", known.model, *rest])
+    return tune_main(["tune", known.model, *rest])
