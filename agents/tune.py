@@ -55,6 +55,11 @@ class Measurer(Protocol):
         """Measured step time (s) of each (n,) placement; a failed run scores a penalty, never raises."""
         ...
 
+    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[float] | None:
+        """Step times of ``placements`` measured side by side (one launch, ``rounds`` interleaved
+        rounds, so drift of the host's speed favours none); None when the run fails."""
+        ...
+
 
 class SessionMeasurer:
     """A `Measurer` on real ranks: `rlplace.measure.session.measure` of a `MeasureSetup`.
@@ -89,6 +94,21 @@ class SessionMeasurer:
                 return [self.measure([p], timeout_s)[0] for p in placements]
             self.failures.append(str(error))
             return [self.penalty(placements[0])]
+
+    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[float] | None:
+        from rlplace.measure.distributed import MeasureFailure
+        from rlplace.measure.session import measure
+
+        try:
+            self.launches += 1
+            found = measure(
+                self.setup, list(placements), backend=self.backend, steps=self.steps, warmup=self.warmup, rounds=rounds, threads=self.threads,
+                timeout_s=timeout_s * len(placements) * rounds, keep_awake=self.keep_awake, fault=self.fault,
+            )  # fmt: skip
+        except (MeasureFailure, RlplaceError) as error:
+            self.failures.append(f"side-by-side confirmation: {error}")
+            return None
+        return [m.measured_step_time for m in found]
 
     def penalty(self, placement: np.ndarray) -> float:
         try:
@@ -279,6 +299,11 @@ class TuneConfig:
         learning_rate: Adam learning rate of PPO.
         max_moves: moves per PPO episode.
         seed: seed of the searches and of PPO.
+        confirm_rounds: when the best measured placement is not the simulator's best, both are
+            measured again side by side in one launch with this many interleaved rounds, and
+            the faster of the two there is the result (0: no confirmation). Single
+            measurements on a loaded host are noisy; the minimum over several of them favours
+            the luckiest, and the confirmation undoes that bias.
     """
 
     budget: int = 12
@@ -292,14 +317,15 @@ class TuneConfig:
     learning_rate: float = 3e-4
     max_moves: int = 4
     seed: int = 0
+    confirm_rounds: int = 3
 
     def validate(self) -> None:
         if self.budget < 1:
             raise RlplaceError(f"the measurement budget must be at least 1 (got {self.budget})")
         if not self.timeout_s > 0 or (self.total_timeout_s is not None and not self.total_timeout_s > 0):
             raise RlplaceError(f"timeouts must be positive seconds (got {self.timeout_s} and {self.total_timeout_s})")
-        if self.candidates < 1 or self.search_evaluations < 1 or self.ppo_timesteps < 0 or self.n_steps < 2 or self.n_epochs < 1 or self.max_moves < 1:
-            raise RlplaceError("candidates, search_evaluations, n_epochs and max_moves must be >= 1, n_steps >= 2 and ppo_timesteps >= 0")
+        if self.candidates < 1 or self.search_evaluations < 1 or self.ppo_timesteps < 0 or self.n_steps < 2 or self.n_epochs < 1 or self.max_moves < 1 or self.confirm_rounds < 0:
+            raise RlplaceError("candidates, search_evaluations, n_epochs and max_moves must be >= 1, n_steps >= 2, ppo_timesteps and confirm_rounds >= 0")
 
 
 @dataclass
@@ -317,6 +343,9 @@ class TuneResult:
         ppo_timesteps, ppo_updates: PPO env steps and gradient updates done.
         scorer: the fine-tuned `MoveScorer` (the input scorer when PPO made no update).
         history: per measurement, in order: source, measured and simulated step time.
+        confirmed: whether the two reported measured times come from the side-by-side
+            confirmation (``TuneConfig.confirm_rounds``) rather than from the cache.
+        searched_best_measured: the best step time in the cache (before any confirmation).
         wall_s: seconds of the whole run.
     """
 
@@ -334,6 +363,8 @@ class TuneResult:
     scorer: Any
     history: list[dict[str, Any]]
     wall_s: float
+    confirmed: bool = False
+    searched_best_measured: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (no scorer, no placements)."""
@@ -349,6 +380,8 @@ class TuneResult:
             "cache_hits": self.cache_hits,
             "ppo_timesteps": self.ppo_timesteps,
             "ppo_updates": self.ppo_updates,
+            "confirmed_side_by_side": self.confirmed,
+            "searched_best_measured_step_time": self.searched_best_measured,
             "wall_s": self.wall_s,
         }
 
@@ -427,9 +460,20 @@ def tune_problem(
         measure_all([a for a, _ in more], "tuned-search", [t for _, t in more])
 
     best_placement, best_measured = cache.best()
+    searched_best = float(best_measured)
     key = cache._key(best_placement)
     if best_measured > sim_best_measured:  # impossible: the simulator's best is in the cache
         raise AssertionError("tuned result measured slower than the simulator's best")
+    confirmed = False
+    if config.confirm_rounds > 0 and key != cache._key(sim_best_placement) and cache.time_left() > 0:
+        timeout = min(config.timeout_s, max(cache.time_left(), 1.0))
+        again = cache.measurer.compare([sim_best_placement, best_placement], config.confirm_rounds, timeout)
+        if again is not None:
+            confirmed = True
+            sim_best_measured, best_measured = float(again[0]), float(again[1])
+            log(f"side by side ({config.confirm_rounds} rounds): simulator's best {sim_best_measured * 1e3:.3f} ms, tuned {best_measured * 1e3:.3f} ms")
+            if best_measured >= sim_best_measured:  # the search's winner was luck: keep the simulator's best
+                best_placement, best_measured, key = sim_best_placement, sim_best_measured, cache._key(sim_best_placement)
     history = [{"source": sources.get(k, "ppo"), "measured": cache.times[k], "simulated": simulated_of.get(k)} for k in cache.order]
     best_simulated = simulated_of.get(key)
     if simulate is not None:
@@ -449,6 +493,8 @@ def tune_problem(
         scorer=tuned,
         history=history,
         wall_s=time.perf_counter() - began,
+        confirmed=confirmed,
+        searched_best_measured=searched_best,
     )
 
 
@@ -624,7 +670,7 @@ def run_tune_command(args: Any) -> int:
         raise RlplaceError(f"--steps must be at least 1 and --warmup at least 0 (got {args.steps} and {args.warmup})")
     config = TuneConfig(
         budget=args.budget, timeout_s=args.timeout, total_timeout_s=args.total_timeout, candidates=args.candidates,
-        search_evaluations=args.evaluations, ppo_timesteps=args.ppo_steps, seed=args.seed,
+        search_evaluations=args.evaluations, ppo_timesteps=args.ppo_steps, seed=args.seed, confirm_rounds=args.confirm_rounds,
     )  # fmt: skip
     config.validate()
     check_out_dir(args.out)
@@ -656,7 +702,9 @@ def run_tune_command(args: Any) -> int:
         write_stdout(printed + "\n")
     else:
         gain = result.summary()["measured_gain"]
+        how = f"side by side, {config.confirm_rounds} interleaved rounds" if result.confirmed else "each measured once"
         print(
+            f"({how}; best in the search {result.searched_best_measured * 1e3:.3f} ms)\n"
             f"simulator's best   measured {result.simulator_best_measured * 1e3:.3f} ms  (simulated {result.simulator_best_simulated * 1e3:.3f} ms)\n"
             f"measured-refined   measured {result.best_measured * 1e3:.3f} ms  (simulated {result.best_simulated * 1e3:.3f} ms, from {result.best_source}), "
             f"{gain * 100:.1f} % faster\n"

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--candidates", type=int, default=3, metavar="K", help="the policy's best simulated placements measured first (default 3)")
     tune.add_argument("--evaluations", type=int, default=600, metavar="N", help="simulations of each policy-guided search (default 600)")
     tune.add_argument("--ppo-steps", type=int, default=256, metavar="N", help="MaskablePPO env steps at most (default 256; 0: no fine-tuning)")
+    tune.add_argument("--confirm-rounds", type=int, default=3, metavar="R", help="re-measure the winner beside the simulator's best, R interleaved rounds (default 3; 0: off)")
     tune.add_argument("--checkpoint", metavar="DIR", help="policy to start from (default checkpoints/default or $RLPLACE_CHECKPOINT)")
     tune.add_argument("--out", default="tuned", metavar="DIR", help="folder for the tuned checkpoint and placement.json (default ./tuned)")
     tune.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")

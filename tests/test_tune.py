@@ -63,6 +63,10 @@ class FakeMeasurer:
             self.calls[key] = self.calls.get(key, 0) + 1
         return [self.time_of(p) for p in placements]
 
+    def compare(self, placements, rounds: int, timeout_s: float) -> list[float]:
+        self.compared = [np.asarray(p, np.int64).copy() for p in placements]
+        return [self.time_of(p) for p in placements]
+
 
 def _config(**changes) -> TuneConfig:
     settings = {"budget": 8, "search_evaluations": 60, "ppo_timesteps": 24, "n_steps": 8, "n_epochs": 2, "candidates": 3}
@@ -152,6 +156,32 @@ def test_tuned_result_never_slower_than_the_simulators_best_measured_alike(probl
     assert result.history[0]["source"] == "simulator"
     if reverse and budget > 1:
         assert result.best_measured < result.simulator_best_measured  # the simulator's best is the slowest here
+
+
+def test_confirmation_keeps_the_simulators_best_when_the_winner_was_luck(problem, scorer) -> None:
+    class Lucky(FakeMeasurer):
+        """The search's measurements rank placements backwards; side by side, all are equal but
+        the simulator's best (first) is a little faster."""
+
+        def compare(self, placements, rounds, timeout_s):
+            self.rounds = rounds
+            return [1.0] + [1.01] * (len(placements) - 1)
+
+    fake = Lucky(problem, reverse=True)
+    starts = classic_starts(problem, ("m-topo", "heft", "single"))
+    result = tune_problem(problem, starts, scorer, MeasurementCache(fake, budget=4, timeout_s=5.0), _config(budget=4, confirm_rounds=5))
+    assert result.confirmed and fake.rounds == 5
+    assert result.searched_best_measured < fake.time_of(result.simulator_best)  # the search thought it won
+    assert result.best.tolist() == result.simulator_best.tolist()
+    assert result.best_measured == result.simulator_best_measured == 1.0 and result.best_source == "simulator"
+
+
+def test_confirmation_keeps_a_real_winner(problem, scorer) -> None:
+    fake = FakeMeasurer(problem, reverse=True)
+    starts = classic_starts(problem, ("m-topo", "heft", "single"))
+    result = tune_problem(problem, starts, scorer, MeasurementCache(fake, budget=4, timeout_s=5.0), _config(budget=4))
+    assert result.confirmed and [p.tolist() for p in fake.compared] == [result.simulator_best.tolist(), result.best.tolist()]
+    assert result.best_measured == fake.time_of(result.best) < result.simulator_best_measured == fake.time_of(result.simulator_best)
 
 
 def test_tune_spends_the_budget_and_fine_tunes(problem, scorer) -> None:
