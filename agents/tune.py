@@ -55,9 +55,10 @@ class Measurer(Protocol):
         """Measured step time (s) of each (n,) placement; a failed run scores a penalty, never raises."""
         ...
 
-    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[float] | None:
-        """Step times of ``placements`` measured side by side (one launch, ``rounds`` interleaved
-        rounds, so drift of the host's speed favours none); None when the run fails."""
+    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[list[float]] | None:
+        """Per placement, the median step time of each of ``rounds`` interleaved rounds, all
+        measured side by side in one launch (so drift of the host's speed favours none); None
+        when the run fails."""
         ...
 
 
@@ -95,7 +96,9 @@ class SessionMeasurer:
             self.failures.append(str(error))
             return [self.penalty(placements[0])]
 
-    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[float] | None:
+    def compare(self, placements: Sequence[np.ndarray], rounds: int, timeout_s: float) -> list[list[float]] | None:
+        import statistics
+
         from rlplace.measure.distributed import MeasureFailure
         from rlplace.measure.session import measure
 
@@ -108,7 +111,8 @@ class SessionMeasurer:
         except (MeasureFailure, RlplaceError) as error:
             self.failures.append(f"side-by-side confirmation: {error}")
             return None
-        return [m.measured_step_time for m in found]
+        steps = self.steps  # step times are pooled round by round, `steps` per round
+        return [[statistics.median(m.step_times[r * steps : (r + 1) * steps]) for r in range(rounds)] for m in found]
 
     def penalty(self, placement: np.ndarray) -> float:
         try:
@@ -300,10 +304,10 @@ class TuneConfig:
         max_moves: moves per PPO episode.
         seed: seed of the searches and of PPO.
         confirm_rounds: when the best measured placement is not the simulator's best, both are
-            measured again side by side in one launch with this many interleaved rounds, and
-            the faster of the two there is the result (0: no confirmation). Single
-            measurements on a loaded host are noisy; the minimum over several of them favours
-            the luckiest, and the confirmation undoes that bias.
+            measured again side by side in one launch with this many interleaved rounds; it
+            stays the result only if it is faster in every round, else the simulator's best is
+            (0: no confirmation). Single measurements on a loaded host are noisy; the minimum
+            over several of them favours the luckiest, and the confirmation undoes that bias.
     """
 
     budget: int = 12
@@ -422,7 +426,13 @@ def tune_problem(
         return float(problem.score(np.asarray(assignment, dtype=np.int64))[1])
 
     # 1-2: the policy's best candidates under the simulator, measured (the simulator's best first)
-    candidates = search_candidates(problem, starts, scorer, count=min(config.candidates, config.budget), evaluations=config.search_evaluations, seed=config.seed)
+    def search_time() -> float | None:
+        left = cache.time_left()
+        return None if not np.isfinite(left) else max(left / 4, 0.5)
+
+    candidates = search_candidates(
+        problem, starts, scorer, count=min(config.candidates, config.budget), evaluations=config.search_evaluations, seed=config.seed, budget_s=search_time()
+    )
     sim_best_assignment, sim_best_simulated = candidates[0]
     sim_best_placement = expand(sim_best_assignment)
     found = measure_all([sim_best_assignment], "simulator", [sim_best_simulated])
@@ -454,7 +464,7 @@ def tune_problem(
 
     # 4: search with the tuned policy, its candidates measured with what budget is left
     if not cache.exhausted:
-        more = search_candidates(problem, [best_assignment(), *starts], tuned, count=config.budget - cache.measurements, evaluations=config.search_evaluations, seed=config.seed + 1)
+        more = search_candidates(problem, [best_assignment(), *starts], tuned, count=config.budget - cache.measurements, evaluations=config.search_evaluations, seed=config.seed + 1, budget_s=search_time())
         for assignment, _ in more:
             assignment_of.setdefault(cache._key(expand(assignment)), assignment)
         measure_all([a for a, _ in more], "tuned-search", [t for _, t in more])
@@ -470,9 +480,11 @@ def tune_problem(
         again = cache.measurer.compare([sim_best_placement, best_placement], config.confirm_rounds, timeout)
         if again is not None:
             confirmed = True
-            sim_best_measured, best_measured = float(again[0]), float(again[1])
-            log(f"side by side ({config.confirm_rounds} rounds): simulator's best {sim_best_measured * 1e3:.3f} ms, tuned {best_measured * 1e3:.3f} ms")
-            if best_measured >= sim_best_measured:  # the search's winner was luck: keep the simulator's best
+            sim_rounds, best_rounds = again
+            sim_best_measured, best_measured = float(np.median(sim_rounds)), float(np.median(best_rounds))
+            wins = sum(b < a for a, b in zip(sim_rounds, best_rounds, strict=True))
+            log(f"side by side: simulator's best {sim_best_measured * 1e3:.3f} ms, tuned {best_measured * 1e3:.3f} ms (faster in {wins} of {len(sim_rounds)} rounds)")
+            if wins < len(sim_rounds) or best_measured >= sim_best_measured:  # the search's winner may be luck: keep the simulator's best
                 best_placement, best_measured, key = sim_best_placement, sim_best_measured, cache._key(sim_best_placement)
     history = [{"source": sources.get(k, "ppo"), "measured": cache.times[k], "simulated": simulated_of.get(k)} for k in cache.order]
     best_simulated = simulated_of.get(key)

@@ -63,9 +63,9 @@ class FakeMeasurer:
             self.calls[key] = self.calls.get(key, 0) + 1
         return [self.time_of(p) for p in placements]
 
-    def compare(self, placements, rounds: int, timeout_s: float) -> list[float]:
+    def compare(self, placements, rounds: int, timeout_s: float) -> list[list[float]]:
         self.compared = [np.asarray(p, np.int64).copy() for p in placements]
-        return [self.time_of(p) for p in placements]
+        return [[self.time_of(p)] * rounds for p in placements]
 
 
 def _config(**changes) -> TuneConfig:
@@ -165,7 +165,7 @@ def test_confirmation_keeps_the_simulators_best_when_the_winner_was_luck(problem
 
         def compare(self, placements, rounds, timeout_s):
             self.rounds = rounds
-            return [1.0] + [1.01] * (len(placements) - 1)
+            return [[1.0] * rounds, [1.01] * rounds]
 
     fake = Lucky(problem, reverse=True)
     starts = classic_starts(problem, ("m-topo", "heft", "single"))
@@ -174,6 +174,15 @@ def test_confirmation_keeps_the_simulators_best_when_the_winner_was_luck(problem
     assert result.searched_best_measured < fake.time_of(result.simulator_best)  # the search thought it won
     assert result.best.tolist() == result.simulator_best.tolist()
     assert result.best_measured == result.simulator_best_measured == 1.0 and result.best_source == "simulator"
+
+
+def test_confirmation_needs_a_win_in_every_round(problem, scorer) -> None:
+    class Mixed(FakeMeasurer):
+        def compare(self, placements, rounds, timeout_s):
+            return [[1.0, 1.0, 1.0], [0.5, 0.5, 1.2]]  # faster in median, slower in one round
+
+    result = tune_problem(problem, classic_starts(problem, ("m-topo", "heft", "single")), scorer, MeasurementCache(Mixed(problem, reverse=True), budget=4, timeout_s=5.0), _config(budget=4))
+    assert result.confirmed and result.best.tolist() == result.simulator_best.tolist() and result.best_measured == 1.0
 
 
 def test_confirmation_keeps_a_real_winner(problem, scorer) -> None:
