@@ -271,6 +271,9 @@ def test_rlplace_tune_end_to_end_tiny_budget(tmp_path: Path, capsys: pytest.Capt
         (["--budget", "0"], "budget must be at least 1"),
         (["--timeout", "0"], "timeouts must be positive"),
         (["--inference"], "drop --inference"),
+        (["--threads", "1000000000"], "MAX_THREADS"),
+        (["--confirm-rounds", "-1"], "confirm_rounds"),
+        (["--steps", "0"], "--steps must be at least 1"),
     ],
 )
 def test_bad_tune_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
