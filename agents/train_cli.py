@@ -3,6 +3,8 @@ iteration, then MaskablePPO) and write a checkpoint.
 
 Every option is a field of `rlplace.agents.improve_train.TrainConfig` (its help is the field's
 description there). Rerunning the same command after a kill resumes from ``--work-dir``.
+``--reward measured --model MODEL`` fine-tunes on measured step times instead
+(`rlplace.agents.tune.train_with_reward`, as ``rlplace tune MODEL``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--reward" or a.startswith("--reward=") for a in argv):  # --reward measured: rlplace.agents.tune
+        from rlplace.agents.tune import train_with_reward
+
+        return train_with_reward(argv, main)
     args = build_parser().parse_args(argv)
     from rlplace.agents.improve_train import config_from_options, train
 

@@ -670,6 +670,7 @@ def run_tune_command(args: Any) -> int:
     from pathlib import Path
 
     from rlplace.io import dumps_finite, write_outputs, write_stdout
+    from rlplace.limits import MAX_THREADS, check_count, check_seed
     from rlplace.load import is_module_spec
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.modelspec import is_dotted_spec
@@ -678,6 +679,10 @@ def run_tune_command(args: Any) -> int:
         raise RlplaceError(f"cannot tune on model spec {args.model!r}: measurement runs PyTorch code; use zoo:NAME, path/to/file.py:function or package.module:function")
     if getattr(args, "inference", False):
         raise RlplaceError("rlplace tune measures training steps; drop --inference")
+    check_seed(args.seed)
+    if args.threads < 1:
+        raise RlplaceError(f"--threads must be at least 1 (got {args.threads})")
+    check_count(args.threads, MAX_THREADS, "MAX_THREADS", "--threads")
     if args.steps < 1 or args.warmup < 0:
         raise RlplaceError(f"--steps must be at least 1 and --warmup at least 0 (got {args.steps} and {args.warmup})")
     config = TuneConfig(
@@ -741,19 +746,22 @@ def _tune_cluster(args: Any) -> Any:
     return local_cpu_cluster(len(profile.devices) if profile is not None else 2, profile)
 
 
-def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int], tune_main: Callable[[list[str]], int]) -> int:
-    """``train_agent.py --reward simulator|measured ...``: ``simulator`` trains as without the
-    option (``train_main`` on the other arguments); ``measured`` needs ``--model MODEL`` and runs
-    ``rlplace tune MODEL`` with the other arguments (``--cluster``, ``--backend``, ``--budget``,
-    ``--timeout``, ``--checkpoint``, ``--out``...)."""
+def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int]) -> int:
+    """``train_agent.py --reward simulator|measured ...`` (``rlplace.agents.train_cli.main``):
+    ``simulator`` trains as without the option (``train_main`` on the other arguments);
+    ``measured`` needs ``--model MODEL`` and runs ``rlplace tune MODEL`` with the other
+    arguments (the options of `rlplace.agents.tune_options`, ``--batch-size``, ``--optimizer``,
+    ``--max-groups``, ``--[no-]keep-awake``). Bad input: one ``error:`` line, status 2."""
     import argparse
     import sys
+
+    from .tune_options import add_tune_arguments
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> Any:  # one line, status 2, as the rlplace command
             self.exit(2, f"error: train_agent.py: {message}\n")
 
-    parser = _Parser(add_help=False)
+    parser = _Parser(prog="train_agent.py --reward measured", add_help=False)
     parser.add_argument("--reward", choices=("simulator", "measured"), required=True)
     parser.add_argument("--model", default=None)
     known, rest = parser.parse_known_args(argv)
@@ -762,4 +770,16 @@ def train_with_reward(argv: list[str], train_main: Callable[[list[str]], int], t
     if not known.model:
         print("error: --reward measured needs --model MODEL (the model whose measured step times tune the policy)", file=sys.stderr)
         return 2
-    return tune_main(["tune", known.model, *rest])
+    tune = _Parser(prog="train_agent.py --reward measured")
+    tune.add_argument("--batch-size", type=int, default=None)
+    tune.add_argument("--optimizer", choices=("adam", "sgd", "sgd-momentum"), default="adam")
+    tune.add_argument("--max-groups", type=int, default=256)
+    tune.add_argument("--keep-awake", action=argparse.BooleanOptionalAction, default=None)
+    add_tune_arguments(tune)
+    args = tune.parse_args(rest)
+    args.model, args.inference = known.model, False
+    try:
+        return run_tune_command(args)
+    except RlplaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -132,23 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="fine-tune the policy on one model with step times measured on the real cluster")
     _add_model_options(tune)
-    tune.add_argument("--cluster", metavar="C", help="cluster the ranks stand for and the simulator predicts (default: 2 local CPU ranks)")
-    tune.add_argument("--profile", metavar="FILE", help="calibration profile written by `rlplace calibrate`")
-    tune.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo (CPU ranks) or nccl (GPU ranks)")
-    tune.add_argument("--budget", type=int, default=12, metavar="N", help="distinct placements measured at most (default 12)")
-    tune.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds before one hung measurement is killed (default 120)")
-    tune.add_argument("--total-timeout", type=float, default=900.0, metavar="S", help="seconds for the whole run; nothing new is measured after it (default 900)")
-    tune.add_argument("--candidates", type=int, default=3, metavar="K", help="the policy's best simulated placements measured first (default 3)")
-    tune.add_argument("--evaluations", type=int, default=600, metavar="N", help="simulations of each policy-guided search (default 600)")
-    tune.add_argument("--ppo-steps", type=int, default=256, metavar="N", help="MaskablePPO env steps at most (default 256; 0: no fine-tuning)")
-    tune.add_argument("--confirm-rounds", type=int, default=3, metavar="R", help="re-measure the winner beside the simulator's best, R interleaved rounds (default 3; 0: off)")
-    tune.add_argument("--checkpoint", metavar="DIR", help="policy to start from (default checkpoints/default or $RLPLACE_CHECKPOINT)")
-    tune.add_argument("--out", default="tuned", metavar="DIR", help="folder for the tuned checkpoint and placement.json (default ./tuned)")
-    tune.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
-    tune.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per measurement (default 2)")
-    tune.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the model, the searches and PPO")
-    tune.add_argument("--json", action="store_true", help="print one JSON object")
+    from rlplace.agents.tune_options import add_tune_arguments  # argparse only: nothing heavy is imported
+
+    add_tune_arguments(tune)
     _add_keep_awake_option(tune)
 
     calibrate = commands.add_parser("calibrate", help="profile op speed and links of the local devices into a cost-model profile")

@@ -286,10 +286,8 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from rlplace.agents.tune import run_tune_command
+    from rlplace.agents.tune import run_tune_command  # checks its own options (train_agent.py --reward measured calls it too)
 
-    check_seed(args.seed)
-    check_count(require_positive("--threads", args.threads), MAX_THREADS, "MAX_THREADS", "--threads")
     return run_tune_command(args)
 
 

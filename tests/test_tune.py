@@ -295,6 +295,11 @@ def test_train_agent_reward_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: train_agent.py: argument --reward")
     assert train_agent.main(["--reward", "measured", "--model", TINY_MODEL, "--budget", "0"]) == 2
     assert "budget must be at least 1" in capsys.readouterr().err
+    assert train_agent.main(["--reward", "measured", "--model", TINY_MODEL, "--threads", "1000000000"]) == 2
+    assert "MAX_THREADS" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        train_agent.main(["--reward", "measured", "--model", TINY_MODEL, "--rounds", "3"])  # a training option, not a tune one
+    assert exit_.value.code == 2 and "unrecognized arguments: --rounds 3" in capsys.readouterr().err
 
 
 def test_tune_out_that_is_a_file_or_an_unmeasurable_model_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
