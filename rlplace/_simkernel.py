@@ -9,6 +9,9 @@ Vocabulary shared by the kernels (n ops, m edges, k devices, M micro-batches):
 - *instance* ``g = mb * n + i``: micro-batch ``mb`` of op ``i`` (``M = 1`` for one step).
 - successor CSR: the consumers of op ``i`` are ``succ_op[succ_ptr[i]:succ_ptr[i + 1]]``, the
   edge ids (rows of ``edge_time``) ``succ_edge[...]`` alongside.
+- edge times are factored by link class: edge ``e`` takes ``edge_time[e, link_class[a, b]]``
+  from device ``a`` to device ``b`` (``edge_time`` (m, L), ``link_class`` (k, k); see
+  `rlplace.costs.CostTable`).
 - *order* (the pipeline schedule, built by `rlplace.schedules`): op ``i`` is in *lane*
   ``op_lane[i]`` (``L`` lanes: a model chunk's forward or backward ops); on device ``d`` the
   instances of lane ``l`` and micro-batch ``mb`` form the *slot* at position
@@ -123,6 +126,7 @@ def _schedule(
     indegree: np.ndarray,
     op_time: np.ndarray,
     edge_time: np.ndarray,
+    link_class: np.ndarray,
     placement: np.ndarray,
     op_rank: np.ndarray,
     rank_op: np.ndarray,
@@ -310,7 +314,7 @@ def _schedule(
                             _int_heap_push(ready_heap, a * total, ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
                             ready_size[a] += 1
                     else:
-                        cost = edge_time[succ_edge[e], a, d] / divisor
+                        cost = edge_time[succ_edge[e], link_class[a, d]] / divisor
                         if cost > best[d]:
                             best[d] = cost
                         remote = True
@@ -393,6 +397,7 @@ def schedule_makespan(
     indegree: np.ndarray,
     op_time: np.ndarray,
     edge_time: np.ndarray,
+    link_class: np.ndarray,
     placement: np.ndarray,
     op_rank: np.ndarray,
     rank_op: np.ndarray,
@@ -405,7 +410,7 @@ def schedule_makespan(
 ) -> float:
     """The hot path: only the finish time of the last instance crosses back to Python."""
     result = _schedule(
-        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement,
+        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
         op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
     )  # fmt: skip
     return result[0]
@@ -422,6 +427,7 @@ def _schedule_full(
     indegree: np.ndarray,
     op_time: np.ndarray,
     edge_time: np.ndarray,
+    link_class: np.ndarray,
     placement: np.ndarray,
     op_rank: np.ndarray,
     rank_op: np.ndarray,
@@ -434,7 +440,7 @@ def _schedule_full(
 ):
     """`_schedule` with the transfer arrays trimmed to the transfers made (``Schedule``'s fields, in order)."""
     (makespan, start, finish, ready_time, ready_via, device_prev, num_x, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev) = _schedule(
-        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, placement,
+        num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
         op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
     )  # fmt: skip
     return (
@@ -658,6 +664,7 @@ def max_load(
     succ_edge: np.ndarray,
     op_time: np.ndarray,
     edge_time: np.ndarray,
+    link_class: np.ndarray,
     placement: np.ndarray,
     is_cpu: np.ndarray,
 ):
@@ -680,7 +687,7 @@ def max_load(
         for e in range(succ_ptr[i], succ_ptr[i + 1]):
             d = placement[succ_op[e]]
             if d != a:
-                cost = edge_time[succ_edge[e], a, d]
+                cost = edge_time[succ_edge[e], link_class[a, d]]
                 if cost > best[d]:
                     best[d] = cost
                 remote = True

@@ -28,7 +28,7 @@ import numpy as np
 from rlplace.cluster import CPU, Cluster
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.limits import check_edge_table
+from rlplace.limits import check_dense_edge_table, check_edge_table
 
 #: Fraction of peak FLOP/s reached, by op kind. Kinds not listed use ``"other"``.
 COMPUTE_EFFICIENCY: dict[str, float] = {
@@ -92,39 +92,129 @@ def overhead_class(kind: str, is_backward: bool) -> str | None:
     return "backward" if is_backward else "forward"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class CostTable:
     """Times of ops and transfers for one (graph, cluster) pair.
 
-    Shapes (n ops, m edges, k devices):
+    Edge times are factored by link class: a class is one distinct link (latency, bandwidth)
+    of an ordered device pair, class 0 being "same device" (time 0). The time of edge e from
+    device a to device b is ``edge_class_time[e, link_class[a, b]]``, so the table costs
+    O(m * L + k^2) memory for L classes instead of O(m * k^2).
+
+    Shapes (n ops, m edges, k devices, L link classes):
         op_time: (n, k) float64, time of each op on each device in the graph's time unit;
             ``inf`` where the op cannot run on the device.
-        edge_time: (m, k, k) float64, time to move edge e's tensor from device a to device b
-            (0 when a == b).
+        link_class: (k, k) int64, class of the ordered pair (a, b); 0 on the diagonal.
+        edge_class_time: (m, L) float64, time to move edge e's tensor over a link of class c
+            (column 0 is all zero).
         time_unit: the unit of both (``"s"`` for analytic graphs).
         op_fixed: (n, k) float64 or None, the part of ``op_time`` that every run of the op
             pays whatever its batch (launch / per-op overhead); None: none.
-        edge_fixed: (m, k, k) float64 or None, the part of ``edge_time`` every message pays
-            whatever its size (link latency, executor overhead per message); None: none.
+        edge_class_fixed: (m, L) float64 or None, the part of ``edge_class_time`` every
+            message pays whatever its size (link latency, executor overhead per message).
+
+    The constructor also takes a dense ``edge_time`` (m, k, k) (and ``edge_fixed``), which it
+    factors; `edge_time` / `edge_fixed` materialize the dense table on demand for readers
+    that want it, refused past `rlplace.limits.MAX_DENSE_EDGE_TABLE_BYTES`.
     """
 
     op_time: np.ndarray
-    edge_time: np.ndarray
     time_unit: str
-    op_fixed: np.ndarray | None = None
-    edge_fixed: np.ndarray | None = None
+    link_class: np.ndarray
+    edge_class_time: np.ndarray
+    op_fixed: np.ndarray | None
+    edge_class_fixed: np.ndarray | None
+    _dense: dict[str, np.ndarray] = field(repr=False)
+
+    def __init__(
+        self,
+        op_time: np.ndarray,
+        edge_time: np.ndarray | None = None,
+        time_unit: str = "s",
+        op_fixed: np.ndarray | None = None,
+        edge_fixed: np.ndarray | None = None,
+        *,
+        link_class: np.ndarray | None = None,
+        edge_class_time: np.ndarray | None = None,
+        edge_class_fixed: np.ndarray | None = None,
+        dense_cache: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        if edge_time is not None:
+            if link_class is not None or edge_class_time is not None or edge_class_fixed is not None:
+                raise RlplaceError("CostTable: give either a dense edge_time or link_class + edge_class_time, not both")
+            link_class, edge_class_time, edge_class_fixed = factor_dense(np.asarray(edge_time, dtype=np.float64), edge_fixed)
+        elif link_class is None or edge_class_time is None:
+            raise RlplaceError("CostTable: needs edge_time (m, k, k) or link_class (k, k) with edge_class_time (m, L)")
+        k = int(np.shape(op_time)[1])
+        if link_class.shape != (k, k) or edge_class_time.ndim != 2 or (edge_class_fixed is not None and edge_class_fixed.shape != edge_class_time.shape):
+            raise RlplaceError(f"CostTable: link_class {link_class.shape} / edge_class_time {edge_class_time.shape} do not fit {k} devices")
+        object.__setattr__(self, "op_time", op_time)
+        object.__setattr__(self, "time_unit", time_unit)
+        object.__setattr__(self, "link_class", link_class)
+        object.__setattr__(self, "edge_class_time", edge_class_time)
+        object.__setattr__(self, "op_fixed", op_fixed)
+        object.__setattr__(self, "edge_class_fixed", edge_class_fixed)
+        object.__setattr__(self, "_dense", {} if dense_cache is None else dense_cache)
+
+    def with_op_times(self, op_time: np.ndarray, op_fixed: np.ndarray | None) -> CostTable:
+        """The same edge times (and dense cache) with other op times."""
+        return CostTable(
+            op_time, time_unit=self.time_unit, op_fixed=op_fixed, link_class=self.link_class,
+            edge_class_time=self.edge_class_time, edge_class_fixed=self.edge_class_fixed, dense_cache=self._dense,
+        )  # fmt: skip
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_class_time.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.edge_class_time.shape[1])
+
+    def pair_counts(self, *, off_diagonal: bool = True) -> np.ndarray:
+        """(L,) int64: how many ordered device pairs (a != b unless ``off_diagonal`` is False) have each class."""
+        counts = np.bincount(self.link_class.ravel(), minlength=self.num_classes)
+        if off_diagonal:
+            counts = counts - np.bincount(np.diagonal(self.link_class), minlength=self.num_classes)
+        return counts
+
+    @property
+    def edge_time(self) -> np.ndarray:
+        """(m, k, k) float64 dense edge times, materialized once; `RlplaceError` past `MAX_DENSE_EDGE_TABLE_BYTES`."""
+        return self._materialize("edge_time", self.edge_class_time)
+
+    @property
+    def edge_fixed(self) -> np.ndarray | None:
+        """(m, k, k) float64 dense fixed parts of `edge_time` (None when there are none)."""
+        return None if self.edge_class_fixed is None else self._materialize("edge_fixed", self.edge_class_fixed)
+
+    def _materialize(self, name: str, by_class: np.ndarray) -> np.ndarray:
+        dense = self._dense.get(name)
+        if dense is None:
+            check_dense_edge_table(self.num_edges, self.num_devices, f"the dense {name} table")
+            dense = by_class[:, self.link_class]
+            dense.setflags(write=False)
+            self._dense[name] = dense
+        return dense
 
     def microbatch_scaled(self, microbatches: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(op_time, edge_time)`` such that dividing by M gives one micro-batch's times.
+        """``(op_time, edge_class_time)`` such that dividing by M gives one micro-batch's times.
 
         One micro-batch of M costs ``fixed + (time - fixed) / M``; the simulator's kernels
         divide by M, so this returns ``time + (M - 1) * fixed`` (the inputs when M = 1 or
-        nothing is fixed). Shapes as ``op_time`` and ``edge_time``.
+        nothing is fixed). Shapes as ``op_time`` and ``edge_class_time`` (index the latter
+        with ``link_class``).
         """
         extra = float(microbatches - 1)
         op_time = self.op_time if self.op_fixed is None or extra == 0 else self.op_time + extra * self.op_fixed
-        edge_time = self.edge_time if self.edge_fixed is None or extra == 0 else self.edge_time + extra * self.edge_fixed
+        fixed = self.edge_class_fixed
+        edge_time = self.edge_class_time if fixed is None or extra == 0 else self.edge_class_time + extra * fixed
         return op_time, edge_time
+
+    def nbytes(self) -> int:
+        """Bytes held by the table's arrays (the dense cache excluded)."""
+        arrays = (self.op_time, self.link_class, self.edge_class_time, self.op_fixed, self.edge_class_fixed)
+        return sum(int(a.nbytes) for a in arrays if a is not None)
 
     @classmethod
     def build(cls, graph: OpGraph, cluster: Cluster, *, precision: str | None = None) -> CostTable:
@@ -133,12 +223,11 @@ class CostTable:
         ``precision`` (fp32, fp16, bf16) picks the peak FLOP/s; it defaults to the graph's
         ``meta["precision"]`` or fp32.
         """
-        check_edge_table(graph.num_edges, cluster.num_devices, f"graph {graph.name!r} on cluster {cluster.name!r}")
+        link_class, edge_time, edge_fixed = _edge_times(graph, cluster)
         op_time, op_fixed = _op_times(graph, cluster, precision or str(graph.meta.get("precision", "fp32")))
-        edge_time, edge_fixed = _edge_times(graph, cluster)
-        for array in (op_time, edge_time, op_fixed, edge_fixed):
+        for array in (op_time, link_class, edge_time, op_fixed, edge_fixed):
             array.setflags(write=False)
-        return cls(op_time=op_time, edge_time=edge_time, time_unit=graph.time_unit, op_fixed=op_fixed, edge_fixed=edge_fixed)
+        return cls(op_time, time_unit=graph.time_unit, op_fixed=op_fixed, link_class=link_class, edge_class_time=edge_time, edge_class_fixed=edge_fixed)
 
     @classmethod
     def grouped(cls, fine: CostTable, group_of: np.ndarray, coarse: OpGraph, cluster: Cluster) -> CostTable:
@@ -157,10 +246,10 @@ class CostTable:
         op_fixed = np.zeros((coarse.num_ops, k), dtype=np.float64)
         if fine.op_fixed is not None:
             np.add.at(op_fixed, group_of, fine.op_fixed)
-        edge_time, edge_fixed = _edge_times(coarse, cluster)
-        for array in (op_time, edge_time, op_fixed, edge_fixed):
+        link_class, edge_time, edge_fixed = _edge_times(coarse, cluster)
+        for array in (op_time, link_class, edge_time, op_fixed, edge_fixed):
             array.setflags(write=False)
-        return cls(op_time=op_time, edge_time=edge_time, time_unit=fine.time_unit, op_fixed=op_fixed, edge_fixed=edge_fixed)
+        return cls(op_time, time_unit=fine.time_unit, op_fixed=op_fixed, link_class=link_class, edge_class_time=edge_time, edge_class_fixed=edge_fixed)
 
     @property
     def num_devices(self) -> int:
@@ -217,14 +306,71 @@ def _calibration(cluster: Cluster, device: int) -> DeviceCalibration | None:
     return entry if isinstance(entry, DeviceCalibration) else None
 
 
-def _edge_times(graph: OpGraph, cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
-    """(m, k, k) edge times and (m, k, k) their fixed parts (the link latency; zero for given times)."""
+def link_classes(cluster: Cluster) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(link_class (k, k) int64, latency (L,), inverse_bandwidth (L,))`` of ``cluster``'s links.
+
+    A class is one distinct (latency s, 1 / bandwidth s/byte) of an ordered pair a != b;
+    class 0 is the diagonal (latency 0, inverse bandwidth 0: time 0). An off-diagonal link
+    with zero latency and infinite bandwidth shares class 0 (its times are 0 as well).
+    """
     k = cluster.num_devices
     off_diagonal = ~np.eye(k, dtype=bool)
-    if graph.edge_given_time is not None:
-        times = graph.edge_given_time[:, None, None] * off_diagonal[None, :, :]
-        return times, np.zeros_like(times, dtype=np.float64)
     with np.errstate(divide="ignore"):
         inverse_bandwidth = np.where(off_diagonal, 1.0 / cluster.bandwidth, 0.0)
-    fixed = np.broadcast_to(cluster.latency[None, :, :] * off_diagonal[None], (graph.num_edges, k, k)).astype(np.float64)
-    return fixed + graph.edge_bytes[:, None, None] * inverse_bandwidth[None], fixed
+    latency = np.where(off_diagonal, cluster.latency, 0.0).astype(np.float64)
+    # +0.0 folds -0.0 into 0.0 so that the zero class is found by value
+    keys = np.concatenate([[[0.0, 0.0]], np.stack([latency.ravel(), inverse_bandwidth.ravel()], axis=1) + 0.0])
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    # renumber so that the zero pair (row 0 of keys) is class 0 and the rest keep sorted order
+    zero = int(inverse[0])
+    order = np.concatenate([[zero], np.delete(np.arange(unique.shape[0]), zero)])
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(order.size)
+    link_class = renumber[inverse[1:]].reshape(k, k).astype(np.int64)
+    return link_class, unique[order, 0].copy(), unique[order, 1].copy()
+
+
+def _edge_times(graph: OpGraph, cluster: Cluster) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(link_class (k, k), edge times (m, L), their fixed parts (m, L))``: the link latency;
+    zero for a graph's given edge times, which take one class for every pair a != b."""
+    k, m = cluster.num_devices, graph.num_edges
+    where = f"graph {graph.name!r} on cluster {cluster.name!r}"
+    if graph.edge_given_time is not None:
+        link_class = np.where(np.eye(k, dtype=bool), 0, 1).astype(np.int64)
+        num_classes = 2 if k > 1 else 1
+        check_edge_table(m, num_classes, where)
+        times = np.zeros((m, num_classes), dtype=np.float64)
+        times[:, 1:] = graph.edge_given_time[:, None]
+        return link_class, times, np.zeros_like(times)
+    link_class, latency, inverse_bandwidth = link_classes(cluster)
+    check_edge_table(m, latency.size, where)
+    fixed = np.broadcast_to(latency[None, :], (m, latency.size)).astype(np.float64)
+    return link_class, fixed + graph.edge_bytes[:, None] * inverse_bandwidth[None, :], fixed
+
+
+def factor_dense(edge_time: np.ndarray, edge_fixed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(link_class (k, k), edge_class_time (m, L), edge_class_fixed (m, L) or None)`` of a dense
+    (m, k, k) table: one class per distinct (times, fixed parts) column over the pairs, class 0
+    the all-zero column (present even if no pair has it)."""
+    if edge_time.ndim != 3 or edge_time.shape[1] != edge_time.shape[2]:
+        raise RlplaceError(f"CostTable: edge_time must be (edges, devices, devices), got {edge_time.shape}")
+    m, k, _ = edge_time.shape
+    columns = edge_time.reshape(m, k * k)
+    if edge_fixed is not None:
+        edge_fixed = np.asarray(edge_fixed, dtype=np.float64)
+        if edge_fixed.shape != edge_time.shape:
+            raise RlplaceError(f"CostTable: edge_fixed {edge_fixed.shape} does not match edge_time {edge_time.shape}")
+        columns = np.concatenate([columns, edge_fixed.reshape(m, k * k)])
+    columns = np.concatenate([np.zeros((columns.shape[0], 1)), columns], axis=1) + 0.0
+    unique, inverse = np.unique(columns, axis=1, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    zero = int(inverse[0])
+    order = np.concatenate([[zero], np.delete(np.arange(unique.shape[1]), zero)])
+    renumber = np.empty_like(order)
+    renumber[order] = np.arange(order.size)
+    link_class = renumber[inverse[1:]].reshape(k, k).astype(np.int64)
+    unique = np.ascontiguousarray(unique[:, order])
+    if edge_fixed is None:
+        return link_class, unique, None
+    return link_class, np.ascontiguousarray(unique[:m]), np.ascontiguousarray(unique[m:])

@@ -16,12 +16,18 @@ MAX_OPS = 1_000_000
 MAX_EDGES = 4_000_000
 #: Any one size (bytes), FLOP count or time of a graph: sums over a million ops stay finite.
 MAX_QUANTITY = 1e30
-#: Devices of one cluster. The cost table keeps a dense (edges, devices, devices) float64 array
-#: of transfer times: a 5,600-edge graph on 64 devices takes 5,600 x 64 x 64 x 8 B = 184 MB,
-#: on 1,000 devices it would take 44.8 GB; see also `MAX_EDGE_TABLE_BYTES`.
-MAX_DEVICES = 64
-#: Bytes of that dense edge-time table (edges x devices x devices x 8).
+#: Devices of one cluster. Edge times are stored per link class (`rlplace.costs.CostTable`):
+#: an (edges, classes) float64 table plus (devices, devices) int64 classes, so a 5,600-edge graph
+#: on 1,000 devices with 3 link classes (same device, intra-host, inter-host) takes
+#: 5,600 x 3 x 8 B x 2 (times and fixed parts) + 1,000^2 x 8 B = 8.3 MB, not the 44.8 GB of a
+#: dense (edges, devices, devices) table. The simulator's own per-device state grows with
+#: devices^2 (one FIFO per ordered link) and devices x ops x micro-batches (ready queues).
+MAX_DEVICES = 4096
+#: Bytes of the factored edge-time table (edges x link classes x 8).
 MAX_EDGE_TABLE_BYTES = 4 * 1024**3
+#: Bytes of a dense (edges x devices x devices x 8) edge-time table, which a few readers
+#: (the RL observation and improvement state) still materialize.
+MAX_DENSE_EDGE_TABLE_BYTES = 4 * 1024**3
 #: Micro-batches of the pipelined objective.
 MAX_MICROBATCHES = 4096
 #: Torch threads per measurement rank (``--threads``).
@@ -42,13 +48,24 @@ def check_count(value: int, limit: int, name: str, what: str) -> int:
     return value
 
 
-def check_edge_table(num_edges: int, num_devices: int, where: str) -> None:
-    """Refuse a graph x cluster whose dense edge-time table would exceed `MAX_EDGE_TABLE_BYTES`."""
-    table = num_edges * num_devices * num_devices * 8
+def check_edge_table(num_edges: int, num_classes: int, where: str) -> None:
+    """Refuse a graph x cluster whose factored edge-time table would exceed `MAX_EDGE_TABLE_BYTES`."""
+    table = num_edges * num_classes * 8
     if table > MAX_EDGE_TABLE_BYTES:
         raise RlplaceError(
-            f"{where}: {num_edges:,} edges on {num_devices} devices need a {table / 1024**3:.1f} GiB edge-time table, "
-            f"more than the limit MAX_EDGE_TABLE_BYTES = {MAX_EDGE_TABLE_BYTES / 1024**3:.0f} GiB; coarsen the graph or use fewer devices"
+            f"{where}: {num_edges:,} edges over {num_classes:,} link classes need a {table / 1024**3:.1f} GiB edge-time table, "
+            f"more than the limit MAX_EDGE_TABLE_BYTES = {MAX_EDGE_TABLE_BYTES / 1024**3:.0f} GiB; coarsen the graph or use fewer distinct links"
+        )
+
+
+def check_dense_edge_table(num_edges: int, num_devices: int, where: str) -> None:
+    """Refuse materializing a dense edge-time table past `MAX_DENSE_EDGE_TABLE_BYTES`."""
+    table = num_edges * num_devices * num_devices * 8
+    if table > MAX_DENSE_EDGE_TABLE_BYTES:
+        raise RlplaceError(
+            f"{where}: {num_edges:,} edges on {num_devices:,} devices need a {table / 1024**3:.1f} GiB dense edge-time table, "
+            f"more than the limit MAX_DENSE_EDGE_TABLE_BYTES = {MAX_DENSE_EDGE_TABLE_BYTES / 1024**3:.0f} GiB; "
+            "coarsen the graph, use fewer devices, or a method that does not need the dense table"
         )
 
 

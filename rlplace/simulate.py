@@ -233,10 +233,10 @@ class Simulator:
         if isinstance(microbatches, bool) or not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
             raise RlplaceError(f"microbatches must be a whole number >= 1, got {microbatches!r}")
         n, k, m = graph.num_ops, cluster.num_devices, graph.num_edges
-        if costs.op_time.shape != (n, k) or costs.edge_time.shape != (m, k, k):
+        if costs.op_time.shape != (n, k) or costs.link_class.shape != (k, k) or costs.edge_class_time.shape[0] != m:
             raise RlplaceError(
                 f"cost table does not match graph {graph.name!r} ({n} ops, {m} edges) on cluster {cluster.name!r} ({k} devices): "
-                f"op_time {costs.op_time.shape}, edge_time {costs.edge_time.shape}; build it with CostTable.build(graph, cluster)"
+                f"op_time {costs.op_time.shape}, link_class {costs.link_class.shape}, edge_class_time {costs.edge_class_time.shape}; build it with CostTable.build(graph, cluster)"
             )
         self.graph = graph
         self.cluster = cluster
@@ -255,7 +255,8 @@ class Simulator:
         # pipelined: per-op launch costs and link latencies are paid by every micro-batch in full
         op_time, edge_time = costs.microbatch_scaled(self.microbatches)
         self._op_time = _frozen(op_time, np.float64)
-        self._edge_time = _frozen(edge_time, np.float64)
+        self._edge_time = _frozen(edge_time, np.float64)  # (m, L): index with self._link_class
+        self._link_class = _frozen(costs.link_class, np.int64)
         self._output_bytes = _frozen(graph.output_bytes, np.float64)
         self._work_bytes = _frozen(graph.work_bytes, np.float64)
         self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)
@@ -274,7 +275,7 @@ class Simulator:
         """The objective value of ``placement`` ((n,) device per op); ``inf`` where an op cannot run on its device."""
         p = self._placement(placement)
         if self.objective == "throughput":
-            load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
+            load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, self._link_class, p, self._is_cpu)
             return float(load.max())
         ranks = (self._op_rank, self._rank_op) if priority is None else self._ranks(priority)
         return float(kernel.schedule_makespan(*self._schedule_args(p, ranks)))
@@ -400,6 +401,7 @@ class Simulator:
             self._indegree,
             self._op_time,
             self._edge_time,
+            self._link_class,
             p,
             ranks[0],
             ranks[1],
@@ -434,7 +436,7 @@ class Simulator:
         )
 
     def _throughput_result(self, p: np.ndarray, durations: np.ndarray, busy: np.ndarray) -> SimResult:
-        load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, p, self._is_cpu)
+        load, _ = kernel.max_load(self.num_ops, self.num_devices, self._succ_ptr, self._succ_op, self._succ_edge, self._op_time, self._edge_time, self._link_class, p, self._is_cpu)
         op_start = np.empty(self.num_ops)
         for d in range(self.num_devices):
             on_device = np.flatnonzero(p == d)

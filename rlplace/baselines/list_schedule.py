@@ -19,7 +19,7 @@ class ListSchedule:
     """A partial schedule that list-scheduling heuristics (m-ETF, m-SCT, HEFT, CP) build.
 
     Ops are placed one at a time after all their producers. Transfers take
-    ``costs.edge_time[e, a, b]`` with no link contention (the simulator, which models
+    ``costs.edge_class_time[e, costs.link_class[a, b]]`` with no link contention (the simulator, which models
     contention, judges the result). Memory follows the estimate through a `MemoryLedger`;
     a unit's bytes are committed when its first op is placed.
 
@@ -60,7 +60,8 @@ class ListSchedule:
         sources = self.graph.edge_src[incoming]
         if np.any(self.op_device[sources] < 0):
             raise AssertionError("list scheduling placed an op before its producer")
-        arrival = self.finish[sources][:, None] + self.costs.edge_time[incoming, self.op_device[sources], :]
+        classes = self.costs.link_class[self.op_device[sources], :]  # (s, k)
+        arrival = self.finish[sources][:, None] + self.costs.edge_class_time[incoming[:, None], classes]
         return arrival.max(axis=0)
 
     def insertion_start(self, device: int, ready: float, duration: float) -> float:

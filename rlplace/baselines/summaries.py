@@ -25,8 +25,9 @@ def mean_edge_time(costs: CostTable) -> np.ndarray:
     """(m,) transfer time of each edge averaged over ordered pairs of distinct devices."""
     k = costs.num_devices
     if k < 2:
-        return np.zeros(costs.edge_time.shape[0])
-    return costs.edge_time.sum(axis=(1, 2)) / (k * (k - 1))
+        return np.zeros(costs.num_edges)
+    # a sum over pairs is a sum over link classes weighted by how many pairs have each
+    return costs.edge_class_time @ costs.pair_counts().astype(np.float64) / (k * (k - 1))
 
 
 def device_speed(costs: CostTable) -> np.ndarray:

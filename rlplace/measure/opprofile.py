@@ -223,7 +223,7 @@ def profiled_costs(graph: OpGraph, costs: CostTable, profile: OpProfile, *, corr
     op_fixed = np.minimum(op_fixed, op_time)
     for array in (op_time, op_fixed):
         array.setflags(write=False)
-    return CostTable(op_time=op_time, edge_time=costs.edge_time, time_unit=costs.time_unit, op_fixed=op_fixed, edge_fixed=costs.edge_fixed)
+    return costs.with_op_times(op_time, op_fixed)
 
 
 def solve_isolation_correction(rows: Sequence[tuple[float, float, float, float, float]], names: Sequence[str]) -> IsolationCorrection:

@@ -387,7 +387,7 @@ def with_stage_overhead(costs: CostTable, ops: np.ndarray, overhead_s: float) ->
     op_fixed = np.zeros_like(op_time) if costs.op_fixed is None else np.array(costs.op_fixed, dtype=np.float64)
     op_time[ops] += overhead_s
     op_fixed[ops] += overhead_s
-    return CostTable(op_time, costs.edge_time, costs.time_unit, op_fixed=op_fixed, edge_fixed=costs.edge_fixed)
+    return costs.with_op_times(op_time, op_fixed)
 
 
 def simulate_pipelined(graph: OpGraph, cluster: Cluster, costs: CostTable, placement: np.ndarray, microbatches: int, schedule: str) -> tuple[float, str]:
