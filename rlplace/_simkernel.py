@@ -196,7 +196,13 @@ def _schedule(
     dirty_links = np.empty(num_links, dtype=np.int64)
     num_dirty_links = 0
 
-    ready_heap = np.empty(max(1, k * total), dtype=np.int64)
+    # one ready heap per device, each as long as the instances placed there: O(n * M) in all
+    heap_base = np.zeros(k + 1, dtype=np.int64)
+    for i in range(n):
+        heap_base[placement[i] + 1] += microbatches
+    for d in range(k):
+        heap_base[d + 1] += heap_base[d]
+    ready_heap = np.empty(max(1, total), dtype=np.int64)
     ready_size = np.zeros(k, dtype=np.int64)
     device_last = np.full(k, NONE, dtype=np.int64)
     device_busy = np.zeros(k, dtype=np.bool_)
@@ -215,7 +221,7 @@ def _schedule(
         if pending[g] == 0:
             i = g % n
             d = placement[i]
-            _int_heap_push(ready_heap, d * total, ready_size[d], slot_pos[d, op_lane[i], g // n] * n + op_rank[i])
+            _int_heap_push(ready_heap, heap_base[d], ready_size[d], slot_pos[d, op_lane[i], g // n] * n + op_rank[i])
             ready_size[d] += 1
             if not device_dirty[d]:
                 device_dirty[d] = True
@@ -232,7 +238,7 @@ def _schedule(
             device_dirty[d] = False
             if device_busy[d] or ready_size[d] == 0:
                 continue
-            key = _int_heap_pop(ready_heap, d * total, ready_size[d])
+            key = _int_heap_pop(ready_heap, heap_base[d], ready_size[d])
             ready_size[d] -= 1
             i = rank_op[key % n]
             g = slot_mb[d, key // n] * n + i
@@ -299,7 +305,7 @@ def _schedule(
                             if pending[c] == 0:
                                 ready_time[c] = now
                                 ready_via[c] = g
-                                _int_heap_push(ready_heap, a * total, ready_size[a], slot_pos[a, op_lane[op], target_mb] * n + op_rank[op])
+                                _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[op], target_mb] * n + op_rank[op])
                                 ready_size[a] += 1
                 remote = False
                 for e in range(succ_ptr[i], succ_ptr[i + 1]):
@@ -311,7 +317,7 @@ def _schedule(
                         if pending[c] == 0:
                             ready_time[c] = now
                             ready_via[c] = g
-                            _int_heap_push(ready_heap, a * total, ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
+                            _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
                             ready_size[a] += 1
                     else:
                         cost = edge_time[succ_edge[e], link_class[a, d]] / divisor
@@ -361,7 +367,7 @@ def _schedule(
                     if pending[c] == 0:
                         ready_time[c] = now
                         ready_via[c] = event
-                        _int_heap_push(ready_heap, d * total, ready_size[d], slot_pos[d, op_lane[consumer], base // n] * n + op_rank[consumer])
+                        _int_heap_push(ready_heap, heap_base[d], ready_size[d], slot_pos[d, op_lane[consumer], base // n] * n + op_rank[consumer])
                         ready_size[d] += 1
                         if not device_dirty[d]:
                             device_dirty[d] = True

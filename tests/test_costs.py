@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from rlplace.baselines.summaries import mean_edge_time
+from rlplace.cli import main
 from rlplace.cluster import Cluster, Device
+from rlplace.cluster_spec import load_cluster
 from rlplace.costs import BANDWIDTH_EFFICIENCY, COMPUTE_EFFICIENCY, LAUNCH_OVERHEAD_S, CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
@@ -86,3 +94,127 @@ def test_grouped_costs_sum_member_times() -> None:
     members = coarsening.group_of == group
     assert grouped.op_time[group] == pytest.approx(fine.op_time[members].sum(axis=0), rel=1e-12)
     assert grouped.op_time.sum() == pytest.approx(fine.op_time.sum(), rel=1e-12)
+
+
+# ------------------------------------------------------------- edge times by link class
+def dense_edge_times(graph: OpGraph, cluster: Cluster) -> tuple[np.ndarray, np.ndarray]:
+    """The dense (m, k, k) formula the factored table replaced: times and fixed parts."""
+    k = cluster.num_devices
+    off_diagonal = ~np.eye(k, dtype=bool)
+    if graph.edge_given_time is not None:
+        times = graph.edge_given_time[:, None, None] * off_diagonal[None, :, :]
+        return times, np.zeros_like(times)
+    with np.errstate(divide="ignore"):
+        inverse_bandwidth = np.where(off_diagonal, 1.0 / cluster.bandwidth, 0.0)
+    fixed = np.broadcast_to(cluster.latency[None, :, :] * off_diagonal[None], (graph.num_edges, k, k)).astype(np.float64)
+    return fixed + graph.edge_bytes[:, None, None] * inverse_bandwidth[None], fixed
+
+
+LINKS = st.tuples(st.sampled_from([1e9, 12.5e9, 150e9, 3e8]), st.sampled_from([0.0, 1e-6, 5e-6, 2e-5]))
+
+
+@st.composite
+def graph_and_cluster(draw: st.DrawFn) -> tuple[OpGraph, Cluster]:
+    """Mixed CPU/accelerator devices on 1-3 hosts, per-pair link overrides, maybe given edge times."""
+    k = draw(st.integers(1, 7))
+    hosts = draw(st.lists(st.integers(0, 2), min_size=k, max_size=k))
+    cpu = draw(st.lists(st.booleans(), min_size=k, max_size=k))
+    devices = [
+        Device(f"d{i}", "custom", "cpu" if cpu[i] else "accelerator", 1e12, 2e12, 16e9, 1e11, host=hosts[i]) for i in range(k)
+    ]
+    names = [d.name for d in devices]
+    pairs = st.tuples(st.sampled_from(names), st.sampled_from(names)).filter(lambda p: p[0] != p[1]) if k > 1 else st.nothing()
+    links = draw(st.dictionaries(pairs, LINKS, max_size=6)) if k > 1 else {}
+    cluster = Cluster.build("random", devices, intra_host=draw(LINKS), inter_host=draw(LINKS), links=links)
+    m = draw(st.integers(0, 6))
+    sizes = draw(st.lists(st.sampled_from([0.0, 1.0, 4e3, 1e6, 3.3e7]), min_size=m, max_size=m))
+    ops = [{"name": f"o{i}", "kind": "matmul", "flops": 1e6, "bytes_accessed": 1e3} for i in range(m + 1)]
+    edges = [{"src": f"o{i}", "dst": f"o{i + 1}", "bytes": sizes[i]} for i in range(m)]
+    if draw(st.booleans()):
+        for edge, time in zip(edges, draw(st.lists(st.sampled_from([0.0, 0.5, 2.0, 1e-4]), min_size=m, max_size=m)), strict=True):
+            edge["time"] = time
+        for op in ops:
+            op["times"] = {"accelerator": 1.0, "cpu": 2.0}
+    return OpGraph.build(ops, edges), cluster
+
+
+@settings(max_examples=120, deadline=None)
+@given(graph_and_cluster())
+def test_link_classes_give_exactly_the_dense_edge_times(case: tuple[OpGraph, Cluster]) -> None:
+    graph, cluster = case
+    costs = CostTable.build(graph, cluster)
+    times, fixed = dense_edge_times(graph, cluster)
+    k, m = cluster.num_devices, graph.num_edges
+    assert costs.link_class.shape == (k, k) and costs.edge_class_time.shape == costs.edge_class_fixed.shape == (m, costs.num_classes)
+    assert np.all(np.diagonal(costs.link_class) == 0) and not np.any(costs.edge_class_time[:, 0])
+    # at most one class per distinct off-diagonal (latency, bandwidth), plus "same device"
+    distinct = {(cluster.latency[a, b], cluster.bandwidth[a, b]) for a in range(k) for b in range(k) if a != b}
+    assert costs.num_classes <= len(distinct) + 1
+    np.testing.assert_array_equal(costs.edge_class_time[:, costs.link_class], times)  # bit for bit
+    np.testing.assert_array_equal(costs.edge_class_fixed[:, costs.link_class], fixed)
+    np.testing.assert_array_equal(costs.edge_time, times)
+    np.testing.assert_array_equal(costs.edge_fixed, fixed)
+    assert not costs.edge_time.flags.writeable and costs.edge_time is costs.edge_time
+    # sums over pairs = sums over classes weighted by pair counts
+    if k > 1:
+        np.testing.assert_allclose(mean_edge_time(costs), times.sum(axis=(1, 2)) / (k * (k - 1)), rtol=1e-12)
+    # a dense table given to the constructor factors back to the same times
+    again = CostTable(costs.op_time, times, "s", edge_fixed=fixed)
+    np.testing.assert_array_equal(again.edge_time, times)
+    np.testing.assert_array_equal(again.edge_fixed, fixed)
+    assert again.num_classes <= costs.num_classes
+
+
+def test_link_classes_of_a_two_host_cluster_with_one_override() -> None:
+    """Hand-built: 4 devices on 2 hosts; d0 -> d1 overridden: classes 0 (same), intra, inter, override."""
+    devices = [Device(f"d{i}", "custom", "accelerator", 1e12, 2e12, 16e9, 1e11, host=i // 2) for i in range(4)]
+    cluster = Cluster.build("two-hosts", devices, intra_host=(100e9, 1e-6), inter_host=(10e9, 1e-5), links={("d0", "d1"): (50e9, 2e-6)})
+    graph = OpGraph.build([{"name": "a", "kind": "matmul", "flops": 1.0}, {"name": "b", "kind": "matmul", "flops": 1.0}], [{"src": "a", "dst": "b", "bytes": 1e9}])
+    costs = CostTable.build(graph, cluster)
+    assert costs.num_classes == 4
+    c = costs.link_class
+    assert c[0, 1] == c[1, 0] != c[2, 3] and c[0, 2] == c[3, 1] and len({c[0, 1], c[2, 3], c[0, 2], 0}) == 4
+    assert costs.edge_time[0, 0, 1] == pytest.approx(2e-6 + 1e9 / 50e9)
+    assert costs.edge_time[0, 2, 3] == pytest.approx(1e-6 + 1e9 / 100e9)
+    assert costs.edge_time[0, 1, 3] == pytest.approx(1e-5 + 1e9 / 10e9)
+    assert costs.edge_fixed[0, 1, 3] == 1e-5
+
+
+def thousand_device_yaml(path: Path, hosts: int = 125, per_host: int = 8) -> Path:
+    lines = ["name: big", "devices:"]
+    lines += [f"  - {{name: g{h * per_host + i}, kind: V100-32GB, host: {h}}}" for h in range(hosts) for i in range(per_host)]
+    lines += ["interconnect:", "  intra_host: {bandwidth: 150GB/s, latency: 5us}", "  inter_host: {bandwidth: 12.5GB/s, latency: 20us}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def chain_graph(path: Path, num_ops: int) -> Path:
+    ops = [{"name": f"o{i}", "kind": "matmul", "flops": 1e9, "bytes_accessed": 1e6, "output_bytes": 1e6, "param_bytes": 4e6} for i in range(num_ops)]
+    edges = [{"src": f"o{i}", "dst": f"o{i + 1}", "bytes": 1e6} for i in range(num_ops - 1)]
+    OpGraph.build(ops, edges, name="chain").save(path)
+    return path
+
+
+def test_a_thousand_device_cluster_costs_memory_in_proportion_to_links_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster_file = thousand_device_yaml(tmp_path / "big.yaml")
+    graph_file = chain_graph(tmp_path / "g.json", 600)
+    cluster = load_cluster(str(cluster_file))
+    graph = OpGraph.load(graph_file)
+    assert cluster.num_devices == 1000
+    costs = CostTable.build(graph, cluster)
+    m, k = graph.num_edges, cluster.num_devices
+    assert costs.num_classes == 3  # same device, inside a host, between hosts
+    # O(m * L + k^2): op times (n, k) x 2, edge classes (m, L) x 2, link classes (k, k)
+    assert costs.nbytes() <= 8 * (2 * graph.num_ops * k + 2 * m * costs.num_classes + k * k)
+    assert costs.nbytes() < 20e6  # the dense (m, k, k) table alone would be 599 x 1000^2 x 8 B = 4.8 GB
+    # the dense table is refused with the limit's name, not allocated
+    with pytest.raises(RlplaceError, match="MAX_DENSE_EDGE_TABLE_BYTES"):
+        _ = costs.edge_time
+    placement = tmp_path / "p.json"
+    placement.write_text(json.dumps([i // 100 * 97 for i in range(600)]))
+    assert main(["simulate", str(graph_file), "--placement", str(placement), "--cluster", str(cluster_file), "--json"]) == 0
+    simulated = json.loads(capsys.readouterr().out)
+    assert simulated["step_time"] > 0
+    assert main(["place", str(graph_file), "--cluster", str(cluster_file), "--method", "m-topo", "--json"]) == 0
+    placed = json.loads(capsys.readouterr().out)
+    assert len(placed["placement"]) == 600 and max(placed["placement"]) < 1000
