@@ -218,3 +218,17 @@ def test_a_thousand_device_cluster_costs_memory_in_proportion_to_links_used(tmp_
     assert main(["place", str(graph_file), "--cluster", str(cluster_file), "--method", "m-topo", "--json"]) == 0
     placed = json.loads(capsys.readouterr().out)
     assert len(placed["placement"]) == 600 and max(placed["placement"]) < 1000
+
+
+def test_factored_edge_table_past_its_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-pair overrides on every link make one class per pair; the (m, L) table is capped by name."""
+    import rlplace.limits
+
+    devices = [Device(f"d{i}", "custom", "accelerator", 1e12, 2e12, 16e9, 1e11) for i in range(3)]
+    links = {(f"d{a}", f"d{b}"): (1e9 * (1 + a * 3 + b), 1e-6) for a in range(3) for b in range(3) if a != b}
+    cluster = Cluster.build("all-distinct", devices, intra_host=(1e9, 1e-6), links=links)
+    graph = OpGraph.build([{"name": "a", "kind": "matmul", "flops": 1.0}, {"name": "b", "kind": "matmul", "flops": 1.0}], [{"src": "a", "dst": "b", "bytes": 1e6}])
+    assert CostTable.build(graph, cluster).num_classes == 7  # 6 links + same device
+    monkeypatch.setattr(rlplace.limits, "MAX_EDGE_TABLE_BYTES", 6 * 8)
+    with pytest.raises(RlplaceError, match="MAX_EDGE_TABLE_BYTES"):
+        CostTable.build(graph, cluster)
