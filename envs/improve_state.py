@@ -63,6 +63,7 @@ class MoveProblem:
         cross_edges: (x,) int64 ids of op edges whose ends lie in different units.
         cross_edge_unit: (x,) int64 unit edge of each crossing op edge.
         link_cost: (k,) float64 mean transfer seconds per byte from each device to the others.
+        schedule: the pipeline schedule the simulator runs under ``pipelined`` (``gpipe`` ...).
     """
 
     graph: OpGraph
@@ -79,6 +80,7 @@ class MoveProblem:
     cross_edges: np.ndarray
     cross_edge_unit: np.ndarray
     link_cost: np.ndarray
+    schedule: str = "gpipe"
 
     @property
     def num_units(self) -> int:
@@ -98,14 +100,17 @@ class MoveProblem:
         return np.bincount(assignment, weights=self.units.demand, minlength=self.num_devices)
 
 
-def build_move_problem(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str, microbatches: int = 1) -> MoveProblem:
-    """Units, budget and simulator as the baselines build them, plus the unit edge list.
+def build_move_problem(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str, microbatches: int = 1, schedule: str = "gpipe"
+) -> MoveProblem:
+    """Units, budget and simulator as the baselines build them (same ``microbatches`` and
+    ``schedule``, so the same memory demand and the same simulated step), plus the unit edge list.
 
     Raises `RlplaceError` (from ``prepare``) for an unknown objective, a mismatched cost table
     or an infeasible problem.
     """
-    units, budget = prepare(graph, cluster, costs, objective)
-    simulator = make_simulator(graph, cluster, costs, objective, microbatches)
+    units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
+    simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     a = units.of_op[graph.edge_src]
     b = units.of_op[graph.edge_dst]
     cross = np.flatnonzero(a != b).astype(np.int64)
@@ -136,6 +141,7 @@ def build_move_problem(graph: OpGraph, cluster: Cluster, costs: CostTable, *, ob
         cross_edges=cross,
         cross_edge_unit=inverse.reshape(-1).astype(np.int64),
         link_cost=link_cost,
+        schedule=schedule,
     )
 
 

@@ -135,7 +135,12 @@ def decide(
         with compile_phase():
             _load_simulator_kernels(work, cluster, work_costs)
     options = dict(method_options or {})
-    if coarsening is not None and method == "local-search":
+    if method == "policy":
+        # Importing torch + torch_geometric and loading the checkpoint is the cold start of a
+        # process (`policy_cold_start_s`), not part of the decision.
+        with phase("load", "policy checkpoint"):
+            preload_policy(options.get("checkpoint"))
+    if coarsening is not None and method in ("local-search", "policy"):
         options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
     with phase("search", method):
         outcome = run_method(
@@ -176,6 +181,23 @@ def _full_graph_referee(graph: OpGraph, cluster: Cluster, costs: CostTable, coar
 
 
 _kernels_loaded = False
+#: Seconds the last `preload_policy` that loaded anything took (imports + checkpoint); 0 when warm.
+policy_cold_start_s = 0.0
+
+
+def preload_policy(checkpoint: Any = None) -> float:
+    """Import the agents and load the policy checkpoint before a decision is timed; returns
+    the seconds it took (the process's cold start, about 0 once loaded)."""
+    global policy_cold_start_s
+    from rlplace.policy_method import load_policy
+
+    began = time.perf_counter()
+    load_policy(checkpoint)
+    spent = time.perf_counter() - began
+    if spent > 1e-3:
+        policy_cold_start_s = spent
+    return spent
+
 
 
 def _load_simulator_kernels(graph: OpGraph, cluster: Cluster, costs: CostTable) -> None:

@@ -25,6 +25,7 @@ whole decision after the checkpoint is loaded: start placements and search; none
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +61,26 @@ def place(
     objective: str = "latency",
     seed: int = 0,
     microbatches: int = 1,
+    schedule: str = "gpipe",
+    referee: Callable[[np.ndarray], tuple[float, float]] | None = None,
     checkpoint: str | Path | None = None,
     evaluations: int | None = None,
     budget_s: float | None = None,
     samples: int | None = None,
     **_: Any,
 ) -> Placement:
-    """Policy-guided search from the fast baselines' placements (module docstring)."""
+    """Policy-guided search from the fast baselines' placements (module docstring).
+
+    ``microbatches`` and ``schedule`` set the ``pipelined`` objective every candidate is scored
+    under (and the starts that take them are made for). ``referee``: as ``local-search``'s
+    (`rlplace.baselines.local_search.place`): when ``graph`` is a coarsened graph, the
+    (bytes over, step time) of an (n,) placement on the full graph; the search's result and
+    every start are judged by it and the best is returned.
+    """
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.baselines.local_search import START_METHODS, _refereed, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     if evaluations is not None and evaluations < 1:
@@ -79,9 +89,11 @@ def place(
         raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
     scorer = load_policy(checkpoint)  # imports and loading are the cold start, outside the budget
     began = time.perf_counter()
-    problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
     failures: dict[str, str] = {}
-    found = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures)
+    found = start_placements(
+        graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures, microbatches=microbatches, schedule=schedule
+    )
     if not found:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
@@ -94,4 +106,7 @@ def place(
         best, _, _ = guided_search(problem, starts, scorer_ranker(scorer), evaluations=limit, budget_s=left, seed=seed)
     finally:
         torch.set_num_threads(threads)
-    return finalize(graph, cluster, costs, problem.units.expand(np.asarray(best)), objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches)
+    result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
+    return finalize(
+        graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule
+    )
