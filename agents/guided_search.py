@@ -43,6 +43,9 @@ DEFAULT_SCAN = 64
 DEFAULT_RERANK = 4
 #: Probability of a random swap of two units before each candidate move (``local-search`` uses 0.3).
 DEFAULT_SWAP_SHARE = 0.3
+#: Moves of the units on the simulated critical path (``throughput``: the busiest device) first,
+#: as ``local-search`` orders them; with a ranker, ranked within each of the two groups.
+DEFAULT_FOCUS = True
 
 
 @dataclass
@@ -79,6 +82,8 @@ def guided_search(
     scan: int = DEFAULT_SCAN,
     rerank_every: int = DEFAULT_RERANK,
     swap_share: float = DEFAULT_SWAP_SHARE,
+    focus: bool = DEFAULT_FOCUS,
+    rerank_random: int = 1,
     seed: int = 0,
 ) -> tuple[np.ndarray, Key, SearchStats]:
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
@@ -103,10 +108,10 @@ def guided_search(
     order = np.zeros(0, np.int64)
     since_ranking = rerank_every
     while not out_of_budget():
-        if since_ranking >= rerank_every or order.size == 0:
+        if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
             obs = observe(problem, current)
             stats.simulations += 1
-            order = _with_swaps(_candidate_order(problem, current, obs, ranker, rng, random_share, scan), problem.num_units, rng, swap_share)
+            order = _with_swaps(_candidate_order(problem, current, obs, ranker, rng, random_share, scan, focus), problem.num_units, rng, swap_share)
             since_ranking = 0
             if ranker is not None:
                 stats.rankings += 1
@@ -146,18 +151,41 @@ def guided_search(
     return best, best_key, stats
 
 
+def candidate_moves(problem: MoveProblem, current: np.ndarray, obs: Observation) -> np.ndarray:
+    """(u, k) bool, ``local-search``'s neighbourhood: every move of a unit to another device
+    that can run it; under ``throughput`` (whose memory model is the estimate's static sum) only
+    those the memory estimate allows (``obs.legal``), under the other objectives the simulator's
+    overflow judges memory, so moves through a temporarily full device stay possible."""
+    if problem.objective == "throughput":
+        return obs.legal
+    moves = problem.units.allowed.copy()
+    moves[np.arange(problem.num_units), current] = False
+    return moves
+
+
 def _candidate_order(
-    problem: MoveProblem, current: np.ndarray, obs: Observation, ranker: Ranker | None, rng: np.random.Generator, random_share: float, scan: int
+    problem: MoveProblem,
+    current: np.ndarray,
+    obs: Observation,
+    ranker: Ranker | None,
+    rng: np.random.Generator,
+    random_share: float,
+    scan: int,
+    focus: bool = DEFAULT_FOCUS,
 ) -> np.ndarray:
-    """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in."""
-    legal = np.flatnonzero(obs.legal.reshape(-1))
+    """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in
+    (``focus``: critical-path units' moves first, in each list)."""
+    legal = np.flatnonzero(candidate_moves(problem, current, obs).reshape(-1))
     if legal.size == 0:
         return legal
-    shuffled = legal[rng.permutation(legal.size)]
+    critical = obs.nodes[legal // problem.num_devices, 2] > 0.5 if focus else np.zeros(legal.size, bool)
+    permutation = rng.permutation(legal.size)
+    permutation = permutation[np.argsort(~critical[permutation], kind="stable")]
+    shuffled = legal[permutation]
     if ranker is None:
         return shuffled[:scan]
     scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)[legal]
-    ranked = legal[np.argsort(-scores, kind="stable")]
+    ranked = legal[np.lexsort((-scores, ~critical))]
     size = min(scan, legal.size)
     take_random = rng.random(size) < random_share
     order: list[int] = []
@@ -185,11 +213,11 @@ def _candidate_order(
 
 
 def _still_legal(problem: MoveProblem, current: np.ndarray, order: np.ndarray, moved_units: np.ndarray) -> np.ndarray:
-    """The rest of a candidate order after a move: moves of the moved unit dropped, and moves the
-    new placement makes illegal (memory estimate) dropped."""
+    """The rest of a candidate order after a move: moves of the moved unit dropped, and (under
+    ``throughput``) moves the new placement makes illegal under the memory estimate dropped."""
     if order.size == 0:
         return order
-    legal = legal_moves(problem, current).reshape(-1)
+    legal = legal_moves(problem, current).reshape(-1) if problem.objective == "throughput" else problem.units.allowed.reshape(-1)
     moves = order >= 0
     keep = ~moves  # swaps are checked when they are tried
     keep[moves] = legal[order[moves]] & ~np.isin(order[moves] // problem.num_devices, moved_units)
