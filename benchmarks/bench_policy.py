@@ -22,7 +22,10 @@ policy / local-search and policy / ablation, and the median simulations to local
 quality. Also prints the cold-start cost (importing torch + torch_geometric, loading the
 checkpoint). Timings come from a shared machine: noisy.
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--quick] [--json FILE]
+``--validation`` runs the same table on `VALIDATION` (training families at unseen seeds and
+sizes, training clusters): the slice the search settings are tuned on.
+
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--quick] [--validation] [--json FILE]
 """
 
 from __future__ import annotations
@@ -74,6 +77,38 @@ def held_out_cases(quick: bool) -> list[tuple[str, Any]]:
     if resnet.is_file():
         loaded = load_model(str(resnet))
         cases.append(("B", make_case("resnet50-train-layer (own cluster) thr", loaded.graph, loaded.cluster, objective="throughput", max_nodes=256)))
+    return cases[::3] if quick else cases
+
+
+#: The tuning slice: training families (layered, series-parallel) at seeds and sizes never
+#: trained on, on training clusters. Search settings are chosen here, never on the held-out split.
+VALIDATION = (
+    ("A", "synthetic:layered:n=120:seed=310:training=true", "4xT4", "latency", 1, False),
+    ("B", "synthetic:series-parallel:n=100:seed=311", "2xA100+2xT4", "pipelined", 4, False),
+    ("B", "synthetic:layered:n=80:seed=312:width=4", "8xA100-nvlink", "throughput", 1, False),
+    ("D", "synthetic:series-parallel:n=150:seed=313:training=true", "2xV100+4xT4", "latency", 1, False),
+    ("C", "synthetic:layered:n=150:seed=314:training=true", "4xV100-nvlink", "latency", 1, True),
+    ("C", "synthetic:series-parallel:n=120:seed=315", "1xH100+3xA10G", "throughput", 1, True),
+    ("B", "synthetic:layered:n=200:seed=316", "2xV100+4xT4", "pipelined", 8, False),
+    ("D", "synthetic:series-parallel:n=90:seed=317:training=true", "1xH100+3xA10G", "pipelined", 4, False),
+)
+
+
+def validation_cases(quick: bool) -> list[tuple[str, Any]]:
+    """(regime, Case) pairs of `VALIDATION` (memory-bound ones with `memory_bound` capacities)."""
+    from rlplace.agents.data import resolve_cluster_spec
+    from rlplace.agents.improve_data import memory_bound
+    from rlplace.envs.improve_env import make_case
+    from rlplace.load import load_model
+
+    cases = []
+    for regime, model, cluster_spec, objective, m, tight in VALIDATION:
+        graph = load_model(model).graph
+        cluster = resolve_cluster_spec(cluster_spec)
+        if tight:
+            cluster = memory_bound(cluster, graph, objective)
+        label = f"{model.split(':')[1]}-{graph.num_ops}@{cluster.name} {objective}" + (f" M={m}" if objective == "pipelined" else "")
+        cases.append((regime, make_case(label, graph, cluster, objective=objective, microbatches=m, max_nodes=256)))
     return cases[::3] if quick else cases
 
 
@@ -146,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="every third case only")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
@@ -165,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'abl/best':>8} {'pol/LS':>7} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'budget s':>8}"
     print(header)
-    for regime, case in held_out_cases(args.quick):
+    for regime, case in (validation_cases if args.validation else held_out_cases)(args.quick):
         for seed in range(args.seeds):
             row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint)}
             rows.append(row)
