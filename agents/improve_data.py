@@ -9,7 +9,7 @@ Held out (never trained or tuned on), as whole families and whole clusters:
   devices on two hosts).
 
 Trained on: synthetic ``layered`` and ``series-parallel`` graphs (forward and training graphs,
-several seeds and sizes), the ``bert`` dnn-partitioning graphs (on their own clusters), on the
+several seeds and sizes), optionally the small zoo models of `TRAIN_ZOO`, the ``bert`` dnn-partitioning graphs (on their own clusters), on the
 clusters of `TRAIN_CLUSTERS` (2-8 devices: homogeneous, mixed, two-host), each also in a
 *memory-bound* variant (`memory_bound`), under ``latency``, ``pipelined`` M=4 and 8, and
 ``throughput``.
@@ -39,6 +39,9 @@ TRAIN_MODELS: tuple[str, ...] = (
     "synthetic:series-parallel:n=120:seed=206:training=true",
 )
 TRAIN_DNN: tuple[str, ...] = ("bert24_training__layer.json", "bert24_inference__layer.json", "bert_l-3_inference__operator.json")
+#: Small zoo models (captured once into `rlplace.agents.data.DEFAULT_GRAPH_CACHE`), trained on
+#: when the run asks for them (``TrainConfig.zoo``); the resnet family stays held out.
+TRAIN_ZOO: tuple[str, ...] = ("zoo:mlp-small", "zoo:dlrm", "zoo:mobilenet-v2", "zoo:mixtral-tiny", "zoo:moe-gshard")
 TRAIN_CLUSTERS: tuple[str, ...] = ("2xV100-pcie", "4xV100-nvlink", "4xT4", "2xA100+2xT4", "1xH100+3xA10G", "8xA100-nvlink", "2xV100+4xT4")
 
 HELDOUT_MODELS: tuple[str, ...] = (
@@ -67,6 +70,11 @@ def memory_bound(cluster: Cluster, graph: OpGraph, objective: str, *, share: flo
 
 def _load(spec: str) -> tuple[OpGraph, Cluster | None]:
     from rlplace.load import load_model
+
+    if spec.startswith("zoo:"):
+        from .data import load_graph
+
+        return load_graph(spec)  # captured once, then read from the graph cache
 
     loaded = load_model(str(DNN_PARTITIONING / spec) if spec.endswith(".json") else spec)
     return loaded.graph, loaded.cluster

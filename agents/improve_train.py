@@ -58,6 +58,9 @@ class TrainConfig:
         eval_every: PPO steps between held-out evaluations.
         max_units: largest number of colocation units of a training case (coarsened above).
         tensorboard: TensorBoard log folder for PPO ('' for none).
+        init_checkpoint: start from this checkpoint's weights ('' for fresh ones) when the work
+            folder has none yet; every round then follows the scorer's own moves.
+        zoo: also train on the small zoo models of improve_data.TRAIN_ZOO (captured once, cached).
     """
 
     out: str = "checkpoints/default"
@@ -84,6 +87,8 @@ class TrainConfig:
     eval_every: int = 256
     max_units: int = 128
     tensorboard: str = ""
+    init_checkpoint: str = ""
+    zoo: bool = False
 
 
 def field_help() -> dict[str, str]:
@@ -144,12 +149,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def split_description() -> dict[str, Any]:
+def split_description(zoo: bool = False) -> dict[str, Any]:
     """The training and held-out specs recorded in the checkpoint."""
     from . import improve_data as d
 
     return {
-        "trained_on": {"models": list(d.TRAIN_MODELS) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.TRAIN_CLUSTERS), "memory_bound_variants": True},
+        "trained_on": {"models": list(d.TRAIN_MODELS) + (list(d.TRAIN_ZOO) if zoo else []) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.TRAIN_CLUSTERS), "memory_bound_variants": True},
         "heldout": {"models": list(d.HELDOUT_MODELS) + [f"dnn-partitioning:{s}" for s in d.HELDOUT_DNN], "clusters": list(d.HELDOUT_CLUSTERS)},
         "objectives": [f"{o}" + (f"(M={m})" if o == "pipelined" else "") for o, m in d.OBJECTIVE_SETTINGS],
     }
@@ -183,9 +188,13 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
     if (work / "scorer" / "config.json").is_file():
         scorer, _ = load_scorer(work / "scorer")
         log(f"resumed at round {state['round']}, {state['cases_done']} cases done, {len(examples)} examples")
+    elif config.init_checkpoint:
+        scorer, _ = load_scorer(config.init_checkpoint)
+        log(f"starting from the weights of {config.init_checkpoint}")
     else:
         scorer = MoveScorer(ScorerConfig(hidden=config.hidden, layers=config.layers, conv=config.conv))
-    specs = data.case_specs(data.TRAIN_MODELS, data.TRAIN_DNN, data.TRAIN_CLUSTERS)
+    follow_scorer_from = 0 if config.init_checkpoint else 1
+    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.TRAIN_CLUSTERS)
     began = time.perf_counter() - float(state["expert_s"])
 
     def expert_time_left() -> bool:
@@ -208,7 +217,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
             if starts:
                 found = collect_states(
                     problem, starts, np.random.default_rng([config.seed, round_index, position]), depth=config.depth,
-                    perturbations=config.perturbations, max_moves=config.max_moves, scorer=scorer if round_index > 0 else None,
+                    perturbations=config.perturbations, max_moves=config.max_moves, scorer=scorer if round_index >= follow_scorer_from else None,
                 )
                 examples.extend(found)
             state["cases_done"] = position + 1
@@ -236,7 +245,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
         cases = (data.build_case(specs[int(i)], max_nodes=config.max_units) for i in order)
         scorer, ppo_info = fine_tune(scorer, cases, config, work, log=log)
     meta = {
-        **split_description(),
+        **split_description(config.zoo),
         "train_config": asdict(config),
         "training": {"expert_rounds": state["round"], "examples": len(examples), "expert_wall_s": state["expert_s"], "curve": state["curve"], "fit_log": state["fit_log"], "ppo": ppo_info},
     }
