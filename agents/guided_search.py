@@ -3,23 +3,27 @@
 `guided_search` starts from the best of several (u,) start assignments and repeats:
 
 1. observe the current placement (one full simulation: critical path, busy times, features);
-2. rank its legal moves (``rlplace.envs.improve_state.legal_moves``) with ``ranker`` (a
-   (u, k) score per move, higher first); a fixed share ``random_share`` of the positions in
-   the candidate order is given to uniformly random legal moves instead (exploration);
+2. list ``local-search``'s neighbourhood (`candidate_moves`: every move of a unit to another
+   device that can run it; under ``throughput`` only those the memory estimate allows) and
+   order it: moves of critical-path units first (``focus``, as ``local-search`` does), by the
+   ``ranker``'s (u, k) score within each group (higher first); a fixed share ``random_share``
+   of the positions is given to uniformly random candidates instead (exploration);
 3. simulate the candidates in batches of ``batch``; the best move of the first batch holding
    an improving one is taken (a tie is taken as a *sideways* step, at most
    ``SIDEWAYS_LIMIT`` in a row); the search goes on down the same order (moves of the moved
-   unit and moves the memory estimate now forbids dropped) and goes back to 1 after
-   ``rerank_every`` moves or when the order is used up (a ranking costs a forward pass);
-   before each candidate move a random swap of two units is tried with probability
+   unit dropped) and goes back to 1 after ``rerank_every`` moves (``rerank_random`` without a
+   ranker: observing costs one simulation, ranking a forward pass) or when the order is used
+   up; before each candidate move a random swap of two units is tried with probability
    ``swap_share`` (as ``local-search`` does; the policy ranks moves, not swaps);
 4. when ``scan`` candidates bring nothing, restart from the best placement so far with a few
    random moves (a *kick*, as ``local-search`` does).
 
 It stops after ``evaluations`` simulations or ``budget_s`` seconds and returns the best
 placement seen (less memory overflow first, then smaller step time), so never worse than its
-best start. With ``ranker=None`` the order is a uniform random permutation: plain local search,
-the ablation ``benchmarks/bench_policy.py`` prints.
+best start. With ``ranker=None`` the order is a uniform random permutation with the critical
+path first: ``local-search``'s order, the ablation ``benchmarks/bench_policy.py`` prints.
+Settings were chosen on the validation slice of the training families
+(``bench_policy.py --validation``), never on the held-out split.
 """
 
 from __future__ import annotations

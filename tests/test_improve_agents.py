@@ -263,3 +263,92 @@ def test_training_resumes_after_a_kill_with_nothing_lost(tmp_path: Path, monkeyp
     meta = json.loads((tmp_path / "killed" / "out" / "config.json").read_text())["meta"]
     assert meta["training"]["examples"] == json.loads((tmp_path / "whole" / "out" / "config.json").read_text())["meta"]["training"]["examples"]
     assert "fork-join" in " ".join(meta["heldout"]["models"])
+
+
+def test_the_move_problem_scores_under_the_requested_schedule() -> None:
+    from rlplace.simulate import Simulator
+
+    graph = two_heavy_graph(4)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    problem = build_move_problem(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b")
+    placement = np.array([0, 0, 1] + [1] * 4)
+    expected = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4, schedule="1f1b").score(placement)
+    assert problem.schedule == "1f1b"
+    assert problem.simulator.score(placement) == expected
+
+
+def test_policy_returns_the_start_the_full_graph_referee_prefers(tmp_path: Path) -> None:
+    """With a referee (the full graph's score in ``decide``), a start it scores strictly better
+    than the search's result is returned, as for local-search."""
+    from rlplace.agents.improve_checkpoint import save_scorer
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+    from rlplace.policy_method import place
+
+    save_scorer(MoveScorer(ScorerConfig(hidden=8, layers=1)), tmp_path / "ck")
+    graph = two_heavy_graph(4)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    on_one = np.zeros(graph.num_ops, np.int64)  # the `single` start: everything on g0
+
+    def referee(placement: np.ndarray) -> tuple[float, float]:
+        return (0.0, 1.0) if np.array_equal(placement, on_one) else (0.0, 2.0)
+
+    result = place(graph, cluster, costs, objective="latency", checkpoint=tmp_path / "ck", evaluations=40, referee=referee)
+    assert np.array_equal(np.asarray(result), on_one)
+
+
+def test_decide_gives_policy_the_full_graph_referee_and_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlplace.pipeline as pipeline
+    import rlplace.policy_method as policy_method
+    from rlplace.load import load_model
+
+    seen: dict[str, object] = {}
+
+    def fake_place(graph, cluster, costs, **options):
+        seen.update(options)
+        return np.zeros(graph.num_ops, np.int64)
+
+    monkeypatch.setattr(policy_method, "place", fake_place)
+    monkeypatch.setattr(pipeline, "preload_policy", lambda checkpoint=None: 0.0)
+    model = load_model("synthetic:layered:n=60:seed=1")
+    cluster = two_devices()
+    decision = pipeline.decide(model, cluster, "policy", objective="pipelined", microbatches=4, schedule="1f1b", max_groups=20)
+    assert decision.coarsening is not None
+    assert seen["schedule"] == "1f1b" and seen["microbatches"] == 4
+    assert callable(seen["referee"])
+    overflow, step = seen["referee"](np.zeros(decision.coarsening.graph.num_ops, np.int64))  # type: ignore[operator]
+    assert overflow == 0.0 and step == pytest.approx(float(decision.result.step_time))
+
+
+def test_guided_search_neighbourhood_is_local_searchs() -> None:
+    """Under latency a move past the memory estimate is a candidate (the simulator judges it);
+    under throughput only the estimate's legal moves are."""
+    from rlplace.agents.guided_search import candidate_moves
+    from rlplace.envs.improve_state import legal_moves
+
+    graph = two_heavy_graph(4)
+    for objective in ("latency", "throughput"):
+        problem = problem_of(graph, objective)
+        current = np.zeros(problem.num_units, np.int64)
+        obs = observe(problem, current)
+        moves = candidate_moves(problem, current, obs)
+        if objective == "throughput":
+            assert np.array_equal(moves, legal_moves(problem, current))
+        else:
+            expected = problem.units.allowed.copy()
+            expected[:, 0] = False
+            assert np.array_equal(moves, expected)
+
+
+def test_random_order_tries_critical_path_units_first() -> None:
+    from rlplace.agents.guided_search import _candidate_order
+
+    problem = problem_of(two_heavy_graph(8))
+    current = np.array([0, 1, 1] + [0] * 8)  # both heavy ops on g1: in -> heavy -> heavy is the path
+    obs = observe(problem, current)
+    critical = obs.nodes[:, 2] > 0.5
+    assert critical.tolist() == [True, True, True] + [False] * 8
+    order = _candidate_order(problem, current, obs, None, np.random.default_rng(0), 0.0, 10**6)
+    on_path = critical[order // problem.num_devices]
+    assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
