@@ -4,12 +4,15 @@ Decides on the graph and cost table it is given (the same coarse graph and `Cost
 method gets) and the requested objective and M:
 
 1. starts: the placements of ``local-search``'s fast baselines
-   (``rlplace.baselines.local_search.START_METHODS``), the same starts local search uses;
+   (``rlplace.baselines.local_search.START_METHODS``, made for the same M and schedule), the
+   same starts local search uses;
 2. search: `rlplace.agents.guided_search.guided_search` with the checkpoint's `MoveScorer`
-   ranking the moves (a fixed share of random moves kept), simulated in batches, with kicks,
-   until ``evaluations`` simulations or ``budget_s`` seconds;
-3. the best placement goes through `rlplace.rules.finalize` (exact memory check and repair)
-   like every method.
+   ranking local search's moves (critical-path units first, a fixed share of random moves
+   kept), simulated in batches, with swaps and kicks, until ``evaluations`` simulations or
+   ``budget_s`` seconds, every candidate scored under the objective, M and schedule;
+3. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
+   ``local-search`` gets) judges the result against the starts; the best placement goes
+   through `rlplace.rules.finalize` (exact memory check and repair) like every method.
 
 The registry (`rlplace.methods`) hands it the same coarse graph, cost table, objective,
 micro-batch count and seed as every other method. This module sits in the methods layer (it
