@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlplace.agents.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from rlplace.agents.gnn import GineLayer, flatten_observation
+from rlplace.agents.gnn import flatten_observation
 from rlplace.agents.network import MASKED_LOGIT, NetworkConfig, PlacementNetwork, pair_features
 from rlplace.costs import CostTable
 from rlplace.envs import PlacementEnv
@@ -47,21 +47,15 @@ def batch(*observations: dict) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------ message passing
 @pytest.mark.slow  # importing torch_geometric alone takes 5-15 s
-def test_gine_layer_matches_torch_geometric_gineconv_with_mean_aggregation() -> None:
-    pyg = pytest.importorskip("torch_geometric.nn")
-    torch.manual_seed(0)
-    layer = GineLayer(hidden=8, edge_dim=5)
-    reference = pyg.GINEConv(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8)), train_eps=True, edge_dim=5, aggr="mean")
-    reference.load_state_dict(layer.state_dict())
-    with torch.no_grad():
-        layer.eps.fill_(0.3)
-        reference.eps.fill_(0.3)
-    x = torch.randn(6, 8)
-    src, dst = torch.tensor([0, 1, 2, 2, 4, 0]), torch.tensor([1, 2, 3, 1, 5, 5])
-    edge_attr = torch.randn(6, 5)
-    degree = torch.bincount(dst, minlength=6).float()
-    inverse = torch.where(degree > 0, 1 / degree.clamp(min=1), torch.zeros_like(degree))
-    torch.testing.assert_close(layer(x, src, dst, edge_attr, inverse), reference(x, torch.stack([src, dst]), edge_attr))
+def test_encoder_layers_are_torch_geometric_gineconv_with_mean_aggregation() -> None:
+    from torch_geometric.nn import GINEConv
+
+    from rlplace.agents.gnn import GraphEncoder
+
+    encoder = GraphEncoder(node_input_dim=4, edge_dim=3, global_dim=2, hidden=8, layers=2)
+    assert all(isinstance(conv, GINEConv) and conv.aggr == "mean" for conv in encoder.convs)
+    # the earlier hand-written layer's parameter names, which shipped checkpoints carry
+    assert {name.split(".", 2)[2] for name in encoder.state_dict() if name.startswith("convs.")} >= {"eps", "lin.weight", "nn.0.weight", "nn.2.bias"}
 
 
 def test_flatten_observation_offsets_edges_per_graph_and_drops_padding() -> None:
@@ -79,7 +73,6 @@ def test_flatten_observation_offsets_edges_per_graph_and_drops_padding() -> None
     assert graph.src.tolist() == [0, 3, 4, 1, 5, 5]
     assert graph.dst.tolist() == [1, 5, 5, 0, 3, 4]
     assert graph.edge_attr.tolist() == [[1, 1, 0], [2, 1, 0], [3, 1, 0], [1, 0, 1], [2, 0, 1], [3, 0, 1]]
-    assert graph.inverse_degree.tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.5]
     assert graph.node_inputs.shape == (6, 2 + 2 + 1)
 
 
