@@ -19,6 +19,7 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
+from .policy import SplitLogitsAndValue
 from .scorer import MoveScorer, ScorerConfig
 
 
@@ -32,22 +33,6 @@ class ScorerExtractor(BaseFeaturesExtractor):
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         logits, value = self.scorer(observations)
         return torch.cat([logits, value.unsqueeze(-1)], dim=-1)
-
-
-class _Split(nn.Module):
-    def __init__(self, action_dim: int) -> None:
-        super().__init__()
-        self.latent_dim_pi = action_dim
-        self.latent_dim_vf = 1
-
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        return self.forward_actor(features), self.forward_critic(features)
-
-    def forward_actor(self, features: Tensor) -> Tensor:
-        return features[:, : self.latent_dim_pi]
-
-    def forward_critic(self, features: Tensor) -> Tensor:
-        return features[:, self.latent_dim_pi :]
 
 
 class ImproveMaskablePolicy(MaskableActorCriticPolicy):
@@ -75,7 +60,7 @@ class ImproveMaskablePolicy(MaskableActorCriticPolicy):
         return extractor.scorer
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = _Split(self.action_dim)
+        self.mlp_extractor = SplitLogitsAndValue(self.action_dim)
 
     def _build(self, lr_schedule: Any) -> None:
         self._build_mlp_extractor()
