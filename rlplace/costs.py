@@ -320,15 +320,24 @@ def link_classes(cluster: Cluster) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     latency = np.where(off_diagonal, cluster.latency, 0.0).astype(np.float64)
     # +0.0 folds -0.0 into 0.0 so that the zero class is found by value
     keys = np.concatenate([[[0.0, 0.0]], np.stack([latency.ravel(), inverse_bandwidth.ravel()], axis=1) + 0.0])
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    unique, link_class = _zero_first_classes(keys, 0, k)
+    return link_class, unique[:, 0].copy(), unique[:, 1].copy()
+
+
+def _zero_first_classes(keys: np.ndarray, axis: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct slices of ``keys`` along ``axis`` and the class of every ordered device pair.
+
+    ``keys`` holds 1 + k·k slices along ``axis``: first the all-zero "same device" key, then one
+    per ordered pair (a, b) in row-major order. Returns (distinct keys, renumbered so that the
+    zero key is class 0 and the rest keep sorted order; link_class (k, k) int64).
+    """
+    unique, inverse = np.unique(keys, axis=axis, return_inverse=True)
     inverse = inverse.reshape(-1)
-    # renumber so that the zero pair (row 0 of keys) is class 0 and the rest keep sorted order
     zero = int(inverse[0])
-    order = np.concatenate([[zero], np.delete(np.arange(unique.shape[0]), zero)])
+    order = np.concatenate([[zero], np.delete(np.arange(unique.shape[axis]), zero)])
     renumber = np.empty_like(order)
     renumber[order] = np.arange(order.size)
-    link_class = renumber[inverse[1:]].reshape(k, k).astype(np.int64)
-    return link_class, unique[order, 0].copy(), unique[order, 1].copy()
+    return np.take(unique, order, axis=axis), renumber[inverse[1:]].reshape(k, k).astype(np.int64)
 
 
 def _edge_times(graph: OpGraph, cluster: Cluster) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,14 +372,8 @@ def factor_dense(edge_time: np.ndarray, edge_fixed: np.ndarray | None) -> tuple[
             raise RlplaceError(f"CostTable: edge_fixed {edge_fixed.shape} does not match edge_time {edge_time.shape}")
         columns = np.concatenate([columns, edge_fixed.reshape(m, k * k)])
     columns = np.concatenate([np.zeros((columns.shape[0], 1)), columns], axis=1) + 0.0
-    unique, inverse = np.unique(columns, axis=1, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    zero = int(inverse[0])
-    order = np.concatenate([[zero], np.delete(np.arange(unique.shape[1]), zero)])
-    renumber = np.empty_like(order)
-    renumber[order] = np.arange(order.size)
-    link_class = renumber[inverse[1:]].reshape(k, k).astype(np.int64)
-    unique = np.ascontiguousarray(unique[:, order])
+    unique, link_class = _zero_first_classes(columns, 1, k)
+    unique = np.ascontiguousarray(unique)
     if edge_fixed is None:
         return link_class, unique, None
     return link_class, np.ascontiguousarray(unique[:m]), np.ascontiguousarray(unique[m:])
