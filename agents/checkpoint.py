@@ -21,7 +21,6 @@ versions and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -30,20 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rlplace.errors import RlplaceError
 from rlplace.io import read_json, write_text_atomic
-from rlplace.limits import MAX_NETWORK_SIZE, check_count
 
+from .checkpoint_files import CONFIG_FILE, CONFIG_HASH_FIELD, WEIGHTS_FILE, check_network_sizes, document_sha256, file_sha256, load_weights
 from .network import NetworkConfig, PlacementNetwork
 
 FORMAT = "rlplace-policy"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-#: The field of ``config.json`` holding the SHA-256 of the rest of it.
-CONFIG_HASH_FIELD = "config_sha256"
 _VERSIONED_PACKAGES = ("rlplace", "torch", "numpy", "gymnasium", "stable-baselines3", "sb3-contrib")
 
 
@@ -111,8 +106,8 @@ def save_checkpoint(checkpoint: Checkpoint, directory: str | Path) -> Path:
     temporary = folder / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(temporary), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     temporary.replace(weights)
-    document = checkpoint.config_json(_sha256(weights))
-    document[CONFIG_HASH_FIELD] = _document_sha256(document)
+    document = checkpoint.config_json(file_sha256(weights))
+    document[CONFIG_HASH_FIELD] = document_sha256(document)
     write_text_atomic(folder / CONFIG_FILE, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return folder
 
@@ -142,41 +137,15 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
             f"{FORMAT_VERSION}; retrain it with `python train_agent.py ... --out {folder}`, or use the rlplace version that wrote it"
         )
     expected = document.get("weights", {}).get("sha256") if isinstance(document.get("weights"), dict) else None
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if expected != actual:
         raise RlplaceError(f"checkpoint {folder}: {WEIGHTS_FILE} does not match the SHA-256 recorded in {CONFIG_FILE} (the files come from different runs or were modified); copy both files of one run")
     recorded = document.get(CONFIG_HASH_FIELD)
-    if recorded is not None and recorded != _document_sha256(document):  # checkpoints before it lack the field
+    if recorded is not None and recorded != document_sha256(document):  # checkpoints before it lack the field
         raise RlplaceError(f"checkpoint {folder}: {CONFIG_FILE} does not match its recorded {CONFIG_HASH_FIELD} (the file was modified); copy both files of one run")
-    _check_network_sizes(document.get("network", {}), folder)
+    check_network_sizes(document.get("network", {}), f"checkpoint {folder}")
     config = NetworkConfig.from_dict(document.get("network", {}))
-    with torch.device("meta"):  # sizes first, no memory: the weights file must hold every tensor
-        needed = sum(t.numel() * t.element_size() for t in PlacementNetwork(config).state_dict().values())
-    if needed > weights.stat().st_size:
-        raise RlplaceError(
-            f"checkpoint {folder}: the network of {CONFIG_FILE} needs {needed:,} bytes of weights but {WEIGHTS_FILE} holds "
-            f"{weights.stat().st_size:,}; the two files come from different runs"
-        )
-    network = PlacementNetwork(config)
-    try:
-        state = load_file(str(weights))
-    except Exception as error:  # safetensors raises its own SafetensorError and OSError subclasses
-        raise RlplaceError(f"checkpoint {folder}: cannot read {WEIGHTS_FILE} ({error})") from None
-    missing, unexpected = _key_difference(network, state)
-    if missing or unexpected:
-        raise RlplaceError(f"checkpoint {folder}: weights do not fit the recorded network (missing {missing[:3]}, unexpected {unexpected[:3]}); the files come from different versions")
-    expected_shapes = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != expected_shapes[name]:
-            raise RlplaceError(
-                f"checkpoint {folder}: tensor {name!r} in {WEIGHTS_FILE} has shape {tuple(tensor.shape)} but the network of {CONFIG_FILE} "
-                f"needs {expected_shapes[name]}; the two files come from different runs"
-            )
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise RlplaceError(f"checkpoint {folder}: weights do not fit the recorded network ({str(error).splitlines()[0]})") from None
-    network.eval()
+    network = load_weights(lambda: PlacementNetwork(config), weights, f"checkpoint {folder}")
     return Checkpoint(
         network=network,
         env=dict(document.get("env", {})),
@@ -187,31 +156,3 @@ def load_checkpoint(directory: str | Path) -> Checkpoint:
         versions=dict(document.get("versions", {})),
         path=folder,
     )
-
-
-def _key_difference(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(network.state_dict())
-    return sorted(expected - set(state)), sorted(set(state) - expected)
-
-
-def _document_sha256(document: dict[str, Any]) -> str:
-    """SHA-256 of ``document`` without its `CONFIG_HASH_FIELD`, as canonical JSON."""
-    body = {key: value for key, value in document.items() if key != CONFIG_HASH_FIELD}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")).hexdigest()
-
-
-def _check_network_sizes(network: Any, folder: Path) -> None:
-    """Every whole-number size of the ``network`` section at most `MAX_NETWORK_SIZE`."""
-    if not isinstance(network, dict):
-        raise RlplaceError(f"checkpoint {folder}: the \"network\" section of {CONFIG_FILE} is not an object")
-    for key, value in network.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            check_count(value, MAX_NETWORK_SIZE, "MAX_NETWORK_SIZE", f"checkpoint {folder}: network {key}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -552,7 +552,7 @@ def test_checkpoint_config_that_does_not_fit_the_weights(network: dict, needle: 
 def test_checkpoint_hash_covers_the_config(tmp_path: Path) -> None:
     if not CHECKPOINT.is_dir():
         pytest.skip("no shipped checkpoint")
-    from agents.improve_checkpoint import load_scorer, save_scorer
+    from rlplace.agents.improve_checkpoint import load_scorer, save_scorer
     from rlplace.errors import RlplaceError
 
     scorer, meta = load_scorer(CHECKPOINT)
