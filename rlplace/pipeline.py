@@ -137,7 +137,7 @@ def decide(
     options = dict(method_options or {})
     if method == "policy":
         # Importing torch + torch_geometric and loading the checkpoint is the cold start of a
-        # process (`policy_cold_start_s`), not part of the decision.
+        # process (its time shows as the "load" phase of `-v`), not part of the decision.
         with phase("load", "policy checkpoint"):
             preload_policy(options.get("checkpoint"))
     if coarsening is not None and method in ("local-search", "policy"):
@@ -181,23 +181,16 @@ def _full_graph_referee(graph: OpGraph, cluster: Cluster, costs: CostTable, coar
 
 
 _kernels_loaded = False
-#: Seconds the last `preload_policy` that loaded anything took (imports + checkpoint); 0 when warm.
-policy_cold_start_s = 0.0
 
 
 def preload_policy(checkpoint: Any = None) -> float:
     """Import the agents and load the policy checkpoint before a decision is timed; returns
     the seconds it took (the process's cold start, about 0 once loaded)."""
-    global policy_cold_start_s
     from rlplace.policy_method import load_policy
 
     began = time.perf_counter()
     load_policy(checkpoint)
-    spent = time.perf_counter() - began
-    if spent > 1e-3:
-        policy_cold_start_s = spent
-    return spent
-
+    return time.perf_counter() - began
 
 
 def _load_simulator_kernels(graph: OpGraph, cluster: Cluster, costs: CostTable) -> None:
