@@ -29,7 +29,7 @@ import numpy as np
 from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
-from rlplace.schedules import SCHEDULES
+from rlplace.objectives import SCHEDULES
 from rlplace.simulate import Simulator
 
 NUM_DEVICES = 4

@@ -11,9 +11,8 @@ from gymnasium import spaces
 
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
-from rlplace.objectives import OBJECTIVES
+from rlplace.objectives import OBJECTIVES, SCHEDULES
 from rlplace.rules import MemoryLedger
-from rlplace.schedules import SCHEDULES
 
 from .ledger import sequential_ledger
 from .observation import ObservationEncoder, StaticObservation
@@ -92,7 +91,7 @@ class PlacementEnv(gym.Env):
             synthetic graphs.
         clusters: cluster specs or one spec; default: the built-in presets.
         objective: ``latency``, ``pipelined`` (with ``microbatches`` and ``schedule``, one of
-            ``rlplace.schedules.SCHEDULES``: the objective is the step time under that pipeline
+            ``rlplace.objectives.SCHEDULES``: the objective is the step time under that pipeline
             schedule) or ``throughput``.
         max_nodes, max_devices, max_edges: padding sizes (``max_edges`` defaults to 4 * max_nodes;
             a graph with more group edges shows the heaviest ones).

@@ -16,9 +16,8 @@ from typing import NoReturn
 from rlplace.errors import RlplaceError
 from rlplace.interrupt import Terminated, signals_as_exceptions
 from rlplace.io import reserved_stdout
-from rlplace.objectives import OBJECTIVES
+from rlplace.objectives import OBJECTIVES, SCHEDULES
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")  # rlplace.schedules.SCHEDULES, spelled out so the parser imports no numba
 DEFAULT_METHOD = "local-search"
 
 
@@ -118,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a stage placement with torch.distributed.pipelining and time it")
     _add_model_options(run)
     run.add_argument("--placement", required=True, metavar="FILE", help="stage placement (JSON list, place --out JSON) or a --split-spec file")
-    run.add_argument("--schedule", choices=("gpipe", "1f1b", "interleaved-1f1b"), default="gpipe", help="pipeline schedule (default gpipe)")
+    run.add_argument("--schedule", choices=SCHEDULES, default="gpipe", help="pipeline schedule (default gpipe)")
     run.add_argument("--backend", choices=("gloo", "nccl"), default="gloo", help="gloo (CPU ranks) or nccl (GPU ranks)")
     run.add_argument("--microbatches", type=int, default=None, metavar="M", help="micro-batches per step (default: the split spec's, else 4)")
     run.add_argument("--cluster", metavar="C", help="cluster the simulator predicts for (default: the local CPU stand-in)")

@@ -57,7 +57,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 NONE = -1
 
 

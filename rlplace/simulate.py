@@ -83,8 +83,8 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.objectives import OBJECTIVES as OBJECTIVES
-from rlplace.objectives import check_objective
-from rlplace.schedules import SCHEDULES, Order, gpipe_order, pipeline_order
+from rlplace.objectives import check_objective, check_schedule
+from rlplace.schedules import Order, gpipe_order, pipeline_order
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +137,7 @@ class SimResult:
         microbatch_start, microbatch_finish: (M, n) every micro-batch's start and finish, only
             when recorded (``record=True``) and the objective has a schedule.
         transfers: the transfers, only when recorded and the objective has a schedule.
-        schedule: the pipeline schedule (one of `rlplace.schedules.SCHEDULES`) under
+        schedule: the pipeline schedule (one of `rlplace.objectives.SCHEDULES`) under
             ``pipelined``, None otherwise.
         activation_memory: (k,) bytes, peak of activations and working memory per device
             (``peak_memory`` less resident bytes); zeros under ``throughput``.
@@ -207,7 +207,7 @@ class Simulator:
         graph, cluster, costs: the problem; never modified.
         objective: one of `OBJECTIVES`.
         microbatches: M for ``pipelined`` (>= 1); the other objectives ignore it.
-        schedule: pipeline schedule for ``pipelined`` (`rlplace.schedules.SCHEDULES`); the
+        schedule: pipeline schedule for ``pipelined`` (`rlplace.objectives.SCHEDULES`); the
             other objectives ignore it.
         priority: (n,) optional scheduling priority per op, lower first among ready ops on
             one device (default: topological index). Ties go to the lower op id.
@@ -228,8 +228,7 @@ class Simulator:
         priority: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         check_objective(objective)
-        if schedule not in SCHEDULES:
-            raise RlplaceError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+        check_schedule(schedule)
         if isinstance(microbatches, bool) or not isinstance(microbatches, (int, np.integer)) or microbatches < 1:
             raise RlplaceError(f"microbatches must be a whole number >= 1, got {microbatches!r}")
         n, k, m = graph.num_ops, cluster.num_devices, graph.num_edges

@@ -22,7 +22,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
-from rlplace.schedules import SCHEDULES
+from rlplace.objectives import SCHEDULES
 from rlplace.simulate import OBJECTIVES, Simulator, lower_bound, simulate, work_bound
 
 DATA = shared_data_dir()
@@ -236,7 +236,7 @@ def test_unknown_schedule_is_a_clear_error():
         run(graph, cluster_of(1), {"a": 0}, objective="pipelined", microbatches=2, schedule="pipedream")
     from rlplace.cli import SCHEDULES as CLI_SCHEDULES
 
-    assert CLI_SCHEDULES == SCHEDULES  # the parser spells them out to import no numba
+    assert CLI_SCHEDULES == SCHEDULES  # the parser takes them from rlplace.objectives, which imports no numba
 
 
 # ------------------------------------------------------------------------- memory

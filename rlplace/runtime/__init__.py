@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
-from rlplace.runtime.stages import SCHEDULES, SplitSpec, split_spec
+from rlplace.objectives import SCHEDULES
+from rlplace.runtime.stages import SplitSpec, split_spec
 
 __all__ = ["SCHEDULES", "SplitSpec", "split_spec"]

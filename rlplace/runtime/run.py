@@ -25,7 +25,8 @@ import numpy as np
 from rlplace.cluster import Cluster
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.runtime.stages import FORMAT, SCHEDULES, SplitSpec, split_spec
+from rlplace.objectives import check_schedule
+from rlplace.runtime.stages import FORMAT, SplitSpec, split_spec
 
 BACKENDS = ("gloo", "nccl")
 
@@ -107,7 +108,7 @@ def run_pipeline(
         raise RlplaceError(f"--steps must be at least 1 and --warmup at least 0 (got {steps} and {warmup})")
     if not timeout_s > 0:
         raise RlplaceError(f"--timeout must be positive (got {timeout_s})")
-    check_schedule(spec)
+    check_spec_runs(spec)
     job = {
         "kind": "pipeline",
         "model": recipe.to_json(),
@@ -129,10 +130,9 @@ def run_pipeline(
     )  # fmt: skip
 
 
-def check_schedule(spec: SplitSpec) -> None:
+def check_spec_runs(spec: SplitSpec) -> None:
     """`RlplaceError` unless the schedule can run the spec's stages on its ranks."""
-    if spec.schedule not in SCHEDULES:
-        raise RlplaceError(f"unknown schedule {spec.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    check_schedule(spec.schedule)
     if spec.num_stages < 2:
         raise RlplaceError("the placement has one stage: nothing to pipeline; place on at least two devices as contiguous stages")
     if spec.schedule != "interleaved-1f1b" and spec.num_stages != spec.num_ranks:
@@ -177,8 +177,7 @@ def prepare_run(
     from rlplace.measure.recipe import ModelRecipe
     from rlplace.measure.session import _graph_name
 
-    if schedule not in SCHEDULES:
-        raise RlplaceError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    check_schedule(schedule)
     if microbatches is not None and microbatches < 1:
         raise RlplaceError(f"--microbatches must be at least 1 (got {microbatches})")
     data = read_json(placement_file) if not placement_file.startswith("expert:") else None
@@ -199,7 +198,7 @@ def prepare_run(
     if placement.shape != (graph.num_ops,) or (placement.size and (placement.min() < 0 or placement.max() >= cluster.num_devices)):
         raise RlplaceError(f"{placement_file}: the placement does not fit graph {graph.name!r} ({graph.num_ops} ops) on {cluster.num_devices} devices")
     spec = split_spec(graph, placement, cluster, microbatches=microbatches, schedule=schedule, costs=CostTable.build(graph, cluster), module=module)
-    check_schedule(spec)
+    check_spec_runs(spec)
     return RunSetup(recipe, graph, cluster, spec)
 
 

@@ -34,9 +34,9 @@ from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.objectives import check_schedule
 
 FORMAT = "rlplace-split-spec"
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 #: kinds that cost nothing and decide no stage
 _FREE_KINDS = ("view", "input")
 STAGES_HINT = "place with a contiguous-stages method (--method dp --stages, or local-search --stages)"
@@ -315,8 +315,7 @@ def split_spec(
         RlplaceError: not a captured model, not a stage placement, or no module boundaries
             for the cuts.
     """
-    if schedule not in SCHEDULES:
-        raise RlplaceError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    check_schedule(schedule)
     if microbatches < 1:
         raise RlplaceError(f"microbatches must be at least 1 (got {microbatches})")
     given = np.asarray(placement, dtype=np.int64)
