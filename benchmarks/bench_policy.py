@@ -7,25 +7,31 @@ dnn-partitioning resnet50 family) on its held-out clusters, in four regimes:
 
 Per case and seed:
 
-- every fast classic method (``local-search``'s start methods) and ``local-search`` (its
-  default 2000 simulations) through ``rlplace.methods.run_method``; the best of them is the
+- every fast classic method (``local-search``'s start methods) and ``local-search`` at its
+  defaults (2000 simulations) through ``rlplace.methods.run_method``; the best of them is the
   case's *best classic*;
-- ``policy`` (``rlplace.policy_method.place``) with ``budget_s`` = local-search's measured
-  wall time, and the ablation: the same search with a uniform random move order
-  (``rlplace.agents.guided_search.guided_search(ranker=None)``), same starts, same budget;
-- simulations each search needed to reach local-search's final step time (from its curve).
+- at equal wall time, every search given the same decision budget B (``--budget-s``, default
+  the product's `rlplace.policy_method.DEFAULT_BUDGET_S`; the start placements count against
+  it): ``policy`` (`rlplace.policy_method.search`), ``local-search`` with ``budget_s=B``
+  (*LS@B*, its own code), and the ablation: the policy's search with a uniform random move
+  order (``search(random_order=True)``), which is plain local search in the policy's search
+  loop;
+- simulations the policy and the ablation needed to reach local-search's default final step
+  time (from their curves: the quarter-of-the-simulations target).
 
 Every step time is the simulator's on the graph the methods decide on (graphs above 256 ops
 would be coarsened as the CLI does; the held-out ones are below that). Prints one row per case
-and seed, then per regime: geometric mean and worst of policy / best classic, geomeans of
-policy / local-search and policy / ablation, and the median simulations to local-search's
-quality. Also prints the cold-start cost (importing torch + torch_geometric, loading the
-checkpoint). Timings come from a shared machine: noisy.
+and seed, then per regime (and over B-D): geometric mean and worst of policy / best classic,
+geomeans of policy / LS@B and policy / ablation, the median simulations to local-search's
+quality, the cases where a classic method placed and the policy did not, and the policy's
+decision time. Also prints the cold-start cost (importing torch + torch_geometric, loading the
+checkpoint). Timings come from a shared machine: noisy, and a loaded machine gives every
+search fewer simulations in B.
 
 ``--validation`` runs the same table on `VALIDATION` (training families at unseen seeds and
 sizes, training clusters): the slice the search settings are tuned on.
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--quick] [--validation] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation] [--json FILE]
 """
 
 from __future__ import annotations
@@ -120,15 +126,13 @@ def sims_to_reach(curve: list[tuple[int, float, float]], target: float) -> float
     return math.inf
 
 
-def run_case(case: Any, seed: int, checkpoint: str | None) -> dict[str, Any]:
-    """One case and seed: classic methods, local-search, policy and the ablation."""
-    import torch
-
-    from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.baselines.local_search import START_METHODS, start_placements
+def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> dict[str, Any]:
+    """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
+    and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included)."""
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS
     from rlplace.envs.improve_state import build_move_problem
     from rlplace.methods import run_method
-    from rlplace.policy_method import load_policy
+    from rlplace.policy_method import search
 
     problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
 
@@ -136,33 +140,38 @@ def run_case(case: Any, seed: int, checkpoint: str | None) -> dict[str, Any]:
         step_time, overflow = problem.simulator.score(np.asarray(placement))
         return step_time if overflow == 0 else math.inf
 
+    inputs = {"objective": case.objective, "seed": seed, "microbatches": case.microbatches}
     times: dict[str, float] = {}
     for name in START_METHODS:
         try:
-            times[name] = scored(run_method(name, case.graph, case.cluster, case.costs, objective=case.objective, seed=seed).placement)
+            times[name] = scored(run_method(name, case.graph, case.cluster, case.costs, **inputs).placement)
         except Exception:  # a method without a placement is simply absent
             continue
-    options = {"microbatches": case.microbatches} if case.objective == "pipelined" else {}
-    ls = run_method("local-search", case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, **options)
+    ls = run_method("local-search", case.graph, case.cluster, case.costs, **inputs)
     times["local-search"] = scored(ls.placement)
-    budget = ls.decide_s
-    policy = run_method("policy", case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, checkpoint=checkpoint, budget_s=budget, **options)
-    policy_time = scored(policy.placement)
-    starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, objective=case.objective, seed=seed, methods=START_METHODS).values()]
-    began = time.perf_counter()
-    _, ablation_key, ablation_stats = guided_search(problem, starts, None, evaluations=10**9, budget_s=budget - (time.perf_counter() - began) * 0, seed=seed)
-    torch.set_num_threads(1)
-    _, _, policy_stats = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=10**9, budget_s=budget, seed=seed)
+
+    def timed_search(**options: Any) -> tuple[float, float, Any]:
+        began = time.perf_counter()
+        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, **options)
+        return scored(placement), time.perf_counter() - began, stats
+
+    policy_time, policy_s, policy_stats = timed_search(checkpoint=checkpoint)
+    ablation_time, ablation_s, ablation_stats = timed_search(random_order=True)
+    ls_budget = run_method("local-search", case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s)
     best_name = min(times, key=lambda k: times[k])
     return {
         "best_classic": best_name,
         "best_time": times[best_name],
         "local_search": times["local-search"],
+        "local_search_s": ls.decide_s,
         "policy": policy_time,
-        "ablation": ablation_key[1] if ablation_key[0] == 0 else math.inf,
-        "budget_s": budget,
-        "policy_decide_s": policy.decide_s,
-        "ls_sims": 2000,
+        "policy_decide_s": policy_s,
+        "ablation": ablation_time,
+        "ablation_decide_s": ablation_s,
+        "local_search_budget": scored(ls_budget.placement),
+        "local_search_budget_s": ls_budget.decide_s,
+        "budget_s": budget_s,
+        "ls_sims": DEFAULT_EVALUATIONS,
         "policy_sims_to_ls": sims_to_reach(policy_stats.curve, times["local-search"]),
         "ablation_sims_to_ls": sims_to_reach(ablation_stats.curve, times["local-search"]),
         "policy_sims": policy_stats.simulations,
@@ -181,8 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="every third case only")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--budget-s", type=float, default=None, help="seconds per decision of every search (default: the policy's DEFAULT_BUDGET_S)")
     parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
     args = parser.parse_args(argv)
+    if args.budget_s is None:
+        from rlplace.policy_method import DEFAULT_BUDGET_S
+
+        args.budget_s = DEFAULT_BUDGET_S
 
     began = time.perf_counter()
     import torch  # noqa: F401
@@ -199,33 +213,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cold start: import torch {torch_s:.2f} s, torch_geometric {pyg_s:.2f} s, load checkpoint {load_s:.2f} s")
 
     rows = []
-    header = f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'abl/best':>8} {'pol/LS':>7} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'budget s':>8}"
+    header = (
+        f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'LS@B/best':>9} {'abl@B/best':>10} "
+        f"{'pol/LS@B':>8} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'pol s':>6}"
+    )
+    print(f"every search gets B = {args.budget_s:g} s per decision (starts included); LS = local-search at its default 2000 simulations")
     print(header)
     for regime, case in (validation_cases if args.validation else held_out_cases)(args.quick):
         for seed in range(args.seeds):
-            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint)}
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s)}
             rows.append(row)
             best = row["best_time"]
             print(
                 f"{regime:6} {case.label[:40]:40} {seed:>4} {row['best_classic']:>14} {row['policy'] / best:8.3f} {row['local_search'] / best:8.3f} "
-                f"{row['ablation'] / best:8.3f} {row['policy'] / row['local_search']:7.3f} {row['policy'] / row['ablation']:7.3f} "
-                f"{row['policy_sims_to_ls']:>8.0f}/{row['ablation_sims_to_ls']:<8.0f} {row['budget_s']:8.2f}",
+                f"{row['local_search_budget'] / best:9.3f} {row['ablation'] / best:10.3f} {row['policy'] / row['local_search_budget']:8.3f} "
+                f"{row['policy'] / row['ablation']:7.3f} {row['policy_sims_to_ls']:>8.0f}/{row['ablation_sims_to_ls']:<8.0f} {row['policy_decide_s']:6.2f}",
                 flush=True,
             )
     print()
-    print(f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS':>9} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33}")
-    for regime in [*REGIMES, "all"]:
-        chosen = [r for r in rows if regime == "all" or r["regime"] == regime]
+    print(f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS@B':>11} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33}")
+    for regime in [*REGIMES, "all", "B-D"]:
+        chosen = [r for r in rows if regime == "all" or r["regime"] in regime]
         if not chosen:
             continue
         ratios = [r["policy"] / r["best_time"] for r in chosen]
-        name = "all" if regime == "all" else f"({regime}) {REGIMES[regime]}"
+        name = regime if regime in ("all", "B-D") else f"({regime}) {REGIMES[regime]}"
         print(
-            f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search'] for r in chosen]):9.3f} "
+            f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search_budget'] for r in chosen]):11.3f} "
             f"{geomean([r['policy'] / r['ablation'] for r in chosen]):15.3f} "
             f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f}"
         )
-    print(f"decision time: policy budget = local-search's wall time, median {np.median([r['budget_s'] for r in rows]):.2f} s (max {max(r['budget_s'] for r in rows):.2f} s)")
+    missing = sum(1 for r in rows if not math.isfinite(r["policy"]) and math.isfinite(r["best_time"]))
+    print(f"cases where a classic method placed and policy did not: {missing}")
+    decide = [r["policy_decide_s"] for r in rows]
+    print(f"decision time of policy (warm process): median {np.median(decide):.2f} s, max {max(decide):.2f} s; local-search at 2000 simulations: median {np.median([r['local_search_s'] for r in rows]):.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 from typing import Any
 
@@ -13,8 +14,9 @@ import numpy as np
 
 from rlplace.errors import RlplaceError
 from rlplace.io import check_output_paths, dumps_finite, print_json, write_outputs, write_stdout
-from rlplace.limits import MAX_DEVICES, MAX_MICROBATCHES, MAX_SAMPLES, MAX_THREADS, check_count, check_seed
+from rlplace.limits import MAX_BUDGET_S, MAX_DEVICES, MAX_EVALUATIONS, MAX_MICROBATCHES, MAX_THREADS, check_count, check_seed
 from rlplace.load import load_model, resolve_cluster
+from rlplace.methods import SEARCH_METHODS
 from rlplace.pipeline import Decision, decide, default_objective
 from rlplace.report import console, decision_table, evaluation_table, graph_summary
 from rlplace.units import show_bytes
@@ -134,8 +136,6 @@ def run_place(args: argparse.Namespace) -> int:
     check_output_paths([args.out, args.device_map, args.split_spec, args.trace, args.plot])
     check_microbatches(args.microbatches)
     check_seed(args.seed)
-    if args.samples is not None and args.method != "policy":
-        raise RlplaceError(f"--samples applies to the policy method only; method {args.method!r} does not sample (drop --samples)")
     if args.checkpoint is not None and args.method != "policy":
         raise RlplaceError(f"--checkpoint applies to the policy method only, not {args.method!r} (drop --checkpoint)")
     model = _load(args, args.model)
@@ -143,7 +143,7 @@ def run_place(args: argparse.Namespace) -> int:
     objective = args.objective or default_objective(model.graph)
     decision = decide(
         model, cluster, args.method, objective=objective, microbatches=args.microbatches, schedule=args.schedule, seed=args.seed,
-        max_groups=args.max_groups, record=bool(args.trace or args.plot), method_options=_policy_options(args),
+        max_groups=args.max_groups, record=bool(args.trace or args.plot), method_options=_method_options(args),
     )
     outputs: dict[str, str | bytes] = dict(_decision_outputs(decision, trace=args.trace, out=args.out))
     if args.device_map:
@@ -169,19 +169,22 @@ def run_place(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options of the ``policy`` method (checkpoint folder, sampled placements); ``stages`` for dp/local-search."""
-    if args.stages:
-        return _stage_options(args.method)
-    if args.method != "policy":
-        return {}
-    options: dict[str, Any] = {}
-    if args.checkpoint is not None:
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options of the searching methods: ``stages`` (dp, local-search), ``evaluations`` and
+    ``budget_s`` (policy, local-search), ``checkpoint`` (policy)."""
+    options = _stage_options(args.method) if args.stages else {}
+    budgets = {"--evaluations": args.evaluations, "--budget-s": args.budget_s}
+    for flag, value in budgets.items():
+        if value is not None and args.method not in SEARCH_METHODS:
+            raise RlplaceError(f"{flag} applies to the methods {', '.join(SEARCH_METHODS)}, not {args.method!r} (drop {flag})")
+    if args.evaluations is not None:
+        options["evaluations"] = check_count(require_positive("--evaluations", args.evaluations), MAX_EVALUATIONS, "MAX_EVALUATIONS", "--evaluations")
+    if args.budget_s is not None:
+        if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= MAX_BUDGET_S):
+            raise RlplaceError(f"--budget-s must be a number of seconds in (0, {MAX_BUDGET_S:g}], got {args.budget_s:g}")
+        options["budget_s"] = args.budget_s
+    if args.method == "policy" and args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint
-    if args.samples is not None:
-        options["samples"] = check_count(require_positive("--samples", args.samples), MAX_SAMPLES, "MAX_SAMPLES", "--samples")
-    if getattr(args, "budget_s", None) is not None:
-        options["budget_s"] = args.budget_s  # checked by the policy method (> 0 seconds)
     return options
 
 

@@ -32,8 +32,10 @@ MAX_DENSE_EDGE_TABLE_BYTES = 4 * 1024**3
 MAX_MICROBATCHES = 4096
 #: Torch threads per measurement rank (``--threads``).
 MAX_THREADS = 256
-#: Placements the policy samples (``--samples``).
-MAX_SAMPLES = 4096
+#: Simulations of one search (``--evaluations`` of policy and local-search).
+MAX_EVALUATIONS = 10**8
+#: Seconds of one search (``--budget-s``): one day.
+MAX_BUDGET_S = 86_400.0
 #: Any one size (hidden width, layers, heads, ...) in a policy checkpoint's config.json.
 MAX_NETWORK_SIZE = 4096
 #: Seeds are 32-bit: numpy's and torch's generators take 0 .. 2**32 - 1.

@@ -36,12 +36,14 @@ EXPERT_PREFIX = "expert:"
 METHOD_DESCRIPTIONS: dict[str, str] = {
     **BASELINE_DESCRIPTIONS,
     "accelerate": "HF accelerate's infer_auto_device_map (memory only; models only)",
-    "policy": "policy-guided search: local search whose moves a trained GNN ranks (checkpoints/default; 2000 simulations or --budget-s)",
+    "policy": "policy-guided search: local search whose moves a trained GNN ranks (checkpoints/default; 1.5 s, or --budget-s / --evaluations)",
 }
+#: Methods that search until a budget: they take ``evaluations`` (simulations) and ``budget_s`` (seconds).
+SEARCH_METHODS: tuple[str, ...] = ("policy", "local-search")
 #: Every method name (``expert:FILE`` besides).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_DESCRIPTIONS)
 
-__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "MethodResult", "check_method_names", "is_expert", "run_method"]
+__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "SEARCH_METHODS", "MethodResult", "check_method_names", "is_expert", "run_method"]
 
 
 def is_expert(name: str) -> bool:

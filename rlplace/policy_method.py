@@ -21,8 +21,10 @@ imports the agents), not in the baselines package.
 The agents package (PyTorch, torch-geometric) is imported on the first call only; the loaded
 checkpoint is kept for the next call of the process. Options (keyword arguments, passed by the
 CLI): ``checkpoint`` (folder; default ``$RLPLACE_CHECKPOINT``, else ``checkpoints/default``),
-``evaluations`` (simulations, default `DEFAULT_EVALUATIONS`), ``budget_s`` (seconds for the
-whole decision after the checkpoint is loaded: start placements and search; none by default), ``samples`` (accepted for compatibility with the one-shot policy; unused here).
+``evaluations`` (simulations) and ``budget_s`` (seconds for the whole decision after the
+checkpoint is loaded: start placements and search); with neither, `DEFAULT_BUDGET_S` seconds
+(so the answer depends on the machine's speed: give ``evaluations`` alone for a run that
+repeats exactly). `search` also returns the search's statistics and runs the ablation.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from rlplace.graph import OpGraph
 from rlplace.placement import Placement
 from rlplace.rules import finalize
 
-#: Simulations of one decision when neither ``evaluations`` nor ``budget_s`` is given.
-DEFAULT_EVALUATIONS = 2000
+#: Seconds of one decision (start placements and search, after the checkpoint is loaded) when
+#: neither ``evaluations`` nor ``budget_s`` is given: the issue's 2 s decision time, with room
+#: for the final memory check on graphs of up to 2,000 ops (coarsened to 256 groups).
+DEFAULT_BUDGET_S = 1.5
 _LOADED: dict[str, Any] = {}
 
 
@@ -69,7 +73,6 @@ def place(
     checkpoint: str | Path | None = None,
     evaluations: int | None = None,
     budget_s: float | None = None,
-    samples: int | None = None,
     **_: Any,
 ) -> Placement:
     """Policy-guided search from the fast baselines' placements (module docstring).
@@ -79,6 +82,33 @@ def place(
     (`rlplace.baselines.local_search.place`): when ``graph`` is a coarsened graph, the
     (bytes over, step time) of an (n,) placement on the full graph; the search's result and
     every start are judged by it and the best is returned.
+    """
+    placement, _ = search(
+        graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule,
+        referee=referee, checkpoint=checkpoint, evaluations=evaluations, budget_s=budget_s,
+    )
+    return placement
+
+
+def search(
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    seed: int = 0,
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+    referee: Callable[[np.ndarray], tuple[float, float]] | None = None,
+    checkpoint: str | Path | None = None,
+    evaluations: int | None = None,
+    budget_s: float | None = None,
+    random_order: bool = False,
+) -> tuple[Placement, Any]:
+    """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
+
+    ``random_order``: the ablation: the same starts and search with a uniform random move order
+    instead of the policy's ranking (no checkpoint is loaded), which is plain local search.
     """
     import torch
 
@@ -90,7 +120,9 @@ def place(
         raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
     if budget_s is not None and not budget_s > 0:
         raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
-    scorer = load_policy(checkpoint)  # imports and loading are the cold start, outside the budget
+    if evaluations is None and budget_s is None:
+        budget_s = DEFAULT_BUDGET_S
+    ranker = None if random_order else scorer_ranker(load_policy(checkpoint))  # the cold start, outside the budget
     began = time.perf_counter()
     problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
     failures: dict[str, str] = {}
@@ -101,15 +133,15 @@ def place(
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     starts = [problem.units.contract(p) for p in found.values()]
-    limit = evaluations if evaluations is not None else (10**9 if budget_s is not None else DEFAULT_EVALUATIONS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
     try:
         left = None if budget_s is None else max(budget_s - (time.perf_counter() - began), 1e-3)
-        best, _, _ = guided_search(problem, starts, scorer_ranker(scorer), evaluations=limit, budget_s=left, seed=seed)
+        best, _, stats = guided_search(problem, starts, ranker, evaluations=evaluations or 10**9, budget_s=left, seed=seed)
     finally:
         torch.set_num_threads(threads)
     result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
-    return finalize(
+    placement = finalize(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule
     )
+    return placement, stats

@@ -258,6 +258,7 @@ class Simulator:
         self._link_class = _frozen(costs.link_class, np.int64)
         self._output_bytes = _frozen(graph.output_bytes, np.float64)
         self._work_bytes = _frozen(graph.work_bytes, np.float64)
+        self._held_bytes = _frozen(graph.work_bytes + graph.output_bytes, np.float64)
         self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)
         self._capacity = _frozen(cluster.memory, np.float64)
         pred_order = np.argsort(graph.edge_dst, kind="stable")
@@ -292,9 +293,23 @@ class Simulator:
         if self.objective == "throughput":
             peak = self._resident(p)
             return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
+        if self._surely_fits(p):  # the peak cannot pass capacity: the makespan alone, no buffers
+            return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)))), 0.0
         schedule = self._schedule(p, (self._op_rank, self._rank_op))
         peak = self._memory(p, schedule)
         return schedule.makespan, float(np.maximum(peak - self._capacity, 0.0).sum())
+
+    def _surely_fits(self, p: np.ndarray) -> bool:
+        """Whether every device holds all its buffers at once: resident bytes, every instance's
+        working memory and output, and a received copy per cross-device edge, all micro-batches
+        together (each buffer is 1/M of the step's bytes, so M of them sum to one op's bytes).
+        The peak of `peak_dynamic_memory` never exceeds that sum, so True means no overflow."""
+        bound = self._resident(p) + np.bincount(p, weights=self._held_bytes, minlength=self.num_devices)
+        src, dst = self.graph.edge_src, self.graph.edge_dst
+        cross = p[src] != p[dst]
+        if cross.any():
+            bound += np.bincount(p[dst[cross]], weights=self._output_bytes[src[cross]], minlength=self.num_devices)
+        return bool(np.all(bound <= self._capacity))
 
     def run(self, placement: np.ndarray | Sequence[int], *, record: bool = False, priority: Sequence[float] | np.ndarray | None = None) -> SimResult:
         """Full evidence for ``placement``; ``record`` keeps every micro-batch's times and the transfers.

@@ -134,7 +134,7 @@ def test_model_that_does_not_fit_is_a_clean_error(tmp_path: Path) -> None:
 
 def test_place_with_the_shipped_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     graph_file = tiny_graph(tmp_path / "g.json")
-    assert main(["place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "policy", "--samples", "2", "--json"]) == 0
+    assert main(["place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "policy", "--evaluations", "40", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "policy"
     assert len(out["placement"]) == 3 and set(out["placement"]) <= {0, 1}

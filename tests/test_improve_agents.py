@@ -352,3 +352,39 @@ def test_random_order_tries_critical_path_units_first() -> None:
     order = _candidate_order(problem, current, obs, None, np.random.default_rng(0), 0.0, 10**6)
     on_path = critical[order // problem.num_devices]
     assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
+
+
+def test_the_ablation_and_the_policy_respect_the_simulation_budget() -> None:
+    """``search(random_order=True)`` loads no checkpoint, counts its simulations (starts and
+    observations included) against ``evaluations``, repeats exactly for a seed, and is never
+    worse than its best start."""
+    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.policy_method import search
+
+    graph = two_heavy_graph(4)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    first, stats = search(graph, cluster, costs, objective="latency", evaluations=25, random_order=True, seed=3)
+    again, _ = search(graph, cluster, costs, objective="latency", evaluations=25, random_order=True, seed=3)
+    assert stats.simulations <= 25
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    problem = problem_of(graph)
+    starts = start_placements(graph, cluster, costs, objective="latency", seed=3, methods=START_METHODS)
+    assert problem.simulator.step_time(first) <= min(problem.simulator.step_time(p) for p in starts.values())
+
+
+def test_local_search_stops_at_its_time_budget_no_worse_than_its_start() -> None:
+    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.baselines.local_search import place as local_search
+    from rlplace.errors import RlplaceError
+
+    graph = two_heavy_graph(4)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    found = local_search(graph, cluster, costs, budget_s=1e-6)  # past the deadline after the first simulation
+    simulator = problem_of(graph).simulator
+    starts = start_placements(graph, cluster, costs, objective="latency", seed=0, methods=START_METHODS)
+    assert simulator.step_time(found) <= min(simulator.step_time(p) for p in starts.values())
+    for bad in ({"budget_s": 0.0}, {"evaluations": 0}):
+        with pytest.raises(RlplaceError):
+            local_search(graph, cluster, costs, **bad)

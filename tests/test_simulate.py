@@ -6,6 +6,7 @@ op and transfer time below is exact.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -703,3 +704,18 @@ def test_analytic_cost_table_records_launch_cost_and_latency_as_fixed():
     assert costs.op_fixed.tolist() == [[5e-6, 5e-6], [0.0, 0.0]]  # an update runs once per step: nothing fixed per micro-batch
     assert costs.edge_fixed[0].tolist() == [[0.0, 3e-6], [3e-6, 0.0]]
     assert costs.edge_time[0, 0, 1] == pytest.approx(3e-6 + 4e3 / 1e9, rel=1e-12)
+
+
+@RANDOM
+@given(problems(), st.floats(0.2, 4.0))
+def test_score_skips_the_buffers_only_when_they_cannot_overflow(problem, scale):
+    """`Simulator.score`'s shortcut (makespan only when every buffer fits at once) gives the
+    same (step time, overflow) as the full memory model, with capacities around the peak."""
+    graph, cluster, costs, placement, microbatches = problem
+    objective = "pipelined" if microbatches > 1 else "latency"
+    peak = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches).run(placement).peak_memory
+    capacity = max(float(peak.max()) * scale, 1.0)
+    tight = dataclasses.replace(cluster, devices=tuple(dataclasses.replace(d, memory=capacity) for d in cluster.devices))
+    simulator = Simulator(graph, tight, costs, objective=objective, microbatches=microbatches)
+    result = simulator.run(placement)
+    assert simulator.score(placement) == (result.step_time, result.total_overflow)

@@ -16,7 +16,9 @@ taken and a new permutation drawn (and the critical path simulated again). A can
 search cross the plateaus of the max-load objective, at most ``SIDEWAYS_LIMIT`` times in a row.
 When a whole permutation brings nothing, the search restarts from the best placement so far
 with a few random moves applied (a *kick*). It stops after ``evaluations`` simulations (the
-start's included) and returns the best placement seen, so it is never worse than its best
+start's included; default `DEFAULT_EVALUATIONS`) or, when ``budget_s`` is given, once that many
+seconds have passed since the call began (then without a simulation limit unless
+``evaluations`` is given too), and returns the best placement seen, so it is never worse than its best
 start under the objective it scores (the invariant ``tests/test_dp.py`` checks).
 For ``throughput`` (whose memory model is the static sum the estimate uses) moves that
 break the memory estimate are skipped unsimulated; for the other objectives the simulator's
@@ -33,6 +35,7 @@ contiguous split with the start's devices in the start's stage order.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -65,7 +68,8 @@ def place(
     seed: int = 0,
     microbatches: int = 1,
     schedule: str = "gpipe",
-    evaluations: int = DEFAULT_EVALUATIONS,
+    evaluations: int | None = None,
+    budget_s: float | None = None,
     start: np.ndarray | None = None,
     start_methods: Sequence[str] = START_METHODS,
     stages: bool = False,
@@ -80,7 +84,18 @@ def place(
     (bytes over capacity, step time) of an (n,) placement of ``graph`` on the graph it stands
     for. The search's result and every start are judged by it and the best is returned (the
     search's result on ties), so the answer is never worse than a start where it counts.
+
+    ``evaluations`` (simulations) and ``budget_s`` (seconds since the call began, the starts
+    included) bound the search; neither given: `DEFAULT_EVALUATIONS` simulations (stages mode,
+    a small boundary search, uses ``evaluations`` alone).
     """
+    began = time.perf_counter()
+    if evaluations is not None and evaluations < 1:
+        raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
+    if budget_s is not None and not budget_s > 0:
+        raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
+    limit = evaluations if evaluations is not None else (10**9 if budget_s is not None else DEFAULT_EVALUATIONS)
+    deadline = None if budget_s is None else began + budget_s
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
     if stages:
@@ -90,10 +105,10 @@ def place(
             from rlplace.baselines.dp import place as dp_place
 
             start = np.asarray(dp_place(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=True), dtype=np.int64)
-        best = search_boundaries(graph, costs, simulator, start=start, evaluations=evaluations, seed=seed)
+        best = search_boundaries(graph, costs, simulator, start=start, evaluations=evaluations or DEFAULT_EVALUATIONS, seed=seed)
         best = _refereed(best, [np.asarray(start, dtype=np.int64)], referee)
         return finalize(graph, cluster, costs, best, objective=objective, method="local-search", simulator=simulator)
-    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations)
+    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, limit, deadline)
     if start is None:
         failures: dict[str, str] = {}
         starts = start_placements(
@@ -159,8 +174,11 @@ def start_placements(
 class _Search:
     """State of one local search over (u,) unit assignments."""
 
-    def __init__(self, units: Units, budget: np.ndarray, simulator, rng: np.random.Generator, objective: str, evaluations: int) -> None:
+    def __init__(
+        self, units: Units, budget: np.ndarray, simulator, rng: np.random.Generator, objective: str, evaluations: int, deadline: float | None = None
+    ) -> None:
         self.units = units
+        self.deadline = deadline
         self.budget = budget
         self.simulator = simulator
         self.rng = rng
@@ -169,6 +187,8 @@ class _Search:
 
     def score(self, assignment: np.ndarray) -> Score:
         self.left -= 1
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.left = 0  # this simulation still counts; the search stops after it
         step_time, overflow = self.simulator.score(self.units.expand(assignment))
         return float(overflow), float(step_time)
 
