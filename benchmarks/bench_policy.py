@@ -16,8 +16,9 @@ Per case and seed:
   (*LS@B*, its own code), and the ablation: the policy's search with a uniform random move
   order (``search(random_order=True)``), which is plain local search in the policy's search
   loop;
-- simulations the policy and the ablation needed to reach local-search's default final step
-  time (from their curves: the quarter-of-the-simulations target).
+- the ranking's sample efficiency: the guided search alone (from the starts, no local-search
+  phase), with the policy's order and with random order, 2000 simulations each: simulations
+  to reach local-search's default final step time (the quarter-of-the-simulations target).
 
 Every step time is the simulator's on the graph the methods decide on (graphs above 256 ops
 would be coarsened as the CLI does; the held-out ones are below that). Prints one row per case
@@ -129,10 +130,13 @@ def sims_to_reach(curve: list[tuple[int, float, float]], target: float) -> float
 def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
     and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included)."""
-    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS
+    import torch
+
+    from rlplace.agents.guided_search import guided_search, scorer_ranker
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, start_placements
     from rlplace.envs.improve_state import build_move_problem
     from rlplace.methods import run_method
-    from rlplace.policy_method import search
+    from rlplace.policy_method import load_policy, search
 
     problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
 
@@ -158,6 +162,12 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
     policy_time, policy_s, policy_stats = timed_search(checkpoint=checkpoint)
     ablation_time, ablation_s, ablation_stats = timed_search(random_order=True)
     ls_budget = run_method("local-search", case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s)
+    # Sample efficiency of the ranking alone: the guided search from the starts (no local-search
+    # phase), with the policy's order and with random order, 2000 simulations each.
+    starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, methods=START_METHODS, **inputs).values()]
+    torch.set_num_threads(1)
+    _, _, policy_curve = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=DEFAULT_EVALUATIONS, seed=seed)
+    _, _, ablation_curve = guided_search(problem, starts, None, evaluations=DEFAULT_EVALUATIONS, seed=seed)
     best_name = min(times, key=lambda k: times[k])
     return {
         "best_classic": best_name,
@@ -172,8 +182,8 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
         "local_search_budget_s": ls_budget.decide_s,
         "budget_s": budget_s,
         "ls_sims": DEFAULT_EVALUATIONS,
-        "policy_sims_to_ls": sims_to_reach(policy_stats.curve, times["local-search"]),
-        "ablation_sims_to_ls": sims_to_reach(ablation_stats.curve, times["local-search"]),
+        "policy_sims_to_ls": sims_to_reach(policy_curve.curve, times["local-search"]),
+        "ablation_sims_to_ls": sims_to_reach(ablation_curve.curve, times["local-search"]),
         "policy_sims": policy_stats.simulations,
         "ablation_sims": ablation_stats.simulations,
     }

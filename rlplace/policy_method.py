@@ -6,11 +6,15 @@ method gets) and the requested objective and M:
 1. starts: the placements of ``local-search``'s fast baselines
    (``rlplace.baselines.local_search.START_METHODS``, made for the same M and schedule), the
    same starts local search uses;
-2. search: `rlplace.agents.guided_search.guided_search` with the checkpoint's `MoveScorer`
-   ranking local search's moves (critical-path units first, a fixed share of random moves
-   kept), simulated in batches, with swaps and kicks, until ``evaluations`` simulations or
-   ``budget_s`` seconds, every candidate scored under the objective, M and schedule;
-3. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
+2. local-search's own run from those starts (`rlplace.baselines.local_search.search_units`:
+   its default 2000 simulations, cut at ``LOCAL_SEARCH_SHARE`` of the budget), so the answer
+   is never worse than ``local-search``'s default answer whenever that run fits in its share;
+3. search: `rlplace.agents.guided_search.guided_search` from that answer and the starts, with
+   the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first, a
+   fixed share of random moves kept), simulated in batches, with swaps and kicks, until
+   ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under
+   the objective, M and schedule;
+4. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
    ``local-search`` gets) judges the result against the starts; the best placement goes
    through `rlplace.rules.finalize` (exact memory check and repair) like every method.
 
@@ -47,6 +51,9 @@ from rlplace.rules import finalize
 #: neither ``evaluations`` nor ``budget_s`` is given: the issue's 2 s decision time, with room
 #: for the final memory check on graphs of up to 2,000 ops (coarsened to 256 groups).
 DEFAULT_BUDGET_S = 1.5
+#: Share of the budget (seconds or simulations) local-search's own run may take before the
+#: guided search starts from its answer.
+LOCAL_SEARCH_SHARE = 0.5
 _LOADED: dict[str, Any] = {}
 
 
@@ -107,13 +114,15 @@ def search(
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
 
-    ``random_order``: the ablation: the same starts and search with a uniform random move order
-    instead of the policy's ranking (no checkpoint is loaded), which is plain local search.
+    ``random_order``: the ablation: the same starts, the same local-search phase and the same
+    guided search with a uniform random move order instead of the policy's ranking (no
+    checkpoint is loaded), i.e. plain local search all through. The statistics' simulations
+    include the local-search phase; its curve covers the guided phase only.
     """
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.baselines.local_search import START_METHODS, _refereed, start_placements
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, _refereed, search_units, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     if evaluations is not None and evaluations < 1:
@@ -133,13 +142,22 @@ def search(
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     starts = [problem.units.contract(p) for p in found.values()]
+    # Phase 1: local-search's own run (its default simulations, at most half the budget).
+    first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
+    first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
+    first, made = search_units(
+        problem.units, problem.budget, problem.simulator, starts, objective=objective, evaluations=first_limit, deadline=first_deadline, seed=seed
+    )
+    # Phase 2: the guided search from its answer and the starts, for what is left.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
     try:
-        left = None if budget_s is None else max(budget_s - (time.perf_counter() - began), 1e-3)
-        best, _, stats = guided_search(problem, starts, ranker, evaluations=evaluations or 10**9, budget_s=left, seed=seed)
+        left_s = None if budget_s is None else max(budget_s - (time.perf_counter() - began), 1e-3)
+        left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
+        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed)
     finally:
         torch.set_num_threads(threads)
+    stats.simulations += made
     result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
     placement = finalize(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule

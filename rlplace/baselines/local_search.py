@@ -108,7 +108,6 @@ def place(
         best = search_boundaries(graph, costs, simulator, start=start, evaluations=evaluations or DEFAULT_EVALUATIONS, seed=seed)
         best = _refereed(best, [np.asarray(start, dtype=np.int64)], referee)
         return finalize(graph, cluster, costs, best, objective=objective, method="local-search", simulator=simulator)
-    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, limit, deadline)
     if start is None:
         failures: dict[str, str] = {}
         starts = start_placements(
@@ -120,9 +119,29 @@ def place(
             raise RlplaceError(f"local-search: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     else:
         starts = {"given": np.asarray(start, dtype=np.int64)}
-    best = search.run([units.contract(p) for p in starts.values()])
+    best, _ = search_units(units, budget, simulator, [units.contract(p) for p in starts.values()], objective=objective, evaluations=limit, deadline=deadline, seed=seed)
     result = _refereed(units.expand(best), [units.expand(units.contract(p)) for p in starts.values()], referee)
     return finalize(graph, cluster, costs, result, objective=objective, method="local-search", simulator=simulator)
+
+
+def search_units(
+    units: Units,
+    budget: np.ndarray,
+    simulator,
+    starts: list[np.ndarray],
+    *,
+    objective: str,
+    evaluations: int = DEFAULT_EVALUATIONS,
+    deadline: float | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
+    """The search of the module docstring from (u,) unit assignments ``starts``, on ``units``
+    with memory-estimate ``budget`` ((k,) bytes) and ``simulator``: (the best (u,) assignment,
+    simulations made). Stops after ``evaluations`` simulations or at ``deadline``
+    (`time.perf_counter` seconds); with one seed, a larger budget only extends the same run."""
+    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations, deadline)
+    best = search.run(starts)
+    return best, search.made
 
 
 def _refereed(found: np.ndarray, starts: list[np.ndarray], referee: Callable[[np.ndarray], Score] | None) -> np.ndarray:
@@ -184,9 +203,11 @@ class _Search:
         self.rng = rng
         self.check_memory = objective == "throughput"
         self.left = max(1, int(evaluations))
+        self.made = 0
 
     def score(self, assignment: np.ndarray) -> Score:
         self.left -= 1
+        self.made += 1
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             self.left = 0  # this simulation still counts; the search stops after it
         step_time, overflow = self.simulator.score(self.units.expand(assignment))
