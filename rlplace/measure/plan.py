@@ -1,7 +1,10 @@
 """Split a placed forward program into per-device segments and a fixed message schedule.
 
 A new segment starts wherever the device changes along the topological order of the forward
-nodes, so segments form a DAG (a device can own several segments). A value produced on one
+nodes, so segments form a DAG (a device can own several segments); on one device also right
+after a value another device uses is produced, and right before a node that needs a value
+not yet on the device (see `_Boundaries`), so a send never waits for unrelated later work and
+local work never waits for a receive it does not need. A value produced on one
 device and used on another is sent once per destination device, right after the segment
 that produced it; during the backward pass its gradient travels the other way, right after
 the backward of the earliest segment on the destination that used it. Every rank derives the
@@ -126,11 +129,14 @@ def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_d
     segments: list[Segment] = []
     producer: dict[str, int] = dict.fromkeys(program.placeholders, PLACEHOLDER_STAGE)
     current: list[str] = []
+    boundaries = _Boundaries(devices)
     for node in program.nodes:
-        if current and devices[current[-1]] != devices[node.name]:
+        if current and boundaries.starts_segment(node):
             segments.append(_segment(len(segments), devices[current[-1]], current, node_by_name, producer))
             current = []
+            boundaries.reset()
         current.append(node.name)
+        boundaries.add(node)
         producer[node.name] = len(segments)
     if current:
         segments.append(_segment(len(segments), devices[current[-1]], current, node_by_name, producer))
@@ -173,6 +179,58 @@ def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_d
         write_backs=write_backs,
         messages=messages,
     )
+
+
+class _Boundaries:
+    """Where segments start, walking the forward nodes in order (`plan_segments`).
+
+    A segment is one autograd island whose inputs are all received before its first node
+    runs and whose outputs (and, in the backward pass, input gradients) are sent only when
+    the whole segment is done. So besides at device changes a segment ends:
+
+    * after a node whose value another device uses: the value leaves as soon as it exists;
+    * before a node that needs a value another device sends and this device has not yet
+      received: the work before it does not wait for that message, and in the backward pass
+      the gradient of that value leaves right after the backward of its first user here.
+
+    Never between a node and the ``getitem`` nodes unpacking its tuple (a tuple is not a
+    tensor and cannot enter an island), and never before a ``getitem``.
+    """
+
+    def __init__(self, devices: Mapping[str, int]) -> None:
+        self.devices = devices
+        self.received: dict[int, set[str]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.last_device = -1
+        self.sends = False
+        self.unpacked: set[str] = set()  # getitem users of the segment's nodes still to come
+
+    def add(self, node: Node) -> None:
+        device = self.devices[node.name]
+        self.last_device = device
+        self.unpacked.discard(node.name)
+        received = self.received.setdefault(device, set())
+        for inp in node.all_input_nodes:
+            if self.devices[inp.name] != device:
+                received.add(inp.name)
+        for user in node.users:
+            if is_getitem(user):
+                self.unpacked.add(user.name)
+            elif self.devices.get(user.name, device) != device:  # the output node has no device
+                self.sends = True
+
+    def starts_segment(self, node: Node) -> bool:
+        device = self.devices[node.name]
+        if device != self.last_device:
+            return True
+        if is_getitem(node) or self.unpacked:
+            return False
+        if self.sends:
+            return True
+        received = self.received.get(device, set())
+        return any(self.devices[inp.name] != device and inp.name not in received for inp in node.all_input_nodes)
 
 
 def _check_device(device: int, num_devices: int, name: str) -> int:
