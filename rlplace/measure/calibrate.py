@@ -18,7 +18,8 @@ predicts what the executor spends per step on one device (`fit_kind_efficiency`)
 
 then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s), what a message adds to a step through
-the executor, and whether keeping idle cores awake helps a message-heavy step on this host
+the executor, what it costs its two endpoints' compute when both are busy
+(`message_cpu_timing`, fitted by `fit_message_cpu`), and whether keeping idle cores awake helps a message-heavy step on this host
 (`keep_awake_check`). The result is a `rlplace.profile.Profile` (typed, torch-free: loading
 and applying it never imports this module).
 """
@@ -387,6 +388,75 @@ def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[An
     return program, runs
 
 
+def _pair_runs(rank: int, world_size: int, device: torch.device) -> list[tuple[Any, Any]]:
+    """For this rank, a worker and plan of `rlplace.measure.models.crossing_pair` all on rank 0
+    and placed by `crossing_pair_device` over ranks 0 and 1, its nodes run layer by layer
+    (both chains' layer i before either's layer i + 1, as the simulator schedules them)."""
+    from rlplace.measure.assign import order_by_key
+    from rlplace.measure.executor import DeviceWorker
+    from rlplace.measure.models import crossing_pair, crossing_pair_device
+    from rlplace.measure.plan import plan_segments
+    from rlplace.measure.program import export_forward
+    from rlplace.measure.ranks import DistTransport
+
+    module, inputs = crossing_pair()
+    program = export_forward(module, inputs)
+    paths = {node.name: program.module_paths.get(node.name, "") for node in program.nodes}
+    layer = {name: float(path.split(".")[2]) for name, path in paths.items() if path.count(".") >= 2 and path.split(".")[2].isdigit()}
+    order = order_by_key(program, layer)
+    runs = []
+    for assignment in ({name: 0 for name in paths}, {name: crossing_pair_device(path) % min(world_size, 2) for name, path in paths.items()}):
+        plan = plan_segments(program, assignment, world_size, order)
+        runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
+    return runs
+
+
+def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, rounds: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Main-thread CPU seconds of one step of `crossing_pair` on one rank (``cpu_single``) and
+    split so that both ranks compute while every layer boundary sends a message each way
+    (``cpu_split``, summed over the ranks), medians over ``rounds`` alternating steps, and
+    the split's messages per step (``messages``) (collective). Thread CPU time, not the wall
+    clock: what a message takes from its endpoints' compute, whatever else the host runs."""
+    import torch.distributed as dist
+
+    from rlplace.measure.ranks import run_step
+
+    runs = _pair_runs(rank, world_size, device)
+    samples: list[tuple[float, float]] = []
+    for index in range(warmup + rounds):
+        spent = []
+        for worker, plan in runs:
+            dist.barrier()
+            started = time.thread_time()
+            run_step(worker, plan)
+            spent.append(time.thread_time() - started)
+        total = torch.tensor(spent, dtype=torch.float64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        if index >= warmup:
+            samples.append((float(total[0]), float(total[1])))
+    return {
+        "cpu_single": float(statistics.median(single for single, _ in samples)),
+        "cpu_split": float(statistics.median(split for _, split in samples)),
+        "messages": float(len(runs[1][1].messages)),
+    }
+
+
+def fit_message_cpu(profile: Profile, timing: Mapping[str, float]) -> Profile:
+    """The profile with ``message_cpu_s`` from ``timing`` (`message_cpu_timing`): the CPU time
+    the split step of `crossing_pair` spends beyond the one-rank step, per message and
+    endpoint, ``c = max(0, (cpu_split - cpu_single) / (2 * messages))``. A chain split layer
+    by layer pays both endpoints of every message on its critical path, so the calibrated
+    per-message overhead becomes ``max(0, message_overhead_s - 2c)`` (its total is kept).
+    Profiles of one device, or without ``timing``, come back unchanged.
+    """
+    if len(profile.devices) < 2 or not timing or not timing.get("messages"):
+        return profile
+    cost = max((float(timing["cpu_split"]) - float(timing["cpu_single"])) / (2.0 * float(timing["messages"])), 0.0)
+    chain = profile.message_overhead_s
+    meta = dict(profile.meta) | {"message_timing": dict(timing) | {"chain_message_overhead_s": chain}}
+    return dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(chain - 2.0 * cost, 0.0), meta=meta)
+
+
 def _paired_steps(runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int) -> list[tuple[float, float]]:
     """Per round after ``warmup``, the slowest rank's time (s) of one step of each run (collective)."""
     import torch.distributed as dist
@@ -502,8 +572,11 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
         overhead = 0.0
         check: dict[str, float] = {}
+        timing: dict[str, float] = {}
         if world_size > 1:
             overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
+            if job.get("fit_message_cpu", True):
+                timing = message_cpu_timing(rank, world_size, device)
             if job.get("check_keep_awake", True):
                 check = keep_awake_check(rank, world_size, device)
     finally:
@@ -518,7 +591,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         latency=latency_matrix,
         backend=backend,
         threads=threads,
-        meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")} | ({"message_timing": timing} if timing else {}),
         message_overhead_s=overhead,
         keep_awake=keep_awake_helps(check),
         keep_awake_check=check,
@@ -528,7 +601,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
 def calibrate(
     num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None,
-    keep_awake: bool | None = None, check_keep_awake: bool = True,
+    keep_awake: bool | None = None, check_keep_awake: bool = True, fit_message_cpu_cost: bool = True,
 ) -> Profile:
     """Calibrate ``num_devices`` local ranks (one process each) and return the profile.
 
@@ -538,6 +611,8 @@ def calibrate(
     during the calibration itself (see `rlplace.measure.launch.launch_job`; default off).
     ``check_keep_awake`` (two or more devices) times whether keeping cores awake helps
     measurements on this host (`keep_awake_check`); the profile records the answer.
+    ``fit_message_cpu_cost`` (two or more devices) times `crossing_pair` with both ranks
+    computing and fits what a message costs its endpoints (`fit_message_cpu`).
     """
     from rlplace.measure.launch import launch_job
 
@@ -545,6 +620,7 @@ def calibrate(
         raise RlplaceError(f"calibration needs at least one device (got {num_devices})")
     job = {
         "kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit,
-        "check_keep_awake": check_keep_awake,
+        "check_keep_awake": check_keep_awake, "fit_message_cpu": fit_message_cpu_cost,
     }  # fmt: skip
-    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
+    profile = Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
+    return fit_message_cpu(profile, profile.meta.get("message_timing") or {}) if fit_message_cpu_cost else profile
