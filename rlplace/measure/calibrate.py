@@ -541,6 +541,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
     import torch.distributed as dist
 
+    from rlplace.measure.awake import cores_kept_awake
     from rlplace.measure.ranks import rank_device
 
     backend = str(job.get("backend", "gloo"))
@@ -567,18 +568,23 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
                 op_overhead_by_class=fitted.overhead_by_class,
             )
         dist.barrier()
-        bandwidth, latency = profile_links(rank, world_size, device)
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
-        overhead = 0.0
         check: dict[str, float] = {}
-        timing: dict[str, float] = {}
-        if world_size > 1:
-            overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
-            if job.get("fit_message_cpu", True):
-                timing = message_cpu_timing(rank, world_size, device)
-            if job.get("check_keep_awake", True):
-                check = keep_awake_check(rank, world_size, device)
+        if world_size > 1 and job.get("check_keep_awake", True):
+            check = keep_awake_check(rank, world_size, device)  # the same numbers on every rank
+        # Messages are timed the way measurements will run them: with the cores kept awake
+        # when the check found that helps (the profile turns it on for them).
+        with cores_kept_awake(keep_awake_helps(check) and rank == 0):
+            dist.barrier()
+            bandwidth, latency = profile_links(rank, world_size, device)
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
+            overhead = 0.0
+            timing: dict[str, float] = {}
+            if world_size > 1:
+                overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
+                if job.get("fit_message_cpu", True):
+                    timing = message_cpu_timing(rank, world_size, device)
+            dist.barrier()
     finally:
         dist.destroy_process_group()
     if rank != 0:
