@@ -269,6 +269,24 @@ def test_step_fit_recovers_known_efficiencies_and_op_costs() -> None:
     assert all(f == pytest.approx(m, rel=0.1) for m, f in fit.fit.values())
 
 
+def test_step_fit_keeps_a_measured_efficiency_and_fits_the_rest() -> None:
+    from rlplace.costs import OVERHEAD_CLASSES
+
+    rng = np.random.default_rng(1)
+    models = 40
+    rooflines = np.zeros((models, len(FIT_KINDS)))
+    columns = [FIT_KINDS.index("matmul"), FIT_KINDS.index("optimizer")]
+    rooflines[:, columns] = rng.uniform(1e-4, 1e-3, size=(models, 2))
+    counts = np.zeros((models, len(OVERHEAD_CLASSES)))
+    measured = rooflines[:, columns[0]] / 0.8 + rooflines[:, columns[1]] / 0.5
+    # told the optimizer runs at 0.5, the fit finds matmul's 0.8 from what is left
+    fit = solve_step_fit(rooflines, counts, measured, prior_overhead_s=1e-5, names=[f"m{i}" for i in range(models)], fixed={"optimizer": 0.5})
+    assert fit.efficiency["optimizer"] == 0.5
+    assert fit.efficiency["matmul"] == pytest.approx(0.8, rel=0.02)
+    # a wrong measured value is kept, not refitted
+    assert solve_step_fit(rooflines, counts, measured, prior_overhead_s=1e-5, names=[f"m{i}" for i in range(models)], fixed={"optimizer": 0.25}).efficiency["optimizer"] == 0.25
+
+
 def test_profile_round_trips_and_bad_files_fail_clearly(tmp_path) -> None:
     import dataclasses
 

@@ -242,11 +242,15 @@ def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmu
     return graph, program, statistics.median(samples)
 
 
-def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str]) -> StepFit:
+def solve_step_fit(
+    rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str], fixed: Mapping[str, float] | None = None
+) -> StepFit:
     """Non-negative least squares on relative errors of
     ``step time = sum over kinds of roofline / efficiency + sum over classes of count * overhead``,
     with a weak prior (every efficiency `PRIOR_EFFICIENCY`, every overhead ``prior_overhead_s``,
     weight `PRIOR_WEIGHT`) that keeps kinds and classes the models barely tell apart finite.
+    ``fixed``: kinds whose efficiency was measured directly (`optimizer_efficiency`); their
+    time is taken out of the measured steps and only the rest is fitted.
 
     Shapes (c calibration models): rooflines (c, len(FIT_KINDS)) seconds at the measured rates;
     counts (c, len(OVERHEAD_CLASSES)); measured (c,) seconds.
@@ -255,18 +259,27 @@ def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarr
 
     from rlplace.costs import OVERHEAD_CLASSES
 
-    matrix = np.hstack([rooflines, counts])
+    low, high = EFFICIENCY_BOUNDS
+    fixed = {kind: float(np.clip(value, low, high)) for kind, value in (fixed or {}).items() if kind in FIT_KINDS}
+    free = rooflines.copy()
+    known = np.zeros(len(measured))
+    for kind, value in fixed.items():
+        column = FIT_KINDS.index(kind)
+        known += rooflines[:, column] / value
+        free[:, column] = 0.0
+    matrix = np.hstack([free, counts])
     weighted = matrix / measured[:, None]  # relative errors
     scale = np.where(weighted.max(axis=0) > 0, weighted.max(axis=0), 1.0)
     prior = np.array([1.0 / PRIOR_EFFICIENCY] * len(FIT_KINDS) + [max(prior_overhead_s, 1e-7)] * len(OVERHEAD_CLASSES))
     system = np.vstack([weighted / scale, np.diag(PRIOR_WEIGHT / (prior * scale))])
-    target = np.concatenate([np.ones(len(measured)), np.full(len(prior), PRIOR_WEIGHT)])
+    target = np.concatenate([np.maximum(1.0 - known / measured, 0.0), np.full(len(prior), PRIOR_WEIGHT)])
     solution, _ = nnls(system, target)
     solution = solution / scale
-    low, high = EFFICIENCY_BOUNDS
     efficiency = {}
     for column, kind in enumerate(FIT_KINDS):
-        if rooflines[:, column].any():
+        if kind in fixed and rooflines[:, column].any():
+            efficiency[kind] = fixed[kind]
+        elif rooflines[:, column].any():
             efficiency[kind] = float(np.clip(1.0 / solution[column], low, high)) if solution[column] > 0 else high
     overheads = solution[len(FIT_KINDS) :]
     inverse = np.array([1.0 / efficiency.get(kind, high) for kind in FIT_KINDS])
@@ -287,6 +300,7 @@ def fit_kind_efficiency(
     steps: int = 8,
     warmup: int = 3,
     models: Sequence[str] | None = None,
+    measure_optimizer: bool = True,
 ) -> StepFit:
     """Fit per-kind efficiencies and per-class op costs to measured one-device training steps.
 
@@ -295,6 +309,8 @@ def fit_kind_efficiency(
     optimizer step and the per-node Python cost are all in the time), and fits
     `solve_step_fit` with rooflines at ``peak_flops`` and ``bandwidth`` from capture's FLOPs
     and bytes. A one-device placement is then predicted as the fit predicts its model.
+    ``measure_optimizer`` times the optimizer update alone (`optimizer_efficiency`) and keeps
+    that efficiency out of the fit.
     """
     from rlplace.measure.models import CALIBRATION_MODELS
 
@@ -306,7 +322,35 @@ def fit_kind_efficiency(
         rooflines.append(roofline_features(graph, peak_flops, bandwidth)[0])
         counts.append(overhead_counts(graph))
         times.append(seconds)
-    return solve_step_fit(np.array(rooflines), np.array(counts), np.array(times), prior_overhead_s=prior_overhead_s, names=names)
+    fixed = {"optimizer": optimizer_efficiency(device, peak_flops, bandwidth)} if measure_optimizer else {}
+    return solve_step_fit(np.array(rooflines), np.array(counts), np.array(times), prior_overhead_s=prior_overhead_s, names=names, fixed=fixed)
+
+
+def optimizer_efficiency(device: torch.device, peak_flops: float, bandwidth: float, *, min_seconds: float = 0.05) -> float:
+    """The optimizer kind's efficiency timed directly: the executor's optimizer update
+    (`rlplace.measure.executor.make_optimizer`, Adam) on eight 512 x 512 weights (2.1 M
+    parameters) by `op_clock`, against the roofline capture gives their update. In whole
+    calibration steps the update is a small share of most models' time, so the step fit
+    alone mixes it up with the rest (it priced updates about twice what they take)."""
+    from rlplace.capture import capture_model
+    from rlplace.measure.executor import make_optimizer
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(*(torch.nn.Linear(512, 512, bias=False) for _ in range(8)))
+    inputs = (torch.randn(2, 512),)
+    graph = capture_model(module, inputs, training=True, optimizer="adam", name="optimizer-probe")
+    seconds_at_roofline = float(roofline_features(graph, peak_flops, bandwidth)[0][FIT_KINDS.index("optimizer")])
+    module = module.to(device)
+    module(inputs[0].to(device)).pow(2).mean().backward()
+    update = make_optimizer("adam", list(module.parameters()))
+    assert update is not None
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    seconds = _median_time(update.step, min_seconds=min_seconds, synchronize=synchronize, clock=op_clock(device))
+    return seconds_at_roofline / seconds if seconds > 0 else EFFICIENCY_BOUNDS[1]
 
 
 def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, sizes: tuple[int, int] = LINK_SIZES) -> tuple[list[float], list[float]]:
