@@ -56,6 +56,10 @@ OVERHEAD_CLASSES = ("forward", "backward", "optimizer", "forward_view", "backwar
 
 #: Key of ``Cluster.meta`` holding one `DeviceCalibration` (or None) per device.
 CALIBRATION_META_KEY = "calibration"
+#: Key of ``Cluster.meta`` holding the compute time (s) one message costs each of its two
+#: endpoints (`rlplace.simulate.endpoint_time`); absent or 0 on clusters where messages are
+#: free for the devices' compute (DMA engines, GPUs).
+MESSAGE_CPU_META_KEY = "message_cpu_s"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ its numbers on a cluster (device rates, link latency and bandwidth, and per devi
 `rlplace.costs.DeviceCalibration` that `rlplace.costs.CostTable` reads), so ``--profile`` on
 ``simulate``/``place``/``evaluate`` never imports torch.
 
-JSON (``"format": "rlplace-profile"``): ``version`` (3; version 1 files, written before the
-keep-awake check, still load with ``keep_awake`` off, and version 1 and 2 files, written
-before torch's pipeline stages were timed, with ``stage_overhead_s`` 0), ``backend``,
-``threads``, ``devices`` (one `DeviceProfile` each), ``links`` (``bandwidth`` and ``latency``
-k x k matrices with ``null`` on the diagonal, ``message_overhead_s``), ``keep_awake`` and
+JSON (``"format": "rlplace-profile"``): ``version`` (4; version 1 files, written before the
+keep-awake check, still load with ``keep_awake`` off, version 1 and 2 files, written
+before torch's pipeline stages were timed, with ``stage_overhead_s`` 0, and version 1 to 3
+files, written before messages were charged to their endpoints, with ``message_cpu_s`` 0),
+``backend``, ``threads``, ``devices`` (one `DeviceProfile` each), ``links`` (``bandwidth``
+and ``latency`` k x k matrices with ``null`` on the diagonal, ``message_overhead_s``,
+``message_cpu_s``), ``keep_awake`` and
 ``keep_awake_check`` (see `Profile`), ``stage_overhead_s``, ``meta``.
 """
 
@@ -28,14 +30,14 @@ from typing import Any
 import numpy as np
 
 from rlplace.cluster import CPU, Cluster, Device
-from rlplace.costs import BANDWIDTH_EFFICIENCY, CALIBRATION_META_KEY, COMPUTE_EFFICIENCY, DeviceCalibration
+from rlplace.costs import BANDWIDTH_EFFICIENCY, CALIBRATION_META_KEY, COMPUTE_EFFICIENCY, MESSAGE_CPU_META_KEY, DeviceCalibration
 from rlplace.errors import RlplaceError
 from rlplace.io import read_json, write_text_atomic
 
 PROFILE_FORMAT = "rlplace-profile"
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 #: Versions `Profile.from_json` reads.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: Cluster meta key of `Profile.stage_overhead_s` (seconds), set by `Profile.apply` when positive.
 STAGE_OVERHEAD_META_KEY = "pipeline_stage_overhead_s"
 
@@ -113,7 +115,14 @@ class Profile:
     Attributes:
         backend, threads: how the ranks ran (gloo/nccl, torch threads per rank).
         message_overhead_s: what one message costs a training step through the executor
-            beyond the link's latency and bandwidth; `apply` adds it to every link's latency.
+            beyond the link's latency and bandwidth and its endpoints' ``message_cpu_s``;
+            `apply` adds it to every link's latency.
+        message_cpu_s: compute time one message costs each of its two endpoints (the
+            sender's copy and send, the receiver's wake-up and copy), which on CPU ranks
+            competes with their ops; fitted at calibration with both ranks computing
+            (`rlplace.measure.calibrate.fit_message_cpu`), 0 when not fitted. `apply` puts it
+            in ``meta[rlplace.costs.MESSAGE_CPU_META_KEY]`` when positive, and the simulator
+            charges it to the sending and the receiving op (`rlplace.simulate.endpoint_time`).
         keep_awake: whether measurements on this host should keep idle cores busy
             (`rlplace.measure.awake`): set by the check calibration runs, only when it
             made a message-heavy split faster without slowing a one-rank step.
@@ -139,6 +148,7 @@ class Profile:
     keep_awake: bool = False
     keep_awake_check: Mapping[str, float] = dataclasses.field(default_factory=dict)
     stage_overhead_s: float = 0.0
+    message_cpu_s: float = 0.0
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:
@@ -153,7 +163,7 @@ class Profile:
             "backend": self.backend,
             "threads": self.threads,
             "devices": [dataclasses.asdict(d) for d in self.devices],
-            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s},
+            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s, "message_cpu_s": self.message_cpu_s},
             "keep_awake": self.keep_awake,
             "keep_awake_check": dict(self.keep_awake_check),
             "stage_overhead_s": self.stage_overhead_s,
@@ -181,6 +191,7 @@ class Profile:
             bandwidth = np.array([[math.inf if a == b else float(links["bandwidth"][a][b]) for b in range(k)] for a in range(k)])
             latency = np.array([[0.0 if a == b else float(links["latency"][a][b]) for b in range(k)] for a in range(k)])
             overhead = float(links.get("message_overhead_s", 0.0) or 0.0)
+            endpoint = float(links.get("message_cpu_s", 0.0) or 0.0)
             keep_awake = data.get("keep_awake", False)
             if not isinstance(keep_awake, bool):
                 raise ValueError(f"keep_awake must be true or false, not {keep_awake!r}")
@@ -201,11 +212,11 @@ class Profile:
         off = ~np.eye(k, dtype=bool)
         if not (np.all(bandwidth[off] > 0) and np.all(np.isfinite(latency)) and np.all(latency >= 0)):
             raise RlplaceError(f"{source}: links need positive bandwidths and non-negative finite latencies; recalibrate")
-        if not (math.isfinite(overhead) and overhead >= 0):
-            raise RlplaceError(f"{source}: the message overhead must be a non-negative number; recalibrate")
+        if not (math.isfinite(overhead) and overhead >= 0 and math.isfinite(endpoint) and endpoint >= 0):
+            raise RlplaceError(f"{source}: message_overhead_s and message_cpu_s must be non-negative numbers; recalibrate")
         if not (math.isfinite(stage_overhead) and stage_overhead >= 0):
             raise RlplaceError(f"{source}: stage_overhead_s must be a non-negative number; recalibrate")
-        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check, stage_overhead)
+        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check, stage_overhead, endpoint)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -259,6 +270,9 @@ class Profile:
         meta["profile"] = {"backend": self.backend, "threads": self.threads, "keep_awake": self.keep_awake}
         if self.stage_overhead_s > 0:
             meta[STAGE_OVERHEAD_META_KEY] = self.stage_overhead_s
+        meta.pop(MESSAGE_CPU_META_KEY, None)
+        if self.message_cpu_s > 0 and k > 1:
+            meta[MESSAGE_CPU_META_KEY] = self.message_cpu_s
         if any(entry is not None for entry in calibration):
             meta[CALIBRATION_META_KEY] = tuple(calibration)
         return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth_matrix, latency=latency_matrix, meta=meta)
@@ -305,6 +319,7 @@ class Profile:
                     lines.append(f"link rank{a} -> rank{b}: {self.bandwidth[a, b] / 1e9:.2f} GB/s, {self.latency[a, b] * 1e6:.0f} us")
         if k > 1:
             lines.append(f"executor overhead per message: {self.message_overhead_s * 1e6:.0f} us (added to every link's latency)")
+            lines.append(f"compute per message at each endpoint: {self.message_cpu_s * 1e6:.0f} us (charged to the sending and the receiving op)")
             lines.append(f"torch pipeline stage overhead: {self.stage_overhead_s * 1e6:.0f} us per stage, micro-batch and direction (rlplace run's prediction)")
         check = self.keep_awake_check
         if check:

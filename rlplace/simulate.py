@@ -14,6 +14,11 @@ Model (DESIGN.md, "Simulator model"):
   that covers them all). Transfers on one link run one after another, first come first
   served in the order they become ready (producers finishing at the same instant: lower
   instance id first). Computation and communication overlap.
+- Message endpoints (``cluster.meta[MESSAGE_CPU_META_KEY]`` = c seconds, default 0): where
+  sending and receiving take the devices' own compute (CPU stand-ins: the copy, the
+  communication thread's wake-up), each transfer adds c to its producer's time and c to the
+  time of its first consumer on the destination (lowest op id), see `endpoint_time`. With
+  c = 0 nothing changes, bit for bit.
 - ``latency``: the finish time of the last op of one step.
 - ``pipelined``: M micro-batches through the same placement; each micro-batch's op and
   transfer times are the step's divided by M, except their fixed parts (`CostTable.op_fixed`:
@@ -71,6 +76,7 @@ Lower bounds (placement-independent, in `lower_bound`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +85,7 @@ import numpy as np
 
 from rlplace import _simkernel as kernel
 from rlplace.cluster import CPU, Cluster
-from rlplace.costs import CostTable
+from rlplace.costs import MESSAGE_CPU_META_KEY, CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.objectives import OBJECTIVES as OBJECTIVES
@@ -266,6 +272,9 @@ class Simulator:
         self._pred_op = _frozen(graph.edge_src[pred_order], np.int64)
         self._is_backward = _frozen(graph.is_backward, np.bool_)
         self._op_rank, self._rank_op = self._ranks(priority)
+        self._edge_src = _frozen(graph.edge_src, np.int64)
+        self._edge_dst = _frozen(graph.edge_dst, np.int64)
+        self.message_cpu = message_cpu(cluster) if objective != "throughput" else 0.0
         # gpipe (and any schedule of one micro-batch) does not depend on the placement
         self._fixed_order = gpipe_order(self._is_backward, self.microbatches, k) if self.schedule in (None, "gpipe") or self.microbatches == 1 else None
         self.lower_bound = lower_bound(graph, cluster, costs, objective=objective, microbatches=self.microbatches)
@@ -318,7 +327,7 @@ class Simulator:
         does not exist, or puts an op on a device it cannot run on.
         """
         p = self._placement(placement)
-        durations = self._op_time[np.arange(self.num_ops), p]
+        durations = self._times(p)[np.arange(self.num_ops), p]
         if np.any(np.isinf(durations)):
             op = int(np.argmax(np.isinf(durations)))
             raise RlplaceError(f"op {self.graph.names[op]!r} cannot run on device {self.cluster.devices[int(p[op])].name!r} (the graph gives it no time there); move it")
@@ -402,6 +411,14 @@ class Simulator:
         assert self.schedule is not None
         return pipeline_order(self.schedule, p, self._is_backward, self._pred_ptr, self._pred_op, self.microbatches, self.num_devices)
 
+    def _times(self, p: np.ndarray) -> np.ndarray:
+        """(n, k) op times under placement ``p``: ``_op_time`` plus, when messages cost their
+        endpoints compute, each op's `endpoint_time` (every micro-batch pays it in full)."""
+        if self.message_cpu == 0.0:
+            return self._op_time
+        extra = endpoint_time(self._edge_src, self._edge_dst, p, self.num_ops, self.num_devices, self.message_cpu)
+        return _frozen(self._op_time + (self.microbatches * extra)[:, None], np.float64)
+
     def _schedule_args(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> tuple:
         """Arguments shared by the makespan-only and the recording schedule kernels."""
         order = self._order(p)
@@ -413,7 +430,7 @@ class Simulator:
             self._succ_op,
             self._succ_edge,
             self._indegree,
-            self._op_time,
+            self._times(p),
             self._edge_time,
             self._link_class,
             p,
@@ -518,6 +535,44 @@ class Simulator:
             schedule=self.schedule,
             activation_memory=_frozen(activation, np.float64),
         )
+
+
+def message_cpu(cluster: Cluster) -> float:
+    """Seconds of compute one message costs each endpoint on ``cluster``
+    (``meta[MESSAGE_CPU_META_KEY]``, 0 when absent); `RlplaceError` if not a number >= 0."""
+    value = cluster.meta.get(MESSAGE_CPU_META_KEY, 0.0)
+    try:
+        seconds = float(value or 0.0)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise RlplaceError(f"cluster {cluster.name!r}: meta {MESSAGE_CPU_META_KEY!r} must be a number >= 0, got {value!r}")
+    return seconds
+
+
+def endpoint_time(edge_src: np.ndarray, edge_dst: np.ndarray, placement: np.ndarray, num_ops: int, num_devices: int, seconds: float) -> np.ndarray:
+    """Compute time each op adds for the messages it sends and receives.
+
+    A transfer is one (producer, remote device) pair (the simulator sends an output once
+    per remote device holding a consumer); it adds ``seconds`` to its producer and
+    ``seconds`` to its consumer of lowest op id on that device (the receive happens before
+    the first use there).
+
+    Shapes: edge_src, edge_dst (m,) int64 op ids; placement (n,) int64; returns (n,) float64.
+    """
+    extra = np.zeros(num_ops)
+    remote = placement[edge_src] != placement[edge_dst]
+    if seconds == 0.0 or not remote.any():
+        return extra
+    src, dst = edge_src[remote], edge_dst[remote]
+    key = src * num_devices + placement[dst]
+    order = np.lexsort((dst, key))
+    key, src, dst = key[order], src[order], dst[order]
+    first = np.ones(key.shape[0], dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    np.add.at(extra, src[first], seconds)
+    np.add.at(extra, dst[first], seconds)
+    return extra
 
 
 def simulate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -92,6 +93,37 @@ def test_placed_step_equals_unplaced_step(built, seed: int) -> None:
     reference_loss, reference = reference_step(module, inputs)
     assert loss == pytest.approx(reference_loss, rel=1e-6, abs=1e-7)
     assert_same_state(executor.state(), reference)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_placed_step_equals_unplaced_step_in_any_node_order(built, seed: int) -> None:
+    from rlplace.measure.assign import order_by_key
+
+    module, inputs, program = built
+    rng = random.Random(seed)
+    assignment = {node.name: rng.randrange(2) for node in program.nodes}
+    order = order_by_key(program, {node.name: rng.random() for node in program.nodes})
+    assert order != [node.name for node in program.nodes]
+    plan = plan_segments(program, assignment, 2, order)
+    executor = LocalExecutor(program, plan, ["cpu"] * 2)
+    loss = executor.step()
+    reference_loss, reference = reference_step(module, inputs)
+    assert loss == pytest.approx(reference_loss, rel=1e-6, abs=1e-7)
+    assert_same_state(executor.state(), reference)
+
+
+def test_message_cpu_fit_is_hand_computed() -> None:
+    from rlplace.measure.calibrate import fit_message_cpu
+
+    base = dataclasses.replace(_profile(), message_overhead_s=5e-4)
+    # 4 ms more CPU over 10 messages, each with two endpoints: 200 us per endpoint; a chain
+    # message keeps its calibrated 500 us, 400 of them now at its endpoints
+    fitted = fit_message_cpu(base, {"cpu_single": 0.010, "cpu_split": 0.014, "messages": 10.0})
+    assert fitted.message_cpu_s == pytest.approx(2e-4) and fitted.message_overhead_s == pytest.approx(1e-4)
+    assert fitted.meta["message_timing"]["chain_message_overhead_s"] == 5e-4
+    assert fit_message_cpu(dataclasses.replace(base, message_overhead_s=1e-4), {"cpu_single": 0.010, "cpu_split": 0.014, "messages": 10.0}).message_overhead_s == 0.0
+    assert fit_message_cpu(base, {"cpu_single": 0.010, "cpu_split": 0.009, "messages": 10.0}).message_cpu_s == 0.0
+    assert fit_message_cpu(base, {}) is base
 
 
 def test_executor_nodes_carry_the_captured_op_names(built) -> None:
@@ -235,6 +267,24 @@ def test_step_fit_recovers_known_efficiencies_and_op_costs() -> None:
     assert fit.efficiency["elementwise"] == pytest.approx(0.4, rel=0.1)
     np.testing.assert_allclose([fit.overhead_by_class[name] for name in OVERHEAD_CLASSES], true_overheads, rtol=0.25, atol=5e-6)  # the weak prior pulls classes with a small share of the time
     assert all(f == pytest.approx(m, rel=0.1) for m, f in fit.fit.values())
+
+
+def test_step_fit_keeps_a_measured_efficiency_and_fits_the_rest() -> None:
+    from rlplace.costs import OVERHEAD_CLASSES
+
+    rng = np.random.default_rng(1)
+    models = 40
+    rooflines = np.zeros((models, len(FIT_KINDS)))
+    columns = [FIT_KINDS.index("matmul"), FIT_KINDS.index("optimizer")]
+    rooflines[:, columns] = rng.uniform(1e-4, 1e-3, size=(models, 2))
+    counts = np.zeros((models, len(OVERHEAD_CLASSES)))
+    measured = rooflines[:, columns[0]] / 0.8 + rooflines[:, columns[1]] / 0.5
+    # told the optimizer runs at 0.5, the fit finds matmul's 0.8 from what is left
+    fit = solve_step_fit(rooflines, counts, measured, prior_overhead_s=1e-5, names=[f"m{i}" for i in range(models)], fixed={"optimizer": 0.5})
+    assert fit.efficiency["optimizer"] == 0.5
+    assert fit.efficiency["matmul"] == pytest.approx(0.8, rel=0.02)
+    # a wrong measured value is kept, not refitted
+    assert solve_step_fit(rooflines, counts, measured, prior_overhead_s=1e-5, names=[f"m{i}" for i in range(models)], fixed={"optimizer": 0.25}).efficiency["optimizer"] == 0.25
 
 
 def test_profile_round_trips_and_bad_files_fail_clearly(tmp_path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rlplace.cluster import Cluster, Device
-from rlplace.costs import CALIBRATION_META_KEY, CostTable, DeviceCalibration
+from rlplace.costs import CALIBRATION_META_KEY, MESSAGE_CPU_META_KEY, CostTable, DeviceCalibration
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.profile import PROFILE_VERSION, DeviceProfile, Profile
@@ -28,7 +28,7 @@ def profile(**changes: object) -> Profile:
     )
     base = Profile(
         devices, np.array([[math.inf, 1e9], [2e9, math.inf]]), np.array([[0.0, 1e-4], [2e-4, 0.0]]), "gloo", 1,
-        meta={"host": "h"}, message_overhead_s=5e-5, keep_awake=True, keep_awake_check={"split_idle": 0.03, "split_awake": 0.02, "single_idle": 0.01, "single_awake": 0.01},
+        meta={"host": "h"}, message_overhead_s=5e-5, message_cpu_s=2e-5, keep_awake=True, keep_awake_check={"split_idle": 0.03, "split_awake": 0.02, "single_idle": 0.01, "single_awake": 0.01},
     )  # fmt: skip
     return dataclasses.replace(base, **changes)
 
@@ -47,7 +47,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert loaded.devices == original.devices
     np.testing.assert_array_equal(loaded.bandwidth, original.bandwidth)
     np.testing.assert_array_equal(loaded.latency, original.latency)
-    assert (loaded.backend, loaded.threads, loaded.message_overhead_s, loaded.keep_awake) == ("gloo", 1, 5e-5, True)
+    assert (loaded.backend, loaded.threads, loaded.message_overhead_s, loaded.message_cpu_s, loaded.keep_awake) == ("gloo", 1, 5e-5, 2e-5, True)
     assert loaded.keep_awake_check == original.keep_awake_check and loaded.meta == {"host": "h"}
 
 
@@ -71,6 +71,7 @@ def test_version_1_files_load_with_keep_awake_off(tmp_path: Path) -> None:
         (lambda d: d["links"]["bandwidth"][0].__setitem__(1, 0.0), "positive bandwidths"),
         (lambda d: d["links"]["latency"][1].__setitem__(0, -1.0), "non-negative finite latencies"),
         (lambda d: d.update(keep_awake="yes"), "keep_awake must be true or false"),
+        (lambda d: d["links"].update(message_cpu_s=-1e-6), "message_cpu_s must be"),
         (lambda d: d.update(devices=[]), "no devices"),
         (lambda d: d["devices"].__setitem__(0, 3), "must be an object"),
     ],
@@ -83,6 +84,32 @@ def test_bad_profiles_fail_with_one_clear_error(tmp_path: Path, edit, message: s
     with pytest.raises(RlplaceError, match=message) as raised:
         Profile.load(path)
     assert str(path) in str(raised.value)
+
+
+def test_version_3_files_load_with_free_message_endpoints() -> None:
+    data = profile().to_json()
+    data["version"] = 3
+    del data["links"]["message_cpu_s"]
+    loaded = Profile.from_json(data)
+    assert loaded.message_cpu_s == 0.0 and loaded.message_overhead_s == 5e-5
+    assert MESSAGE_CPU_META_KEY not in loaded.apply(two_cpus()).meta
+
+
+def test_apply_passes_the_message_cpu_cost_to_the_simulator() -> None:
+    from rlplace.simulate import simulate
+
+    cluster = profile().apply(two_cpus())
+    assert cluster.meta[MESSAGE_CPU_META_KEY] == 2e-5
+    assert MESSAGE_CPU_META_KEY not in profile(message_cpu_s=0.0).apply(cluster).meta  # replaced, not inherited
+    one = Cluster.build("one", [Device("a", "cpu", "cpu", 1.0, 1.0, 1e9, 1.0)], intra_host=(1e9, 1e-5))
+    assert MESSAGE_CPU_META_KEY not in profile().apply(one).meta  # one device sends no messages
+    # a (1 GFLOP on rank0) -> b (1 GFLOP on rank1), 1 MB: the sender and the receiver each pay 20 us more.
+    graph = OpGraph.build([{"name": "a", "kind": "matmul", "flops": 1e9, "output_bytes": 1e6}, {"name": "b", "kind": "matmul", "flops": 1e9}], [{"src": "a", "dst": "b", "bytes": 1e6}])
+    costs = CostTable.build(graph, cluster)
+    split = simulate(graph, cluster, costs, np.array([0, 1]))
+    free = simulate(graph, profile(message_cpu_s=0.0).apply(two_cpus()), costs, np.array([0, 1]))
+    assert split.step_time == pytest.approx(free.step_time + 4e-5, rel=1e-12)
+    np.testing.assert_allclose(split.busy_time, free.busy_time + 2e-5)
 
 
 def test_not_json_and_missing_files_name_the_file(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ colocation classes together (`rlplace.placement.check_constraints`) asks for.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass
 
@@ -135,3 +136,61 @@ def executed_placement(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
         if floating[op] and len(successors[op]):
             executed[op] = executed[int(successors[op].min())]
     return executed
+
+
+def schedule_order(program: ForwardProgram, graph: OpGraph, start: np.ndarray) -> list[str]:
+    """The forward nodes of ``program`` in the order the simulator starts them, for
+    `rlplace.measure.plan.plan_segments`: each device then runs its nodes in the simulated
+    order instead of the program's (which, for two branches spread over two devices, would
+    run a branch's every node on a device before the other branch's first).
+
+    A node named after a captured forward op takes that op's simulated start; any other
+    node the latest key of its inputs (it runs right after them); the order is the
+    topological order that takes the smallest key first (ties: program order), each
+    ``getitem`` right after the node whose tuple it unpacks.
+
+    Shapes: start (n,) seconds, the simulated start of each op of ``graph``
+    (`rlplace.simulate.SimResult.op_start`).
+    """
+
+    forward_ops = {graph.names[i]: i for i in range(graph.num_ops) if not graph.is_backward[i]}
+    return order_by_key(program, {name: float(start[op]) for name, op in forward_ops.items()})
+
+
+def order_by_key(program: ForwardProgram, keys: dict[str, float]) -> list[str]:
+    """The forward nodes in the topological order that takes the smallest key first (ties:
+    program order), each ``getitem`` right after the node whose tuple it unpacks; a node
+    without a key in ``keys`` takes the largest key of its inputs (-inf without any)."""
+    from rlplace.measure.program import is_getitem
+
+    position = {node.name: index for index, node in enumerate(program.nodes)}
+    key: dict[str, float] = {}
+    for node in program.nodes:
+        if node.name in keys:
+            key[node.name] = keys[node.name]
+        else:
+            key[node.name] = max((key[inp.name] for inp in node.all_input_nodes if inp.name in key), default=-np.inf)
+    waiting = {node.name: sum(1 for inp in node.all_input_nodes if inp.name in position) for node in program.nodes}
+    users: dict[str, list[str]] = {node.name: [] for node in program.nodes}
+    for node in program.nodes:
+        for inp in node.all_input_nodes:
+            if inp.name in position:
+                users[inp.name].append(node.name)
+    nodes = {node.name: node for node in program.nodes}
+    ready = [(key[name], position[name], name) for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+
+    def emit(name: str) -> None:
+        order.append(name)
+        for user in users[name]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                if is_getitem(nodes[user]):
+                    emit(user)
+                else:
+                    heapq.heappush(ready, (key[user], position[user], user))
+
+    while ready:
+        emit(heapq.heappop(ready)[2])
+    return order

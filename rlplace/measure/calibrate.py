@@ -18,7 +18,8 @@ predicts what the executor spends per step on one device (`fit_kind_efficiency`)
 
 then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s), what a message adds to a step through
-the executor, and whether keeping idle cores awake helps a message-heavy step on this host
+the executor, what it costs its two endpoints' compute when both are busy
+(`message_cpu_timing`, fitted by `fit_message_cpu`), and whether keeping idle cores awake helps a message-heavy step on this host
 (`keep_awake_check`). The result is a `rlplace.profile.Profile` (typed, torch-free: loading
 and applying it never imports this module).
 """
@@ -241,11 +242,15 @@ def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmu
     return graph, program, statistics.median(samples)
 
 
-def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str]) -> StepFit:
+def solve_step_fit(
+    rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarray, *, prior_overhead_s: float, names: Sequence[str], fixed: Mapping[str, float] | None = None
+) -> StepFit:
     """Non-negative least squares on relative errors of
     ``step time = sum over kinds of roofline / efficiency + sum over classes of count * overhead``,
     with a weak prior (every efficiency `PRIOR_EFFICIENCY`, every overhead ``prior_overhead_s``,
     weight `PRIOR_WEIGHT`) that keeps kinds and classes the models barely tell apart finite.
+    ``fixed``: kinds whose efficiency was measured directly (`optimizer_efficiency`); their
+    time is taken out of the measured steps and only the rest is fitted.
 
     Shapes (c calibration models): rooflines (c, len(FIT_KINDS)) seconds at the measured rates;
     counts (c, len(OVERHEAD_CLASSES)); measured (c,) seconds.
@@ -254,18 +259,27 @@ def solve_step_fit(rooflines: np.ndarray, counts: np.ndarray, measured: np.ndarr
 
     from rlplace.costs import OVERHEAD_CLASSES
 
-    matrix = np.hstack([rooflines, counts])
+    low, high = EFFICIENCY_BOUNDS
+    fixed = {kind: float(np.clip(value, low, high)) for kind, value in (fixed or {}).items() if kind in FIT_KINDS}
+    free = rooflines.copy()
+    known = np.zeros(len(measured))
+    for kind, value in fixed.items():
+        column = FIT_KINDS.index(kind)
+        known += rooflines[:, column] / value
+        free[:, column] = 0.0
+    matrix = np.hstack([free, counts])
     weighted = matrix / measured[:, None]  # relative errors
     scale = np.where(weighted.max(axis=0) > 0, weighted.max(axis=0), 1.0)
     prior = np.array([1.0 / PRIOR_EFFICIENCY] * len(FIT_KINDS) + [max(prior_overhead_s, 1e-7)] * len(OVERHEAD_CLASSES))
     system = np.vstack([weighted / scale, np.diag(PRIOR_WEIGHT / (prior * scale))])
-    target = np.concatenate([np.ones(len(measured)), np.full(len(prior), PRIOR_WEIGHT)])
+    target = np.concatenate([np.maximum(1.0 - known / measured, 0.0), np.full(len(prior), PRIOR_WEIGHT)])
     solution, _ = nnls(system, target)
     solution = solution / scale
-    low, high = EFFICIENCY_BOUNDS
     efficiency = {}
     for column, kind in enumerate(FIT_KINDS):
-        if rooflines[:, column].any():
+        if kind in fixed and rooflines[:, column].any():
+            efficiency[kind] = fixed[kind]
+        elif rooflines[:, column].any():
             efficiency[kind] = float(np.clip(1.0 / solution[column], low, high)) if solution[column] > 0 else high
     overheads = solution[len(FIT_KINDS) :]
     inverse = np.array([1.0 / efficiency.get(kind, high) for kind in FIT_KINDS])
@@ -286,6 +300,7 @@ def fit_kind_efficiency(
     steps: int = 8,
     warmup: int = 3,
     models: Sequence[str] | None = None,
+    measure_optimizer: bool = True,
 ) -> StepFit:
     """Fit per-kind efficiencies and per-class op costs to measured one-device training steps.
 
@@ -294,6 +309,8 @@ def fit_kind_efficiency(
     optimizer step and the per-node Python cost are all in the time), and fits
     `solve_step_fit` with rooflines at ``peak_flops`` and ``bandwidth`` from capture's FLOPs
     and bytes. A one-device placement is then predicted as the fit predicts its model.
+    ``measure_optimizer`` times the optimizer update alone (`optimizer_efficiency`) and keeps
+    that efficiency out of the fit.
     """
     from rlplace.measure.models import CALIBRATION_MODELS
 
@@ -305,7 +322,35 @@ def fit_kind_efficiency(
         rooflines.append(roofline_features(graph, peak_flops, bandwidth)[0])
         counts.append(overhead_counts(graph))
         times.append(seconds)
-    return solve_step_fit(np.array(rooflines), np.array(counts), np.array(times), prior_overhead_s=prior_overhead_s, names=names)
+    fixed = {"optimizer": optimizer_efficiency(device, peak_flops, bandwidth)} if measure_optimizer else {}
+    return solve_step_fit(np.array(rooflines), np.array(counts), np.array(times), prior_overhead_s=prior_overhead_s, names=names, fixed=fixed)
+
+
+def optimizer_efficiency(device: torch.device, peak_flops: float, bandwidth: float, *, min_seconds: float = 0.05) -> float:
+    """The optimizer kind's efficiency timed directly: the executor's optimizer update
+    (`rlplace.measure.executor.make_optimizer`, Adam) on eight 512 x 512 weights (2.1 M
+    parameters) by `op_clock`, against the roofline capture gives their update. In whole
+    calibration steps the update is a small share of most models' time, so the step fit
+    alone mixes it up with the rest (it priced updates about twice what they take)."""
+    from rlplace.capture import capture_model
+    from rlplace.measure.executor import make_optimizer
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(*(torch.nn.Linear(512, 512, bias=False) for _ in range(8)))
+    inputs = (torch.randn(2, 512),)
+    graph = capture_model(module, inputs, training=True, optimizer="adam", name="optimizer-probe")
+    seconds_at_roofline = float(roofline_features(graph, peak_flops, bandwidth)[0][FIT_KINDS.index("optimizer")])
+    module = module.to(device)
+    module(inputs[0].to(device)).pow(2).mean().backward()
+    update = make_optimizer("adam", list(module.parameters()))
+    assert update is not None
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    seconds = _median_time(update.step, min_seconds=min_seconds, synchronize=synchronize, clock=op_clock(device))
+    return seconds_at_roofline / seconds if seconds > 0 else EFFICIENCY_BOUNDS[1]
 
 
 def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: int = 40, sizes: tuple[int, int] = LINK_SIZES) -> tuple[list[float], list[float]]:
@@ -385,6 +430,75 @@ def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[An
         plan = plan_segments(program, assignment, world_size)
         runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
     return program, runs
+
+
+def _pair_runs(rank: int, world_size: int, device: torch.device) -> list[tuple[Any, Any]]:
+    """For this rank, a worker and plan of `rlplace.measure.models.crossing_pair` all on rank 0
+    and placed by `crossing_pair_device` over ranks 0 and 1, its nodes run layer by layer
+    (both chains' layer i before either's layer i + 1, as the simulator schedules them)."""
+    from rlplace.measure.assign import order_by_key
+    from rlplace.measure.executor import DeviceWorker
+    from rlplace.measure.models import crossing_pair, crossing_pair_device
+    from rlplace.measure.plan import plan_segments
+    from rlplace.measure.program import export_forward
+    from rlplace.measure.ranks import DistTransport
+
+    module, inputs = crossing_pair()
+    program = export_forward(module, inputs)
+    paths = {node.name: program.module_paths.get(node.name, "") for node in program.nodes}
+    layer = {name: float(path.split(".")[2]) for name, path in paths.items() if path.count(".") >= 2 and path.split(".")[2].isdigit()}
+    order = order_by_key(program, layer)
+    runs = []
+    for assignment in ({name: 0 for name in paths}, {name: crossing_pair_device(path) % min(world_size, 2) for name, path in paths.items()}):
+        plan = plan_segments(program, assignment, world_size, order)
+        runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
+    return runs
+
+
+def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, rounds: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Main-thread CPU seconds of one step of `crossing_pair` on one rank (``cpu_single``) and
+    split so that both ranks compute while every layer boundary sends a message each way
+    (``cpu_split``, summed over the ranks), medians over ``rounds`` alternating steps, and
+    the split's messages per step (``messages``) (collective). Thread CPU time, not the wall
+    clock: what a message takes from its endpoints' compute, whatever else the host runs."""
+    import torch.distributed as dist
+
+    from rlplace.measure.ranks import run_step
+
+    runs = _pair_runs(rank, world_size, device)
+    samples: list[tuple[float, float]] = []
+    for index in range(warmup + rounds):
+        spent = []
+        for worker, plan in runs:
+            dist.barrier()
+            started = time.thread_time()
+            run_step(worker, plan)
+            spent.append(time.thread_time() - started)
+        total = torch.tensor(spent, dtype=torch.float64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        if index >= warmup:
+            samples.append((float(total[0]), float(total[1])))
+    return {
+        "cpu_single": float(statistics.median(single for single, _ in samples)),
+        "cpu_split": float(statistics.median(split for _, split in samples)),
+        "messages": float(len(runs[1][1].messages)),
+    }
+
+
+def fit_message_cpu(profile: Profile, timing: Mapping[str, float]) -> Profile:
+    """The profile with ``message_cpu_s`` from ``timing`` (`message_cpu_timing`): the CPU time
+    the split step of `crossing_pair` spends beyond the one-rank step, per message and
+    endpoint, ``c = max(0, (cpu_split - cpu_single) / (2 * messages))``. A chain split layer
+    by layer pays both endpoints of every message on its critical path, so the calibrated
+    per-message overhead becomes ``max(0, message_overhead_s - 2c)`` (its total is kept).
+    Profiles of one device, or without ``timing``, come back unchanged.
+    """
+    if len(profile.devices) < 2 or not timing or not timing.get("messages"):
+        return profile
+    cost = max((float(timing["cpu_split"]) - float(timing["cpu_single"])) / (2.0 * float(timing["messages"])), 0.0)
+    chain = profile.message_overhead_s
+    meta = dict(profile.meta) | {"message_timing": dict(timing) | {"chain_message_overhead_s": chain}}
+    return dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(chain - 2.0 * cost, 0.0), meta=meta)
 
 
 def _paired_steps(runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int) -> list[tuple[float, float]]:
@@ -471,6 +585,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
     import torch.distributed as dist
 
+    from rlplace.measure.awake import cores_kept_awake
     from rlplace.measure.ranks import rank_device
 
     backend = str(job.get("backend", "gloo"))
@@ -497,15 +612,23 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
                 op_overhead_by_class=fitted.overhead_by_class,
             )
         dist.barrier()
-        bandwidth, latency = profile_links(rank, world_size, device)
-        gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
-        overhead = 0.0
         check: dict[str, float] = {}
-        if world_size > 1:
-            overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
-            if job.get("check_keep_awake", True):
-                check = keep_awake_check(rank, world_size, device)
+        if world_size > 1 and job.get("check_keep_awake", True):
+            check = keep_awake_check(rank, world_size, device)  # the same numbers on every rank
+        # Messages are timed the way measurements will run them: with the cores kept awake
+        # when the check found that helps (the profile turns it on for them).
+        with cores_kept_awake(keep_awake_helps(check) and rank == 0):
+            dist.barrier()
+            bandwidth, latency = profile_links(rank, world_size, device)
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, {"device": dataclasses.asdict(measured), "bandwidth": bandwidth, "latency": latency})
+            overhead = 0.0
+            timing: dict[str, float] = {}
+            if world_size > 1:
+                overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
+                if job.get("fit_message_cpu", True):
+                    timing = message_cpu_timing(rank, world_size, device)
+            dist.barrier()
     finally:
         dist.destroy_process_group()
     if rank != 0:
@@ -518,7 +641,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
         latency=latency_matrix,
         backend=backend,
         threads=threads,
-        meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        meta={"host": platform.node(), "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")} | ({"message_timing": timing} if timing else {}),
         message_overhead_s=overhead,
         keep_awake=keep_awake_helps(check),
         keep_awake_check=check,
@@ -528,7 +651,7 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
 
 def calibrate(
     num_devices: int = 2, *, backend: str = "gloo", threads: int = 1, timeout_s: float = 300.0, min_seconds: float = 0.05, fit: bool = True, nice: int | None = None,
-    keep_awake: bool | None = None, check_keep_awake: bool = True,
+    keep_awake: bool | None = None, check_keep_awake: bool = True, fit_message_cpu_cost: bool = True,
 ) -> Profile:
     """Calibrate ``num_devices`` local ranks (one process each) and return the profile.
 
@@ -538,6 +661,8 @@ def calibrate(
     during the calibration itself (see `rlplace.measure.launch.launch_job`; default off).
     ``check_keep_awake`` (two or more devices) times whether keeping cores awake helps
     measurements on this host (`keep_awake_check`); the profile records the answer.
+    ``fit_message_cpu_cost`` (two or more devices) times `crossing_pair` with both ranks
+    computing and fits what a message costs its endpoints (`fit_message_cpu`).
     """
     from rlplace.measure.launch import launch_job
 
@@ -545,6 +670,7 @@ def calibrate(
         raise RlplaceError(f"calibration needs at least one device (got {num_devices})")
     job = {
         "kind": "calibrate", "backend": backend, "threads": threads, "timeout_s": timeout_s, "min_seconds": min_seconds, "fit": fit,
-        "check_keep_awake": check_keep_awake,
+        "check_keep_awake": check_keep_awake, "fit_message_cpu": fit_message_cpu_cost,
     }  # fmt: skip
-    return Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
+    profile = Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
+    return fit_message_cpu(profile, profile.meta.get("message_timing") or {}) if fit_message_cpu_cost else profile

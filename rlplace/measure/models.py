@@ -433,3 +433,35 @@ def crossing_chain(batch_size: int = 128) -> tuple[nn.Module, tuple[torch.Tensor
     (`rlplace.measure.calibrate.message_overhead`)."""
     torch.manual_seed(0)
     return _Chain(*(nn.Linear(256, 256) for _ in range(12))), (torch.randn(batch_size, 256, generator=_generator(1)),)
+
+
+class _Pair(nn.Module):
+    """Two chains side by side on the same input, their outputs added."""
+
+    def __init__(self, a: nn.Module, b: nn.Module) -> None:
+        super().__init__()
+        self.a = a
+        self.b = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x)
+
+
+def crossing_pair(batch_size: int = 128) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """Two `crossing_chain` chains (``a`` and ``b``) on one input, added. Placed by
+    `crossing_pair_device`, both devices compute all the time and every layer boundary is a
+    message each way, so comparing with one device measures what messages cost when their
+    endpoints are busy (`rlplace.measure.calibrate.fit_message_cpu`)."""
+    torch.manual_seed(0)
+    chains = [_Chain(*(nn.Linear(256, 256) for _ in range(12))) for _ in range(2)]
+    return _Pair(*chains), (torch.randn(batch_size, 256, generator=_generator(2)),)
+
+
+def crossing_pair_device(module_path: str) -> int:
+    """Device (0 or 1) of an op of `crossing_pair` from its module path: layer i of chain ``a``
+    on device i mod 2, of chain ``b`` on device (i + 1) mod 2 (the two chains swap devices at
+    every layer), anything else (the input, the sum) on device 0."""
+    parts = module_path.split(".")
+    if len(parts) >= 3 and parts[0] in ("a", "b") and parts[1] == "layers" and parts[2].isdigit():
+        return (int(parts[2]) + (parts[0] == "b")) % 2
+    return 0

@@ -1,7 +1,11 @@
 """Split a placed forward program into per-device segments and a fixed message schedule.
 
-A new segment starts wherever the device changes along the topological order of the forward
-nodes, so segments form a DAG (a device can own several segments). A value produced on one
+Segments are runs of one device's nodes along a topological order of the forward nodes
+(the program's, or the simulator's, see `rlplace.measure.assign.schedule_order`), numbered
+as they start, so segments form a DAG (a device can own several segments); a device's run
+ends right after a value another device uses is produced, and right before a node that
+needs a value not yet on the device (see `_OpenSegment`), so a send never waits for unrelated later work and
+local work never waits for a receive it does not need. A value produced on one
 device and used on another is sent once per destination device, right after the segment
 that produced it; during the backward pass its gradient travels the other way, right after
 the backward of the earliest segment on the destination that used it. Every rank derives the
@@ -11,7 +15,7 @@ pair of devices is known in advance (what FIFO transports such as NCCL need).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,12 +103,15 @@ class SegmentPlan:
         return sum(program.values[m.value].nbytes for m in self.messages)
 
 
-def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_devices: int) -> SegmentPlan:
+def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_devices: int, order: Sequence[str] | None = None) -> SegmentPlan:
     """Segments and messages for ``program`` with each forward node on ``node_device[name]``.
 
     ``node_device`` must name every ``call_function`` node; it may also name placeholders
     (parameters, buffers, inputs), which otherwise live on the device of their first user.
-    ``getitem`` nodes always follow the node whose tuple they unpack.
+    ``getitem`` nodes always follow the node whose tuple they unpack. ``order`` (every forward
+    node once, each after its inputs; `RlplaceError` otherwise) is the order the nodes run
+    in, each device running its own in that order (default: the program's order); see
+    `rlplace.measure.assign.schedule_order`.
     """
     devices: dict[str, int] = {}
     node_by_name: dict[str, Node] = {node.name: node for node in program.nodes}
@@ -123,17 +130,19 @@ def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_d
         users = [node for node in program.nodes if any(inp.name == name for inp in node.all_input_nodes)]
         devices[name] = devices[users[0].name] if users else 0
 
-    segments: list[Segment] = []
     producer: dict[str, int] = dict.fromkeys(program.placeholders, PLACEHOLDER_STAGE)
-    current: list[str] = []
-    for node in program.nodes:
-        if current and devices[current[-1]] != devices[node.name]:
-            segments.append(_segment(len(segments), devices[current[-1]], current, node_by_name, producer))
-            current = []
-        current.append(node.name)
-        producer[node.name] = len(segments)
-    if current:
-        segments.append(_segment(len(segments), devices[current[-1]], current, node_by_name, producer))
+    opened: list[_OpenSegment] = []  # in the order they were opened: that is the segment index
+    current: dict[int, _OpenSegment] = {}  # device -> its segment still taking nodes
+    received: dict[int, set[str]] = {}  # device -> values of other devices it already has
+    for node in _ordered_nodes(program, node_by_name, order):
+        device = devices[node.name]
+        segment, has = current.get(device), received.setdefault(device, set())
+        if segment is None or segment.ends_before(node, devices, has):
+            segment = current[device] = _OpenSegment(len(opened), device)
+            opened.append(segment)
+        segment.add(node, devices, has)
+        producer[node.name] = segment.index
+    segments = [_segment(s.index, s.device, s.nodes, node_by_name, producer) for s in opened]
     for value in program.values:
         if not program.values[value].is_tensor and value not in producer:
             producer[value] = PLACEHOLDER_STAGE
@@ -173,6 +182,67 @@ def plan_segments(program: ForwardProgram, node_device: Mapping[str, int], num_d
         write_backs=write_backs,
         messages=messages,
     )
+
+
+def _ordered_nodes(program: ForwardProgram, nodes: Mapping[str, Node], order: Sequence[str] | None) -> list[Node]:
+    """The forward nodes in ``order`` (checked: a permutation in which inputs come first;
+    default the program's order), each ``getitem`` moved right behind the node it unpacks."""
+    names = [node.name for node in program.nodes] if order is None else list(order)
+    if len(names) != len(nodes) or set(names) != set(nodes):
+        raise RlplaceError(f"the node order names {len(set(names))} distinct nodes, the forward program has {len(nodes)}; give every forward node once")
+    seen: set[str] = set()
+    for name in names:
+        missing = [inp.name for inp in nodes[name].all_input_nodes if inp.name in nodes and inp.name not in seen]
+        if missing:
+            raise RlplaceError(f"the node order runs {name!r} before its input {missing[0]!r}")
+        seen.add(name)
+    ordered: list[Node] = []
+
+    def emit(node: Node) -> None:
+        ordered.append(node)
+        for user in node.users:
+            if is_getitem(user) and user.name in nodes:
+                emit(user)
+
+    for name in names:
+        if not is_getitem(nodes[name]):
+            emit(nodes[name])
+    return ordered
+
+
+class _OpenSegment:
+    """A segment of one device still taking nodes (`plan_segments` walks the nodes in order).
+
+    A segment is one autograd island whose inputs all arrive before its first node runs and
+    whose outputs (and, in the backward pass, its inputs' gradients) leave only when the
+    whole segment is done. So a device's next node starts a new segment:
+
+    * after a node whose value another device uses: the value leaves as soon as it exists;
+    * before a node that needs a value from another device that this device has not
+      received yet: the work before it does not wait for that message, and in the backward
+      pass that value's gradient leaves right after the backward of its first user here.
+
+    Never before a ``getitem``: it comes right behind the node whose tuple it unpacks (a
+    tuple is not a tensor and cannot enter an island). Nodes of other
+    devices in between do not end it: each device runs its own segments in index order.
+    """
+
+    def __init__(self, index: int, device: int) -> None:
+        self.index = index
+        self.device = device
+        self.nodes: list[str] = []
+        self.sends = False
+
+    def add(self, node: Node, devices: Mapping[str, int], received: set[str]) -> None:
+        self.nodes.append(node.name)
+        received.update(inp.name for inp in node.all_input_nodes if devices[inp.name] != self.device)
+        if any(not is_getitem(user) and devices.get(user.name, self.device) != self.device for user in node.users):  # the output node has no device
+            self.sends = True
+
+    def ends_before(self, node: Node, devices: Mapping[str, int], received: set[str]) -> bool:
+        if is_getitem(node):  # `_ordered_nodes` puts it right behind the node it unpacks
+            return False
+        return self.sends or any(devices[inp.name] != self.device and inp.name not in received for inp in node.all_input_nodes)
 
 
 def _check_device(device: int, num_devices: int, name: str) -> int:

@@ -54,6 +54,9 @@ class MeasureJob:
             at its first timed step.
         trace: after the timed steps of the last round, run one more step recording its spans
             on every rank (`rlplace.measure.timeline`); rank 0's result then carries them.
+        orders: per assignment, the order the forward nodes run in
+            (`rlplace.measure.assign.schedule_order`; empty list or none at all: the
+            program's order).
     """
 
     model: dict[str, Any]
@@ -70,6 +73,7 @@ class MeasureJob:
     fault: dict[str, Any] = field(default_factory=dict)
     kind: str = "measure"
     trace: bool = False
+    orders: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,9 +167,11 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         for round_index in range(rounds):
             last_round = round_index == rounds - 1
             for index, assignment in enumerate(job.assignments):
+                order = job.orders[index] if index < len(job.orders) and job.orders[index] else None
                 timing = time_assignment(
-                    program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault, trace=job.trace and last_round
-                )
+                    program, assignment, rank, world_size, device, steps=job.steps, warmup=job.warmup, optimizer=job.optimizer, fault=job.fault, trace=job.trace and last_round,
+                    order=order,
+                )  # fmt: skip
                 step_times[index].extend(timing.step_times)
                 cpu_waits[index].extend(timing.cpu_waits)
                 cpu_times[index].append(timing.cpu_times)
@@ -238,13 +244,15 @@ def time_assignment(
     optimizer: str = "adam",
     fault: Mapping[str, Any] | None = None,
     trace: bool = False,
+    order: Sequence[str] | None = None,
 ) -> Timing:
     """Every rank runs ``warmup`` + ``steps`` training steps of its segments (collective);
-    with ``trace``, one more step, recorded span by span and not timed."""
+    with ``trace``, one more step, recorded span by span and not timed. ``order``: the order
+    the forward nodes run in (`rlplace.measure.plan.plan_segments`)."""
     from rlplace.measure.executor import DeviceWorker, TracingTransport
     from rlplace.measure.plan import plan_segments
 
-    plan = plan_segments(program, assignment, world_size)
+    plan = plan_segments(program, assignment, world_size, order)
     transport = DistTransport(plan, rank, program.values)
     worker = DeviceWorker(program, plan, rank, device, transport, optimizer=optimizer)
     times: list[float] = []

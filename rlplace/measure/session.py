@@ -23,7 +23,7 @@ from rlplace.cluster import CPU, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.measure.assign import Assignment, assign_devices, executed_placement
+from rlplace.measure.assign import Assignment, assign_devices, executed_placement, schedule_order
 from rlplace.measure.launch import launch_local
 from rlplace.measure.opprofile import IsolationCorrection
 from rlplace.measure.program import ForwardProgram, export_forward
@@ -163,6 +163,13 @@ class MeasureSetup:
         """The placement as the executor runs it (`rlplace.measure.assign.executed_placement`)."""
         return as_placement(executed_placement(self.graph, self.check(placement)), self.graph, self.cluster)
 
+    def order(self, placement: Sequence[int] | np.ndarray) -> list[str]:
+        """The executor's forward nodes in the order the simulator starts them under
+        ``placement`` (`rlplace.measure.assign.schedule_order`)."""
+        start = self.simulate(placement).op_start
+        assert start is not None  # the latency objective always has a schedule
+        return schedule_order(self.program, self.graph, start)
+
     def simulate(self, placement: Sequence[int] | np.ndarray) -> Any:
         """The simulator's `SimResult` for one training step (latency objective) of the
         placement as the executor runs it."""
@@ -186,6 +193,7 @@ def measure(
     nice: int | None = None,
     keep_awake: bool | None = None,
     trace: bool = False,
+    simulated_order: bool = True,
 ) -> list[Measurement]:
     """Time ``steps`` training steps (after ``warmup``) of every placement, ``rounds`` times
     over (each round passes over all placements; the timed steps of all rounds are pooled).
@@ -194,7 +202,9 @@ def measure(
     processes on a shared host disturb the timings less. ``keep_awake`` keeps idle cores
     from halting during the run (`rlplace.measure.awake`; None: what the cluster's calibration
     profile found helps on this host, else off). ``trace`` records one more step per
-    placement span by span on every rank (distributed backends only).
+    placement span by span on every rank (distributed backends only). ``simulated_order``
+    runs each device's forward nodes in the order the simulator starts them
+    (`rlplace.measure.assign.schedule_order`; off: the program's order).
 
     Raises:
         RlplaceError: a bad option or a placement the executor cannot honour.
@@ -228,6 +238,7 @@ def measure(
         return_state=return_state,
         fault=dict(fault or {}),
         trace=trace,
+        orders=[setup.order(placement) for placement in placements] if simulated_order else [],
     )
     if keep_awake is None:
         recorded = setup.cluster.meta.get("profile")
