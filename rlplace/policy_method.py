@@ -67,22 +67,10 @@ def load_policy(checkpoint: str | Path | None = None) -> Any:
     return _LOADED[folder]
 
 
-def place(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    seed: int = 0,
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-    referee: Callable[[np.ndarray], tuple[float, float]] | None = None,
-    checkpoint: str | Path | None = None,
-    evaluations: int | None = None,
-    budget_s: float | None = None,
-    **_: Any,
-) -> Placement:
-    """Policy-guided search from the fast baselines' placements (module docstring).
+def place(graph: OpGraph, cluster: Cluster, costs: CostTable, **options: Any) -> Placement:
+    """Policy-guided search from the fast baselines' placements (module docstring); the
+    options are `search`'s (``objective``, ``seed``, ``microbatches``, ``schedule``,
+    ``referee``, ``checkpoint``, ``evaluations``, ``budget_s``).
 
     ``microbatches`` and ``schedule`` set the ``pipelined`` objective every candidate is scored
     under (and the starts that take them are made for). ``referee``: as ``local-search``'s
@@ -90,11 +78,7 @@ def place(
     (bytes over, step time) of an (n,) placement on the full graph; the search's result and
     every start are judged by it and the best is returned.
     """
-    placement, _ = search(
-        graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule,
-        referee=referee, checkpoint=checkpoint, evaluations=evaluations, budget_s=budget_s,
-    )
-    return placement
+    return search(graph, cluster, costs, **options)[0]
 
 
 def search(
@@ -111,6 +95,7 @@ def search(
     evaluations: int | None = None,
     budget_s: float | None = None,
     random_order: bool = False,
+    **_: Any,
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
 

@@ -169,9 +169,10 @@ def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: P
     def refuse(*args, **kwargs):
         raise AssertionError("unpickling")
 
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-    loaded, meta = load_scorer(tmp_path / "ck")
+    with monkeypatch.context() as patched:  # only while loading (numba's own cache unpickles later)
+        patched.setattr(pickle, "load", refuse)
+        patched.setattr(pickle, "loads", refuse)
+        loaded, meta = load_scorer(tmp_path / "ck")
     assert meta == {"note": "x"}
     problem = problem_of(two_heavy_graph(5))
     obs = observe(problem, np.zeros(problem.num_units, np.int64))
