@@ -10,7 +10,9 @@ Held out (never trained or tuned on), as whole families and whole clusters:
 
 Trained on: synthetic ``layered`` and ``series-parallel`` graphs (forward and training graphs,
 several seeds and sizes), optionally the small zoo models of `TRAIN_ZOO`, the ``bert`` dnn-partitioning graphs (on their own clusters), on the
-clusters of `TRAIN_CLUSTERS` (2-8 devices: homogeneous, mixed, two-host), each also in a
+clusters of `TRAIN_CLUSTERS` (2-8 devices: homogeneous, mixed, two-host) and, when the run
+asks for them (``TrainConfig.generated_clusters``), generated clusters of 2-16 devices
+(`generated_cluster`: never the L4 kind nor a held-out layout), each also in a
 *memory-bound* variant (`memory_bound`), under ``latency``, ``pipelined`` M=4 and 8, and
 ``throughput``.
 """
@@ -51,6 +53,56 @@ HELDOUT_MODELS: tuple[str, ...] = (
 )
 HELDOUT_DNN: tuple[str, ...] = ("resnet50_training__layer.json", "resnet50_inference__layer.json", "resnet50_inference__operator.json")
 HELDOUT_CLUSTERS: tuple[str, ...] = ("4xL4", "2x4xV100", "1xA100+3xT4", "2x8xA100")
+
+#: Device kinds of generated training clusters (never L4, the held-out kind).
+GENERATED_KINDS: tuple[str, ...] = ("V100-PCIe-32GB", "V100-32GB", "A100-PCIe-40GB", "A100-40GB", "A100-80GB", "H100-PCIe", "H100", "T4", "A10G", "A10", "L40S")
+#: Links inside one host of a generated cluster (NVLink only between SXM kinds) and between hosts.
+_PCIE_LINKS: tuple[str, ...] = ("pcie3", "pcie4")
+_NVLINK_OF_KIND = {"V100-32GB": "nvlink2", "A100-40GB": "nvlink3", "A100-80GB": "nvlink3", "H100": "nvlink4"}
+_INTER_LINKS: tuple[str, ...] = ("ib-edr", "ib-hdr")
+GENERATED_PREFIX = "gen:"
+
+
+def generated_cluster(seed: int) -> Cluster:
+    """Training cluster ``gen:SEED``: 2-16 devices of one or two `GENERATED_KINDS` kinds on one
+    or two hosts (two hosts hold the same number of devices), PCIe inside a host (NVLink when the
+    host's devices are all one SXM kind), InfiniBand EDR or HDR between hosts. A draw whose
+    layout matches a held-out cluster's (`HELDOUT_CLUSTERS`: same host count, devices per host
+    and kind families) is redrawn, so the held-out clusters stay out of training."""
+    from rlplace.catalog import catalog_device
+    from rlplace.cluster_spec import LINK_KINDS
+
+    rng = np.random.default_rng([seed, 0x6E6E])
+    while True:
+        hosts = 2 if rng.random() < 0.35 else 1
+        per_host = int(rng.integers(1, 9)) if hosts == 2 else int(rng.integers(2, 9))
+        count = hosts * per_host
+        kinds = list(rng.choice(GENERATED_KINDS, size=2 if rng.random() < 0.4 else 1, replace=False))
+        chosen = [str(kinds[0] if i < max(1, count // 2) or len(kinds) == 1 else kinds[1]) for i in range(count)]
+        if (hosts, per_host, frozenset(k.split("-")[0] for k in chosen)) not in _HELDOUT_LAYOUTS:
+            break
+    devices = [catalog_device(kind, f"gpu{i}", host=i // per_host) for i, kind in enumerate(chosen)]
+    sxm = _NVLINK_OF_KIND.get(chosen[0]) if len(set(chosen)) == 1 else None
+    intra = LINK_KINDS[sxm if sxm is not None and rng.random() < 0.7 else str(rng.choice(_PCIE_LINKS))]
+    inter = LINK_KINDS[str(rng.choice(_INTER_LINKS))] if hosts == 2 else None
+    name = f"{GENERATED_PREFIX}{seed}"
+    return Cluster.build(
+        name,
+        devices,
+        intra_host=(intra.bandwidth, intra.latency),
+        inter_host=None if inter is None else (inter.bandwidth, inter.latency),
+        meta={"generated": name},
+    )
+
+
+#: (hosts, devices per host, kind families) of the held-out clusters.
+_HELDOUT_LAYOUTS = frozenset({(1, 4, frozenset({"L4"})), (2, 4, frozenset({"V100"})), (1, 4, frozenset({"A100", "T4"})), (2, 8, frozenset({"A100"}))})
+
+
+def training_clusters(generated: int) -> tuple[str, ...]:
+    """`TRAIN_CLUSTERS` and ``generated`` generated ones (``gen:0`` ... ``gen:{generated-1}``)."""
+    return TRAIN_CLUSTERS + tuple(f"{GENERATED_PREFIX}{i}" for i in range(generated))
+
 
 #: (objective, M) settings every case family is drawn under.
 OBJECTIVE_SETTINGS: tuple[tuple[str, int], ...] = (("latency", 1), ("pipelined", 4), ("pipelined", 8), ("throughput", 1))
@@ -113,7 +165,12 @@ def build_case(spec: CaseSpec, *, max_nodes: int = 256) -> Case:
     if model not in _GRAPHS:
         _GRAPHS[model] = _load(model)
     graph, own = _GRAPHS[model]
-    cluster = own if own is not None and not cluster_spec else resolve_cluster_spec(cluster_spec)
+    if own is not None and not cluster_spec:
+        cluster = own
+    elif cluster_spec.startswith(GENERATED_PREFIX):
+        cluster = generated_cluster(int(cluster_spec[len(GENERATED_PREFIX):]))
+    else:
+        cluster = resolve_cluster_spec(cluster_spec)
     if tight:
         cluster = memory_bound(cluster, graph, objective)
     label = f"{model}@{cluster.name}/{objective}" + (f"(M={m})" if objective == "pipelined" else "")

@@ -61,6 +61,7 @@ class TrainConfig:
         init_checkpoint: start from this checkpoint's weights ('' for fresh ones) when the work
             folder has none yet; every round then follows the scorer's own moves.
         zoo: also train on the small zoo models of improve_data.TRAIN_ZOO (captured once, cached).
+        generated_clusters: also train on this many generated clusters (improve_data.generated_cluster: 2-16 devices, one or two hosts, one or two kinds).
     """
 
     out: str = "checkpoints/default"
@@ -89,6 +90,7 @@ class TrainConfig:
     tensorboard: str = ""
     init_checkpoint: str = ""
     zoo: bool = False
+    generated_clusters: int = 0
 
 
 def field_help() -> dict[str, str]:
@@ -149,12 +151,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def split_description(zoo: bool = False) -> dict[str, Any]:
+def split_description(zoo: bool = False, generated_clusters: int = 0) -> dict[str, Any]:
     """The training and held-out specs recorded in the checkpoint."""
     from . import improve_data as d
 
     return {
-        "trained_on": {"models": list(d.TRAIN_MODELS) + (list(d.TRAIN_ZOO) if zoo else []) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.TRAIN_CLUSTERS), "memory_bound_variants": True},
+        "trained_on": {"models": list(d.TRAIN_MODELS) + (list(d.TRAIN_ZOO) if zoo else []) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.training_clusters(generated_clusters)), "memory_bound_variants": True},
         "heldout": {"models": list(d.HELDOUT_MODELS) + [f"dnn-partitioning:{s}" for s in d.HELDOUT_DNN], "clusters": list(d.HELDOUT_CLUSTERS)},
         "objectives": [f"{o}" + (f"(M={m})" if o == "pipelined" else "") for o, m in d.OBJECTIVE_SETTINGS],
     }
@@ -194,7 +196,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
     else:
         scorer = MoveScorer(ScorerConfig(hidden=config.hidden, layers=config.layers, conv=config.conv))
     follow_scorer_from = 0 if config.init_checkpoint else 1
-    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.TRAIN_CLUSTERS)
+    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
     began = time.perf_counter() - float(state["expert_s"])
 
     def expert_time_left() -> bool:
@@ -245,7 +247,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
         cases = (data.build_case(specs[int(i)], max_nodes=config.max_units) for i in order)
         scorer, ppo_info = fine_tune(scorer, cases, config, work, log=log)
     meta = {
-        **split_description(config.zoo),
+        **split_description(config.zoo, config.generated_clusters),
         "train_config": asdict(config),
         "training": {"expert_rounds": state["round"], "examples": len(examples), "expert_wall_s": state["expert_s"], "curve": state["curve"], "fit_log": state["fit_log"], "ppo": ppo_info},
     }

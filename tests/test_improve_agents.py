@@ -389,3 +389,24 @@ def test_local_search_stops_at_its_time_budget_no_worse_than_its_start() -> None
     for bad in ({"budget_s": 0.0}, {"evaluations": 0}):
         with pytest.raises(RlplaceError):
             local_search(graph, cluster, costs, **bad)
+
+
+def test_generated_training_clusters_span_2_to_16_devices_and_never_a_held_out_layout() -> None:
+    from rlplace.agents.data import resolve_cluster_spec
+    from rlplace.agents.improve_data import GENERATED_PREFIX, HELDOUT_CLUSTERS, build_case, generated_cluster, training_clusters
+
+    def layout(cluster):
+        hosts = sorted({d.host for d in cluster.devices})
+        return len(hosts), cluster.num_devices // len(hosts), frozenset(d.kind.split("-")[0] for d in cluster.devices)
+
+    held_out = {layout(resolve_cluster_spec(name)) for name in HELDOUT_CLUSTERS}
+    clusters = [generated_cluster(seed) for seed in range(300)]
+    assert all(2 <= c.num_devices <= 16 for c in clusters)
+    assert {c.num_devices for c in clusters} >= {2, 16}
+    assert {len({d.host for d in c.devices}) for c in clusters} == {1, 2}
+    assert not any(layout(c) in held_out for c in clusters)
+    assert all("L4" not in {d.kind for d in c.devices} for c in clusters)
+    assert generated_cluster(7).bandwidth.tolist() == generated_cluster(7).bandwidth.tolist()
+    assert training_clusters(2)[-2:] == (f"{GENERATED_PREFIX}0", f"{GENERATED_PREFIX}1")
+    case = build_case(("synthetic:layered:n=20:seed=1", f"{GENERATED_PREFIX}3", "latency", 1, False), max_nodes=64)
+    assert case.cluster.num_devices == generated_cluster(3).num_devices
