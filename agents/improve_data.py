@@ -99,6 +99,16 @@ def generated_cluster(seed: int) -> Cluster:
 _HELDOUT_LAYOUTS = frozenset({(1, 4, frozenset({"L4"})), (2, 4, frozenset({"V100"})), (1, 4, frozenset({"A100", "T4"})), (2, 8, frozenset({"A100"}))})
 
 
+def resolve_training_cluster(spec: str) -> Cluster:
+    """A cluster spec of the training or held-out lists: ``gen:SEED`` (`generated_cluster`), a
+    preset, a YAML file or a `rlplace.agents.data.GENERATED_CLUSTERS` name."""
+    from .data import resolve_cluster_spec
+
+    if spec.startswith(GENERATED_PREFIX):
+        return generated_cluster(int(spec[len(GENERATED_PREFIX):]))
+    return resolve_cluster_spec(spec)
+
+
 def training_clusters(generated: int) -> tuple[str, ...]:
     """`TRAIN_CLUSTERS` and ``generated`` generated ones (``gen:0`` ... ``gen:{generated-1}``)."""
     return TRAIN_CLUSTERS + tuple(f"{GENERATED_PREFIX}{i}" for i in range(generated))
@@ -159,18 +169,11 @@ _GRAPHS: dict[str, tuple[OpGraph, Cluster | None]] = {}
 
 def build_case(spec: CaseSpec, *, max_nodes: int = 256) -> Case:
     """The `Case` of one `CaseSpec` (graphs are loaded once per process)."""
-    from .data import resolve_cluster_spec
-
     model, cluster_spec, objective, m, tight = spec
     if model not in _GRAPHS:
         _GRAPHS[model] = _load(model)
     graph, own = _GRAPHS[model]
-    if own is not None and not cluster_spec:
-        cluster = own
-    elif cluster_spec.startswith(GENERATED_PREFIX):
-        cluster = generated_cluster(int(cluster_spec[len(GENERATED_PREFIX):]))
-    else:
-        cluster = resolve_cluster_spec(cluster_spec)
+    cluster = own if own is not None and not cluster_spec else resolve_training_cluster(cluster_spec)
     if tight:
         cluster = memory_bound(cluster, graph, objective)
     label = f"{model}@{cluster.name}/{objective}" + (f"(M={m})" if objective == "pipelined" else "")

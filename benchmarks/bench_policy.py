@@ -88,7 +88,7 @@ def held_out_cases(quick: bool) -> list[tuple[str, Any]]:
 
 
 #: The tuning slice: training families (layered, series-parallel) at seeds and sizes never
-#: trained on, on training clusters. Search settings are chosen here, never on the held-out split.
+#: trained on, on training clusters (presets, and generated clusters of unseen seeds). Search settings are chosen here, never on the held-out split.
 VALIDATION = (
     ("A", "synthetic:layered:n=120:seed=310:training=true", "4xT4", "latency", 1, False),
     ("B", "synthetic:series-parallel:n=100:seed=311", "2xA100+2xT4", "pipelined", 4, False),
@@ -98,20 +98,23 @@ VALIDATION = (
     ("C", "synthetic:series-parallel:n=120:seed=315", "1xH100+3xA10G", "throughput", 1, True),
     ("B", "synthetic:layered:n=200:seed=316", "2xV100+4xT4", "pipelined", 8, False),
     ("D", "synthetic:series-parallel:n=90:seed=317:training=true", "1xH100+3xA10G", "pipelined", 4, False),
+    # generated clusters of seeds never trained on (training draws gen:0 ... gen:N-1)
+    ("D", "synthetic:layered:n=120:seed=318:training=true", "gen:1004", "latency", 1, False),
+    ("B", "synthetic:series-parallel:n=100:seed=319", "gen:1010", "pipelined", 8, False),
+    ("D", "synthetic:layered:n=90:seed=320", "gen:1012", "throughput", 1, False),
 )
 
 
 def validation_cases(quick: bool) -> list[tuple[str, Any]]:
     """(regime, Case) pairs of `VALIDATION` (memory-bound ones with `memory_bound` capacities)."""
-    from rlplace.agents.data import resolve_cluster_spec
-    from rlplace.agents.improve_data import memory_bound
+    from rlplace.agents.improve_data import memory_bound, resolve_training_cluster
     from rlplace.envs.improve_env import make_case
     from rlplace.load import load_model
 
     cases = []
     for regime, model, cluster_spec, objective, m, tight in VALIDATION:
         graph = load_model(model).graph
-        cluster = resolve_cluster_spec(cluster_spec)
+        cluster = resolve_training_cluster(cluster_spec)
         if tight:
             cluster = memory_bound(cluster, graph, objective)
         label = f"{model.split(':')[1]}-{graph.num_ops}@{cluster.name} {objective}" + (f" M={m}" if objective == "pipelined" else "")
