@@ -412,6 +412,45 @@ def test_op_profile_times_each_distinct_signature_once() -> None:
     assert all(profile.backward_s[name] > 0 for name in addmms)  # weights need gradients
 
 
+def test_robust_time_leaves_out_preempted_calls_unless_most_were() -> None:
+    from rlplace.measure.opprofile import robust_time
+
+    # Clean calls 1, 2, 3 (median 2); the preempted 50 and 60 are left out.
+    assert robust_time([(1.0, False), (50.0, True), (3.0, False), (60.0, True), (2.0, False)]) == 2.0
+    # Only one of three ran clean: the median of all of them.
+    assert robust_time([(1.0, False), (5.0, True), (7.0, True)]) == 5.0
+    # Half clean is enough: median of the clean two.
+    assert robust_time([(1.0, False), (3.0, False), (9.0, True), (9.0, True)]) == 2.0
+
+
+def test_op_profile_keeps_the_fastest_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlplace.measure import opprofile
+
+    # Each signature's forward and forward+backward, per pass: pass 2 is slow, pass 3 fastest.
+    times = {"forward": [3.0, 6.0, 2.0], "both": [8.0, 16.0, 7.0]}
+    calls: dict[object, int] = {}
+
+    def fake_sample(run: object, repeats: int) -> float:
+        calls[run] = calls.get(run, 0) + 1
+        return times[run.__name__][calls[run] - 1]  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(opprofile, "_sample", fake_sample)
+
+    class One(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x)
+
+    program = export_forward(One(), (torch.randn(2, 4),))
+    profile = opprofile.profile_ops(program, repeats=1, passes=3)
+    (name,) = [node.name for node in program.nodes if "addmm" in str(node.target)]
+    assert all(count == 3 for count in calls.values())
+    assert profile.forward_s[name] == 2.0 and profile.backward_s[name] == 7.0 - 2.0
+
+
 def _profiled_graph() -> OpGraph:
     return OpGraph.build(
         [

@@ -4,8 +4,9 @@ Placement systems that learn from a simulator (Placeto, Mirhoseini et al.) profi
 of the model being placed instead of trusting a roofline. `profile_ops` runs the executor's
 forward program once on the model's real inputs, then times every distinct op signature
 (ATen target, input shapes and dtypes, other arguments) in isolation: its forward, and its
-forward plus its autograd backward, median over a few repeats on one thread (thread CPU
-time, see `rlplace.measure.calibrate.op_clock`). Its backward time is the difference. The
+forward plus its autograd backward, on one thread (thread CPU time, see
+`rlplace.measure.calibrate.op_clock`), the fastest of a few interleaved passes of the median
+of calls the thread ran through unpreempted. Its backward time is the difference. The
 benchmark placements are never run.
 
 `profiled_costs` puts those times into a `CostTable`: a captured forward op takes its node's
@@ -26,6 +27,7 @@ for backward ops) by least squares on relative error. `IsolationCorrection` carr
 from __future__ import annotations
 
 import dataclasses
+import resource
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from torch.utils import _pytree as pytree
 from rlplace.costs import CostTable
 from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.measure.calibrate import op_clock
+from rlplace.measure.models import CALIBRATION_MODELS
 from rlplace.measure.program import ForwardProgram, node_callable
 
 
@@ -67,33 +70,80 @@ def _signature(node: torch.fx.Node, args: Any, kwargs: Any) -> str:
     return f"{node.target}|" + ",".join(describe(leaf) for leaf in leaves)
 
 
-def _median(run: Callable[[], Any], repeats: int) -> float:
+def _preemptions() -> int:
+    """Involuntary context switches of the calling thread so far (Linux; 0 where unknown)."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return 0
+
+
+def robust_time(samples: Sequence[tuple[float, bool]]) -> float:
+    """One pass's estimate from ``samples`` of (seconds, preempted): the median of the samples
+    the thread ran through without being preempted, or of all of them when fewer than half
+    ran clean (a preempted sample also pays the other process's cache footprint)."""
+    clean = [seconds for seconds, preempted in samples if not preempted]
+    return statistics.median(clean if 2 * len(clean) >= len(samples) else [seconds for seconds, _ in samples])
+
+
+def _sample(run: Callable[[], Any], repeats: int) -> float:
+    """``robust_time`` of ``repeats`` timed calls of ``run`` after one untimed call."""
     clock = op_clock(torch.device("cpu"))
     run()
     samples = []
     for _ in range(repeats):
+        switches = _preemptions()
         started = clock()
         run()
-        samples.append(clock() - started)
-    return statistics.median(samples)
+        elapsed = clock() - started
+        samples.append((elapsed, _preemptions() != switches))
+    return robust_time(samples)
 
 
-def profile_ops(program: ForwardProgram, *, repeats: int = 25, threads: int = 1) -> OpProfile:
+def profile_ops(program: ForwardProgram, *, repeats: int = 9, passes: int = 5, threads: int = 1) -> OpProfile:
     """Time every forward node of ``program`` and its backward on the CPU.
 
     Inputs of a node that need a gradient (`ValueInfo.needs_grad`) are fresh leaves that
     require one, as in the executor's autograd islands; the backward gets the output
     gradients as ones.
+
+    Every distinct signature is timed in ``passes`` passes over all of them, ``repeats``
+    calls each per pass (`robust_time`: preempted calls left out), and keeps its fastest pass:
+    a whole profile takes well under a second per pass, so a burst of another process on a
+    shared host can inflate every op of one pass (a one-pass profile was seen 1.9x too slow)
+    but rarely all passes alike.
     """
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _profile(program, repeats)
+        return _profile(program, repeats, passes)
     finally:
         torch.set_num_threads(saved_threads)
 
 
-def _profile(program: ForwardProgram, repeats: int) -> OpProfile:
+@dataclass
+class _Timer:
+    """How to time one signature: its forward call and, when it has a backward, forward plus
+    backward; the fastest pass of each so far (seconds, inf before the first pass)."""
+
+    forward: Callable[[], Any]
+    both: Callable[[], Any] | None
+    forward_s: float = float("inf")
+    both_s: float = float("inf")
+
+    def sample(self, repeats: int) -> None:
+        with torch.enable_grad():
+            self.forward_s = min(self.forward_s, _sample(self.forward, repeats))
+            if self.both is not None:
+                self.both_s = min(self.both_s, _sample(self.both, repeats))
+
+    @property
+    def times(self) -> tuple[float, float]:
+        """(forward s, backward s) from the fastest passes."""
+        return self.forward_s, (max(self.both_s - self.forward_s, 0.0) if self.both is not None else 0.0)
+
+
+def _profile(program: ForwardProgram, repeats: int, passes: int) -> OpProfile:
     module = program.module
     env: dict[str, Any] = {}
     for placeholder, fqn in program.parameters.items():
@@ -105,9 +155,8 @@ def _profile(program: ForwardProgram, repeats: int) -> OpProfile:
     with torch.no_grad():
         for node in program.nodes:
             env[node.name] = node_callable(node, "cpu")(*map_arg(node.args, lambda n: env[n.name]), **map_arg(node.kwargs, lambda n: env[n.name]))
-    forward: dict[str, float] = {}
-    backward: dict[str, float] = {}
-    by_signature: dict[str, tuple[float, float]] = {}
+    signature_of: dict[str, str] = {}
+    timers: dict[str, _Timer] = {}
     for node in program.nodes:
         leaves: dict[str, torch.Tensor] = {}
         for inp in node.all_input_nodes:
@@ -122,32 +171,39 @@ def _profile(program: ForwardProgram, repeats: int) -> OpProfile:
         args = map_arg(node.args, value_of)
         kwargs = map_arg(node.kwargs, value_of)
         key = _signature(node, args, kwargs)
-        if key not in by_signature:
-            by_signature[key] = _time_node(node_callable(node, "cpu"), args, kwargs, list(leaves.values()), repeats)
-        forward[node.name], backward[node.name] = by_signature[key]
-    return OpProfile(forward, backward, len(by_signature))
+        signature_of[node.name] = key
+        if key not in timers:
+            timers[key] = _timer(node_callable(node, "cpu"), args, kwargs, list(leaves.values()))
+    for _ in range(max(passes, 1)):
+        for timer in timers.values():
+            timer.sample(repeats)
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    for name, key in signature_of.items():
+        forward[name], backward[name] = timers[key].times
+    return OpProfile(forward, backward, len(timers))
 
 
-def _time_node(function: Callable[..., Any], args: Any, kwargs: Any, leaves: list[torch.Tensor], repeats: int) -> tuple[float, float]:
+def _timer(function: Callable[..., Any], args: Any, kwargs: Any, leaves: list[torch.Tensor]) -> _Timer:
+    def forward() -> Any:
+        return function(*args, **kwargs)
+
+    if not leaves:
+        return _Timer(forward, None)
     with torch.enable_grad():
-        forward_s = _median(lambda: function(*args, **kwargs), repeats)
-        if not leaves:
-            return forward_s, 0.0
-        sample = function(*args, **kwargs)
-        outputs = [leaf for leaf in pytree.tree_leaves(sample) if isinstance(leaf, torch.Tensor) and leaf.requires_grad]
-        if not outputs:
-            return forward_s, 0.0
-        grads = [torch.ones_like(out) for out in outputs]
-        positions = [i for i, leaf in enumerate(pytree.tree_leaves(sample)) if isinstance(leaf, torch.Tensor) and leaf.requires_grad]
+        sample = pytree.tree_leaves(forward())
+    positions = [i for i, leaf in enumerate(sample) if isinstance(leaf, torch.Tensor) and leaf.requires_grad]
+    if not positions:
+        return _Timer(forward, None)
+    grads = [torch.ones_like(sample[i]) for i in positions]
 
-        def step() -> None:
-            for leaf in leaves:
-                leaf.grad = None
-            result = pytree.tree_leaves(function(*args, **kwargs))
-            torch.autograd.backward([result[i] for i in positions], grads)
+    def both() -> None:
+        for leaf in leaves:
+            leaf.grad = None
+        result = pytree.tree_leaves(forward())
+        torch.autograd.backward([result[i] for i in positions], grads)
 
-        both_s = _median(step, repeats)
-    return forward_s, max(both_s - forward_s, 0.0)
+    return _Timer(forward, both)
 
 
 @dataclass(frozen=True)
@@ -250,26 +306,33 @@ def solve_isolation_correction(rows: Sequence[tuple[float, float, float, float, 
     return IsolationCorrection(scale, forward_s, backward_s, fit)
 
 
-def fit_isolation_correction(cluster: Any, *, models: Sequence[str] | None = None, repeats: int = 25, threads: int = 1) -> IsolationCorrection:
+def fit_isolation_correction(cluster: Any, *, models: Sequence[str] | None = None, repeats: int = 9, passes: int = 5, rounds: int = 2, threads: int = 1) -> IsolationCorrection:
     """Fit `IsolationCorrection` in this process: per calibration model, one-device training
-    steps through the executor (`rlplace.measure.calibrate.time_executor_step`) against its
-    isolated op profile, with unprofiled ops (optimizer updates) priced by ``cluster``'s cost
-    model (calibrated; device 0). Tens of seconds."""
+    steps through the executor (`rlplace.measure.calibrate.time_executor_step`, the fastest of
+    ``rounds`` rounds over all models, for the reason `profile_ops` keeps its fastest pass)
+    against its isolated op profile, with unprofiled ops (optimizer updates) priced by
+    ``cluster``'s cost model (calibrated; device 0). Tens of seconds."""
     from rlplace.measure.calibrate import time_executor_step
-    from rlplace.measure.models import CALIBRATION_MODELS
 
     names = list(models or CALIBRATION_MODELS)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        measured: dict[str, float] = {}
+        captured: dict[str, tuple[Any, Any]] = {}
+        for _ in range(max(rounds, 1)):
+            for name in names:
+                graph, program, seconds = time_executor_step(name, torch.device("cpu"))
+                captured.setdefault(name, (graph, program))
+                measured[name] = min(measured.get(name, float("inf")), seconds)
         rows = []
         for name in names:
-            graph, program, measured = time_executor_step(name, torch.device("cpu"))
-            profile = profile_ops(program, repeats=repeats, threads=threads)
+            graph, program = captured[name]
+            profile = profile_ops(program, repeats=repeats, passes=passes, threads=threads)
             costs = CostTable.build(graph, cluster)
             parts = _parts(graph, costs, profile)
             rest = float(costs.op_time[~(parts.forward | parts.backward), 0].sum())
-            rows.append((measured, rest, float(parts.isolated.sum()), float(parts.forward.sum()), float(parts.backward.sum())))
+            rows.append((measured[name], rest, float(parts.isolated.sum()), float(parts.forward.sum()), float(parts.backward.sum())))
     finally:
         torch.set_num_threads(saved_threads)
     return solve_isolation_correction(rows, names)

@@ -131,7 +131,7 @@ class MeasureSetup:
             object.__setattr__(self, "_costs", cached)
         return cached
 
-    def with_op_profile(self, *, repeats: int = 25, threads: int = 1, correction: IsolationCorrection | None = None) -> MeasureSetup:
+    def with_op_profile(self, *, repeats: int = 9, threads: int = 1, correction: IsolationCorrection | None = None) -> MeasureSetup:
         """The same setup whose cost table takes this model's own per-op times
         (`rlplace.measure.opprofile`): each distinct forward node and its backward timed in
         isolation, mapped to training-step times by ``correction`` (None: fitted now on the
