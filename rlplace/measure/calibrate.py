@@ -218,11 +218,13 @@ def time_executor_step(name: str, device: torch.device, *, steps: int = 8, warmu
     (s, by `op_clock`).
     """
     from rlplace.capture import capture_model
+    from rlplace.measure.allocator import steady_allocator
     from rlplace.measure.executor import LocalExecutor
     from rlplace.measure.models import calibration_model
     from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
 
+    steady_allocator()
     clock = op_clock(device)
     module, inputs = calibration_model(name)
     graph = capture_model(module, inputs, optimizer="adam", name=name)

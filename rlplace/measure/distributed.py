@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlplace.measure.allocator import steady_allocator
 from rlplace.measure.launch import NICE_VARIABLE, MeasureFailure, free_port, launch_job, launch_local, report_rank_outcome, stop_processes
 from rlplace.measure.ranks import BACKENDS, DistTransport, MeasureJob, rank_device, run_rank, run_step, time_assignment
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for result.json (rank 0) and error-<rank>.txt")
     args = parser.parse_args(argv)
     _apply_priority()
+    steady_allocator()
     world_size, local_rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
 
     def work(rank: int) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ from torch.utils import _pytree as pytree
 
 from rlplace.costs import CostTable
 from rlplace.graph import NO_CLASS, OpGraph
+from rlplace.measure.allocator import steady_allocator
 from rlplace.measure.calibrate import op_clock
 from rlplace.measure.models import CALIBRATION_MODELS
 from rlplace.measure.program import ForwardProgram, node_callable
@@ -113,6 +114,7 @@ def profile_ops(program: ForwardProgram, *, repeats: int = 9, passes: int = 5, t
     shared host can inflate every op of one pass (a one-pass profile was seen 1.9x too slow)
     but rarely all passes alike.
     """
+    steady_allocator()
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

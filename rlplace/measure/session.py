@@ -261,9 +261,11 @@ def measure(
 
 
 def _measure_in_process(setup: MeasureSetup, assignment: Mapping[str, int], steps: int, warmup: int, threads: int, return_state: bool) -> Measurement:
+    from rlplace.measure.allocator import steady_allocator
     from rlplace.measure.executor import LocalExecutor
     from rlplace.measure.plan import plan_segments
 
+    steady_allocator()
     k = setup.cluster.num_devices
     gpus = torch.cuda.device_count()
     devices = [torch.device("cuda", i) for i in range(k)] if gpus >= k else [torch.device("cpu")] * k
