@@ -64,3 +64,32 @@ def test_a_bad_order_is_a_clear_error(program: ForwardProgram) -> None:
         plan_segments(program, left_on_0(program), 2, ["addmm", "t", *names[2:]])
     with pytest.raises(RlplaceError, match="give every forward node once"):
         plan_segments(program, left_on_0(program), 2, names[:-1])
+
+
+def test_executor_priority_runs_backward_last_forward_first_and_updates_last() -> None:
+    import numpy as np
+
+    from rlplace.graph import OpGraph
+    from rlplace.measure.assign import executor_priority
+
+    # Two branches a, b (b computed later), their backward ops listed a first, one op of no
+    # class, and an update.
+    graph = OpGraph.build(
+        [
+            {"name": "x", "kind": "input"},
+            {"name": "fa", "kind": "matmul", "flops": 1e6, "coloc": "a"},
+            {"name": "fb", "kind": "matmul", "flops": 1e6, "coloc": "b"},
+            {"name": "ga", "kind": "matmul", "flops": 1e6, "is_backward": True, "coloc": "a"},
+            {"name": "gb", "kind": "matmul", "flops": 1e6, "is_backward": True, "coloc": "b"},
+            {"name": "gx", "kind": "elementwise", "bytes_accessed": 1e3, "is_backward": True},
+            {"name": "adam", "kind": "optimizer", "bytes_accessed": 1e3, "is_backward": True, "coloc": "a"},
+        ],
+        [{"src": "x", "dst": "fa"}, {"src": "x", "dst": "fb"}, {"src": "fa", "dst": "ga"}, {"src": "fb", "dst": "gb"}, {"src": "gb", "dst": "gx"}, {"src": "ga", "dst": "adam"}],
+    )
+    start = np.array([0.0, 1.0, 2.0, 3.0, 3.0, 4.0, 5.0])
+    priority = executor_priority(graph, start)
+    n = graph.num_ops
+    # forward ops keep their index; gb (class b, forward started at 2) before ga (started at 1);
+    # gx (no class) inherits the key of the backward op before it in topological order (gb's) and
+    # follows it; the update goes last of all.
+    assert priority.tolist() == [0.0, 1.0, 2.0, n + 2.0, n + 0.0, n + 1.0, 2 * n + 6.0]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlplace.graph import OpGraph
+from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.measure.program import ForwardProgram
 
 
@@ -194,3 +194,49 @@ def order_by_key(program: ForwardProgram, keys: dict[str, float]) -> list[str]:
     while ready:
         emit(heapq.heappop(ready)[2])
     return order
+
+
+def executor_priority(graph: OpGraph, start: np.ndarray) -> np.ndarray:
+    """Simulator priorities (`rlplace.simulate.Simulator`, lower first among ready ops of a
+    device) that pick ops the way the executor runs them, given the ops' simulated starts
+    ``start`` under the default priority:
+
+    * forward ops: their topological index, as by default (the executor runs them in the
+      simulated order, `schedule_order`);
+    * backward ops: after every forward op, last forward first: the executor runs a device's
+      segments backward in reverse order, so the backward of what was computed last starts
+      first (and a gradient another device waits for leaves before unrelated backward work).
+      A backward op takes the latest simulated start of its colocation class's forward ops
+      (ties, and ops without a class: topological index);
+    * optimizer updates: last of all, as the executor updates once per device at the end.
+
+    Shapes: start (n,) seconds; returns (n,) float64.
+    """
+    n = graph.num_ops
+    index = np.arange(n, dtype=np.float64)
+    backward = np.asarray(graph.is_backward, dtype=bool)
+    optimizer = np.array([kind == "optimizer" for kind in graph.kinds], dtype=bool)
+    latest: dict[int, float] = {}
+    for op in np.flatnonzero(~backward):
+        label = int(graph.coloc[op])
+        if label != NO_CLASS:
+            latest[label] = max(latest.get(label, -np.inf), float(start[op]))
+    forward_start = np.array([latest.get(int(graph.coloc[op]), np.nan) if graph.coloc[op] != NO_CLASS else np.nan for op in range(n)])
+    # Backward ops without a forward start keep their topological place among the others.
+    horizon = float(np.nanmax(start)) if n else 0.0
+    reverse = np.where(np.isnan(forward_start), np.nan, horizon - forward_start)
+    ranked = np.flatnonzero(backward & ~optimizer)
+    keys = reverse[ranked]
+    fill = np.isnan(keys)
+    if fill.any():  # no class: inherit the key of the backward op before it in topological order
+        last = 0.0
+        for position in range(len(keys)):
+            if fill[position]:
+                keys[position] = last
+            last = keys[position]
+    priority = index.copy()
+    order = ranked[np.lexsort((ranked, keys))]
+    priority[order] = n + np.arange(len(order), dtype=np.float64)
+    updates = np.flatnonzero(optimizer)
+    priority[updates] = 2 * n + index[updates]
+    return priority

@@ -125,10 +125,9 @@ def run_measure_command(args: argparse.Namespace) -> int:
     )
     if trace_path and measurement.trace is not None:
         from rlplace.measure.timeline import write_merged_trace
-        from rlplace.simulate import simulate
         from rlplace.trace import chrome_trace
 
-        recorded = simulate(setup.graph, cluster, setup.costs, executed, objective="latency", record=True)
+        recorded = setup.simulate(placement, record=True)
         write_merged_trace(
             trace_path, chrome_trace(recorded, setup.graph, cluster), measurement.trace,
             meta={"measured_step_time_s": measurement.measured_step_time, "simulated_step_time_s": float(simulated.step_time), "keep_awake": keep_awake},
