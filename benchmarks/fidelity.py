@@ -35,6 +35,7 @@ their sessions too) and the load average before and after is printed.
 
     python benchmarks/fidelity.py [--profile FILE] [--models a,b] [--steps 5] [--warmup 2]
                                   [--rounds 2] [--random 3] [--nice N] [--json OUT]
+                                  [--keep-awake | --no-keep-awake]
 """
 
 from __future__ import annotations
@@ -174,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=-5 if os.geteuid() == 0 else None, help="CPU priority of the ranks (default -5 as root)")
     parser.add_argument("--json", help="write every row and the summary as JSON")
     parser.add_argument(
+        "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
+        help="keep idle cores awake while ranks run (default: what the calibration's check found, recorded in the profile)",
+    )  # fmt: skip
+    parser.add_argument(
         "--op-profile", action=argparse.BooleanOptionalAction, default=True,
         help="simulate with each model's own op times (timed in isolation, corrected on the calibration models; default); "
         "the calibrated-roofline prediction is summarized too",
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         roofline = setup
         if correction is not None:
             setup = setup.with_op_profile(correction=correction)
-        measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, rounds=args.rounds, threads=1, timeout_s=args.timeout, nice=args.nice)
+        measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, rounds=args.rounds, threads=1, timeout_s=args.timeout, nice=args.nice, keep_awake=args.keep_awake)
         print(f"\n{name} ({half}): {setup.graph.num_ops} ops, {len(named)} distinct placements, {time.perf_counter() - model_started:.0f} s")
         print(f"  {'placement':26s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s} {'cpu-wait ms':>12s}")
         for (placement_name, placement), measurement in zip(named, measured, strict=True):
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary["two_branch"] = {"split_measured": split.measured, "one_measured": one.measured, "split_simulated": split.simulated, "one_simulated": one.simulated}
     load_after = os.getloadavg()
-    print(f"\n{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 ranks count 2); ranks at nice {args.nice}")
+    awake = profile.keep_awake if args.keep_awake is None else args.keep_awake
+    print(f"\n{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 ranks count 2); ranks at nice {args.nice}; keep-awake {'on' if awake else 'off'}")
     if args.json:
         payload = {"rows": [asdict(r) | {"error": r.error} for r in rows], "summary": summary, "profile": profile.to_json(), "load": [load_before, load_after]}
         with open(args.json, "w", encoding="utf-8") as stream:
