@@ -463,23 +463,8 @@ def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, roun
     (``cpu_split``, summed over the ranks), medians over ``rounds`` alternating steps, and
     the split's messages per step (``messages``) (collective). Thread CPU time, not the wall
     clock: what a message takes from its endpoints' compute, whatever else the host runs."""
-    import torch.distributed as dist
-
-    from rlplace.measure.ranks import run_step
-
     runs = _pair_runs(rank, world_size, device)
-    samples: list[tuple[float, float]] = []
-    for index in range(warmup + rounds):
-        spent = []
-        for worker, plan in runs:
-            dist.barrier()
-            started = time.thread_time()
-            run_step(worker, plan)
-            spent.append(time.thread_time() - started)
-        total = torch.tensor(spent, dtype=torch.float64)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        if index >= warmup:
-            samples.append((float(total[0]), float(total[1])))
+    samples = _paired_steps(runs, rounds, warmup, clock=time.thread_time, total="sum")
     return {
         "cpu_single": float(statistics.median(single for single, _ in samples)),
         "cpu_split": float(statistics.median(split for _, split in samples)),
@@ -503,24 +488,28 @@ def fit_message_cpu(profile: Profile, timing: Mapping[str, float]) -> Profile:
     return dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(chain - 2.0 * cost, 0.0), meta=meta)
 
 
-def _paired_steps(runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int) -> list[tuple[float, float]]:
-    """Per round after ``warmup``, the slowest rank's time (s) of one step of each run (collective)."""
+def _paired_steps(
+    runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int, *, clock: Callable[[], float] = time.perf_counter, total: str = "max"
+) -> list[tuple[float, float]]:
+    """Per round after ``warmup``, one step of each run timed by ``clock`` (s) and combined
+    over the ranks: the slowest rank's (``total="max"``) or their sum (``"sum"``) (collective)."""
     import torch.distributed as dist
 
     from rlplace.measure.ranks import run_step
 
+    reduce = dist.ReduceOp.MAX if total == "max" else dist.ReduceOp.SUM
     pairs = []
     for index in range(warmup + rounds):
         times = []
         for worker, plan in runs:
             dist.barrier()
-            started = time.perf_counter()
+            started = clock()
             run_step(worker, plan)
-            times.append(time.perf_counter() - started)
-        slowest = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            times.append(clock() - started)
+        combined = torch.tensor(times, dtype=torch.float64)
+        dist.all_reduce(combined, op=reduce)
         if index >= warmup:
-            pairs.append((float(slowest[0]), float(slowest[1])))
+            pairs.append((float(combined[0]), float(combined[1])))
     return pairs
 
 
