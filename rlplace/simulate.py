@@ -314,7 +314,7 @@ class Simulator:
         together (each buffer is 1/M of the step's bytes, so M of them sum to one op's bytes).
         The peak of `peak_dynamic_memory` never exceeds that sum, so True means no overflow."""
         bound = self._resident(p) + np.bincount(p, weights=self._held_bytes, minlength=self.num_devices)
-        src, dst = self.graph.edge_src, self.graph.edge_dst
+        src, dst = self._edge_src, self._edge_dst
         cross = p[src] != p[dst]
         if cross.any():
             bound += np.bincount(p[dst[cross]], weights=self._output_bytes[src[cross]], minlength=self.num_devices)
@@ -327,7 +327,8 @@ class Simulator:
         does not exist, or puts an op on a device it cannot run on.
         """
         p = self._placement(placement)
-        durations = self._times(p)[np.arange(self.num_ops), p]
+        op_time = self._times(p)
+        durations = op_time[np.arange(self.num_ops), p]
         if np.any(np.isinf(durations)):
             op = int(np.argmax(np.isinf(durations)))
             raise RlplaceError(f"op {self.graph.names[op]!r} cannot run on device {self.cluster.devices[int(p[op])].name!r} (the graph gives it no time there); move it")
@@ -335,7 +336,7 @@ class Simulator:
         if self.objective == "throughput":
             return self._throughput_result(p, durations, busy)
         ranks = (self._op_rank, self._rank_op) if priority is None else self._ranks(priority)
-        s = self._schedule(p, ranks)
+        s = self._schedule(p, ranks, op_time)
         dynamic = self._dynamic_memory(p, s)
         path = kernel.critical_path(s.start, s.finish, s.ready_time, s.ready_via, s.device_prev, s.x_instance, s.x_ready, s.x_start, s.x_link_prev)
         n, microbatches = self.num_ops, self.microbatches
@@ -419,8 +420,9 @@ class Simulator:
         extra = endpoint_time(self._edge_src, self._edge_dst, p, self.num_ops, self.num_devices, self.message_cpu)
         return _frozen(self._op_time + (self.microbatches * extra)[:, None], np.float64)
 
-    def _schedule_args(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> tuple:
-        """Arguments shared by the makespan-only and the recording schedule kernels."""
+    def _schedule_args(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray], op_time: np.ndarray | None = None) -> tuple:
+        """Arguments shared by the makespan-only and the recording schedule kernels
+        (``op_time``: `_times` of ``p`` when the caller has it already)."""
         order = self._order(p)
         return (
             self.num_ops,
@@ -430,7 +432,7 @@ class Simulator:
             self._succ_op,
             self._succ_edge,
             self._indegree,
-            self._times(p),
+            self._times(p) if op_time is None else op_time,
             self._edge_time,
             self._link_class,
             p,
@@ -439,8 +441,8 @@ class Simulator:
             *order,
         )
 
-    def _schedule(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray]) -> kernel.Schedule:
-        return kernel.schedule_full(*self._schedule_args(p, ranks))
+    def _schedule(self, p: np.ndarray, ranks: tuple[np.ndarray, np.ndarray], op_time: np.ndarray | None = None) -> kernel.Schedule:
+        return kernel.schedule_full(*self._schedule_args(p, ranks, op_time))
 
     def _resident(self, p: np.ndarray) -> np.ndarray:
         return np.bincount(p, weights=self.graph.resident_bytes, minlength=self.num_devices)
