@@ -107,13 +107,10 @@ def search(
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, _refereed, search_units, start_placements
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, _refereed, check_search_budget, search_units, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
-    if evaluations is not None and evaluations < 1:
-        raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
-    if budget_s is not None and not budget_s > 0:
-        raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
+    check_search_budget(evaluations, budget_s)
     if evaluations is None and budget_s is None:
         budget_s = DEFAULT_BUDGET_S
     ranker = None if random_order else scorer_ranker(load_policy(checkpoint))  # the cold start, outside the budget

@@ -90,10 +90,7 @@ def place(
     a small boundary search, uses ``evaluations`` alone).
     """
     began = time.perf_counter()
-    if evaluations is not None and evaluations < 1:
-        raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
-    if budget_s is not None and not budget_s > 0:
-        raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
+    check_search_budget(evaluations, budget_s)
     limit = evaluations if evaluations is not None else (10**9 if budget_s is not None else DEFAULT_EVALUATIONS)
     deadline = None if budget_s is None else began + budget_s
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
@@ -122,6 +119,15 @@ def place(
     best, _ = search_units(units, budget, simulator, [units.contract(p) for p in starts.values()], objective=objective, evaluations=limit, deadline=deadline, seed=seed)
     result = _refereed(units.expand(best), [units.expand(units.contract(p)) for p in starts.values()], referee)
     return finalize(graph, cluster, costs, result, objective=objective, method="local-search", simulator=simulator)
+
+
+def check_search_budget(evaluations: int | None, budget_s: float | None) -> None:
+    """`RlplaceError` unless ``evaluations`` (simulations) is None or >= 1 and ``budget_s``
+    (seconds) None or > 0: the bounds every search (local-search, the policy) takes."""
+    if evaluations is not None and evaluations < 1:
+        raise RlplaceError(f"evaluations must be >= 1, got {evaluations}")
+    if budget_s is not None and not budget_s > 0:
+        raise RlplaceError(f"budget_s must be > 0 seconds, got {budget_s}")
 
 
 def search_units(
@@ -202,14 +208,19 @@ class _Search:
         self.simulator = simulator
         self.rng = rng
         self.check_memory = objective == "throughput"
-        self.left = max(1, int(evaluations))
+        self.limit = max(1, int(evaluations))
         self.made = 0
+        self.timed_out = False
+
+    @property
+    def left(self) -> int:
+        """Simulations the search may still make (0 once past the deadline)."""
+        return 0 if self.timed_out else self.limit - self.made
 
     def score(self, assignment: np.ndarray) -> Score:
-        self.left -= 1
         self.made += 1
         if self.deadline is not None and time.perf_counter() >= self.deadline:
-            self.left = 0  # this simulation still counts; the search stops after it
+            self.timed_out = True  # this simulation still counts; the search stops after it
         step_time, overflow = self.simulator.score(self.units.expand(assignment))
         return float(overflow), float(step_time)
 
