@@ -20,7 +20,8 @@ asks for them (``TrainConfig.generated_clusters``), generated clusters of 2-16 d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def generated_cluster(seed: int) -> Cluster:
         count = hosts * per_host
         kinds = list(rng.choice(GENERATED_KINDS, size=2 if rng.random() < 0.4 else 1, replace=False))
         chosen = [str(kinds[0] if i < max(1, count // 2) or len(kinds) == 1 else kinds[1]) for i in range(count)]
-        if (hosts, per_host, frozenset(k.split("-")[0] for k in chosen)) not in _HELDOUT_LAYOUTS:
+        if _layout(hosts, per_host, chosen) not in _heldout_layouts():
             break
     devices = [catalog_device(kind, f"gpu{i}", host=i // per_host) for i, kind in enumerate(chosen)]
     sxm = _NVLINK_OF_KIND.get(chosen[0]) if len(set(chosen)) == 1 else None
@@ -95,8 +96,25 @@ def generated_cluster(seed: int) -> Cluster:
     )
 
 
-#: (hosts, devices per host, kind families) of the held-out clusters.
-_HELDOUT_LAYOUTS = frozenset({(1, 4, frozenset({"L4"})), (2, 4, frozenset({"V100"})), (1, 4, frozenset({"A100", "T4"})), (2, 8, frozenset({"A100"}))})
+Layout = tuple[int, int, frozenset[str]]
+
+
+def _layout(hosts: int, per_host: int, kinds: Iterable[str]) -> Layout:
+    """(hosts, devices per host, kind families: ``A100-PCIe-40GB`` -> ``A100``)."""
+    return hosts, per_host, frozenset(kind.split("-")[0] for kind in kinds)
+
+
+@functools.cache
+def _heldout_layouts() -> frozenset[Layout]:
+    """The layouts of `HELDOUT_CLUSTERS` (resolved once per process)."""
+    from .data import resolve_cluster_spec
+
+    layouts = set()
+    for name in HELDOUT_CLUSTERS:
+        cluster = resolve_cluster_spec(name)
+        hosts = len({device.host for device in cluster.devices})
+        layouts.add(_layout(hosts, cluster.num_devices // hosts, (device.kind for device in cluster.devices)))
+    return frozenset(layouts)
 
 
 def resolve_training_cluster(spec: str) -> Cluster:
