@@ -126,6 +126,42 @@ def test_message_cpu_fit_is_hand_computed() -> None:
     assert fit_message_cpu(base, {}) is base
 
 
+def test_message_cpu_fit_reproduces_the_measured_wall_ratios() -> None:
+    from rlplace.measure.calibrate import MAX_MESSAGE_CPU_S, fit_message_cpu
+
+    base = dataclasses.replace(_profile(), message_overhead_s=5e-4)
+    pair_only = {"wall_single": 0.010, "wall_split": 0.008, "cpu_single": 0.010, "cpu_split": 0.011, "messages": 10.0}
+    # simulated pair ratio 0.5 + 100 c: the measured 0.8 needs c = 3 ms per endpoint, which
+    # takes the whole chain overhead (2 c > 500 us)
+    fitted = fit_message_cpu(base, pair_only, lambda c: {"pair": 0.5 + 100.0 * c, "chain": 1.0})
+    assert fitted.message_cpu_s == pytest.approx(3e-3, rel=1e-4) and fitted.message_overhead_s == 0.0
+    assert fitted.meta["message_timing"]["wall_split"] == 0.008
+    assert fit_message_cpu(base, pair_only, lambda c: {"pair": 0.9 + c}).message_cpu_s == 0.0  # too dear already at c = 0
+    assert fit_message_cpu(base, pair_only, lambda c: {"pair": 0.1 + c}).message_cpu_s == MAX_MESSAGE_CPU_S  # capped
+    assert fit_message_cpu(base, pair_only).message_cpu_s == pytest.approx(5e-5)  # no simulator: the CPU-time formula
+    # both patterns: pair wants c = 3 ms (ratio 0.5 + 100 c = 0.8), chain wants c = 1 ms
+    # (ratio 1 + 100 c = 1.1); the least squared log error lies between, where its derivative
+    # 100 log(pair / 0.8) / pair + 100 log(chain / 1.1) / chain vanishes
+    both = pair_only | {"chain_single": 0.010, "chain_split": 0.011}
+    fitted = fit_message_cpu(base, both, lambda c: {"pair": 0.5 + 100.0 * c, "chain": 1.0 + 100.0 * c})
+    c = fitted.message_cpu_s
+    pair, chain = 0.5 + 100 * c, 1.0 + 100 * c
+    assert 1e-3 < c < 3e-3
+    assert math.log(pair / 0.8) / pair + math.log(chain / 1.1) / chain == pytest.approx(0.0, abs=1e-6)
+
+
+def test_crossing_split_ratios_grow_with_the_message_cost() -> None:
+    from rlplace.measure.calibrate import crossing_split_ratios
+
+    ratios = crossing_split_ratios(_profile())
+    values = [ratios(c) for c in (0.0, 1e-4, 5e-4, 2e-3)]
+    for pattern in ("pair", "chain"):
+        series = [v[pattern] for v in values]
+        assert series == sorted(series) and series[-1] > series[0] + 0.3
+    assert 0.3 < values[0]["pair"] < 1.2  # two chains on two ranks: about half of one rank's step plus links
+    assert values[0]["chain"] >= 1.0  # one chain split layer by layer: nothing runs in parallel
+
+
 def test_executor_nodes_carry_the_captured_op_names(built) -> None:
     from rlplace.capture import capture_model
 

@@ -413,22 +413,21 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
 
 def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[Any, list[tuple[Any, Any]]]:
     """The program of `rlplace.measure.models.crossing_chain` and, for this rank, a worker and
-    plan of it all on rank 0 and one split layer by layer over ranks 0 and 1."""
+    plan of it all on rank 0 and one split layer by layer over ranks 0 and 1
+    (`crossing_chain_device`)."""
     from rlplace.measure.executor import DeviceWorker
-    from rlplace.measure.models import crossing_chain
+    from rlplace.measure.models import crossing_chain, crossing_chain_device
     from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
     from rlplace.measure.ranks import DistTransport
 
     module, inputs = crossing_chain()
     program = export_forward(module, inputs)
-
-    def layer(node_name: str) -> int:
-        parts = program.module_paths.get(node_name, "").split(".")
-        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-
     runs = []
-    for assignment in ({node.name: 0 for node in program.nodes}, {node.name: layer(node.name) % min(world_size, 2) for node in program.nodes}):
+    for assignment in (
+        {node.name: 0 for node in program.nodes},
+        {node.name: crossing_chain_device(program.module_paths.get(node.name, "")) % min(world_size, 2) for node in program.nodes},
+    ):
         plan = plan_segments(program, assignment, world_size)
         runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
     return program, runs
@@ -458,34 +457,121 @@ def _pair_runs(rank: int, world_size: int, device: torch.device) -> list[tuple[A
 
 
 def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, rounds: int = 20, warmup: int = 3) -> dict[str, float]:
-    """Main-thread CPU seconds of one step of `crossing_pair` on one rank (``cpu_single``) and
-    split so that both ranks compute while every layer boundary sends a message each way
-    (``cpu_split``, summed over the ranks), medians over ``rounds`` alternating steps, and
-    the split's messages per step (``messages``) (collective). Thread CPU time, not the wall
-    clock: what a message takes from its endpoints' compute, whatever else the host runs."""
+    """One step of `crossing_pair` on one rank and split so that both ranks compute while
+    every layer boundary sends a message each way, ``rounds`` alternating pairs after
+    ``warmup`` (collective): the medians of the slowest rank's wall time (``wall_single``,
+    ``wall_split``), of the main threads' CPU time summed over the ranks (``cpu_single``,
+    ``cpu_split``; a diagnostic), and the split's messages per step (``messages``)."""
     runs = _pair_runs(rank, world_size, device)
-    samples = _paired_steps(runs, rounds, warmup, clock=time.thread_time, total="sum")
+    wall = _paired_steps(runs, rounds, warmup)
+    cpu = _paired_steps(runs, rounds, warmup, clock=time.thread_time, total="sum")
     return {
-        "cpu_single": float(statistics.median(single for single, _ in samples)),
-        "cpu_split": float(statistics.median(split for _, split in samples)),
+        "wall_single": float(statistics.median(single for single, _ in wall)),
+        "wall_split": float(statistics.median(split for _, split in wall)),
+        "cpu_single": float(statistics.median(single for single, _ in cpu)),
+        "cpu_split": float(statistics.median(split for _, split in cpu)),
         "messages": float(len(runs[1][1].messages)),
     }
 
 
-def fit_message_cpu(profile: Profile, timing: Mapping[str, float]) -> Profile:
-    """The profile with ``message_cpu_s`` from ``timing`` (`message_cpu_timing`): the CPU time
-    the split step of `crossing_pair` spends beyond the one-rank step, per message and
-    endpoint, ``c = max(0, (cpu_split - cpu_single) / (2 * messages))``. A chain split layer
-    by layer pays both endpoints of every message on its critical path, so the calibrated
-    per-message overhead becomes ``max(0, message_overhead_s - 2c)`` (its total is kept).
-    Profiles of one device, or without ``timing``, come back unchanged.
+#: Upper end of the search for ``message_cpu_s`` (s per endpoint).
+MAX_MESSAGE_CPU_S = 0.02
+#: The model whose split and one-rank steps calibrate what a message costs.
+CROSSING_PAIR_SPEC = "rlplace.measure.models:crossing_pair"
+CROSSING_CHAIN_SPEC = "rlplace.measure.models:crossing_chain"
+
+
+def fit_message_cpu(profile: Profile, timing: Mapping[str, float], split_ratios: Callable[[float], Mapping[str, float]] | None = None) -> Profile:
+    """The profile with ``message_cpu_s``, what one message costs each endpoint's compute,
+    fitted so that the simulator reproduces what messages cost measured steps.
+
+    With wall times and ``split_ratios`` (c -> simulated split step / one-rank step of each
+    calibration pattern when each endpoint pays c, `crossing_split_ratios`): the c in
+    [0, `MAX_MESSAGE_CPU_S`] that minimizes the squared log error of those ratios against the
+    measured ones, over both patterns: ``pair`` (`crossing_pair`: both ranks compute and
+    every layer boundary is a message each way; ``wall_split / wall_single``) and ``chain``
+    (`crossing_chain`: one rank computes while the other waits; ``chain_split /
+    chain_single``). Ratios, so an error of the profile's compute speed cancels. They hold
+    all the wall time a message costs on this host, not only its endpoints' CPU time, and it
+    depends on the pattern: with gloo on the 2-core development VM a pair message cost ~0.5
+    ms per endpoint, a chain message ~0.13 ms in all, while the main threads spent ~0.13 ms
+    of CPU on each end; one constant cannot match both, the fit splits the difference.
+    Without them (older timings): ``c = max(0, (cpu_split - cpu_single) / (2 * messages))``.
+
+    A chain split layer by layer pays both endpoints of every message on its critical path,
+    so the calibrated per-message overhead becomes ``max(0, message_overhead_s - 2c)`` (its
+    total is kept while it can be). Profiles of one device, or without ``timing``, come back
+    unchanged.
     """
     if len(profile.devices) < 2 or not timing or not timing.get("messages"):
         return profile
-    cost = max((float(timing["cpu_split"]) - float(timing["cpu_single"])) / (2.0 * float(timing["messages"])), 0.0)
+    measured = {
+        pattern: float(timing[split]) / float(timing[single])
+        for pattern, single, split in (("pair", "wall_single", "wall_split"), ("chain", "chain_single", "chain_split"))
+        if timing.get(single, 0.0) > 0 and timing.get(split, 0.0) > 0
+    }
+    if split_ratios is not None and measured:
+
+        def loss(cost: float) -> float:
+            simulated = split_ratios(cost)
+            return sum(math.log(simulated[pattern] / ratio) ** 2 for pattern, ratio in measured.items())
+
+        cost = _minimize_on_interval(loss, 0.0, MAX_MESSAGE_CPU_S)
+    else:
+        cost = max((float(timing["cpu_split"]) - float(timing["cpu_single"])) / (2.0 * float(timing["messages"])), 0.0)
     chain = profile.message_overhead_s
     meta = dict(profile.meta) | {"message_timing": dict(timing) | {"chain_message_overhead_s": chain}}
     return dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(chain - 2.0 * cost, 0.0), meta=meta)
+
+
+def _minimize_on_interval(loss: Callable[[float], float], low: float, high: float, *, grid: int = 41, refine: int = 30) -> float:
+    """A minimizer of ``loss`` on [low, high]: the best of a grid (0 and geometric steps down
+    from ``high`` by factors of 10^(1/8)), then golden-section search between its neighbours."""
+    points = sorted({low, *(high * 10.0 ** (-i / 8.0) for i in range(grid - 1))})
+    values = [loss(x) for x in points]
+    best = int(np.argmin(values))
+    a, b = points[max(best - 1, 0)], points[min(best + 1, len(points) - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    for _ in range(refine):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    candidates = [(values[best], points[best]), (fc, c), (fd, d)]
+    return min(candidates)[1]
+
+
+def crossing_split_ratios(profile: Profile) -> Callable[[float], dict[str, float]]:
+    """c -> {"pair": ..., "chain": ...}: the simulator's step time of `crossing_pair` split by
+    `crossing_pair_device` and of `crossing_chain` split by `crossing_chain_device` over the
+    first two devices of ``profile``'s cluster, each divided by its step on one device, when
+    every message costs each endpoint c seconds and the chain-calibrated per-message overhead
+    keeps its total while it can, as `fit_message_cpu` sets them (each model captured once)."""
+    from rlplace.measure.models import crossing_chain_device, crossing_pair_device
+    from rlplace.measure.recipe import ModelRecipe
+    from rlplace.measure.session import MeasureSetup, local_cpu_cluster
+    from rlplace.placement import respect_colocation
+
+    cases = []
+    for pattern, spec, device_of in (("pair", CROSSING_PAIR_SPEC, crossing_pair_device), ("chain", CROSSING_CHAIN_SPEC, crossing_chain_device)):
+        setup = MeasureSetup.prepare(ModelRecipe(spec), local_cpu_cluster(len(profile.devices), profile))
+        paths = setup.graph.meta.get("module_paths") or [""] * setup.graph.num_ops
+        split = respect_colocation(setup.graph, np.array([device_of(str(path)) for path in paths], dtype=np.int64))
+        one_device = float(setup.simulate(np.zeros(setup.graph.num_ops, dtype=np.int64)).step_time)
+        cases.append((pattern, setup, split, one_device))
+
+    def ratios(cost: float) -> dict[str, float]:
+        priced = dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(profile.message_overhead_s - 2.0 * cost, 0.0))
+        cluster = local_cpu_cluster(len(profile.devices), priced)
+        return {pattern: float(dataclasses.replace(setup, cluster=cluster).simulate(split).step_time) / one for pattern, setup, split, one in cases}
+
+    return ratios
 
 
 def _paired_steps(
@@ -513,8 +599,10 @@ def _paired_steps(
     return pairs
 
 
-def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> float:
-    """Seconds one message adds to a step beyond ``latency + bytes / bandwidth`` (collective).
+def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> tuple[float, dict[str, float]]:
+    """Seconds one message adds to a step beyond ``latency + bytes / bandwidth``, and the
+    medians of the paired wall times it comes from (``chain_single``, ``chain_split``,
+    ``chain_messages``) (collective).
 
     Alternates steps of `rlplace.measure.models.crossing_chain` all on rank 0 and split
     layer by layer over ranks 0 and 1 (every boundary on the critical path), so drift of the
@@ -522,12 +610,17 @@ def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth
     the link time, is divided by the number of messages.
     """
     program, runs = _crossing_runs(rank, world_size, device)
-    differences = [split - single for single, split in _paired_steps(runs, rounds, warmup)]
+    pairs = _paired_steps(runs, rounds, warmup)
     messages = runs[1][1].messages
+    timing = {
+        "chain_single": float(statistics.median(single for single, _ in pairs)),
+        "chain_split": float(statistics.median(split for _, split in pairs)),
+        "chain_messages": float(len(messages)),
+    }
     if not messages:
-        return 0.0
+        return 0.0, timing
     link_time = sum(latency + program.values[m.value].nbytes / bandwidth for m in messages)
-    return max((statistics.median(differences) - link_time) / len(messages), 0.0)
+    return max((statistics.median(split - single for single, split in pairs) - link_time) / len(messages), 0.0), timing
 
 
 #: Keep-awake is on by default only if it made the message-heavy split at least this much
@@ -616,9 +709,9 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
             overhead = 0.0
             timing: dict[str, float] = {}
             if world_size > 1:
-                overhead = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
+                overhead, chain_timing = message_overhead(rank, world_size, device, float(gathered[0]["bandwidth"][1]), float(gathered[0]["latency"][1]))
                 if job.get("fit_message_cpu", True):
-                    timing = message_cpu_timing(rank, world_size, device)
+                    timing = message_cpu_timing(rank, world_size, device) | chain_timing
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -664,4 +757,6 @@ def calibrate(
         "check_keep_awake": check_keep_awake, "fit_message_cpu": fit_message_cpu_cost,
     }  # fmt: skip
     profile = Profile.from_json(launch_job(job, num_devices, timeout_s=timeout_s, threads=threads, nice=nice, keep_awake=keep_awake), "calibration result")
-    return fit_message_cpu(profile, profile.meta.get("message_timing") or {}) if fit_message_cpu_cost else profile
+    if not fit_message_cpu_cost or len(profile.devices) < 2:
+        return profile
+    return fit_message_cpu(profile, profile.meta.get("message_timing") or {}, crossing_split_ratios(profile))

@@ -435,6 +435,15 @@ def crossing_chain(batch_size: int = 128) -> tuple[nn.Module, tuple[torch.Tensor
     return _Chain(*(nn.Linear(256, 256) for _ in range(12))), (torch.randn(batch_size, 256, generator=_generator(1)),)
 
 
+def crossing_chain_device(module_path: str) -> int:
+    """Device (0 or 1) of an op of `crossing_chain` from its module path: layer i on device
+    i mod 2, anything else (the input) on device 0."""
+    parts = module_path.split(".")
+    if len(parts) >= 2 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1]) % 2
+    return 0
+
+
 class _Pair(nn.Module):
     """Two chains side by side on the same input, their outputs added."""
 
