@@ -24,8 +24,9 @@ Every step time is the simulator's on the graph the methods decide on (graphs ab
 would be coarsened as the CLI does; the held-out ones are below that). Prints one row per case
 and seed, then per regime (and over B-D): geometric mean and worst of policy / best classic,
 geomeans of policy / LS@B and policy / ablation, the median simulations to local-search's
-quality, the cases where a classic method placed and the policy did not, and the policy's
-decision time. Also prints the cold-start cost (importing torch + torch_geometric, loading the
+quality, the geomean of the objective's lower bound over the best classic (LB/best: how far
+below the best classic any method could possibly go), the cases where a classic method placed
+and the policy did not, and the policy's decision time. Also prints the cold-start cost (importing torch + torch_geometric, loading the
 checkpoint). Timings come from a shared machine: noisy, and a loaded machine gives every
 search fewer simulations in B.
 
@@ -140,6 +141,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
     from rlplace.envs.improve_state import build_move_problem
     from rlplace.methods import run_method
     from rlplace.policy_method import load_policy, search
+    from rlplace.simulate import lower_bound
 
     problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
 
@@ -175,6 +177,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
     return {
         "best_classic": best_name,
         "best_time": times[best_name],
+        "lower_bound": lower_bound(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches),
         "local_search": times["local-search"],
         "local_search_s": ls.decide_s,
         "policy": policy_time,
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = (
         f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'LS@B/best':>9} {'abl@B/best':>10} "
-        f"{'pol/LS@B':>8} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'pol s':>6}"
+        f"{'pol/LS@B':>8} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'pol s':>6} {'LB/best':>7}"
     )
     print(f"every search gets B = {args.budget_s:g} s per decision (starts included); LS = local-search at its default 2000 simulations")
     print(header)
@@ -240,11 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{regime:6} {case.label[:40]:40} {seed:>4} {row['best_classic']:>14} {row['policy'] / best:8.3f} {row['local_search'] / best:8.3f} "
                 f"{row['local_search_budget'] / best:9.3f} {row['ablation'] / best:10.3f} {row['policy'] / row['local_search_budget']:8.3f} "
-                f"{row['policy'] / row['ablation']:7.3f} {row['policy_sims_to_ls']:>8.0f}/{row['ablation_sims_to_ls']:<8.0f} {row['policy_decide_s']:6.2f}",
+                f"{row['policy'] / row['ablation']:7.3f} {row['policy_sims_to_ls']:>8.0f}/{row['ablation_sims_to_ls']:<8.0f} {row['policy_decide_s']:6.2f} {row['lower_bound'] / best:7.3f}",
                 flush=True,
             )
     print()
-    print(f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS@B':>11} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33}")
+    print(
+        f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS@B':>11} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33} "
+        f"{'LB/best':>7}"
+    )
     for regime in [*REGIMES, "all", "B-D"]:
         chosen = [r for r in rows if regime == "all" or r["regime"] in regime]
         if not chosen:
@@ -254,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search_budget'] for r in chosen]):11.3f} "
             f"{geomean([r['policy'] / r['ablation'] for r in chosen]):15.3f} "
-            f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f}"
+            f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f} "
+            f"{geomean([r['lower_bound'] / r['best_time'] for r in chosen]):>16.3f}"
         )
+    print("LB/best: the objective's placement-independent lower bound over the best classic step time (rlplace.simulate.lower_bound);")
+    print("no method can get policy/best below it, and it is loose where communication or memory binds")
     missing = sum(1 for r in rows if not math.isfinite(r["policy"]) and math.isfinite(r["best_time"]))
     print(f"cases where a classic method placed and policy did not: {missing}")
     decide = [r["policy_decide_s"] for r in rows]

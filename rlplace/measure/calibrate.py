@@ -476,9 +476,6 @@ def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, roun
 
 #: Upper end of the search for ``message_cpu_s`` (s per endpoint).
 MAX_MESSAGE_CPU_S = 0.02
-#: The model whose split and one-rank steps calibrate what a message costs.
-CROSSING_PAIR_SPEC = "rlplace.measure.models:crossing_pair"
-CROSSING_CHAIN_SPEC = "rlplace.measure.models:crossing_chain"
 
 
 def fit_message_cpu(profile: Profile, timing: Mapping[str, float], split_ratios: Callable[[float], Mapping[str, float]] | None = None) -> Profile:
@@ -552,24 +549,35 @@ def crossing_split_ratios(profile: Profile) -> Callable[[float], dict[str, float
     `crossing_pair_device` and of `crossing_chain` split by `crossing_chain_device` over the
     first two devices of ``profile``'s cluster, each divided by its step on one device, when
     every message costs each endpoint c seconds and the chain-calibrated per-message overhead
-    keeps its total while it can, as `fit_message_cpu` sets them (each model captured once)."""
-    from rlplace.measure.models import crossing_chain_device, crossing_pair_device
-    from rlplace.measure.recipe import ModelRecipe
-    from rlplace.measure.session import MeasureSetup, local_cpu_cluster
+    keeps its total while it can, as `fit_message_cpu` sets them. Each model is captured once
+    (training step, Adam, as measurements capture it) and simulated as `MeasureSetup.simulate`
+    does: the executed placement, ops in the executor's priority."""
+    from rlplace.capture import capture_model
+    from rlplace.costs import CostTable
+    from rlplace.measure.assign import executed_placement, executor_priority
+    from rlplace.measure.models import crossing_chain, crossing_chain_device, crossing_pair, crossing_pair_device
     from rlplace.placement import respect_colocation
+    from rlplace.simulate import Simulator
 
     cases = []
-    for pattern, spec, device_of in (("pair", CROSSING_PAIR_SPEC, crossing_pair_device), ("chain", CROSSING_CHAIN_SPEC, crossing_chain_device)):
-        setup = MeasureSetup.prepare(ModelRecipe(spec), local_cpu_cluster(len(profile.devices), profile))
-        paths = setup.graph.meta.get("module_paths") or [""] * setup.graph.num_ops
-        split = respect_colocation(setup.graph, np.array([device_of(str(path)) for path in paths], dtype=np.int64))
-        one_device = float(setup.simulate(np.zeros(setup.graph.num_ops, dtype=np.int64)).step_time)
-        cases.append((pattern, setup, split, one_device))
+    for pattern, build, device_of in (("pair", crossing_pair, crossing_pair_device), ("chain", crossing_chain, crossing_chain_device)):
+        module, inputs = build()
+        graph = capture_model(module, inputs, training=True, optimizer="adam", name=pattern)
+        paths = graph.meta.get("module_paths") or [""] * graph.num_ops
+        split = executed_placement(graph, respect_colocation(graph, np.array([device_of(str(path)) for path in paths], dtype=np.int64)))
+        cases.append((pattern, graph, split))
+
+    def step_time(graph: Any, placement: np.ndarray, cluster: Any) -> float:
+        simulator = Simulator(graph, cluster, CostTable.build(graph, cluster), objective="latency")
+        first = simulator.run(placement)
+        return float(simulator.run(placement, priority=executor_priority(graph, first.op_start)).step_time)
+
+    base = profile_cluster(profile)
+    one_device = {pattern: step_time(graph, np.zeros(graph.num_ops, dtype=np.int64), base) for pattern, graph, _ in cases}
 
     def ratios(cost: float) -> dict[str, float]:
-        priced = dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(profile.message_overhead_s - 2.0 * cost, 0.0))
-        cluster = local_cpu_cluster(len(profile.devices), priced)
-        return {pattern: float(dataclasses.replace(setup, cluster=cluster).simulate(split).step_time) / one for pattern, setup, split, one in cases}
+        cluster = profile_cluster(dataclasses.replace(profile, message_cpu_s=cost, message_overhead_s=max(profile.message_overhead_s - 2.0 * cost, 0.0)))
+        return {pattern: step_time(graph, split, cluster) / one_device[pattern] for pattern, graph, split in cases}
 
     return ratios
 
