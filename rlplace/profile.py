@@ -118,9 +118,10 @@ class Profile:
             beyond the link's latency and bandwidth and its endpoints' ``message_cpu_s``;
             `apply` adds it to every link's latency.
         message_cpu_s: compute time one message costs each of its two endpoints (the
-            sender's copy and send, the receiver's wake-up and copy), which on CPU ranks
-            competes with their ops; fitted at calibration with both ranks computing
-            (`rlplace.measure.calibrate.fit_message_cpu`), 0 when not fitted. `apply` puts it
+            sender's copy and send, the receiver's wake-up and copy, the communication
+            threads' delays), which on CPU ranks competes with their ops; fitted at
+            calibration so that the simulator reproduces the measured wall time of two split
+            calibration models (`rlplace.measure.calibrate.fit_message_cpu`), 0 when not fitted. `apply` puts it
             in ``meta[rlplace.costs.MESSAGE_CPU_META_KEY]`` when positive, and the simulator
             charges it to the sending and the receiving op (`rlplace.simulate.endpoint_time`).
         keep_awake: whether measurements on this host should keep idle cores busy

@@ -18,8 +18,9 @@ predicts what the executor spends per step on one device (`fit_kind_efficiency`)
 
 then every ordered pair of ranks times messages of two sizes sent as the executor sends them ->
 ``latency`` (s, one way) and ``bandwidth`` (bytes/s), what a message adds to a step through
-the executor, what it costs its two endpoints' compute when both are busy
-(`message_cpu_timing`, fitted by `fit_message_cpu`), and whether keeping idle cores awake helps a message-heavy step on this host
+the executor, what it costs its two endpoints' compute so that the simulator reproduces the
+wall time of two split calibration models (`message_cpu_timing`, fitted by `fit_message_cpu`
+through `crossing_split_ratios`), and whether keeping idle cores awake helps a message-heavy step on this host
 (`keep_awake_check`). The result is a `rlplace.profile.Profile` (typed, torch-free: loading
 and applying it never imports this module).
 """
