@@ -11,6 +11,7 @@ import ctypes
 import json
 import math
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,19 +55,58 @@ def check_output_path(path: str | Path | None) -> None:
 
 def write_outputs(files: Mapping[str | Path, bytes | str]) -> None:
     """Write every file of one command, or none: each goes to a temporary file in its own folder
-    first, and only when all of them are written are they renamed into place."""
+    first, and only when all of them are written are they renamed into place. Should a rename
+    fail midway, the files already renamed are put back as they were: old contents restored
+    from a hard link kept until the end, files that did not exist removed (where the file
+    system refuses hard links, a replaced file keeps its new contents)."""
     staged: list[tuple[str, Path]] = []
+    replaced: list[tuple[Path, bool, str | None]] = []  # (target, it existed, hard link to its old contents)
     try:
         for path, data in files.items():
             target = Path(path)
             staged.append((_stage(target, data.encode("utf-8") if isinstance(data, str) else data), target))
         for temporary, target in staged:
-            os.replace(temporary, target)
+            existed = target.is_file()
+            backup = _link_old(target) if existed else None
+            try:
+                os.replace(temporary, target)
+            except OSError:
+                if backup is not None:
+                    Path(backup).unlink(missing_ok=True)
+                raise
+            replaced.append((target, existed, backup))
     except OSError as exc:
+        _roll_back(replaced)
         raise RlplaceError(f"cannot write {exc.filename or 'an output file'}: {exc.strerror}") from None
     finally:
         for temporary, _ in staged:
             Path(temporary).unlink(missing_ok=True)
+        for _, _, backup in replaced:
+            if backup is not None:
+                Path(backup).unlink(missing_ok=True)
+
+
+def _link_old(target: Path) -> str | None:
+    """A hard link to ``target``'s current contents beside it, None where links are refused."""
+    backup = target.with_name(f".{target.name}.old.{secrets.token_hex(6)}")
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None
+    return str(backup)
+
+
+def _roll_back(replaced: Sequence[tuple[Path, bool, str | None]]) -> None:
+    """Undo the renames of ``replaced``, last first (best effort: the error being raised is the
+    one to report)."""
+    for target, existed, backup in reversed(replaced):
+        try:
+            if not existed:
+                target.unlink(missing_ok=True)
+            elif backup is not None:
+                os.replace(backup, target)
+        except OSError:
+            continue
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
