@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from rlplace.errors import RlplaceError
-from rlplace.measure.p2p import close_links, open_links, recv_tensor, send_tensor
 from rlplace.profile import DeviceProfile, Profile, apply_profile, load_profile, mean_rates, profile_cluster, profile_summary, write_profile
 
 __all__ = [  # the profile itself lives in rlplace.profile (torch-free); re-exported for older imports
@@ -385,11 +384,11 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
             for _ in range(repeats):
                 started = time.perf_counter()
                 if rank == src:
-                    _sent(send_tensor(ack, peer))
-                    recv_tensor(ack, peer)
+                    dist.isend(ack, peer).wait()
+                    dist.recv(ack, peer)
                 else:
-                    recv_tensor(ack, peer)
-                    _sent(send_tensor(ack, peer))
+                    dist.recv(ack, peer)
+                    dist.isend(ack, peer).wait()
                 round_trips.append(time.perf_counter() - started)
             one_way_small = float(np.percentile(round_trips, LINK_PERCENTILE)) / 2
             with_ack = []
@@ -399,11 +398,11 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                 for _ in range(repeats):
                     started = time.perf_counter()
                     if rank == src:
-                        _sent(send_tensor(payload.contiguous(), peer))
-                        recv_tensor(ack, peer)
+                        dist.isend(payload.contiguous(), peer).wait()
+                        dist.recv(ack, peer)
                     else:
-                        recv_tensor(torch.empty(size // 4, device=device), peer)
-                        _sent(send_tensor(ack, peer))
+                        dist.recv(torch.empty(size // 4, device=device), peer)
+                        dist.isend(ack, peer).wait()
                     samples.append(time.perf_counter() - started)
                 with_ack.append(float(np.percentile(samples, LINK_PERCENTILE)))
             if rank == src:
@@ -411,12 +410,6 @@ def profile_links(rank: int, world_size: int, device: torch.device, *, repeats: 
                 bandwidth[dst] = 1.0 / slope if slope > 0 else sizes[1] / max(with_ack[1], 1e-9)
                 latency[dst] = one_way_small
     return bandwidth, latency
-
-
-def _sent(work: Any) -> None:
-    """Wait for a `rlplace.measure.p2p.send_tensor` to complete (None: it already has)."""
-    if work is not None:
-        work.wait()
 
 
 def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[Any, list[tuple[Any, Any]]]:
@@ -695,7 +688,6 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
     device = rank_device(backend, local_rank)
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=float(job.get("timeout_s", 300))))
     try:
-        open_links(rank, world_size, backend)
         dist.barrier()
         measured = profile_device(device, name=f"rank{rank}", min_seconds=float(job.get("min_seconds", 0.05)))
         for turn in range(world_size if job.get("fit", True) else 0):
@@ -731,7 +723,6 @@ def run_calibration_rank(job: Mapping[str, Any], rank: int, world_size: int, loc
                     timing = message_cpu_timing(rank, world_size, device) | chain_timing
             dist.barrier()
     finally:
-        close_links()
         dist.destroy_process_group()
     if rank != 0:
         return None

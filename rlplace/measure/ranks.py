@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from rlplace.errors import RlplaceError
-from rlplace.measure.p2p import close_links, open_links, recv_tensor, send_tensor
 from rlplace.measure.plan import Message, SegmentPlan
 from rlplace.measure.program import ValueInfo
 from rlplace.measure.timeline import Span, StepRecorder
@@ -82,13 +81,11 @@ class MeasureJob:
 
 
 class DistTransport:
-    """Point-to-point messages in the fixed order of `SegmentPlan.messages`, over
-    `rlplace.measure.p2p` (loopback sockets between the gloo ranks of one host, where a send
-    is done when it returns; else ``torch.distributed``).
+    """Point-to-point messages in the fixed order of `SegmentPlan.messages`.
 
-    Sends are asynchronous on ``torch.distributed`` (``isend``); a receive takes messages from
-    its source in the order that source sends them, parking those asked for later, so the
-    transport also works where messages match in order (NCCL, sockets) and needs no tags.
+    Sends are asynchronous (``isend``); a receive takes messages from its source in the
+    order that source sends them, parking those asked for later, so the transport also works
+    on backends that match messages in order (NCCL) and needs no tags.
     """
 
     def __init__(self, plan: SegmentPlan, rank: int, values: Mapping[str, ValueInfo]) -> None:
@@ -112,9 +109,7 @@ class DistTransport:
         wire = tensor.contiguous()
         if wire.dtype == torch.bool:
             wire = wire.to(torch.uint8)
-        work = send_tensor(wire, message.dst)
-        if work is not None:
-            self.pending.append((work, wire))
+        self.pending.append((dist.isend(wire, dst=message.dst), wire))
 
     def recv(self, message: Message, info: ValueInfo, device: torch.device) -> torch.Tensor:
         queue = self.queues.get(message.src)
@@ -125,7 +120,7 @@ class DistTransport:
             upcoming_info = self.values[upcoming.value]
             wire_dtype = torch.uint8 if upcoming_info.dtype == torch.bool else upcoming_info.dtype
             buffer = torch.empty(upcoming_info.shape, dtype=wire_dtype, device=device)
-            recv_tensor(buffer, upcoming.src)
+            dist.recv(buffer, src=upcoming.src)
             self.mailbox[upcoming] = buffer.to(torch.bool) if upcoming_info.dtype == torch.bool else buffer
         return self.mailbox.pop(message)
 
@@ -162,7 +157,6 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
         torch.cuda.set_device(device)
     dist.init_process_group(job.backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=max(1.0, job.timeout_s)))
     try:
-        open_links(rank, world_size, job.backend)
         module, inputs = ModelRecipe.from_json(job.model).build()
         program = export_forward(module, inputs)
         step_times: list[list[float]] = [[] for _ in job.assignments]
@@ -186,7 +180,6 @@ def run_rank(job: MeasureJob, rank: int, world_size: int, local_rank: int) -> di
                 dist.barrier()
         return {"results": results, "world_size": world_size, "backend": job.backend, "program": program.source} if rank == 0 else None
     finally:
-        close_links()
         dist.destroy_process_group()
 
 
