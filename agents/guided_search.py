@@ -6,8 +6,11 @@
 2. list ``local-search``'s neighbourhood (`candidate_moves`: every move of a unit to another
    device that can run it; under ``throughput`` only those the memory estimate allows) and
    order it: moves of critical-path units first (``focus``, as ``local-search`` does), by the
-   ``ranker``'s (u, k) score within each group (higher first); a fixed share ``random_share``
-   of the positions is given to uniformly random candidates instead (exploration);
+   ``ranker``'s (u, k) score within each group (higher first); a share of the positions,
+   ``random_share`` at first, is given to uniformly random candidates instead (exploration);
+   with ``adaptive`` the share follows how often each list's simulated candidates were the
+   improving move taken (`_SourceYield`), so a ranking that does no better than chance on
+   this problem gives way to random order;
 3. simulate the candidates in batches of ``batch``; the best move of the first batch holding
    an improving one is taken (a tie is taken as a *sideways* step, at most
    ``SIDEWAYS_LIMIT`` in a row); the search goes on down the same order (moves of the moved
@@ -43,6 +46,10 @@ Key = tuple[float, float]
 SIDEWAYS_LIMIT = 20
 DEFAULT_BATCH = 4
 DEFAULT_RANDOM_SHARE = 0.2
+#: Adapt the random share to how often each list's candidates improved (`_SourceYield`).
+DEFAULT_ADAPTIVE = True
+MIN_RANDOM_SHARE = 0.05
+MAX_RANDOM_SHARE = 0.9
 DEFAULT_SCAN = 64
 DEFAULT_RERANK = 4
 #: Probability of a random swap of two units before each candidate move (``local-search`` uses 0.3).
@@ -88,6 +95,7 @@ def guided_search(
     swap_share: float = DEFAULT_SWAP_SHARE,
     focus: bool = DEFAULT_FOCUS,
     rerank_random: int = 1,
+    adaptive: bool = DEFAULT_ADAPTIVE,
     seed: int = 0,
 ) -> tuple[np.ndarray, Key, SearchStats]:
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
@@ -111,11 +119,15 @@ def guided_search(
     sideways = 0
     order = np.zeros(0, np.int64)
     since_ranking = rerank_every
+    sources = _SourceYield()
+    from_random: set[int] = set()
     while not out_of_budget():
         if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
             obs = observe(problem, current)
             stats.simulations += 1
-            order = _with_swaps(_candidate_order(problem, current, obs, ranker, rng, random_share, scan, focus), problem.num_units, rng, swap_share)
+            share = sources.share(random_share) if adaptive and ranker is not None else random_share
+            ranked_order, from_random = _candidate_order(problem, current, obs, ranker, rng, share, scan, focus)
+            order = _with_swaps(ranked_order, problem.num_units, rng, swap_share)
             since_ranking = 0
             if ranker is not None:
                 stats.rankings += 1
@@ -128,10 +140,11 @@ def guided_search(
                     break
                 trial = _apply(problem, current, int(move))
                 if trial is not None:
-                    trials.append((score(trial), trial))
+                    trials.append((score(trial), trial, int(move)))
             if not trials:
                 continue
-            key, trial = min(trials, key=lambda item: item[0])
+            key, trial, move = min(trials, key=lambda item: item[0])
+            sources.record([candidate for _, _, candidate in trials], move if _better(key, current_key) else None, from_random)
             if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
                 sideways = 0 if _better(key, current_key) else sideways + 1
                 moved_units = np.flatnonzero(trial != current)
@@ -178,21 +191,23 @@ def _candidate_order(
     focus: bool = DEFAULT_FOCUS,
 ) -> np.ndarray:
     """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in
-    (``focus``: critical-path units' moves first, in each list)."""
+    (``focus``: critical-path units' moves first, in each list), and the set of those taken
+    from the random list (all of them without a ranker)."""
     legal = np.flatnonzero(candidate_moves(problem, current, obs).reshape(-1))
     if legal.size == 0:
-        return legal
+        return legal, set()
     critical = obs.nodes[legal // problem.num_devices, 2] > 0.5 if focus else np.zeros(legal.size, bool)
     permutation = rng.permutation(legal.size)
     permutation = permutation[np.argsort(~critical[permutation], kind="stable")]
     shuffled = legal[permutation]
     if ranker is None:
-        return shuffled[:scan]
+        return shuffled[:scan], set(shuffled[:scan].tolist())
     scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)[legal]
     ranked = legal[np.lexsort((-scores, ~critical))]
     size = min(scan, legal.size)
     take_random = rng.random(size) < random_share
     order: list[int] = []
+    randoms: set[int] = set()
     seen: set[int] = set()
     r_i = s_i = 0
     for pick_random in take_random.tolist():
@@ -211,9 +226,48 @@ def _candidate_order(
         order.append(move)
         if pick_random:
             r_i = position + 1
+            randoms.add(move)
         else:
             s_i = position + 1
-    return np.asarray(order, dtype=np.int64)
+    return np.asarray(order, dtype=np.int64), randoms
+
+
+class _SourceYield:
+    """How often a simulated candidate from the ranked list and from the random list was the
+    improving move taken, and the random share those yields imply.
+
+    The share's odds are the default's multiplied by the ratio of the two yields (each with
+    one success in ``PRIOR_TRIALS`` trials as its prior, so it starts at the default), kept
+    in [`MIN_RANDOM_SHARE`, `MAX_RANDOM_SHARE`] (a default of 0 or 1 stays as it is): where the policy's ranking finds
+    improvements no better than chance on a problem (a family it generalizes poorly to), the
+    search drifts toward random order, and toward the ranking where it is better.
+    """
+
+    PRIOR_TRIALS = 10.0
+
+    def __init__(self) -> None:
+        self.tried = {True: 0, False: 0}
+        self.won = {True: 0, False: 0}
+
+    def record(self, candidates: list[int], winner: int | None, from_random: set[int]) -> None:
+        """One simulated batch: its candidates (swap ids < 0 are neither list's) and the
+        improving move taken from it, if any."""
+        for candidate in candidates:
+            if candidate >= 0:
+                self.tried[candidate in from_random] += 1
+        if winner is not None and winner >= 0:
+            self.won[winner in from_random] += 1
+
+    def share(self, default: float) -> float:
+        """The random share for the next ranking (``default`` itself when it is 0 or 1)."""
+        if not 0.0 < default < 1.0:
+            return default
+
+        def rate(source: bool) -> float:
+            return (self.won[source] + 1.0) / (self.tried[source] + self.PRIOR_TRIALS)
+
+        odds = default / (1.0 - default) * rate(True) / rate(False)
+        return float(min(max(odds / (1.0 + odds), MIN_RANDOM_SHARE), MAX_RANDOM_SHARE))
 
 
 def _still_legal(problem: MoveProblem, current: np.ndarray, order: np.ndarray, moved_units: np.ndarray) -> np.ndarray:

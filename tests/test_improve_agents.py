@@ -342,6 +342,28 @@ def test_guided_search_neighbourhood_is_local_searchs() -> None:
             assert np.array_equal(moves, expected)
 
 
+def test_the_random_share_follows_each_lists_yield() -> None:
+    from rlplace.agents.guided_search import MAX_RANDOM_SHARE, MIN_RANDOM_SHARE, _SourceYield
+
+    sources = _SourceYield()
+    assert sources.share(0.2) == pytest.approx(0.2)  # equal priors: the default
+    randoms = {10, 11, 12}
+    for _ in range(3):  # three batches, each won by a random candidate, swaps (< 0) not counted
+        sources.record([10, 11, 12, 1, 2, 3, 4, 5, 6, -7], 10, randoms)
+    sources.record([1] * 12 + [10], None, randoms)
+    # random: 3 won of 10 tried -> (3 + 1) / (10 + 10) = 0.2; ranked: 0 of 30 -> 1 / 40 = 0.025;
+    # odds 0.25 x 8 = 2 -> share 2 / 3
+    assert sources.tried == {True: 10, False: 30} and sources.won == {True: 3, False: 0}
+    assert sources.share(0.2) == pytest.approx(2 / 3)
+    assert sources.share(0.0) == 0.0 and sources.share(1.0) == 1.0  # an explicit choice stays
+    ranked_wins, random_wins = _SourceYield(), _SourceYield()
+    for _ in range(100):  # one candidate of each list per batch, always the same list winning
+        ranked_wins.record([10, 1], 1, randoms)
+        random_wins.record([10, 1], 10, randoms)
+    assert ranked_wins.share(0.2) == MIN_RANDOM_SHARE  # odds 0.25 x (1 / 110) / (101 / 110)
+    assert random_wins.share(0.2) == MAX_RANDOM_SHARE  # odds 0.25 x 101, clamped
+
+
 def test_random_order_tries_critical_path_units_first() -> None:
     from rlplace.agents.guided_search import _candidate_order
 
@@ -350,7 +372,7 @@ def test_random_order_tries_critical_path_units_first() -> None:
     obs = observe(problem, current)
     critical = obs.nodes[:, 2] > 0.5
     assert critical.tolist() == [True, True, True] + [False] * 8
-    order = _candidate_order(problem, current, obs, None, np.random.default_rng(0), 0.0, 10**6)
+    order, _ = _candidate_order(problem, current, obs, None, np.random.default_rng(0), 0.0, 10**6)
     on_path = critical[order // problem.num_devices]
     assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
 
