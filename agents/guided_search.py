@@ -189,7 +189,7 @@ def _candidate_order(
     random_share: float,
     scan: int,
     focus: bool = DEFAULT_FOCUS,
-) -> np.ndarray:
+) -> tuple[np.ndarray, set[int]]:
     """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in
     (``focus``: critical-path units' moves first, in each list), and the set of those taken
     from the random list (all of them without a ranker)."""
@@ -238,9 +238,10 @@ class _SourceYield:
 
     The share's odds are the default's multiplied by the ratio of the two yields (each with
     one success in ``PRIOR_TRIALS`` trials as its prior, so it starts at the default), kept
-    in [`MIN_RANDOM_SHARE`, `MAX_RANDOM_SHARE`] (a default of 0 or 1 stays as it is): where the policy's ranking finds
-    improvements no better than chance on a problem (a family it generalizes poorly to), the
-    search drifts toward random order, and toward the ranking where it is better.
+    in [`MIN_RANDOM_SHARE`, `MAX_RANDOM_SHARE`] (a default of 0 or 1 stays as it is): where
+    the policy's ranking finds improvements no better than chance on a problem (a family it
+    generalizes poorly to), the search drifts toward random order, and toward the ranking
+    where it is better.
     """
 
     PRIOR_TRIALS = 10.0
