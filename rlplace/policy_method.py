@@ -10,8 +10,8 @@ method gets) and the requested objective and M:
    its default 2000 simulations, cut at ``LOCAL_SEARCH_SHARE`` of the budget), so the answer
    is never worse than ``local-search``'s default answer whenever that run fits in its share;
 3. search: `rlplace.agents.guided_search.guided_search` from that answer and the starts, with
-   the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first, a
-   fixed share of random moves kept), simulated in batches, with swaps and kicks, until
+   the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,
+   random moves mixed in at a share that follows how often they improve), simulated in batches, with swaps and kicks, until
    ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under
    the objective, M and schedule;
 4. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -240,3 +241,15 @@ def executor_priority(graph: OpGraph, start: np.ndarray) -> np.ndarray:
     updates = np.flatnonzero(optimizer)
     priority[updates] = 2 * n + index[updates]
     return priority
+
+
+def simulate_as_executed(graph: OpGraph, cluster: Any, costs: Any, executed: np.ndarray, *, record: bool = False) -> Any:
+    """The simulator's `SimResult` for one training step (latency objective) of ``executed``
+    (a placement as the executor runs it, `executed_placement`), ops picked as the executor
+    picks them (`executor_priority`, from a first simulation's starts)."""
+    from rlplace.simulate import Simulator
+
+    simulator = Simulator(graph, cluster, costs, objective="latency")
+    first = simulator.run(executed)
+    assert first.op_start is not None  # the latency objective always has a schedule
+    return simulator.run(executed, record=record, priority=executor_priority(graph, first.op_start))

@@ -416,22 +416,13 @@ def _crossing_runs(rank: int, world_size: int, device: torch.device) -> tuple[An
     """The program of `rlplace.measure.models.crossing_chain` and, for this rank, a worker and
     plan of it all on rank 0 and one split layer by layer over ranks 0 and 1
     (`crossing_chain_device`)."""
-    from rlplace.measure.executor import DeviceWorker
     from rlplace.measure.models import crossing_chain, crossing_chain_device
-    from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
-    from rlplace.measure.ranks import DistTransport
 
     module, inputs = crossing_chain()
     program = export_forward(module, inputs)
-    runs = []
-    for assignment in (
-        {node.name: 0 for node in program.nodes},
-        {node.name: crossing_chain_device(program.module_paths.get(node.name, "")) % min(world_size, 2) for node in program.nodes},
-    ):
-        plan = plan_segments(program, assignment, world_size)
-        runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
-    return program, runs
+    paths = {node.name: program.module_paths.get(node.name, "") for node in program.nodes}
+    return program, _worker_runs(program, paths, crossing_chain_device, rank, world_size, device)
 
 
 def _pair_runs(rank: int, world_size: int, device: torch.device) -> list[tuple[Any, Any]]:
@@ -439,19 +430,27 @@ def _pair_runs(rank: int, world_size: int, device: torch.device) -> list[tuple[A
     and placed by `crossing_pair_device` over ranks 0 and 1, its nodes run layer by layer
     (both chains' layer i before either's layer i + 1, as the simulator schedules them)."""
     from rlplace.measure.assign import order_by_key
-    from rlplace.measure.executor import DeviceWorker
     from rlplace.measure.models import crossing_pair, crossing_pair_device
-    from rlplace.measure.plan import plan_segments
     from rlplace.measure.program import export_forward
-    from rlplace.measure.ranks import DistTransport
 
     module, inputs = crossing_pair()
     program = export_forward(module, inputs)
     paths = {node.name: program.module_paths.get(node.name, "") for node in program.nodes}
     layer = {name: float(path.split(".")[2]) for name, path in paths.items() if path.count(".") >= 2 and path.split(".")[2].isdigit()}
-    order = order_by_key(program, layer)
+    return _worker_runs(program, paths, crossing_pair_device, rank, world_size, device, order_by_key(program, layer))
+
+
+def _worker_runs(
+    program: Any, paths: Mapping[str, str], device_of: Callable[[str], int], rank: int, world_size: int, device: torch.device, order: Sequence[str] | None = None
+) -> list[tuple[Any, Any]]:
+    """For this rank, a (worker, plan) of ``program`` all on rank 0 and one with each node on
+    ``device_of(its module path)`` (over ranks 0 and 1), each running its nodes in ``order``."""
+    from rlplace.measure.executor import DeviceWorker
+    from rlplace.measure.plan import plan_segments
+    from rlplace.measure.ranks import DistTransport
+
     runs = []
-    for assignment in ({name: 0 for name in paths}, {name: crossing_pair_device(path) % min(world_size, 2) for name, path in paths.items()}):
+    for assignment in ({name: 0 for name in paths}, {name: device_of(path) % min(world_size, 2) for name, path in paths.items()}):
         plan = plan_segments(program, assignment, world_size, order)
         runs.append((DeviceWorker(program, plan, rank, device, DistTransport(plan, rank, program.values)), plan))
     return runs
@@ -461,11 +460,11 @@ def message_cpu_timing(rank: int, world_size: int, device: torch.device, *, roun
     """One step of `crossing_pair` on one rank and split so that both ranks compute while
     every layer boundary sends a message each way, ``rounds`` alternating pairs after
     ``warmup`` (collective): the medians of the slowest rank's wall time (``wall_single``,
-    ``wall_split``), of the main threads' CPU time summed over the ranks (``cpu_single``,
-    ``cpu_split``; a diagnostic), and the split's messages per step (``messages``)."""
+    ``wall_split``), of the main threads' CPU time summed over the ranks in the same steps
+    (``cpu_single``, ``cpu_split``; a diagnostic), and the split's messages per step
+    (``messages``)."""
     runs = _pair_runs(rank, world_size, device)
-    wall = _paired_steps(runs, rounds, warmup)
-    cpu = _paired_steps(runs, rounds, warmup, clock=time.thread_time, total="sum")
+    wall, cpu = _paired_steps(runs, rounds, warmup)
     return {
         "wall_single": float(statistics.median(single for single, _ in wall)),
         "wall_split": float(statistics.median(split for _, split in wall)),
@@ -551,14 +550,13 @@ def crossing_split_ratios(profile: Profile) -> Callable[[float], dict[str, float
     first two devices of ``profile``'s cluster, each divided by its step on one device, when
     every message costs each endpoint c seconds and the chain-calibrated per-message overhead
     keeps its total while it can, as `fit_message_cpu` sets them. Each model is captured once
-    (training step, Adam, as measurements capture it) and simulated as `MeasureSetup.simulate`
-    does: the executed placement, ops in the executor's priority."""
+    (training step, Adam, as measurements capture it) and simulated as measurements are
+    (`rlplace.measure.assign.simulate_as_executed`)."""
     from rlplace.capture import capture_model
     from rlplace.costs import CostTable
-    from rlplace.measure.assign import executed_placement, executor_priority
+    from rlplace.measure.assign import executed_placement, simulate_as_executed
     from rlplace.measure.models import crossing_chain, crossing_chain_device, crossing_pair, crossing_pair_device
     from rlplace.placement import respect_colocation
-    from rlplace.simulate import Simulator
 
     cases = []
     for pattern, build, device_of in (("pair", crossing_pair, crossing_pair_device), ("chain", crossing_chain, crossing_chain_device)):
@@ -569,9 +567,7 @@ def crossing_split_ratios(profile: Profile) -> Callable[[float], dict[str, float
         cases.append((pattern, graph, split))
 
     def step_time(graph: Any, placement: np.ndarray, cluster: Any) -> float:
-        simulator = Simulator(graph, cluster, CostTable.build(graph, cluster), objective="latency")
-        first = simulator.run(placement)
-        return float(simulator.run(placement, priority=executor_priority(graph, first.op_start)).step_time)
+        return float(simulate_as_executed(graph, cluster, CostTable.build(graph, cluster), placement).step_time)
 
     base = profile_cluster(profile)
     one_device = {pattern: step_time(graph, np.zeros(graph.num_ops, dtype=np.int64), base) for pattern, graph, _ in cases}
@@ -583,29 +579,29 @@ def crossing_split_ratios(profile: Profile) -> Callable[[float], dict[str, float
     return ratios
 
 
-def _paired_steps(
-    runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int, *, clock: Callable[[], float] = time.perf_counter, total: str = "max"
-) -> list[tuple[float, float]]:
-    """Per round after ``warmup``, one step of each run timed by ``clock`` (s) and combined
-    over the ranks: the slowest rank's (``total="max"``) or their sum (``"sum"``) (collective)."""
+def _paired_steps(runs: Sequence[tuple[Any, Any]], rounds: int, warmup: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Per round after ``warmup``, one step of each run (collective): the slowest rank's wall
+    time (s), and the main threads' CPU time of the same steps summed over the ranks (s)."""
     import torch.distributed as dist
 
     from rlplace.measure.ranks import run_step
 
-    reduce = dist.ReduceOp.MAX if total == "max" else dist.ReduceOp.SUM
-    pairs = []
+    wall_pairs, cpu_pairs = [], []
     for index in range(warmup + rounds):
-        times = []
+        walls, cpus = [], []
         for worker, plan in runs:
             dist.barrier()
-            started = clock()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             run_step(worker, plan)
-            times.append(clock() - started)
-        combined = torch.tensor(times, dtype=torch.float64)
-        dist.all_reduce(combined, op=reduce)
+            walls.append(time.perf_counter() - started)
+            cpus.append(time.thread_time() - cpu_started)
+        slowest, summed = torch.tensor(walls, dtype=torch.float64), torch.tensor(cpus, dtype=torch.float64)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
         if index >= warmup:
-            pairs.append((float(combined[0]), float(combined[1])))
-    return pairs
+            wall_pairs.append((float(slowest[0]), float(slowest[1])))
+            cpu_pairs.append((float(summed[0]), float(summed[1])))
+    return wall_pairs, cpu_pairs
 
 
 def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth: float, latency: float, *, rounds: int = 30, warmup: int = 3) -> tuple[float, dict[str, float]]:
@@ -619,7 +615,7 @@ def message_overhead(rank: int, world_size: int, device: torch.device, bandwidth
     the link time, is divided by the number of messages.
     """
     program, runs = _crossing_runs(rank, world_size, device)
-    pairs = _paired_steps(runs, rounds, warmup)
+    pairs, _ = _paired_steps(runs, rounds, warmup)
     messages = runs[1][1].messages
     timing = {
         "chain_single": float(statistics.median(single for single, _ in pairs)),
@@ -655,7 +651,7 @@ def keep_awake_check(rank: int, world_size: int, device: torch.device, *, rounds
         dist.barrier()
         with cores_kept_awake(awake and rank == 0):
             dist.barrier()
-            for single, split in _paired_steps(runs, steps, 1):
+            for single, split in _paired_steps(runs, steps, 1)[0]:
                 mode = "awake" if awake else "idle"
                 samples[f"single_{mode}"].append(single)
                 samples[f"split_{mode}"].append(split)

@@ -23,7 +23,7 @@ from rlplace.cluster import CPU, Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.measure.assign import Assignment, assign_devices, executed_placement, executor_priority, schedule_order
+from rlplace.measure.assign import Assignment, assign_devices, executed_placement, schedule_order, simulate_as_executed
 from rlplace.measure.launch import launch_local
 from rlplace.measure.opprofile import IsolationCorrection
 from rlplace.measure.program import ForwardProgram, export_forward
@@ -174,13 +174,7 @@ class MeasureSetup:
         """The simulator's `SimResult` for one training step (latency objective) of the
         placement as the executor runs it, ops picked as the executor picks them
         (`rlplace.measure.assign.executor_priority`, from a first simulation's starts)."""
-        from rlplace.simulate import Simulator
-
-        simulator = Simulator(self.graph, self.cluster, self.costs, objective="latency")
-        executed = self.executed(placement)
-        first = simulator.run(executed)
-        assert first.op_start is not None  # the latency objective always has a schedule
-        return simulator.run(executed, record=record, priority=executor_priority(self.graph, first.op_start))
+        return simulate_as_executed(self.graph, self.cluster, self.costs, self.executed(placement), record=record)
 
 
 def measure(
