@@ -41,6 +41,7 @@ their sessions too) and the load average before and after is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -53,9 +54,10 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from rlplace.errors import RlplaceError
-from rlplace.graph import OpGraph
+from rlplace.measure.assign import simulate_as_executed
+from rlplace.measure.receive_fit import fit_receive_cost, measured_splits, module_units
 from rlplace.measure.recipe import ModelRecipe
-from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure, relative_error
+from rlplace.measure.session import Measurement, MeasureSetup, local_cpu_cluster, measure, relative_error
 from rlplace.placement import respect_colocation
 from rlplace.profile import Profile
 
@@ -79,6 +81,8 @@ class Row:
     simulated_roofline: float
     waited: float = 0.0
     unloaded: float = 0.0
+    simulated_constant: float = 0.0
+    placement_devices: tuple[int, ...] = ()
 
     @property
     def error(self) -> float:
@@ -89,18 +93,17 @@ class Row:
         return self.messages > 0
 
 
-def _units(graph: OpGraph) -> np.ndarray:
-    """(n,) unit id per op: ops grouped by their top two module-path components."""
-    paths = graph.meta.get("module_paths") or [""] * graph.num_ops
-    labels: dict[str, int] = {}
-    units = np.empty(graph.num_ops, dtype=np.int64)
-    current = ""
-    for op in range(graph.num_ops):
-        path = str(paths[op])
-        if path:
-            current = ".".join(path.split(".")[:2])
-        units[op] = labels.setdefault(current, len(labels))
-    return units
+@dataclass(frozen=True)
+class ModelRun:
+    """One model's setup, candidate placements and their measurements."""
+
+    name: str
+    half: str
+    setup: MeasureSetup
+    roofline: MeasureSetup
+    named: list[tuple[str, np.ndarray]]
+    measured: list[Measurement]
+    seconds: float
 
 
 def candidate_placements(setup: MeasureSetup, methods: list[str], random_count: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -124,7 +127,7 @@ def candidate_placements(setup: MeasureSetup, methods: list[str], random_count: 
             print(f"  method {method}: skipped ({str(exc).splitlines()[0][:120]})")
             continue
         named.append((f"method {method}", np.asarray(decision.placement, dtype=np.int64)))
-    units = _units(graph)
+    units = module_units(graph)
     rng = np.random.default_rng(seed)
     for index in range(random_count):
         named.append((f"random #{index}", rng.integers(0, 2, size=int(units.max()) + 1)[units].astype(np.int64)))
@@ -175,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=-5 if os.geteuid() == 0 else None, help="CPU priority of the ranks (default -5 as root)")
     parser.add_argument("--json", help="write every row and the summary as JSON")
     parser.add_argument(
+        "--receive-fit", action=argparse.BooleanOptionalAction, default=True,
+        help="fit what a message costs its receiver (rlplace.measure.receive) on the development half's measured splits and predict with it "
+        "(default); --no-receive-fit keeps the profile's constant message cost",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-awake", action=argparse.BooleanOptionalAction, default=None,
         help="keep idle cores awake while ranks run (default: what the calibration's check found, recorded in the profile)",
     )  # fmt: skip
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrated in {time.perf_counter() - started:.0f} s")
     for line in profile.summary():
         print(f"  {line}")
-    cluster = local_cpu_cluster(2, profile)
+    cluster = local_cpu_cluster(2, dataclasses.replace(profile, receive_cost=None))
     models = [m for m in (args.models.split(",") if args.models else DEVELOPMENT + HELD_OUT) if m]
     methods = [m for m in args.methods.split(",") if m]
     correction = None
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         fitting_started = time.perf_counter()
         correction = fit_isolation_correction(cluster)
         print(f"isolation correction fitted on the calibration models in {time.perf_counter() - fitting_started:.0f} s")
-    rows: list[Row] = []
+    runs: list[ModelRun] = []
     for name in models:
         half = "held-out" if name in HELD_OUT else "development" if name in DEVELOPMENT else "other"
         model_started = time.perf_counter()
@@ -218,17 +226,46 @@ def main(argv: list[str] | None = None) -> int:
         if correction is not None:
             setup = setup.with_op_profile(correction=correction)
         measured = measure(setup, [p for _, p in named], backend="gloo", steps=args.steps, warmup=args.warmup, rounds=args.rounds, threads=1, timeout_s=args.timeout, nice=args.nice, keep_awake=args.keep_awake)
-        print(f"\n{name} ({half}): {setup.graph.num_ops} ops, {len(named)} distinct placements, {time.perf_counter() - model_started:.0f} s")
-        print(f"  {'placement':26s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s} {'cpu-wait ms':>12s}")
-        for (placement_name, placement), measurement in zip(named, measured, strict=True):
+        runs.append(ModelRun(name, half, setup, roofline, named, measured, time.perf_counter() - model_started))
+        print(f"measured {name} ({half}): {len(named)} placements in {runs[-1].seconds:.0f} s")
+
+    receive = profile.receive_cost
+    if args.receive_fit:
+        fitting_started = time.perf_counter()
+        development = [run for run in runs if run.half == "development"]
+        receive = fit_receive_cost(
+            [
+                split
+                for run in development
+                for split in measured_splits(run.setup, [p for _, p in run.named], [m.measured_step_time for m in run.measured], [m.messages for m in run.measured])
+            ]
+        )
+        print(
+            f"receive cost fitted on the development half's splits in {time.perf_counter() - fitting_started:.0f} s: {receive.busy_s * 1e6:.0f} us while computing, "
+            f"{receive.idle_s * 1e6:.0f} us x (1 - exp(-wait / {receive.idle_time_s * 1e3:.2f} ms)) after waiting idle (the development half is in-sample for it)"
+        )
+    predicting = local_cpu_cluster(2, dataclasses.replace(profile, receive_cost=receive))
+    rows: list[Row] = []
+    for run in runs:
+        setup, roofline = run.setup, run.roofline
+        print(f"\n{run.name} ({run.half}): {setup.graph.num_ops} ops, {len(run.named)} distinct placements, {run.seconds:.0f} s")
+        print(f"  {'placement':26s} {'simulated ms':>13s} {'measured ms':>12s} {'error':>7s} {'msgs':>5s} {'cpu-wait ms':>12s} {'constant ms':>12s}")
+        for (placement_name, placement), measurement in zip(run.named, run.measured, strict=True):
             waits = measurement.cpu_waits if len(measurement.cpu_waits) == len(measurement.step_times) else (0.0,) * len(measurement.step_times)
+            executed = setup.executed(placement)
             row = Row(
-                half, name, placement_name, float(setup.simulate(placement).step_time), measurement.measured_step_time, measurement.messages,
-                float(roofline.simulate(placement).step_time), float(statistics.median(waits)),
+                run.half, run.name, placement_name, float(simulate_as_executed(setup.graph, predicting, setup.costs, executed).step_time),
+                measurement.measured_step_time, measurement.messages,
+                float(simulate_as_executed(roofline.graph, predicting, roofline.costs, executed).step_time), float(statistics.median(waits)),
                 float(statistics.median(t - w for t, w in zip(measurement.step_times, waits, strict=True))),
+                float(simulate_as_executed(setup.graph, cluster, setup.costs, executed).step_time),
+                tuple(int(d) for d in placement),
             )  # fmt: skip
             rows.append(row)
-            print(f"  {placement_name:26s} {row.simulated * 1e3:13.2f} {row.measured * 1e3:12.2f} {row.error * 100:6.1f}% {row.messages:5d} {row.waited * 1e3:12.2f}")
+            print(
+                f"  {placement_name:26s} {row.simulated * 1e3:13.2f} {row.measured * 1e3:12.2f} {row.error * 100:6.1f}% {row.messages:5d} {row.waited * 1e3:12.2f}"
+                f" {row.simulated_constant * 1e3:12.2f}"
+            )
 
     summary: dict[str, object] = {}
     for half in ("development", "held-out", "other"):
@@ -247,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  calibrated roofline alone (no per-op profile): spearman {_rho(plain['spearman'])}, median |rel. error| {_percent(plain['median_abs_rel_error'])}"
                 f" (one-device {_percent(plain['one_device_median_abs_rel_error'])}, splits {_percent(plain['parallel_median_abs_rel_error'])})"
+            )
+        if receive is not None:
+            constant = stats([Row(r.half, r.model, r.placement, r.simulated_constant, r.measured, r.messages, r.simulated_roofline) for r in subset])
+            summary[half]["constant_message_cost"] = constant  # type: ignore[index]
+            print(
+                f"  constant message cost instead of the receive cost: spearman {_rho(constant['spearman'])}, median |rel. error| {_percent(constant['median_abs_rel_error'])}"
+                f" (one-device {_percent(constant['one_device_median_abs_rel_error'])}, splits {_percent(constant['parallel_median_abs_rel_error'])})"
             )
         unloaded = stats([Row(r.half, r.model, r.placement, r.simulated, r.unloaded, r.messages, r.simulated_roofline) for r in subset])
         share = statistics.median(r.waited / r.measured for r in subset)
@@ -271,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary["two_branch"] = {"split_measured": split.measured, "one_measured": one.measured, "split_simulated": split.simulated, "one_simulated": one.simulated}
     load_after = os.getloadavg()
+    profile = dataclasses.replace(profile, receive_cost=receive)
     awake = profile.keep_awake if args.keep_awake is None else args.keep_awake
     print(f"\n{time.perf_counter() - started:.0f} s; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (2 ranks count 2); ranks at nice {args.nice}; keep-awake {'on' if awake else 'off'}")
     if args.json:

@@ -103,6 +103,54 @@ class DeviceProfile:
         )
 
 
+#: Cluster ``meta`` key holding a `ReceiveCost` as a dict (`ReceiveCost.to_json`).
+RECEIVE_COST_META_KEY = "receive_cost"
+
+
+@dataclass(frozen=True)
+class ReceiveCost:
+    """Seconds of compute one message adds to the op that receives it, on CPU ranks: the
+    measured prediction charges it in place of ``message_cpu_s`` (`rlplace.measure.receive`).
+
+    Attributes:
+        idle_s: the cost after a long idle wait (the limit as the wait grows).
+        idle_time_s: how fast the cost approaches ``idle_s``: after waiting w seconds idle
+            the receiver pays ``idle_s * (1 - exp(-w / idle_time_s))``.
+        busy_s: the cost when the receiver is computing when the message arrives.
+    """
+
+    idle_s: float
+    idle_time_s: float
+    busy_s: float
+
+    def __post_init__(self) -> None:
+        values = (self.idle_s, self.idle_time_s, self.busy_s)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values) or self.idle_time_s <= 0:
+            raise RlplaceError(f"receive cost needs idle_s >= 0, idle_time_s > 0 and busy_s >= 0 (seconds), got {values}; recalibrate")
+
+    def idle(self, waited: np.ndarray) -> np.ndarray:
+        """Cost (s) of receives after idle waits ``waited`` (s); shapes (x,) -> (x,)."""
+        return self.idle_s * -np.expm1(-np.asarray(waited, dtype=np.float64) / self.idle_time_s)
+
+    def to_json(self) -> dict[str, float]:
+        return {"idle_s": self.idle_s, "idle_time_s": self.idle_time_s, "busy_s": self.busy_s}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "profile") -> ReceiveCost:
+        if not isinstance(data, Mapping):
+            raise RlplaceError(f"{source}: receive_cost must be a mapping with idle_s, idle_time_s and busy_s; recalibrate")
+        try:
+            return cls(float(data["idle_s"]), float(data["idle_time_s"]), float(data["busy_s"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RlplaceError(f"{source}: receive_cost needs numbers idle_s, idle_time_s and busy_s ({exc}); recalibrate") from None
+
+
+def cluster_receive_cost(cluster: Any) -> ReceiveCost | None:
+    """The `ReceiveCost` in ``cluster.meta`` (`RECEIVE_COST_META_KEY`), None when absent."""
+    data = cluster.meta.get(RECEIVE_COST_META_KEY)
+    return None if data is None else ReceiveCost.from_json(data, f"cluster {cluster.name!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class Profile:
     """A calibration of k devices.
@@ -136,6 +184,12 @@ class Profile:
             (`rlplace.runtime.overhead`), 0 when not measured. `apply` passes it on in
             ``meta[STAGE_OVERHEAD_META_KEY]``; ``rlplace run``'s prediction charges it once per stage, micro-batch
             and direction (`rlplace.runtime.stages`).
+        receive_cost: what a message costs its receiver depending on whether it was
+            computing or how long it waited idle (`ReceiveCost`), fitted at calibration on
+            measured splits of whole models (`rlplace.measure.receive_fit.fit_receive_cost`); None
+            when not fitted. `apply` puts it in ``meta[RECEIVE_COST_META_KEY]``; the measured
+            prediction (`rlplace.measure.assign.simulate_as_executed`) then charges it in place
+            of ``message_cpu_s``, which search keeps using.
         meta: host, torch version, creation time.
     """
 
@@ -150,6 +204,7 @@ class Profile:
     keep_awake_check: Mapping[str, float] = dataclasses.field(default_factory=dict)
     stage_overhead_s: float = 0.0
     message_cpu_s: float = 0.0
+    receive_cost: ReceiveCost | None = None
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:
@@ -164,7 +219,8 @@ class Profile:
             "backend": self.backend,
             "threads": self.threads,
             "devices": [dataclasses.asdict(d) for d in self.devices],
-            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s, "message_cpu_s": self.message_cpu_s},
+            "links": {"bandwidth": matrix(self.bandwidth), "latency": matrix(self.latency), "message_overhead_s": self.message_overhead_s, "message_cpu_s": self.message_cpu_s}
+            | ({"receive_cost": self.receive_cost.to_json()} if self.receive_cost is not None else {}),
             "keep_awake": self.keep_awake,
             "keep_awake_check": dict(self.keep_awake_check),
             "stage_overhead_s": self.stage_overhead_s,
@@ -193,6 +249,7 @@ class Profile:
             latency = np.array([[0.0 if a == b else float(links["latency"][a][b]) for b in range(k)] for a in range(k)])
             overhead = float(links.get("message_overhead_s", 0.0) or 0.0)
             endpoint = float(links.get("message_cpu_s", 0.0) or 0.0)
+            receive = None if links.get("receive_cost") is None else ReceiveCost.from_json(links["receive_cost"], source)
             keep_awake = data.get("keep_awake", False)
             if not isinstance(keep_awake, bool):
                 raise ValueError(f"keep_awake must be true or false, not {keep_awake!r}")
@@ -217,7 +274,7 @@ class Profile:
             raise RlplaceError(f"{source}: message_overhead_s and message_cpu_s must be non-negative numbers; recalibrate")
         if not (math.isfinite(stage_overhead) and stage_overhead >= 0):
             raise RlplaceError(f"{source}: stage_overhead_s must be a non-negative number; recalibrate")
-        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check, stage_overhead, endpoint)
+        return cls(devices, bandwidth, latency, str(data.get("backend", "gloo")), threads, dict(meta), overhead, keep_awake, check, stage_overhead, endpoint, receive)
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -274,6 +331,9 @@ class Profile:
         meta.pop(MESSAGE_CPU_META_KEY, None)
         if self.message_cpu_s > 0 and k > 1:
             meta[MESSAGE_CPU_META_KEY] = self.message_cpu_s
+        meta.pop(RECEIVE_COST_META_KEY, None)
+        if self.receive_cost is not None and k > 1:
+            meta[RECEIVE_COST_META_KEY] = self.receive_cost.to_json()
         if any(entry is not None for entry in calibration):
             meta[CALIBRATION_META_KEY] = tuple(calibration)
         return Cluster(name=f"{cluster.name}+profile", devices=tuple(devices), bandwidth=bandwidth_matrix, latency=latency_matrix, meta=meta)
@@ -321,6 +381,12 @@ class Profile:
         if k > 1:
             lines.append(f"executor overhead per message: {self.message_overhead_s * 1e6:.0f} us (added to every link's latency)")
             lines.append(f"compute per message at each endpoint: {self.message_cpu_s * 1e6:.0f} us (charged to the sending and the receiving op)")
+            if self.receive_cost is not None:
+                r = self.receive_cost
+                lines.append(
+                    f"measured prediction, per message received: {r.busy_s * 1e6:.0f} us while computing, "
+                    f"{r.idle_s * 1e6:.0f} us x (1 - exp(-wait / {r.idle_time_s * 1e3:.2f} ms)) after waiting idle"
+                )
             lines.append(f"torch pipeline stage overhead: {self.stage_overhead_s * 1e6:.0f} us per stage, micro-batch and direction (rlplace run's prediction)")
         check = self.keep_awake_check
         if check:

@@ -246,10 +246,23 @@ def executor_priority(graph: OpGraph, start: np.ndarray) -> np.ndarray:
 def simulate_as_executed(graph: OpGraph, cluster: Any, costs: Any, executed: np.ndarray, *, record: bool = False) -> Any:
     """The simulator's `SimResult` for one training step (latency objective) of ``executed``
     (a placement as the executor runs it, `executed_placement`), ops picked as the executor
-    picks them (`executor_priority`, from a first simulation's starts)."""
+    picks them (`executor_priority`, from a first simulation's starts).
+
+    When ``cluster.meta`` holds a `rlplace.profile.ReceiveCost`, messages cost their
+    receivers what that says given what each receiver was doing in this schedule
+    (`rlplace.measure.receive`), in place of the constant per-endpoint cost:
+    the step is simulated once more with those times added."""
+    from rlplace.measure.receive import charge, receive_state, without_message_costs
+    from rlplace.profile import cluster_receive_cost
     from rlplace.simulate import Simulator
 
     simulator = Simulator(graph, cluster, costs, objective="latency")
     first = simulator.run(executed)
     assert first.op_start is not None  # the latency objective always has a schedule
-    return simulator.run(executed, record=record, priority=executor_priority(graph, first.op_start))
+    priority = executor_priority(graph, first.op_start)
+    receive = cluster_receive_cost(cluster)
+    if receive is None:
+        return simulator.run(executed, record=record, priority=priority)
+    state = receive_state(graph, executed, simulator.run(executed, record=True, priority=priority))
+    charged = costs.with_op_times(np.asarray(costs.op_time) + charge(graph.num_ops, state, receive)[:, None], costs.op_fixed)
+    return Simulator(graph, without_message_costs(cluster), charged, objective="latency").run(executed, record=record, priority=priority)
