@@ -7,13 +7,18 @@ every placement method gives on the calibrated cluster (`rlplace.baselines.METHO
 (colocation classes kept together), deduplicated, in interleaved rounds; and compares the
 median measured step time with the simulator's latency prediction: by default with each
 model's own per-op profile (`rlplace.measure.opprofile`, corrected on the calibration
-models), the calibrated roofline alone summarized beside it.
+models), the calibrated roofline alone summarized beside it. Messages cost their receivers
+what `rlplace.profile.ReceiveCost` says, fitted in every run on the development half's measured
+splits (`rlplace.measure.receive_fit.fit_receive_cost`; ``--no-receive-fit`` keeps the
+profile's constant cost); each row also shows the constant-cost prediction, and each half is
+summarized with it.
 
 The models are split in two, fixed in this file BEFORE any of the held-out ones was measured:
 
 * DEVELOPMENT: the models the executor, the simulator and this benchmark were tuned on (the
   three of the earlier benchmark, and issue 11's two-branch model used to find the
-  keep-awake fault). The calibration models of `rlplace.measure.models.CALIBRATION_MODELS`
+  keep-awake fault). The receive cost is fitted on their measured splits, so this half is
+  in-sample for it. The calibration models of `rlplace.measure.models.CALIBRATION_MODELS`
   are a third set, used only by calibration.
 * HELD_OUT: branchy (three unequal branches), a deeper transformer, a residual CNN, a
   mixture of experts, an embedding-heavy recommender; nothing was tuned on them. The
@@ -35,7 +40,7 @@ their sessions too) and the load average before and after is printed.
 
     python benchmarks/fidelity.py [--profile FILE] [--models a,b] [--steps 5] [--warmup 2]
                                   [--rounds 2] [--random 3] [--nice N] [--json OUT]
-                                  [--keep-awake | --no-keep-awake]
+                                  [--keep-awake | --no-keep-awake] [--no-receive-fit]
 """
 
 from __future__ import annotations
@@ -230,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {name} ({half}): {len(named)} placements in {runs[-1].seconds:.0f} s")
 
     receive = profile.receive_cost
-    if args.receive_fit:
+    if args.receive_fit and not any(run.half == "development" for run in runs):
+        print("receive cost not fitted: no development model measured (the profile's message costs are used)")
+    elif args.receive_fit:
         fitting_started = time.perf_counter()
         development = [run for run in runs if run.half == "development"]
         receive = fit_receive_cost(
