@@ -222,6 +222,24 @@ def test_gradient_sums_run_with_the_backward_that_consumes_them() -> None:
     assert executed_placement(graph, np.array([0, 1, 1, 1, 0])).tolist() == [0, 1, 1, 0, 0]
 
 
+def test_a_saved_activation_the_executor_does_not_run_stays_with_its_producer() -> None:
+    # relu's output is saved for its backward through a detached copy (no node of the
+    # executor's program); placing the copy on another device sends no message there
+    graph = OpGraph.build(
+        [
+            {"name": "relu", "coloc": "r"},
+            {"name": "detach"},
+            {"name": "out", "coloc": "o"},
+            {"name": "detach_1", "is_backward": True},
+            {"name": "relu_grad", "is_backward": True, "coloc": "r"},
+        ],
+        [{"src": "relu", "dst": "detach"}, {"src": "relu", "dst": "out"}, {"src": "detach", "dst": "detach_1"}, {"src": "out", "dst": "relu_grad"}, {"src": "detach_1", "dst": "relu_grad"}],
+    )
+    placement = np.array([0, 1, 1, 1, 0])
+    assert executed_placement(graph, placement).tolist() == [0, 1, 1, 0, 0]  # without the program: the copy stays placed
+    assert executed_placement(graph, placement, ["relu", "out"]).tolist() == [0, 0, 1, 0, 0]
+
+
 # ----------------------------------------------------------------------------- profile
 def _profile() -> Profile:
     devices = tuple(DeviceProfile(f"rank{r}", "cpu", 1e11, 5e10, 2e10, 5e-6) for r in range(2))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,7 @@ def _assign_unmatched(program: ForwardProgram, graph: OpGraph, placement: np.nda
         previous = devices[node.name]
 
 
-def executed_placement(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
+def executed_placement(graph: OpGraph, placement: np.ndarray, program_nodes: Collection[str] | None = None) -> np.ndarray:
     """The placement the executor actually runs, for the simulator to predict.
 
     Backward ops in a colocation class run where their forward op runs, and updates where
@@ -126,11 +127,21 @@ def executed_placement(graph: OpGraph, placement: np.ndarray) -> np.ndarray:
     producer. Each such op therefore takes the device of its first consumer (last ops
     first, so chains of sums follow through).
 
+    With ``program_nodes`` (the names of the executor's forward nodes), a forward op outside
+    any class that the executor does not run as a node of its own, such as the detached
+    copy of an activation autograd saves for the backward pass, runs with its first
+    producer (first ops first): the executor keeps that value where it was computed, so
+    placing the copy elsewhere sends no message.
+
     Shapes: placement (n,) int64 -> (n,) int64.
     """
-    from rlplace.graph import NO_CLASS
-
     executed = np.array(placement, dtype=np.int64)
+    if program_nodes is not None:
+        predecessors = graph.predecessors()
+        known = set(program_nodes)
+        for op in range(graph.num_ops):
+            if not graph.is_backward[op] and graph.coloc[op] == NO_CLASS and graph.kinds[op] != "input" and graph.names[op] not in known and len(predecessors[op]):
+                executed[op] = executed[int(predecessors[op].min())]
     successors = graph.successors()
     floating = graph.is_backward & (graph.coloc == NO_CLASS)
     for op in range(graph.num_ops - 1, -1, -1):

@@ -161,7 +161,7 @@ class MeasureSetup:
 
     def executed(self, placement: Sequence[int] | np.ndarray) -> Placement:
         """The placement as the executor runs it (`rlplace.measure.assign.executed_placement`)."""
-        return as_placement(executed_placement(self.graph, self.check(placement)), self.graph, self.cluster)
+        return as_placement(executed_placement(self.graph, self.check(placement), [node.name for node in self.program.nodes]), self.graph, self.cluster)
 
     def order(self, placement: Sequence[int] | np.ndarray) -> list[str]:
         """The executor's forward nodes in the order the simulator starts them under
