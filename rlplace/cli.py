@@ -143,10 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     calibrate.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds before the profiling run is killed")
     calibrate.add_argument("--json", action="store_true", help="print the profile as JSON")
-    calibrate.add_argument(
-        "--receive-cost", action=argparse.BooleanOptionalAction, default=True,
-        help="with 2+ gloo ranks, also fit what a message costs the rank that receives it, on measured splits of four small models (about a minute; default on)",
-    )  # fmt: skip
     _add_keep_awake_option(calibrate)
 
     # Parsed by train_agent.py's own parser (see main); listed here for `rlplace --help`.

@@ -16,7 +16,7 @@ from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.measure.assign import simulate_as_executed
 from rlplace.measure.receive import receive_state, receiver_states, receivers
-from rlplace.measure.receive_fit import MeasuredSplit, fit_receive_cost, unit_splits
+from rlplace.measure.receive_fit import MeasuredSplit, fit_receive_cost, module_units
 from rlplace.profile import RECEIVE_COST_META_KEY, DeviceProfile, Profile, ReceiveCost
 
 
@@ -101,10 +101,10 @@ def test_the_fit_reproduces_steps_simulated_with_a_known_receive_cost():
         fit_receive_cost([dataclasses.replace(splits[0], executed=np.zeros(2, dtype=np.int64))])
 
 
-def test_unit_splits_start_with_the_round_robin_one_and_are_seeded():
-    graph = OpGraph.build([{"name": f"op{i}", "kind": "matmul", "flops": 1.0, "module_path": f"layers.{i // 2}"} for i in range(6)], [])
-    first, again = unit_splits(graph, 2, seed=3), unit_splits(graph, 2, seed=3)
-    assert len(first) == 3 and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+def test_module_units_group_ops_by_their_first_two_path_components():
+    paths = ["a.0.x", "a.0.y", "", "a.1", "b"]
+    graph = OpGraph.build([{"name": f"op{i}", "kind": "matmul", "flops": 1.0} for i in range(5)], [], meta={"module_paths": paths})
+    assert module_units(graph).tolist() == [0, 0, 0, 1, 2]  # the op without a path joins the unit before it
 
 
 def test_the_profile_carries_the_receive_cost_through_json_and_into_the_cluster():

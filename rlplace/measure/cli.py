@@ -11,9 +11,7 @@ defaults, so a parser may leave options out.
 choice, else off), ``trace`` (None: no trace file).
 
 ``rlplace calibrate`` reads: ``out`` (None: print only), ``backend`` (``gloo``), ``devices``
-(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None),
-``receive_cost`` (True: with two or more gloo ranks, fit what a message costs its receiver on
-measured splits of `rlplace.measure.receive_fit.RECEIVE_CALIBRATION_MODELS`).
+(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None).
 """
 
 from __future__ import annotations
@@ -198,10 +196,6 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
 
         overhead = measure_stage_overhead(profile, timeout_s=float(_option(args, "timeout", 300.0)), keep_awake=profile.keep_awake)
         profile = dataclasses.replace(profile, stage_overhead_s=overhead)
-    if devices >= 2 and profile.backend == "gloo" and getattr(args, "receive_cost", True) is not False:
-        from rlplace.measure.receive_fit import calibrate_receive_cost
-
-        profile = calibrate_receive_cost(profile, timeout_s=float(_option(args, "timeout", 300.0)))
     if out:
         write_profile(profile, out)
     if getattr(args, "json", False):

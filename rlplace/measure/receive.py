@@ -1,7 +1,7 @@
 """What a message costs the rank that receives it, depending on what that rank was doing.
 
 On CPU ranks talking over gloo, the wall time a message adds to a step is not a constant.
-On the 2-core development VM a message cost its receiver little after a short idle wait,
+On the 2-core development VM a message seemed to cost its receiver little after a short idle wait,
 several times more after an idle wait of milliseconds, and most when the receiver was
 computing when it arrived (the communication thread that takes the message in then waits
 for a core both ranks keep busy). A constant cost per endpoint (``message_cpu_s``) splits
@@ -13,7 +13,9 @@ recorded simulation, which op receives each transfer and what its device was doi
 message arrived, and `charge` turns that into extra compute per op, for
 `rlplace.measure.assign.simulate_as_executed` to simulate the step once more with it (the
 constant ``message_cpu_s`` then dropped). `rlplace.measure.receive_fit` fits the three
-numbers to measured split steps of models.
+numbers to measured split steps of models. An experiment: fitted on the development models it
+over-predicted held-out parallel splits (README), so only ``benchmarks/fidelity.py
+--receive-fit`` sets it.
 """
 
 from __future__ import annotations
