@@ -7,6 +7,8 @@ CPU training step takes milliseconds (tests) to ~100 ms (benchmark, ``width``/``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -250,6 +252,181 @@ def embedding_heavy(batch_size: int = 256, seed: int = 0) -> tuple[nn.Module, tu
 def deep_transformer(batch_size: int = 4, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """Transformer of 6 narrow blocks (width 64, 32 tokens; kept out of development)."""
     return transformer(batch_size=batch_size, seq=32, dim=64, layers=6, seed=seed)
+
+
+# ----------------------------------------------------------------------------- second held-out set
+# Defined on 2026-11-30 before any of them was measured, after the first held-out half
+# (three_branch ... deep_transformer) had been looked at under three message models; see
+# benchmarks/fidelity.py.
+
+
+class UNet(nn.Module):
+    """A two-level U-Net: conv blocks down (max-pool), a bottleneck, a transposed-conv
+    upsample whose output is concatenated with the skip, conv blocks and a 1x1 head.
+
+    Shapes: input (batch, 3, size, size) -> output (batch, classes, size, size).
+    """
+
+    def __init__(self, channels: int = 16, classes: int = 4) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+
+        self.down = block(3, channels)
+        self.bottom = block(channels, 2 * channels)
+        self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
+        self.merge = block(2 * channels, channels)
+        self.head = nn.Conv2d(channels, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.down(x)
+        deep = self.bottom(torch.max_pool2d(skip, 2))
+        return self.head(self.merge(torch.cat([skip, self.up(deep)], dim=1)))
+
+
+class TemporalCNN(nn.Module):
+    """A temporal convolution network: dilated Conv1d residual blocks (dilation 1, 2, 4, 8)
+    over a sequence, mean-pooled into a classifier.
+
+    Shapes: input (batch, channels, length) -> output (batch, classes).
+    """
+
+    def __init__(self, channels: int = 32, classes: int = 10, levels: int = 4) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(channels, channels, 3, padding=2**i, dilation=2**i), nn.ReLU(), nn.Conv1d(channels, channels, 1)) for i in range(levels)
+        )
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.classifier(x.mean(dim=2))
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm decoder block: causal multi-head self-attention written out (scores masked
+    above the diagonal) and a GELU MLP, each with a residual.
+
+    Shapes: (batch, seq, dim) -> (batch, seq, dim).
+    """
+
+    def __init__(self, dim: int, heads: int, seq: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.register_buffer("mask", torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(batch, seq, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim // self.heads)
+        attention = torch.softmax(scores.masked_fill(self.mask[:seq, :seq], float("-inf")), dim=-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(batch, seq, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPTDecoder(nn.Module):
+    """A decoder-only language model: token and position embeddings, `CausalBlock` s, a final
+    norm and a vocabulary head.
+
+    Shapes: input (batch, seq) int64 token ids -> output (batch, seq, vocab).
+    """
+
+    def __init__(self, vocab: int = 256, dim: int = 96, heads: int = 4, layers: int = 4, seq: int = 48) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(seq, dim)
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, seq) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(ids) + self.positions.weight[: ids.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class MultiTower(nn.Module):
+    """A multi-task recommender: three embedding tables (mean-pooled bags) and a dense MLP feed
+    a shared bottom, then three task towers of different depths whose outputs are
+    concatenated.
+
+    Shapes: ids (batch, bag) int64 in [0, rows) and dense (batch, 32) -> output (batch, 3).
+    """
+
+    def __init__(self, rows: int = 8000, dim: int = 48) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(rows, dim) for _ in range(3))
+        self.dense = nn.Sequential(nn.Linear(32, dim), nn.ReLU())
+        self.bottom = nn.Sequential(nn.Linear(4 * dim, 256), nn.ReLU())
+        self.towers = nn.ModuleList(
+            nn.Sequential(*[layer for _ in range(depth) for layer in (nn.Linear(256, 256), nn.ReLU())], nn.Linear(256, 1)) for depth in (1, 2, 3)
+        )
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        pooled = [table(ids.roll(shift, dims=1)).mean(dim=1) for shift, table in enumerate(self.tables)]
+        shared = self.bottom(torch.cat([*pooled, self.dense(dense)], dim=1))
+        return torch.cat([tower(shared) for tower in self.towers], dim=1)
+
+
+class StackedMoE(nn.Module):
+    """Two dense-gated mixture-of-experts layers with residuals, three experts each of
+    different hidden sizes, between an input and an output projection.
+
+    Shapes: input (batch, width) -> output (batch, width).
+    """
+
+    def __init__(self, width: int = 192, hidden: tuple[int, ...] = (256, 384, 512)) -> None:
+        super().__init__()
+        self.inp = nn.Linear(width, width)
+        self.routers = nn.ModuleList(nn.Linear(width, len(hidden)) for _ in range(2))
+        self.experts = nn.ModuleList(nn.ModuleList(nn.Sequential(nn.Linear(width, h), nn.GELU(), nn.Linear(h, width)) for h in hidden) for _ in range(2))
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.inp(x))
+        for router, experts in zip(self.routers, self.experts, strict=True):
+            gates = torch.softmax(router(x), dim=-1)
+            x = x + sum(gates[:, e : e + 1] * expert(x) for e, expert in enumerate(experts))
+        return self.out(x)
+
+
+def unet_cnn(batch_size: int = 8, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`UNet` on 32x32 images (second held-out set)."""
+    torch.manual_seed(seed)
+    return UNet(), (torch.randn(batch_size, 3, 32, 32, generator=_generator(seed + 1)),)
+
+
+def temporal_cnn(batch_size: int = 16, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`TemporalCNN` on sequences of 256 steps (second held-out set)."""
+    torch.manual_seed(seed)
+    return TemporalCNN(), (torch.randn(batch_size, 32, 256, generator=_generator(seed + 1)),)
+
+
+def gpt_decoder(batch_size: int = 4, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`GPTDecoder`, 4 blocks of width 96 over 48 tokens (second held-out set)."""
+    torch.manual_seed(seed)
+    return GPTDecoder(), (torch.randint(0, 256, (batch_size, 48), generator=_generator(seed + 1)),)
+
+
+def multi_tower(batch_size: int = 256, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """`MultiTower` with bags of 6 ids (second held-out set)."""
+    torch.manual_seed(seed)
+    generator = _generator(seed + 1)
+    return MultiTower(), (torch.randint(0, 8000, (batch_size, 6), generator=generator), torch.randn(batch_size, 32, generator=generator))
+
+
+def stacked_moe(batch_size: int = 128, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`StackedMoE` (second held-out set)."""
+    torch.manual_seed(seed)
+    return StackedMoE(), (torch.randn(batch_size, 192, generator=_generator(seed + 1)),)
 
 
 # ----------------------------------------------------------------------------- calibration
