@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     calibrate.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds before the profiling run is killed")
     calibrate.add_argument("--json", action="store_true", help="print the profile as JSON")
+    calibrate.add_argument(
+        "--receive-cost", action="store_true",
+        help="also fit what a message costs the rank that receives it, on measured splits of five small models (2+ gloo ranks; about a minute more)",
+    )  # fmt: skip
     _add_keep_awake_option(calibrate)
 
     # Parsed by train_agent.py's own parser (see main); listed here for `rlplace --help`.

@@ -288,6 +288,7 @@ OPTION_CASES = [
     ("measure threads huge", ["measure", "json:dumps", "--placement", "{i}/p.json", "--threads", "1000000000"], "MAX_THREADS"),
     ("calibrate devices huge", ["calibrate", "--devices", "1000000000"], "MAX_DEVICES"),
     ("calibrate devices 0", ["calibrate", "--devices", "0"], "--devices"),
+    ("calibrate receive cost one rank", ["calibrate", "--devices", "1", "--receive-cost"], "--receive-cost needs two or more gloo ranks"),
     ("measure inference", ["measure", "json:dumps", "--placement", "{i}/p.json", "--inference"], "--inference"),
     ("unknown zoo", ["graph", "zoo:no-such-model"], "unknown zoo model"),
     ("unknown spec", ["graph", "what-is-this"], "cannot read model spec"),

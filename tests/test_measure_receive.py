@@ -16,7 +16,7 @@ from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.measure.assign import simulate_as_executed
 from rlplace.measure.receive import receive_state, receiver_states, receivers
-from rlplace.measure.receive_fit import MeasuredSplit, fit_receive_cost, module_units
+from rlplace.measure.receive_fit import MeasuredSplit, fit_receive_cost, module_units, unit_splits
 from rlplace.profile import RECEIVE_COST_META_KEY, DeviceProfile, Profile, ReceiveCost
 
 
@@ -105,6 +105,13 @@ def test_module_units_group_ops_by_their_first_two_path_components():
     paths = ["a.0.x", "a.0.y", "", "a.1", "b"]
     graph = OpGraph.build([{"name": f"op{i}", "kind": "matmul", "flops": 1.0} for i in range(5)], [], meta={"module_paths": paths})
     assert module_units(graph).tolist() == [0, 0, 0, 1, 2]  # the op without a path joins the unit before it
+
+
+def test_unit_splits_start_with_the_round_robin_one_and_are_seeded():
+    graph = OpGraph.build([{"name": f"op{i}", "kind": "matmul", "flops": 1.0} for i in range(6)], [], meta={"module_paths": [f"layers.{i // 2}" for i in range(6)]})
+    first, again = unit_splits(graph, 2, seed=3), unit_splits(graph, 2, seed=3)
+    assert first[0].tolist() == [0, 0, 1, 1, 0, 0]  # units layers.0, layers.1, layers.2 alternate
+    assert len(first) == 3 and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 def test_the_profile_carries_the_receive_cost_through_json_and_into_the_cluster():

@@ -11,7 +11,9 @@ defaults, so a parser may leave options out.
 choice, else off), ``trace`` (None: no trace file).
 
 ``rlplace calibrate`` reads: ``out`` (None: print only), ``backend`` (``gloo``), ``devices``
-(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None).
+(2), ``threads`` (1), ``timeout`` (300 s), ``json`` (False), ``keep_awake`` (None),
+``receive_cost`` (False: with it, fit what a message costs its receiver on measured splits of
+`rlplace.measure.receive_fit.RECEIVE_CALIBRATION_MODELS`, about a minute more).
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None)
     check_output_paths([out])
     devices = int(_option(args, "devices", 2))
+    receive_cost = bool(getattr(args, "receive_cost", False))
+    if receive_cost and (devices < 2 or str(_option(args, "backend", "gloo")) != "gloo"):
+        raise RlplaceError("--receive-cost needs two or more gloo ranks (it measures split steps on CPU ranks); drop it or use --devices 2 --backend gloo")
     profile = calibrate(
         devices, backend=str(_option(args, "backend", "gloo")), threads=int(_option(args, "threads", 1)), timeout_s=float(_option(args, "timeout", 300.0)),
         keep_awake=getattr(args, "keep_awake", None),
@@ -196,6 +201,10 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
 
         overhead = measure_stage_overhead(profile, timeout_s=float(_option(args, "timeout", 300.0)), keep_awake=profile.keep_awake)
         profile = dataclasses.replace(profile, stage_overhead_s=overhead)
+    if receive_cost:
+        from rlplace.measure.receive_fit import calibrate_receive_cost
+
+        profile = calibrate_receive_cost(profile, timeout_s=float(_option(args, "timeout", 300.0)))
     if out:
         write_profile(profile, out)
     if getattr(args, "json", False):

@@ -1,12 +1,11 @@
-"""Fit `rlplace.profile.ReceiveCost` to measured split steps (`fit_receive_cost`), an
-experiment of ``benchmarks/fidelity.py --receive-fit``.
+"""Fit `rlplace.profile.ReceiveCost` to measured split steps (`fit_receive_cost`).
 
 The split calibration patterns of `rlplace.measure.calibrate` (a few hundred microseconds of
 compute between messages, every layer boundary a message) cost more per message than the
-splits of real models do, so the receive cost is fitted to measured splits of whole models
-(the benchmark's development half), never the ones it reports. Fitted that way it
-over-predicted the held-out half's parallel splits (README, "Measuring for real"), so no
-command uses it by default.
+splits of real models do, so the receive cost is fitted to measured splits of whole models:
+``benchmarks/fidelity.py`` fits it on its development half, ``rlplace calibrate
+--receive-cost`` on `RECEIVE_CALIBRATION_MODELS` (`calibrate_receive_cost`); neither uses a
+model the benchmark reports.
 """
 
 from __future__ import annotations
@@ -103,6 +102,12 @@ def fit_receive_cost(splits: Sequence[MeasuredSplit]) -> ReceiveCost:
     return cost_of(result.x)
 
 
+#: Models whose measured splits `calibrate_receive_cost` fits to by default (in
+#: `rlplace.measure.models`): five of the development half of ``benchmarks/fidelity.py``
+#: (a chain, a CNN, two parallel models, a transformer), never its held-out half.
+RECEIVE_CALIBRATION_MODELS = ("bench_mlp", "bench_cnn", "two_branch", "soft_moe", "deep_transformer")
+
+
 def module_units(graph: Any) -> np.ndarray:
     """(n,) unit id per op: ops grouped by the first two components of their module path
     (an op without one joins the unit before it)."""
@@ -116,6 +121,48 @@ def module_units(graph: Any) -> np.ndarray:
             current = ".".join(path.split(".")[:2])
         units[op] = labels.setdefault(current, len(labels))
     return units
+
+
+def unit_splits(graph: Any, count: int, seed: int = 0) -> list[np.ndarray]:
+    """The unit-level round-robin split over two devices and ``count`` random unit-level
+    splits ((n,) int64 each, seeded; not yet legalized)."""
+    units = module_units(graph)
+    rng = np.random.default_rng(seed)
+    splits = [(units % 2).astype(np.int64)]
+    splits += [rng.integers(0, 2, size=int(units.max()) + 1)[units].astype(np.int64) for _ in range(count)]
+    return splits
+
+
+def calibrate_receive_cost(
+    profile: Any, models: Sequence[str] = RECEIVE_CALIBRATION_MODELS, *, splits: int = 4, seed: int = 0, steps: int = 5, warmup: int = 2, rounds: int = 2,
+    timeout_s: float = 300.0, nice: int | None = None,
+) -> Any:
+    """``profile`` (two or more CPU ranks, gloo) with the `ReceiveCost` fitted to measured
+    split steps of ``models`` (names in `rlplace.measure.models`): per model, its one-device
+    step and the unit-level round-robin split plus ``splits`` random ones (`unit_splits`),
+    measured through the executor on the first two ranks with each model's own op profile
+    (`rlplace.measure.session.MeasureSetup.with_op_profile`). About a minute."""
+    from rlplace.measure.opprofile import fit_isolation_correction
+    from rlplace.measure.recipe import ModelRecipe
+    from rlplace.measure.session import MeasureSetup, local_cpu_cluster, measure
+    from rlplace.placement import respect_colocation
+
+    base = dataclasses.replace(profile, receive_cost=None)
+    cluster = local_cpu_cluster(len(base.devices), base)
+    correction = fit_isolation_correction(cluster)
+    measured: list[MeasuredSplit] = []
+    for name in models:
+        setup = MeasureSetup.prepare(ModelRecipe(f"rlplace.measure.models:{name}"), cluster).with_op_profile(correction=correction)
+        one = np.zeros(setup.graph.num_ops, dtype=np.int64)
+        candidates, seen = [], {one.tobytes()}
+        for split in unit_splits(setup.graph, splits, seed):
+            executed = setup.executed(respect_colocation(setup.graph, split))
+            if executed.tobytes() not in seen:
+                seen.add(executed.tobytes())
+                candidates.append(executed)
+        results = measure(setup, [one, *candidates], backend="gloo", steps=steps, warmup=warmup, rounds=rounds, threads=base.threads or 1, timeout_s=timeout_s, nice=nice)
+        measured += measured_splits(setup, [one, *candidates], [r.measured_step_time for r in results], [r.messages for r in results])
+    return dataclasses.replace(base, receive_cost=fit_receive_cost(measured))
 
 
 def measured_splits(setup: Any, placements: Sequence[np.ndarray], measured_s: Sequence[float], messages: Sequence[int]) -> list[MeasuredSplit]:
