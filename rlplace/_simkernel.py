@@ -737,3 +737,38 @@ def first_out_of_range(placement: np.ndarray, num_devices: int) -> int:
         if placement[i] < 0 or placement[i] >= num_devices:
             return i
     return NONE
+
+
+@njit(cache=True)
+def holds_every_buffer(
+    placement: np.ndarray,
+    num_devices: int,
+    resident: np.ndarray,
+    held: np.ndarray,
+    edge_src: np.ndarray,
+    edge_dst: np.ndarray,
+    output_bytes: np.ndarray,
+    capacity: np.ndarray,
+) -> bool:
+    """Whether every device can hold at once its ops' resident bytes, their ``held`` bytes
+    (working memory and output) and a received copy of each cross-device edge's output.
+
+    Shapes: placement, resident, held, output_bytes (n,); edge_src, edge_dst (m,); capacity
+    (k,). The three sums are formed per device in op and edge order and added in that order,
+    as `rlplace.simulate.Simulator._surely_fits` defines them.
+    """
+    on_device = np.zeros(num_devices)
+    buffers = np.zeros(num_devices)
+    received = np.zeros(num_devices)
+    for i in range(placement.shape[0]):
+        on_device[placement[i]] += resident[i]
+        buffers[placement[i]] += held[i]
+    for e in range(edge_src.shape[0]):
+        a = placement[edge_src[e]]
+        b = placement[edge_dst[e]]
+        if a != b:
+            received[b] += output_bytes[edge_src[e]]
+    for d in range(num_devices):  # noqa: SIM110 (numba compiles the loop, not all() over a generator)
+        if on_device[d] + buffers[d] + received[d] > capacity[d]:
+            return False
+    return True

@@ -265,6 +265,7 @@ class Simulator:
         self._output_bytes = _frozen(graph.output_bytes, np.float64)
         self._work_bytes = _frozen(graph.work_bytes, np.float64)
         self._held_bytes = _frozen(graph.work_bytes + graph.output_bytes, np.float64)
+        self._resident_bytes = _frozen(graph.resident_bytes, np.float64)
         self._is_cpu = _frozen(np.array([d.category == CPU for d in cluster.devices], dtype=bool), np.bool_)
         self._capacity = _frozen(cluster.memory, np.float64)
         pred_order = np.argsort(graph.edge_dst, kind="stable")
@@ -313,12 +314,9 @@ class Simulator:
         working memory and output, and a received copy per cross-device edge, all micro-batches
         together (each buffer is 1/M of the step's bytes, so M of them sum to one op's bytes).
         The peak of `peak_dynamic_memory` never exceeds that sum, so True means no overflow."""
-        bound = self._resident(p) + np.bincount(p, weights=self._held_bytes, minlength=self.num_devices)
-        src, dst = self._edge_src, self._edge_dst
-        cross = p[src] != p[dst]
-        if cross.any():
-            bound += np.bincount(p[dst[cross]], weights=self._output_bytes[src[cross]], minlength=self.num_devices)
-        return bool(np.all(bound <= self._capacity))
+        return bool(
+            kernel.holds_every_buffer(p, self.num_devices, self._resident_bytes, self._held_bytes, self._edge_src, self._edge_dst, self._output_bytes, self._capacity)
+        )
 
     def run(self, placement: np.ndarray | Sequence[int], *, record: bool = False, priority: Sequence[float] | np.ndarray | None = None) -> SimResult:
         """Full evidence for ``placement``; ``record`` keeps every micro-batch's times and the transfers.

@@ -719,3 +719,20 @@ def test_score_skips_the_buffers_only_when_they_cannot_overflow(problem, scale):
     simulator = Simulator(graph, tight, costs, objective=objective, microbatches=microbatches)
     result = simulator.run(placement)
     assert simulator.score(placement) == (result.step_time, result.total_overflow)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 5), memory=st.floats(1e5, 1e9))
+def test_the_buffer_bound_kernel_matches_its_definition(seed: int, k: int, memory: float) -> None:
+    """`Simulator._surely_fits` (a numba kernel) against the sums it stands for, written in numpy."""
+    from rlplace.synthetic import fork_join
+
+    graph = fork_join(60, seed=seed, training=True)
+    simulator = Simulator(graph, cluster_of(k, memory=memory), CostTable.build(graph, cluster_of(k, memory=memory)))
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        p = rng.integers(0, k, graph.num_ops).astype(np.int64)
+        bound = np.bincount(p, weights=graph.resident_bytes, minlength=k) + np.bincount(p, weights=graph.work_bytes + graph.output_bytes, minlength=k)
+        cross = p[graph.edge_src] != p[graph.edge_dst]
+        bound += np.bincount(p[graph.edge_dst[cross]], weights=graph.output_bytes[graph.edge_src[cross]], minlength=k)
+        assert simulator._surely_fits(p) == bool(np.all(bound <= memory))
