@@ -440,8 +440,21 @@ def test_dead_or_hung_rank_fails_within_timeout_and_leaves_nothing(fault: str, t
 
 
 # ----------------------------------------------------------------------------- per-op profile
-def test_op_profile_times_each_distinct_signature_once() -> None:
+def test_op_profile_times_each_distinct_signature_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlplace.measure.opprofile as opprofile
     from rlplace.measure.opprofile import profile_ops
+
+    # A clock whose every reading advances by more than the last, so no two timed calls take
+    # the same time: two signatures can then only share a time by sharing their timings
+    # (on the real clock, two tiny ops timed apart could tie at nanosecond resolution).
+    readings = {"now": 0.0, "step": 0.0}
+
+    def fake_clock() -> float:
+        readings["step"] += 1e-9
+        readings["now"] += readings["step"]
+        return readings["now"]
+
+    monkeypatch.setattr(opprofile, "op_clock", lambda device: fake_clock)
 
     class Twins(nn.Module):
         """Three equal Linear layers: the last two have the same signatures (the first's input needs no gradient)."""
