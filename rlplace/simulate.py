@@ -550,28 +550,37 @@ def message_cpu(cluster: Cluster) -> float:
     return seconds
 
 
-def endpoint_time(edge_src: np.ndarray, edge_dst: np.ndarray, placement: np.ndarray, num_ops: int, num_devices: int, seconds: float) -> np.ndarray:
-    """Compute time each op adds for the messages it sends and receives.
+def transfer_endpoints(edge_src: np.ndarray, edge_dst: np.ndarray, placement: np.ndarray, num_devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The transfers ``placement`` implies and who receives each: one per (producer, remote
+    device holding a consumer), as the simulator sends an output once per remote device, and
+    received by its consumer of lowest op id there (the receive happens before the first use).
 
-    A transfer is one (producer, remote device) pair (the simulator sends an output once
-    per remote device holding a consumer); it adds ``seconds`` to its producer and
-    ``seconds`` to its consumer of lowest op id on that device (the receive happens before
-    the first use there).
-
-    Shapes: edge_src, edge_dst (m,) int64 op ids; placement (n,) int64; returns (n,) float64.
+    Shapes: edge_src, edge_dst (m,) int64 op ids; placement (n,) int64 in [0, num_devices);
+    returns key (x,) ``producer * num_devices + device`` in increasing order, producer (x,) and
+    receiver (x,) op ids.
     """
-    extra = np.zeros(num_ops)
     remote = placement[edge_src] != placement[edge_dst]
-    if seconds == 0.0 or not remote.any():
-        return extra
     src, dst = edge_src[remote], edge_dst[remote]
     key = src * num_devices + placement[dst]
     order = np.lexsort((dst, key))
     key, src, dst = key[order], src[order], dst[order]
     first = np.ones(key.shape[0], dtype=bool)
     first[1:] = key[1:] != key[:-1]
-    np.add.at(extra, src[first], seconds)
-    np.add.at(extra, dst[first], seconds)
+    return key[first], src[first], dst[first]
+
+
+def endpoint_time(edge_src: np.ndarray, edge_dst: np.ndarray, placement: np.ndarray, num_ops: int, num_devices: int, seconds: float) -> np.ndarray:
+    """Compute time each op adds for the messages it sends and receives: ``seconds`` to the
+    producer and to the receiver of each transfer (`transfer_endpoints`).
+
+    Shapes: edge_src, edge_dst (m,) int64 op ids; placement (n,) int64; returns (n,) float64.
+    """
+    extra = np.zeros(num_ops)
+    if seconds == 0.0:
+        return extra
+    _, producer, receiver = transfer_endpoints(edge_src, edge_dst, placement, num_devices)
+    np.add.at(extra, producer, seconds)
+    np.add.at(extra, receiver, seconds)
     return extra
 
 

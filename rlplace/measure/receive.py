@@ -43,22 +43,16 @@ class ReceiveState:
 
 
 def receivers(edge_src: np.ndarray, edge_dst: np.ndarray, placement: np.ndarray, num_devices: int, op: np.ndarray, device: np.ndarray) -> np.ndarray:
-    """The op that receives each transfer: of the consumers of producer ``op[i]`` placed on
-    ``device[i]``, the one of lowest id (the simulator sends an output once per remote
-    device, and the receive happens before its first use there, as
-    `rlplace.simulate.endpoint_time` charges it).
+    """The op that receives each transfer (producer ``op[i]`` to ``device[i]``), as
+    `rlplace.simulate.transfer_endpoints` defines it: the producer's consumer of lowest id
+    on that device.
 
     Shapes: edge_src, edge_dst (m,) int64; placement (n,) int64 in [0, num_devices); op,
     device (x,) int64; returns (x,) int64.
     """
-    remote = placement[edge_src] != placement[edge_dst]
-    src, dst = edge_src[remote], edge_dst[remote]
-    key = src * num_devices + placement[dst]
-    order = np.lexsort((dst, key))
-    key, dst = key[order], dst[order]
-    first = np.ones(key.shape[0], dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    keys, lowest = key[first], dst[first]
+    from rlplace.simulate import transfer_endpoints
+
+    keys, _, lowest = transfer_endpoints(edge_src, edge_dst, placement, num_devices)
     wanted = np.asarray(op, dtype=np.int64) * num_devices + np.asarray(device, dtype=np.int64)
     at = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
     if len(wanted) and (not len(keys) or np.any(keys[at] != wanted)):
