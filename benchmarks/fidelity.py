@@ -64,7 +64,7 @@ from scipy.stats import spearmanr
 
 from rlplace.errors import RlplaceError
 from rlplace.measure.assign import simulate_as_executed
-from rlplace.measure.receive_fit import fit_receive_cost, measured_splits, module_units
+from rlplace.measure.receive_fit import fit_receive_cost, measured_splits, unit_splits
 from rlplace.measure.recipe import ModelRecipe
 from rlplace.measure.session import Measurement, MeasureSetup, local_cpu_cluster, measure, relative_error
 from rlplace.placement import respect_colocation
@@ -136,10 +136,8 @@ def candidate_placements(setup: MeasureSetup, methods: list[str], random_count: 
             print(f"  method {method}: skipped ({str(exc).splitlines()[0][:120]})")
             continue
         named.append((f"method {method}", np.asarray(decision.placement, dtype=np.int64)))
-    units = module_units(graph)
-    rng = np.random.default_rng(seed)
-    for index in range(random_count):
-        named.append((f"random #{index}", rng.integers(0, 2, size=int(units.max()) + 1)[units].astype(np.int64)))
+    for index, split in enumerate(unit_splits(graph, random_count, seed)[1:]):  # the random ones, not the round-robin first
+        named.append((f"random #{index}", split))
     chosen, seen = [], set()
     for name, placement in named:
         legal = respect_colocation(graph, placement)
@@ -264,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         for (placement_name, placement), measurement in zip(run.named, run.measured, strict=True):
             waits = measurement.cpu_waits if len(measurement.cpu_waits) == len(measurement.step_times) else (0.0,) * len(measurement.step_times)
             executed = setup.executed(placement)
+            simulated = float(simulate_as_executed(setup.graph, predicting, setup.costs, executed).step_time)
+            # without a receive cost the prediction is the constant-cost one already
+            constant = simulated if receive is None else float(simulate_as_executed(setup.graph, cluster, setup.costs, executed).step_time)
             row = Row(
-                run.half, run.name, placement_name, float(simulate_as_executed(setup.graph, predicting, setup.costs, executed).step_time),
-                measurement.measured_step_time, measurement.messages,
+                run.half, run.name, placement_name, simulated, measurement.measured_step_time, measurement.messages,
                 float(simulate_as_executed(roofline.graph, predicting, roofline.costs, executed).step_time), float(statistics.median(waits)),
                 float(statistics.median(t - w for t, w in zip(measurement.step_times, waits, strict=True))),
-                float(simulate_as_executed(setup.graph, cluster, setup.costs, executed).step_time),
-                tuple(int(d) for d in placement),
+                constant, tuple(int(d) for d in placement),
             )  # fmt: skip
             rows.append(row)
             print(

@@ -254,26 +254,33 @@ def executor_priority(graph: OpGraph, start: np.ndarray) -> np.ndarray:
     return priority
 
 
-def simulate_as_executed(graph: OpGraph, cluster: Any, costs: Any, executed: np.ndarray, *, record: bool = False) -> Any:
-    """The simulator's `SimResult` for one training step (latency objective) of ``executed``
-    (a placement as the executor runs it, `executed_placement`), ops picked as the executor
-    picks them (`executor_priority`, from a first simulation's starts).
-
-    When ``cluster.meta`` holds a `rlplace.profile.ReceiveCost`, messages cost their
-    receivers what that says given what each receiver was doing in this schedule
-    (`rlplace.measure.receive`), in place of the constant per-endpoint cost:
-    the step is simulated once more with those times added."""
-    from rlplace.measure.receive import charge, receive_state, without_message_costs
-    from rlplace.profile import cluster_receive_cost
+def executor_schedule(graph: OpGraph, cluster: Any, costs: Any, executed: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A latency `rlplace.simulate.Simulator` of ``graph`` on ``cluster`` and the priorities
+    that pick ops the way the executor does (`executor_priority`, from its first simulation
+    of ``executed``'s starts); shapes: executed (n,) int64, priorities (n,) float64."""
     from rlplace.simulate import Simulator
 
     simulator = Simulator(graph, cluster, costs, objective="latency")
     first = simulator.run(executed)
     assert first.op_start is not None  # the latency objective always has a schedule
-    priority = executor_priority(graph, first.op_start)
+    return simulator, executor_priority(graph, first.op_start)
+
+
+def simulate_as_executed(graph: OpGraph, cluster: Any, costs: Any, executed: np.ndarray, *, record: bool = False) -> Any:
+    """The simulator's `SimResult` for one training step (latency objective) of ``executed``
+    (a placement as the executor runs it, `executed_placement`), ops picked as the executor
+    picks them (`executor_schedule`).
+
+    When ``cluster.meta`` holds a `rlplace.profile.ReceiveCost`, messages cost their
+    receivers what that says given what each receiver was doing in this schedule
+    (`rlplace.measure.receive`), in place of the constant per-endpoint cost:
+    the step is simulated once more with those times added."""
+    from rlplace.measure.receive import charged_simulator, receive_state
+    from rlplace.profile import cluster_receive_cost
+
+    simulator, priority = executor_schedule(graph, cluster, costs, executed)
     receive = cluster_receive_cost(cluster)
     if receive is None:
         return simulator.run(executed, record=record, priority=priority)
     state = receive_state(graph, executed, simulator.run(executed, record=True, priority=priority))
-    charged = costs.with_op_times(np.asarray(costs.op_time) + charge(graph.num_ops, state, receive)[:, None], costs.op_fixed)
-    return Simulator(graph, without_message_costs(cluster), charged, objective="latency").run(executed, record=record, priority=priority)
+    return charged_simulator(graph, cluster, costs, state, receive).run(executed, record=record, priority=priority)

@@ -106,6 +106,16 @@ def charge(num_ops: int, state: ReceiveState, cost: ReceiveCost) -> np.ndarray:
     return extra
 
 
+def charged_simulator(graph: Any, cluster: Any, costs: Any, state: ReceiveState, cost: ReceiveCost) -> Any:
+    """A latency `rlplace.simulate.Simulator` of ``graph`` whose ops pay what their receives
+    cost under ``cost`` (`charge`) on top of ``costs``, on ``cluster`` without its constant
+    message cost (`without_message_costs`)."""
+    from rlplace.simulate import Simulator
+
+    charged = costs.with_op_times(np.asarray(costs.op_time) + charge(graph.num_ops, state, cost)[:, None], costs.op_fixed)
+    return Simulator(graph, without_message_costs(cluster), charged, objective="latency")
+
+
 def without_message_costs(cluster: Any) -> Any:
     """``cluster`` without the constant message cost and the receive cost in its ``meta``."""
     from rlplace.costs import MESSAGE_CPU_META_KEY

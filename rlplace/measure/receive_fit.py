@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from rlplace.errors import RlplaceError
-from rlplace.measure.assign import executor_priority, simulate_as_executed
-from rlplace.measure.receive import charge, receive_state, without_message_costs
+from rlplace.measure.assign import executor_schedule, simulate_as_executed
+from rlplace.measure.receive import charged_simulator, receive_state
 from rlplace.profile import ReceiveCost
-from rlplace.simulate import Simulator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +66,12 @@ def fit_receive_cost(splits: Sequence[MeasuredSplit]) -> ReceiveCost:
 
     prepared = []
     for split in splits:
-        simulator = Simulator(split.graph, split.cluster, split.costs, objective="latency")
-        first = simulator.run(split.executed)
-        priority = executor_priority(split.graph, first.op_start)
+        simulator, priority = executor_schedule(split.graph, split.cluster, split.costs, split.executed)
         state = receive_state(split.graph, split.executed, simulator.run(split.executed, record=True, priority=priority))
         if len(state.receiver) == 0 or split.measured_one_s <= 0 or split.measured_s <= 0:
             continue
-        plain = Simulator(split.graph, without_message_costs(split.cluster), split.costs, objective="latency")
         target = split.measured_s / split.measured_one_s * split.simulated_one_s
-        prepared.append((plain, split, state, priority, target))
+        prepared.append((split, state, priority, target))
     if not prepared:
         raise RlplaceError("fitting the receive cost needs at least one measured split step that sends a message")
 
@@ -90,9 +86,8 @@ def fit_receive_cost(splits: Sequence[MeasuredSplit]) -> ReceiveCost:
     def loss(x: Sequence[float]) -> float:
         cost = cost_of(x)
         total = 0.0
-        for plain, split, state, priority, target in prepared:
-            charged = split.costs.with_op_times(np.asarray(split.costs.op_time) + charge(split.graph.num_ops, state, cost)[:, None], split.costs.op_fixed)
-            step = Simulator(split.graph, plain.cluster, charged, objective="latency").step_time(split.executed, priority=priority)
+        for split, state, priority, target in prepared:
+            step = charged_simulator(split.graph, split.cluster, split.costs, state, cost).step_time(split.executed, priority=priority)
             total += math.log(step / target) ** 2
         return total
 
