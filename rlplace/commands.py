@@ -16,7 +16,7 @@ from rlplace.errors import RlplaceError
 from rlplace.io import check_output_paths, dumps_finite, print_json, write_outputs, write_stdout
 from rlplace.limits import MAX_BUDGET_S, MAX_DEVICES, MAX_EVALUATIONS, MAX_MICROBATCHES, MAX_THREADS, check_count, check_seed
 from rlplace.load import load_model, resolve_cluster
-from rlplace.methods import SEARCH_METHODS
+from rlplace.methods import SEARCH_METHODS, TIMED_METHODS
 from rlplace.pipeline import Decision, decide, default_objective
 from rlplace.report import console, decision_table, evaluation_table, graph_summary
 from rlplace.units import show_bytes
@@ -170,13 +170,13 @@ def run_place(args: argparse.Namespace) -> int:
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options of the searching methods: ``stages`` (dp, local-search), ``evaluations`` and
-    ``budget_s`` (policy, local-search), ``checkpoint`` (policy)."""
+    """Options of the searching methods: ``stages`` (dp, local-search), ``evaluations``
+    (policy, local-search), ``budget_s`` (those and ilp), ``checkpoint`` (policy)."""
     options = _stage_options(args.method) if args.stages else {}
-    budgets = {"--evaluations": args.evaluations, "--budget-s": args.budget_s}
-    for flag, value in budgets.items():
-        if value is not None and args.method not in SEARCH_METHODS:
-            raise RlplaceError(f"{flag} applies to the methods {', '.join(SEARCH_METHODS)}, not {args.method!r} (drop {flag})")
+    budgets = {"--evaluations": (args.evaluations, SEARCH_METHODS), "--budget-s": (args.budget_s, TIMED_METHODS)}
+    for flag, (value, takers) in budgets.items():
+        if value is not None and args.method not in takers:
+            raise RlplaceError(f"{flag} applies to the methods {', '.join(takers)}, not {args.method!r} (drop {flag})")
     if args.evaluations is not None:
         options["evaluations"] = check_count(require_positive("--evaluations", args.evaluations), MAX_EVALUATIONS, "MAX_EVALUATIONS", "--evaluations")
     if args.budget_s is not None:

@@ -40,10 +40,12 @@ METHOD_DESCRIPTIONS: dict[str, str] = {
 }
 #: Methods that search until a budget: they take ``evaluations`` (simulations) and ``budget_s`` (seconds).
 SEARCH_METHODS: tuple[str, ...] = ("policy", "local-search")
+#: Methods that take ``budget_s`` (seconds): the searching ones and ``ilp`` (HiGHS's time limit).
+TIMED_METHODS: tuple[str, ...] = (*SEARCH_METHODS, "ilp")
 #: Every method name (``expert:FILE`` besides).
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_DESCRIPTIONS)
 
-__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "SEARCH_METHODS", "MethodResult", "check_method_names", "is_expert", "run_method"]
+__all__ = ["BASELINES", "METHOD_DESCRIPTIONS", "METHOD_NAMES", "SEARCH_METHODS", "TIMED_METHODS", "MethodResult", "check_method_names", "is_expert", "run_method"]
 
 
 def is_expert(name: str) -> bool:

@@ -54,6 +54,9 @@ DEFAULT_BUDGET_S = 1.5
 #: Share of the budget (seconds or simulations) local-search's own run may take before the
 #: guided search starts from its answer.
 LOCAL_SEARCH_SHARE = 0.5
+#: ``throughput`` with a time budget: share of the budget kept for the program's
+#: large-neighbourhood search (`rlplace.baselines.ilp.improve`) from the best placement found.
+PROGRAM_SHARE = 0.25
 _LOADED: dict[str, Any] = {}
 
 
@@ -134,12 +137,17 @@ def search(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
     try:
-        left_s = None if budget_s is None else max(budget_s - (time.perf_counter() - began), 1e-3)
+        program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
+        left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
         left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
         best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed)
     finally:
         torch.set_num_threads(threads)
     stats.simulations += made
+    if program_s > 0 and budget_s is not None:
+        from rlplace.baselines import ilp
+
+        best, _, _ = ilp.improve(graph, cluster, costs, problem.units, problem.budget, np.asarray(best), deadline=began + budget_s, seed=seed)
     result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
     placement = finalize(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule

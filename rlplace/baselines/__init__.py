@@ -51,6 +51,7 @@ _MODULES: dict[str, str] = {
     "critical-path": "critical_path",
     "dp": "dp",
     "local-search": "local_search",
+    "ilp": "ilp",
 }
 
 #: One line per baseline, for ``rlplace methods`` and the README.
@@ -66,6 +67,7 @@ METHOD_DESCRIPTIONS: dict[str, str] = {
     "critical-path": "bottom-level priority list scheduling at the earliest start time",
     "dp": "best contiguous pipeline split (dynamic program)",
     "local-search": "moves and swaps from the best fast baseline, scored by the simulator (2000 simulations)",
+    "ilp": "throughput only: the exact max-load optimum by integer program (HiGHS, 10 s or --budget-s; proves optimality)",
 }
 
 
