@@ -32,10 +32,14 @@ only units j, j+1, ... (a relabelling that orders the group's devices by their f
 always exists). Times are divided by the work bound and memory rows by their budget, so
 HiGHS's absolute tolerances do not swallow microsecond transfer times.
 
-Without a way to hand HiGHS a start, the method also runs ``local-search`` (its default
-2000 simulations) and returns the better of the two, scored by the simulator; the
-placement is then proven optimal when HiGHS closed the gap (relative gap <= ``MIP_GAP``).
-The time limit is ``budget_s`` (``--budget-s``; default `DEFAULT_BUDGET_S`).
+The method (`place`): ``local-search`` (its default 2000 simulations), then the whole program
+for ``FULL_SHARE`` of the time limit ``budget_s`` (``--budget-s``; default
+`DEFAULT_BUDGET_S`); the better of the two, scored by the simulator, is proven optimal when
+HiGHS closed the gap (relative gap <= ``MIP_GAP``) and its solution is that one. Otherwise the
+rest of the time goes to `improve`, a large-neighbourhood search that solves the program over
+the units of a few devices at a time with the others fixed (scipy's HiGHS takes no start
+solution, so this is how the incumbent is improved). The answer is never worse than
+``local-search``'s.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ from rlplace.rules import Units, finalize, make_simulator, prepare
 DEFAULT_BUDGET_S = 10.0
 #: Relative gap at which HiGHS calls a solution optimal.
 MIP_GAP = 1e-4
+#: `place`: share of the time limit the whole program gets before `improve` takes the rest.
+FULL_SHARE = 0.5
 #: `improve`: devices whose units one round frees (the most loaded one among them).
 FREE_DEVICES = 3
 #: `improve`: seconds one round's program may take.
@@ -75,6 +81,7 @@ class MaxLoadSolution:
         optimal: HiGHS closed the gap (``value <= bound * (1 + MIP_GAP)`` up to tolerances).
         solve_s: wall-clock seconds of the solve (building the program included).
         size: (binary variables, constraints).
+        units: the colocation units ``unit_device`` assigns.
     """
 
     unit_device: np.ndarray | None
@@ -83,6 +90,7 @@ class MaxLoadSolution:
     optimal: bool
     solve_s: float
     size: tuple[int, int]
+    units: Units
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, **options: Any) -> Placement:
@@ -101,27 +109,44 @@ def place_with_proof(
     schedule: str = "gpipe",
     budget_s: float | None = None,
 ) -> tuple[Placement, bool]:
-    """(placement, proven optimal) for the ``throughput`` objective; ``budget_s`` seconds for HiGHS."""
-    from rlplace.baselines import local_search
-
+    """(placement, proven optimal) for the ``throughput`` objective; ``budget_s``: seconds in all."""
     del microbatches, schedule  # the max-load model has neither
     if objective != "throughput":
         raise RlplaceError(
             f"ilp solves the throughput (max-load) objective only, not {objective!r}; use --objective throughput, or local-search / policy for {objective}"
         )
-    units, budget = prepare(graph, cluster, costs, objective)
+    solution = solve_and_improve(graph, cluster, costs, seed=seed, time_limit_s=DEFAULT_BUDGET_S if budget_s is None else budget_s)
+    assert solution.unit_device is not None  # local-search always answers
     simulator = make_simulator(graph, cluster, costs, objective)
-    searched = np.asarray(local_search.place(graph, cluster, costs, objective=objective, seed=seed), dtype=np.int64)
-    solution = solve_units(graph, cluster, costs, units, budget, time_limit_s=DEFAULT_BUDGET_S if budget_s is None else budget_s)
+    placement = finalize(graph, cluster, costs, solution.units.expand(solution.unit_device), objective=objective, method="ilp", simulator=simulator)
+    return placement, solution.optimal
+
+
+def solve_and_improve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, seed: int = 0, time_limit_s: float = DEFAULT_BUDGET_S) -> MaxLoadSolution:
+    """The method's search (module docstring) within ``time_limit_s`` seconds in all: the best
+    assignment found, its max load, the program's proven bound and whether it is optimal."""
+    from rlplace.baselines import local_search
+
+    began = time.perf_counter()
+    units, budget = prepare(graph, cluster, costs, "throughput")
+    simulator = make_simulator(graph, cluster, costs, "throughput")
+    searched = units.contract(np.asarray(local_search.place(graph, cluster, costs, objective="throughput", seed=seed), dtype=np.int64))
+    solution = solve_units(graph, cluster, costs, units, budget, time_limit_s=max(FULL_SHARE * time_limit_s - (time.perf_counter() - began), 0.01))
     best, optimal = searched, False
     if solution.unit_device is not None:
-        found = units.expand(solution.unit_device)
-        found_time, found_over = simulator.score(found)
-        searched_time, searched_over = simulator.score(searched)
-        if (found_over, found_time) <= (searched_over, searched_time):
-            best = found
-        optimal = solution.optimal and found_over == 0 and min(found_time, searched_time) <= solution.value * (1 + 1e-9)
-    return finalize(graph, cluster, costs, best, objective=objective, method="ilp", simulator=simulator), optimal
+        if _key(simulator, units.expand(solution.unit_device)) <= _key(simulator, units.expand(searched)):
+            best = solution.unit_device
+        optimal = solution.optimal and _key(simulator, units.expand(best)) <= (0.0, solution.value * (1 + 1e-9))
+    if not optimal and began + time_limit_s - time.perf_counter() > 0.05:
+        best, _, _ = improve(graph, cluster, costs, units, budget, best, deadline=began + time_limit_s, seed=seed)
+    value = _key(simulator, units.expand(best))[1]
+    return MaxLoadSolution(best, value, solution.bound, optimal, time.perf_counter() - began, solution.size, units)
+
+
+def _key(simulator: Any, placement: np.ndarray) -> tuple[float, float]:
+    """(bytes over capacity, max load): smaller is better."""
+    step_time, overflow = simulator.score(placement)
+    return float(overflow), float(step_time)
 
 
 def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, time_limit_s: float = DEFAULT_BUDGET_S) -> MaxLoadSolution:
@@ -150,7 +175,7 @@ def solve_units(graph: OpGraph, cluster: Cluster, costs: CostTable, units: Units
         unit_device = program.assignment(result.x)
         value = float(make_simulator(graph, cluster, costs, "throughput").step_time(units.expand(unit_device)))
     optimal = result.status == 0 and unit_device is not None
-    return MaxLoadSolution(unit_device, value, bound, optimal, time.perf_counter() - began, program.size)
+    return MaxLoadSolution(unit_device, value, bound, optimal, time.perf_counter() - began, program.size, units)
 
 
 class _Program:
