@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlplace.baselines import METHODS
+from rlplace.baselines import METHODS, THROUGHPUT_ONLY
 from rlplace.baselines.list_schedule import ListSchedule
 from rlplace.baselines.local_search import start_placements
 from rlplace.baselines.m_sct import favourite_parents, solve_favourite_lp
@@ -28,9 +28,10 @@ from rlplace.rules import build_units, memory_budget
 from rlplace.simulate import Simulator
 
 GB = 1e9
-#: Methods that work on any graph (accelerate needs an nn.Module and is tested apart; policy, a
-#: trained checkpoint, in tests/test_agents.py).
-GRAPH_METHODS = list(METHODS)
+#: Methods that work on any graph under every objective (accelerate needs an nn.Module and is
+#: tested apart; policy, a trained checkpoint, in tests/test_agents.py; ilp, throughput only, in
+#: tests/test_ilp.py).
+GRAPH_METHODS = [name for name in METHODS if name not in THROUGHPUT_ONLY]
 
 
 # ------------------------------------------------------------------------ builders
@@ -295,7 +296,8 @@ def test_run_method_times_the_decision() -> None:
 def test_registry_names() -> None:
     assert list(METHODS) == list(METHOD_NAMES[:-2])
     assert list(METHOD_NAMES) == [
-        "single", "round-robin", "random", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search", "accelerate", "policy",
+        "single", "round-robin", "random", "metis", "m-topo", "m-etf", "m-sct", "heft", "critical-path", "dp", "local-search", "ilp", "accelerate",
+        "policy",
     ]  # fmt: skip
 
 
@@ -506,3 +508,32 @@ def test_single_checks_the_peak_of_the_schedule(schedule: str) -> None:
     result = METHODS["single"](graph, cluster, costs, objective="pipelined", microbatches=4, schedule=schedule)
     assert result.tolist() == ([1, 1, 1, 1] if schedule == "gpipe" else [0, 0, 0, 0])
     assert METHODS["single"](graph, cluster, costs, objective="latency").tolist() == [1, 1, 1, 1]
+
+
+# ------------------------------------------------- throughput-only methods (ilp)
+@pytest.mark.parametrize("method", sorted(THROUGHPUT_ONLY))
+def test_throughput_only_methods_keep_memory_and_name_what_does_not_fit(method: str) -> None:
+    placement = decide(method, HEAVY_CHAIN, gpus(2), "throughput")
+    assert np.all(np.bincount(placement, weights=HEAVY_CHAIN.resident_bytes, minlength=2) <= 16 * GB)
+    mixed = decide(method, MIXED, MIXED_CLUSTER, "throughput")
+    assert_feasible(MIXED, MIXED_CLUSTER, mixed, "throughput")
+    assert mixed[MIXED.index_of("host")] == 2
+    too_big = graph_of({"small": 1, "big": 1}, [("small", "big", 1)], resident={"big": 20 * GB})
+    with pytest.raises(RlplaceError, match=r"op 'big' needs 20 GB but .* gpu0, has 16 GB"):
+        decide(method, too_big, gpus(2), "throughput")
+    too_much = graph_of({"a": 1, "b": 1, "c": 1}, [("a", "b", 1), ("b", "c", 1)], resident={n: 12 * GB for n in "abc"})
+    with pytest.raises(RlplaceError, match=r"needs 36 GB but cluster '2gpu' has 32 GB"):
+        decide(method, too_much, gpus(2), "throughput")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=random_problems())
+def test_throughput_only_methods_are_feasible_or_say_why(problem: tuple[OpGraph, Cluster]) -> None:
+    graph, cluster = problem
+    for method in sorted(THROUGHPUT_ONLY):
+        try:
+            placement = decide(method, graph, cluster, "throughput")
+        except RlplaceError as error:
+            assert str(error)
+            continue
+        assert_feasible(graph, cluster, placement, "throughput")

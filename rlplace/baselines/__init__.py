@@ -89,6 +89,8 @@ def _lazy(name: str) -> PlaceFunction:
 
 #: Baseline name -> ``place(graph, cluster, costs, *, objective, seed, microbatches, schedule)``.
 METHODS: Mapping[str, PlaceFunction] = {name: _lazy(name) for name in _MODULES}
+#: Baselines that solve one objective only (they raise `RlplaceError` for the others).
+THROUGHPUT_ONLY = frozenset({"ilp"})
 #: Methods that take ``stages=True`` (a contiguous split, stage k on one device; ``--stages``).
 STAGE_AWARE = frozenset({"dp", "local-search"})
 
