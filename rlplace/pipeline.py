@@ -140,7 +140,7 @@ def decide(
         # process (its time shows as the "load" phase of `-v`), not part of the decision.
         with phase("load", "policy checkpoint"):
             preload_policy(options.get("checkpoint"))
-    if coarsening is not None and method in ("local-search", "policy"):
+    if coarsening is not None and method in ("local-search", "policy", "ilp"):
         options["referee"] = _full_graph_referee(graph, cluster, costs, coarsening, objective, microbatches, schedule)
     with phase("search", method):
         outcome = run_method(

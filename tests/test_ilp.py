@@ -136,3 +136,42 @@ def test_improve_never_gets_worse_and_reaches_the_optimum_when_it_frees_every_de
     # two freed devices at a time: never worse than the start, and better than one device
     found, value, _ = ilp.improve(graph, cluster, costs, units, budget, start, deadline=time.perf_counter() + 1.0, free_devices=2)
     assert optimum.value - 1e-9 <= value < simulator.step_time(units.expand(start))
+
+
+def test_on_a_coarsened_graph_ilp_is_never_worse_than_local_search_on_the_full_graph() -> None:
+    from rlplace.cluster_spec import load_cluster
+    from rlplace.load import LoadedModel
+    from rlplace.pipeline import decide
+    from rlplace.synthetic import synthetic_graph
+
+    # Here the 8 groups' optimum is 2.2 % worse on the ops than local-search's refereed answer:
+    # without the full-graph referee ilp would return it.
+    model = LoadedModel("synthetic", synthetic_graph("series-parallel", n=50, seed=3, training=True))
+    cluster = load_cluster("4xT4")
+    searched = decide(model, cluster, "local-search", objective="throughput", max_groups=8)
+    exact = decide(model, cluster, "ilp", objective="throughput", max_groups=8, method_options={"budget_s": 0.5})
+    assert exact.coarsening is not None
+    assert exact.optimal is False  # a proof about the groups is none about the ops
+    assert exact.result.step_time <= searched.result.step_time * (1 + 1e-9)
+
+
+def test_solver_output_goes_to_stderr_and_stdout_comes_back(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    with ilp._solver_prints_to_stderr():
+        os.write(1, b"native line\n")
+    os.write(1, b"after\n")
+    captured = capfd.readouterr()
+    assert captured.out == "after\n"
+    assert "native line" in captured.err
+
+
+def test_a_program_highs_presolve_fails_on_is_solved_without_presolve() -> None:
+    # Found by the brute-force test: scipy's HiGHS returns "Solve error" (status 4) with presolve on.
+    ops = [{"name": f"o{i}", "times": {"accelerator": t, "cpu": 1.0}} for i, t in enumerate((4.555747362700331, 2.060883770438521, 7.0))]
+    graph = OpGraph.build(ops, [{"src": "o0", "dst": "o2", "bytes": 2671.0}], time_classes=("accelerator", "cpu"))
+    cluster = two_host_cluster(["accelerator"] * 3, 1e9)
+    costs = CostTable.build(graph, cluster)
+    solution = ilp.solve(graph, cluster, costs)
+    assert solution.optimal
+    assert solution.value == pytest.approx(brute_force(graph, cluster, costs))

@@ -44,7 +44,11 @@ solution, so this is how the incumbent is improved). The answer is never worse t
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,29 +112,37 @@ def place_with_proof(
     microbatches: int = 1,
     schedule: str = "gpipe",
     budget_s: float | None = None,
+    referee: Callable[[np.ndarray], tuple[float, float]] | None = None,
 ) -> tuple[Placement, bool]:
-    """(placement, proven optimal) for the ``throughput`` objective; ``budget_s``: seconds in all."""
+    """(placement, proven optimal) for the ``throughput`` objective; ``budget_s``: seconds in all.
+    ``referee``: as `rlplace.baselines.local_search.place` takes it (a coarsened graph's
+    placements judged on the full graph); the answer is then local-search's whenever the
+    referee scores that better."""
     del microbatches, schedule  # the max-load model has neither
     if objective != "throughput":
         raise RlplaceError(
             f"ilp solves the throughput (max-load) objective only, not {objective!r}; use --objective throughput, or local-search / policy for {objective}"
         )
-    solution = solve_and_improve(graph, cluster, costs, seed=seed, time_limit_s=DEFAULT_BUDGET_S if budget_s is None else budget_s)
+    solution = solve_and_improve(graph, cluster, costs, seed=seed, time_limit_s=DEFAULT_BUDGET_S if budget_s is None else budget_s, referee=referee)
     assert solution.unit_device is not None  # local-search always answers
     simulator = make_simulator(graph, cluster, costs, objective)
     placement = finalize(graph, cluster, costs, solution.units.expand(solution.unit_device), objective=objective, method="ilp", simulator=simulator)
     return placement, solution.optimal
 
 
-def solve_and_improve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, seed: int = 0, time_limit_s: float = DEFAULT_BUDGET_S) -> MaxLoadSolution:
+def solve_and_improve(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, seed: int = 0, time_limit_s: float = DEFAULT_BUDGET_S,
+    referee: Callable[[np.ndarray], tuple[float, float]] | None = None,
+) -> MaxLoadSolution:
     """The method's search (module docstring) within ``time_limit_s`` seconds in all: the best
-    assignment found, its max load, the program's proven bound and whether it is optimal."""
+    assignment found, its max load, the program's proven bound and whether it is optimal
+    (``referee``: see `place_with_proof`)."""
     from rlplace.baselines import local_search
 
     began = time.perf_counter()
     units, budget = prepare(graph, cluster, costs, "throughput")
     simulator = make_simulator(graph, cluster, costs, "throughput")
-    searched = units.contract(np.asarray(local_search.place(graph, cluster, costs, objective="throughput", seed=seed), dtype=np.int64))
+    searched = units.contract(np.asarray(local_search.place(graph, cluster, costs, objective="throughput", seed=seed, referee=referee), dtype=np.int64))
     solution = solve_units(graph, cluster, costs, units, budget, time_limit_s=max(FULL_SHARE * time_limit_s - (time.perf_counter() - began), 0.01))
     best, optimal = searched, False
     if solution.unit_device is not None:
@@ -139,8 +151,43 @@ def solve_and_improve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, see
         optimal = solution.optimal and _key(simulator, units.expand(best)) <= (0.0, solution.value * (1 + 1e-9))
     if not optimal and began + time_limit_s - time.perf_counter() > 0.05:
         best, _, _ = improve(graph, cluster, costs, units, budget, best, deadline=began + time_limit_s, seed=seed)
+    if referee is not None and _better_or_equal(referee(units.expand(searched)), referee(units.expand(best))) and not np.array_equal(searched, best):
+        best, optimal = searched, False
     value = _key(simulator, units.expand(best))[1]
     return MaxLoadSolution(best, value, solution.bound, optimal, time.perf_counter() - began, solution.size, units)
+
+
+def _better_or_equal(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    """Whether score ``first`` (bytes over capacity, step time) is at least as good as ``second``."""
+    return (float(first[0]), float(first[1])) <= (float(second[0]), float(second[1]))
+
+
+def _milp(program: _Program, constraints: Any, lower: np.ndarray, upper: np.ndarray, time_limit_s: float) -> Any:
+    """`scipy.optimize.milp` on ``program`` with variable bounds ``lower`` / ``upper``."""
+    from scipy.optimize import Bounds, milp
+
+    options = {"time_limit": float(time_limit_s), "mip_rel_gap": MIP_GAP, "disp": False}
+    with _solver_prints_to_stderr():
+        result = milp(program.cost, constraints=constraints, integrality=program.integrality, bounds=Bounds(lower, upper), options=options)
+        if result.status == 4:  # HiGHS "solve error": its presolve fails on some tiny programs; once more without it
+            result = milp(program.cost, constraints=constraints, integrality=program.integrality, bounds=Bounds(lower, upper), options={**options, "presolve": False})
+    return result
+
+
+@contextlib.contextmanager
+def _solver_prints_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the duration of a solve: HiGHS writes the odd
+    diagnostic line to the process's stdout even with ``disp=False`` (seen once:
+    ``HighsMipSolverData::transformNewIntegerFeasibleSolution``), and ``place --json``'s
+    stdout must carry the JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _key(simulator: Any, placement: np.ndarray) -> tuple[float, float]:
@@ -157,17 +204,11 @@ def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, time_limit_s: f
 
 def solve_units(graph: OpGraph, cluster: Cluster, costs: CostTable, units: Units, budget: np.ndarray, *, time_limit_s: float) -> MaxLoadSolution:
     """Build and solve the program over ``units`` with (k,) memory ``budget`` (bytes)."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import LinearConstraint
 
     began = time.perf_counter()
     program = _Program(graph, cluster, costs, units, budget)
-    result = milp(
-        program.cost,
-        constraints=LinearConstraint(program.matrix, program.row_low, program.row_high),
-        integrality=program.integrality,
-        bounds=Bounds(program.lower, program.upper),
-        options={"time_limit": float(time_limit_s), "mip_rel_gap": MIP_GAP, "disp": False},
-    )
+    result = _milp(program, LinearConstraint(program.matrix, program.row_low, program.row_high), program.lower, program.upper, time_limit_s)
     dual = result.get("mip_dual_bound")
     bound = float(dual) * program.scale if dual is not None and np.isfinite(dual) else 0.0
     unit_device, value = None, float("inf")
@@ -313,7 +354,7 @@ def improve(
     Returns (best (u,) assignment, its max load in seconds, programs solved). The answer is
     never worse than ``start``; under the memory estimate it stays feasible when ``start`` is.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import LinearConstraint
 
     program = _Program(graph, cluster, costs, units, budget)
     constraints = LinearConstraint(program.matrix, program.row_low, program.row_high)
@@ -338,10 +379,7 @@ def improve(
         x_low[free] = 0.0
         x_high[np.ix_(free, chosen)] = program.allowed[np.ix_(free, chosen)]
         lower[: program.num_x], upper[: program.num_x] = x_low.ravel(), x_high.ravel()
-        result = milp(
-            program.cost, constraints=constraints, integrality=program.integrality, bounds=Bounds(lower, upper),
-            options={"time_limit": min(round_s, left), "mip_rel_gap": MIP_GAP, "disp": False},
-        )
+        result = _milp(program, constraints, lower, upper, min(round_s, left))
         solved += 1
         if result.x is None:
             continue
