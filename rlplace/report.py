@@ -47,7 +47,9 @@ def decision_table(decision: Any) -> Table:
     unit = decision.graph.time_unit
     title = (
         f"{decision.graph.name} on {decision.cluster.name} — {decision.method}, {decision.objective}: "
-        f"step {show_time(result.step_time, unit)} (lower bound {show_time(result.lower_bound, unit)}), "
+        f"step {show_time(result.step_time, unit)} (lower bound {show_time(result.lower_bound, unit)}"
+        + ("; proven optimal" if getattr(decision, "optimal", None) else "")
+        + "), "
         f"decided in {decision.decide_s:.3f} s" + ("  [bold red]OUT OF MEMORY[/]" if result.oom else "")
     )
     table = Table(title=title, title_justify="left")

@@ -205,3 +205,11 @@ def test_ilp_options_are_clean_errors(tmp_path: Path) -> None:
     assert_clean_error(run_cli("place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "ilp"), "throughput (max-load) objective only")
     evaluations = run_cli("place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "ilp", "--objective", "throughput", "--evaluations", "9")
     assert_clean_error(evaluations, "--evaluations applies to the methods policy, local-search")
+
+
+def test_ilp_says_when_its_placement_is_proven_optimal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph_file = tiny_graph(tmp_path / "g.json")
+    assert main(["place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "ilp", "--objective", "throughput"]) == 0
+    assert "proven optimal" in capsys.readouterr().out
+    assert main(["place", str(graph_file), "--cluster", "2xV100-pcie", "--method", "local-search", "--objective", "throughput"]) == 0
+    assert "proven optimal" not in capsys.readouterr().out

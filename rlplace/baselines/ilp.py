@@ -66,7 +66,7 @@ DEFAULT_BUDGET_S = 10.0
 #: Relative gap at which HiGHS calls a solution optimal.
 MIP_GAP = 1e-4
 #: `place`: share of the time limit the whole program gets before `improve` takes the rest.
-FULL_SHARE = 0.5
+FULL_SHARE = 0.75
 #: `improve`: devices whose units one round frees (the most loaded one among them).
 FREE_DEVICES = 3
 #: `improve`: seconds one round's program may take.
