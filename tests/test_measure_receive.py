@@ -129,3 +129,23 @@ def test_the_profile_carries_the_receive_cost_through_json_and_into_the_cluster(
     bad["links"]["receive_cost"] = {"idle_s": "x"}
     with pytest.raises(RlplaceError, match="receive_cost"):
         Profile.from_json(bad)
+
+
+@pytest.mark.slow
+def test_calibrate_receive_cost_fits_measured_gloo_splits_into_the_profile(tmp_path):
+    """End to end on two gloo CPU ranks (about 25 s): measured splits of two development
+    models give a receive cost; everything else in the profile stays as it was."""
+    from rlplace.measure.receive_fit import calibrate_receive_cost
+    from rlplace.profile import load_profile
+
+    devices = tuple(DeviceProfile(f"rank{r}", "cpu", 1e11, 5e10, 2e10, 5e-6) for r in range(2))
+    profile = Profile(devices, np.array([[math.inf, 1e9], [1e9, math.inf]]), np.array([[0.0, 1e-4], [1e-4, 0.0]]), "gloo", 1)
+    fitted = calibrate_receive_cost(profile, models=("two_branch", "bench_mlp"), splits=2, steps=2, warmup=1, rounds=1, timeout_s=120)
+    cost = fitted.receive_cost
+    assert cost is not None
+    for value in (cost.idle_s, cost.idle_time_s, cost.busy_s):
+        assert math.isfinite(value) and value >= 0.0
+    assert cost.idle_s > 0.0 or cost.busy_s > 0.0  # messages cost something on real ranks
+    assert dataclasses.replace(fitted, receive_cost=None).to_json() == profile.to_json()
+    fitted.save(tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json").receive_cost == cost

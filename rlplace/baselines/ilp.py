@@ -61,7 +61,7 @@ from rlplace.graph import OpGraph
 from rlplace.placement import Placement
 from rlplace.rules import Units, finalize, make_simulator, prepare
 
-#: Seconds HiGHS may take when no ``budget_s`` is given.
+#: Seconds the method takes in all (local search, program, neighbourhood search) when no ``budget_s`` is given.
 DEFAULT_BUDGET_S = 10.0
 #: Relative gap at which HiGHS calls a solution optimal.
 MIP_GAP = 1e-4
@@ -75,13 +75,14 @@ ROUND_S = 0.3
 
 @dataclass(frozen=True)
 class MaxLoadSolution:
-    """What the program found.
+    """What the program (`solve`) or the method's whole search (`solve_and_improve`) found.
 
     Attributes:
         unit_device: (u,) int64 device per unit of the program's best solution, or None when
             HiGHS found none within the time limit.
-        value: the simulator's max load of that solution (seconds; ``inf`` without one).
-        bound: HiGHS's proven lower bound on the max load of every placement (seconds).
+        value: the simulator's max load of that solution (the graph's time unit, seconds for
+            captured models; ``inf`` without one).
+        bound: HiGHS's proven lower bound on the max load of every placement (same unit).
         optimal: HiGHS closed the gap (``value <= bound * (1 + MIP_GAP)`` up to tolerances).
         solve_s: wall-clock seconds of the solve (building the program included).
         size: (binary variables, constraints).
