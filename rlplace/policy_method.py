@@ -56,7 +56,7 @@ DEFAULT_BUDGET_S = 1.5
 LOCAL_SEARCH_SHARE = 0.5
 #: ``throughput`` with a time budget: share of the budget kept for the program's
 #: large-neighbourhood search (`rlplace.baselines.ilp.improve`) from the best placement found.
-PROGRAM_SHARE = 0.25
+PROGRAM_SHARE = 0.7
 _LOADED: dict[str, Any] = {}
 
 
