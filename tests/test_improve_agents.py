@@ -432,3 +432,27 @@ def test_generated_training_clusters_span_2_to_16_devices_and_never_a_held_out_l
     assert training_clusters(2)[-2:] == (f"{GENERATED_PREFIX}0", f"{GENERATED_PREFIX}1")
     case = build_case(("synthetic:layered:n=20:seed=1", f"{GENERATED_PREFIX}3", "latency", 1, False), max_nodes=64)
     assert case.cluster.num_devices == generated_cluster(3).num_devices
+
+
+def test_under_throughput_the_pipeline_ends_with_the_program_phase_never_worse_than_local_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlplace.baselines import ilp, local_search
+    from rlplace.policy_method import PROGRAM_SHARE, search
+
+    calls: list[float] = []
+    original = ilp.improve
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs["deadline"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ilp, "improve", recorded)
+    graph = two_heavy_graph(6)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    found, _ = search(graph, cluster, costs, objective="throughput", budget_s=0.6, random_order=True, seed=1)
+    assert PROGRAM_SHARE > 0 and len(calls) == 1
+    problem = build_move_problem(graph, cluster, costs, objective="throughput")
+    searched = local_search.place(graph, cluster, costs, objective="throughput", seed=1)
+    assert problem.simulator.step_time(found) <= problem.simulator.step_time(searched) * (1 + 1e-9)
+    search(graph, cluster, costs, objective="latency", budget_s=0.3, random_order=True, seed=1)
+    assert len(calls) == 1  # the phase is for throughput only
