@@ -14,7 +14,10 @@ method gets) and the requested objective and M:
    random moves mixed in at a share that follows how often they improve), simulated in batches, with swaps and kicks, until
    ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under
    the objective, M and schedule;
-4. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
+4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to the
+   max-load integer program's large-neighbourhood search (`rlplace.baselines.ilp.improve`)
+   from the search's answer (phase 3 then gets what is left before it);
+5. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
    ``local-search`` gets) judges the result against the starts; the best placement goes
    through `rlplace.rules.finalize` (exact memory check and repair) like every method.
 
