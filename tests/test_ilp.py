@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlplace.baselines import ilp, run_method
+from rlplace.baselines import ilp, max_load_program, run_method
 from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
@@ -73,7 +73,7 @@ def test_the_program_finds_the_brute_force_optimum(problem: tuple[OpGraph, Clust
     assert solution.optimal
     assert solution.value == pytest.approx(optimum, rel=1e-6)
     assert solution.bound <= optimum * (1 + 1e-6)
-    assert solution.bound >= optimum * (1 - 2 * ilp.MIP_GAP)
+    assert solution.bound >= optimum * (1 - 2 * max_load_program.MIP_GAP)
 
 
 def fork_join() -> tuple[OpGraph, Cluster, CostTable]:
@@ -108,7 +108,7 @@ def test_devices_that_swap_freely_are_grouped_by_host_and_kind() -> None:
     cluster = two_host_cluster(["accelerator"] * 4 + ["cpu"], 1e9)  # hosts: d0-d2 | d3, d4
     ops = [{"name": "a", "times": {"accelerator": 1.0, "cpu": 2.0}}]
     graph = OpGraph.build(ops, [], time_classes=("accelerator", "cpu"))
-    assert ilp.interchangeable_devices(CostTable.build(graph, cluster), cluster) == [[0, 1, 2], [3], [4]]
+    assert max_load_program.interchangeable_devices(CostTable.build(graph, cluster), cluster) == [[0, 1, 2], [3], [4]]
 
 
 def chain(n: int) -> tuple[OpGraph, Cluster, CostTable]:
@@ -158,7 +158,7 @@ def test_on_a_coarsened_graph_ilp_is_never_worse_than_local_search_on_the_full_g
 def test_solver_output_goes_to_stderr_and_stdout_comes_back(capfd: pytest.CaptureFixture[str]) -> None:
     import os
 
-    with ilp._solver_prints_to_stderr():
+    with max_load_program.solver_prints_to_stderr():
         os.write(1, b"native line\n")
     os.write(1, b"after\n")
     captured = capfd.readouterr()
