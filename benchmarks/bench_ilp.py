@@ -11,7 +11,8 @@ Two tables, every number on the graph the methods decide on (``throughput``, the
    the best classic method (as ``bench_policy.py`` defines it: the fast baselines and
    ``local-search``), then ``ilp`` and the bound over the best classic: the bound is how far
    below the classics any method could possibly go (1.000 where ``ilp`` proved the classic
-   optimal).
+   optimal; ``nan`` where HiGHS had no bound yet). With ``--time-limit 1.5`` this is ``ilp``
+   at the ``policy`` method's decision budget.
 
     python benchmarks/bench_ilp.py [--time-limit 30] [--skip-shared] [--skip-cases]
 """
@@ -55,7 +56,7 @@ def shared_table(time_limit: float) -> None:
         solution = ilp.solve_and_improve(graph, cluster, costs, time_limit_s=time_limit)
         print(
             f"{path.stem:36s} {graph.num_ops:5d} {scores[0]:9.4f} {scores[1]:12.4f} {solution.value:9.4f} "
-            f"{solution.bound:9.4f} {'yes' if solution.optimal else 'no':>7s} {solution.solve_s:6.1f}",
+            f"{solution.bound if solution.bound > 0 else math.nan:9.4f} {'yes' if solution.optimal else 'no':>7s} {solution.solve_s:6.1f}",
             flush=True,
         )
 
@@ -86,7 +87,7 @@ def cases_table(time_limit: float) -> None:
             best = min(times)
             solution = ilp.solve_and_improve(case.graph, case.cluster, case.costs, time_limit_s=time_limit)
             print(
-                f"{split:10s} {case.label:46s} {best:12.5f} {solution.value / best:8.3f} {solution.bound / best:10.3f} {'yes' if solution.optimal else 'no':>7s}",
+                f"{split:10s} {case.label:46s} {best:12.5f} {solution.value / best:8.3f} {solution.bound / best if solution.bound > 0 else math.nan:10.3f} {'yes' if solution.optimal else 'no':>7s}",
                 flush=True,
             )
 
