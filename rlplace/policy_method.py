@@ -149,8 +149,10 @@ def search(
     stats.simulations += made
     if program_s > 0 and budget_s is not None:
         from rlplace.baselines import ilp
+        from rlplace.baselines.max_load_program import MaxLoadProgram
 
-        best, _, _ = ilp.improve(graph, cluster, costs, problem.units, problem.budget, np.asarray(best), deadline=began + budget_s, seed=seed)
+        program = MaxLoadProgram(graph, cluster, costs, problem.units, problem.budget)
+        best, _, _ = ilp.improve(program, problem.simulator, np.asarray(best), deadline=began + budget_s, seed=seed)
     result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
     placement = finalize(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule

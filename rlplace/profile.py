@@ -185,9 +185,11 @@ class Profile:
             ``meta[STAGE_OVERHEAD_META_KEY]``; ``rlplace run``'s prediction charges it once per stage, micro-batch
             and direction (`rlplace.runtime.stages`).
         receive_cost: what a message costs its receiver depending on whether it was
-            computing or how long it waited idle (`ReceiveCost`), an experiment fitted on
-            measured splits of whole models (`rlplace.measure.receive_fit.fit_receive_cost`,
-            ``benchmarks/fidelity.py --receive-fit``); None unless set (calibration leaves it out). `apply` puts it in ``meta[RECEIVE_COST_META_KEY]``; the measured
+            computing or how long it waited idle (`ReceiveCost`), fitted on measured splits
+            of whole models (`rlplace.measure.receive_fit.fit_receive_cost`: ``rlplace
+            calibrate --receive-cost``, and ``benchmarks/fidelity.py`` on its development
+            half); None unless set (plain calibration leaves it out). `apply` puts it in
+            ``meta[RECEIVE_COST_META_KEY]``; the measured
             prediction (`rlplace.measure.assign.simulate_as_executed`) then charges it in place
             of ``message_cpu_s``, which search keeps using.
         meta: host, torch version, creation time.

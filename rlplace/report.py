@@ -48,7 +48,7 @@ def decision_table(decision: Any) -> Table:
     title = (
         f"{decision.graph.name} on {decision.cluster.name} — {decision.method}, {decision.objective}: "
         f"step {show_time(result.step_time, unit)} (lower bound {show_time(result.lower_bound, unit)}"
-        + ("; proven optimal" if getattr(decision, "optimal", None) else "")
+        + ("; proven optimal" if decision.optimal else "")
         + "), "
         f"decided in {decision.decide_s:.3f} s" + ("  [bold red]OUT OF MEMORY[/]" if result.oom else "")
     )

@@ -443,7 +443,7 @@ class Simulator:
         return kernel.schedule_full(*self._schedule_args(p, ranks, op_time))
 
     def _resident(self, p: np.ndarray) -> np.ndarray:
-        return np.bincount(p, weights=self.graph.resident_bytes, minlength=self.num_devices)
+        return np.bincount(p, weights=self._resident_bytes, minlength=self.num_devices)
 
     def _memory(self, p: np.ndarray, schedule: kernel.Schedule) -> np.ndarray:
         return self._resident(p) + self._dynamic_memory(p, schedule)

@@ -129,12 +129,13 @@ def test_improve_never_gets_worse_and_reaches_the_optimum_when_it_frees_every_de
     start = np.zeros(units.num_units, dtype=np.int64)  # all on one device
     optimum = ilp.solve(graph, cluster, costs, time_limit_s=30.0)
     assert optimum.optimal
-    found, value, solved = ilp.improve(graph, cluster, costs, units, budget, start, deadline=time.perf_counter() + 5.0, free_devices=4, round_s=5.0)
+    program = max_load_program.MaxLoadProgram(graph, cluster, costs, units, budget)
+    found, value, solved = ilp.improve(program, simulator, start, deadline=time.perf_counter() + 5.0, free_devices=4, round_s=5.0)
     assert solved >= 1
     assert value == pytest.approx(simulator.step_time(units.expand(found)))
     assert value == pytest.approx(optimum.value)
     # two freed devices at a time: never worse than the start, and better than one device
-    found, value, _ = ilp.improve(graph, cluster, costs, units, budget, start, deadline=time.perf_counter() + 1.0, free_devices=2)
+    found, value, _ = ilp.improve(program, simulator, start, deadline=time.perf_counter() + 1.0, free_devices=2)
     assert optimum.value - 1e-9 <= value < simulator.step_time(units.expand(start))
 
 

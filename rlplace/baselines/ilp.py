@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rlplace.baselines import local_search
 from rlplace.baselines.max_load_program import MaxLoadProgram, run_milp
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
@@ -109,29 +110,24 @@ def solve_and_improve(
     """The method's search (module docstring) within ``time_limit_s`` seconds in all: the best
     assignment found, its max load, the program's proven bound and whether it is optimal
     (``referee``: see `place_with_proof`)."""
-    from rlplace.baselines import local_search
-
     began = time.perf_counter()
     units, budget = prepare(graph, cluster, costs, "throughput")
     simulator = make_simulator(graph, cluster, costs, "throughput")
     searched = units.contract(np.asarray(local_search.place(graph, cluster, costs, objective="throughput", seed=seed, referee=referee), dtype=np.int64))
-    solution = solve_units(graph, cluster, costs, units, budget, time_limit_s=max(FULL_SHARE * time_limit_s - (time.perf_counter() - began), 0.01))
+    program = MaxLoadProgram(graph, cluster, costs, units, budget)
+    solution = solve_program(program, simulator, time_limit_s=max(FULL_SHARE * time_limit_s - (time.perf_counter() - began), 0.01))
     best, optimal = searched, False
     if solution.unit_device is not None:
         if _key(simulator, units.expand(solution.unit_device)) <= _key(simulator, units.expand(searched)):
             best = solution.unit_device
         optimal = solution.optimal and _key(simulator, units.expand(best)) <= (0.0, solution.value * (1 + 1e-9))
     if not optimal and began + time_limit_s - time.perf_counter() > 0.05:
-        best, _, _ = improve(graph, cluster, costs, units, budget, best, deadline=began + time_limit_s, seed=seed)
-    if referee is not None and _better_or_equal(referee(units.expand(searched)), referee(units.expand(best))) and not np.array_equal(searched, best):
-        best, optimal = searched, False
+        best, _, _ = improve(program, simulator, best, deadline=began + time_limit_s, seed=seed)
+    judged = units.contract(local_search._refereed(units.expand(best), [units.expand(searched)], referee))
+    if not np.array_equal(judged, best):
+        best, optimal = judged, False
     value = _key(simulator, units.expand(best))[1]
     return MaxLoadSolution(best, value, solution.bound, optimal, time.perf_counter() - began, solution.size, units)
-
-
-def _better_or_equal(first: tuple[float, float], second: tuple[float, float]) -> bool:
-    """Whether score ``first`` (bytes over capacity, step time) is at least as good as ``second``."""
-    return (float(first[0]), float(first[1])) <= (float(second[0]), float(second[1]))
 
 
 def _key(simulator: Any, placement: np.ndarray) -> tuple[float, float]:
@@ -143,32 +139,27 @@ def _key(simulator: Any, placement: np.ndarray) -> tuple[float, float]:
 def solve(graph: OpGraph, cluster: Cluster, costs: CostTable, *, time_limit_s: float = DEFAULT_BUDGET_S) -> MaxLoadSolution:
     """Solve the program for ``graph`` on ``cluster`` (its ops' colocation units) alone, no local search."""
     units, budget = prepare(graph, cluster, costs, "throughput")
-    return solve_units(graph, cluster, costs, units, budget, time_limit_s=time_limit_s)
+    return solve_program(MaxLoadProgram(graph, cluster, costs, units, budget), make_simulator(graph, cluster, costs, "throughput"), time_limit_s=time_limit_s)
 
 
-def solve_units(graph: OpGraph, cluster: Cluster, costs: CostTable, units: Units, budget: np.ndarray, *, time_limit_s: float) -> MaxLoadSolution:
-    """Build and solve the program over ``units`` with (k,) memory ``budget`` (bytes)."""
-    from scipy.optimize import LinearConstraint
-
+def solve_program(program: MaxLoadProgram, simulator: Any, *, time_limit_s: float) -> MaxLoadSolution:
+    """Solve ``program`` within ``time_limit_s`` seconds; ``simulator`` (the ``throughput``
+    one of the program's graph) scores the solution."""
     began = time.perf_counter()
-    program = MaxLoadProgram(graph, cluster, costs, units, budget)
-    result = run_milp(program, LinearConstraint(program.matrix, program.row_low, program.row_high), program.lower, program.upper, time_limit_s)
+    result = run_milp(program, program.lower, program.upper, time_limit_s)
     dual = result.get("mip_dual_bound")
     bound = float(dual) * program.scale if dual is not None and np.isfinite(dual) else 0.0
     unit_device, value = None, float("inf")
     if result.x is not None:
         unit_device = program.assignment(result.x)
-        value = float(make_simulator(graph, cluster, costs, "throughput").step_time(units.expand(unit_device)))
+        value = float(simulator.step_time(program.units.expand(unit_device)))
     optimal = result.status == 0 and unit_device is not None
-    return MaxLoadSolution(unit_device, value, bound, optimal, time.perf_counter() - began, program.size, units)
+    return MaxLoadSolution(unit_device, value, bound, optimal, time.perf_counter() - began, program.size, program.units)
 
 
 def improve(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    units: Units,
-    budget: np.ndarray,
+    program: MaxLoadProgram,
+    simulator: Any,
     start: np.ndarray,
     *,
     deadline: float,
@@ -176,21 +167,19 @@ def improve(
     free_devices: int = FREE_DEVICES,
     round_s: float = ROUND_S,
 ) -> tuple[np.ndarray, float, int]:
-    """Large-neighbourhood search on the program: from the (u,) assignment ``start``, free every
+    """Large-neighbourhood search on ``program``: from the (u,) assignment ``start``, free every
     unit on the most loaded device and on ``free_devices - 1`` others drawn at random, fix the
     rest, solve that small program (at most ``round_s`` seconds), keep the answer when its max
-    load is no worse, repeat until ``deadline`` (`time.perf_counter` seconds).
+    load (by ``simulator``, the ``throughput`` one of the program's graph) is no worse, repeat
+    until ``deadline`` (`time.perf_counter` seconds).
 
-    Returns (best (u,) assignment, its max load in seconds, programs solved). The answer is
-    never worse than ``start``; under the memory estimate it stays feasible when ``start`` is.
+    Returns (best (u,) assignment, its max load in the graph's time unit, programs solved).
+    The answer is never worse than ``start``; under the memory estimate it stays feasible
+    when ``start`` is.
     """
-    from scipy.optimize import LinearConstraint
-
-    program = MaxLoadProgram(graph, cluster, costs, units, budget)
-    constraints = LinearConstraint(program.matrix, program.row_low, program.row_high)
-    simulator = make_simulator(graph, cluster, costs, "throughput")
+    units = program.units
     rng = np.random.default_rng(seed)
-    u, k = units.num_units, cluster.num_devices
+    u, k = units.num_units, program.num_devices
     best = np.asarray(start, dtype=np.int64).copy()
     best_run = simulator.run(units.expand(best))
     best_value = best_run.step_time
@@ -201,15 +190,14 @@ def improve(
         others = np.delete(np.arange(k), bottleneck)
         chosen = np.concatenate([[bottleneck], rng.choice(others, size=min(free_devices - 1, others.size), replace=False)])
         free = np.isin(best, chosen)
-        lower = program.lower.copy()
-        upper = program.upper.copy()
-        fixed = np.zeros((u, k))
-        fixed[np.arange(u), best] = 1.0
-        x_low, x_high = fixed.copy(), fixed.copy()
+        x_high = np.zeros((u, k))
+        x_high[np.arange(u), best] = 1.0
+        x_low = x_high.copy()
         x_low[free] = 0.0
         x_high[np.ix_(free, chosen)] = program.allowed[np.ix_(free, chosen)]
+        lower, upper = program.lower.copy(), program.upper.copy()
         lower[: program.num_x], upper[: program.num_x] = x_low.ravel(), x_high.ravel()
-        result = run_milp(program, constraints, lower, upper, min(round_s, left))
+        result = run_milp(program, lower, upper, min(round_s, left))
         solved += 1
         if result.x is None:
             continue

@@ -56,6 +56,7 @@ class MaxLoadProgram:
     """The matrices of the module docstring's program (times in units of ``scale`` seconds)."""
 
     def __init__(self, graph: OpGraph, cluster: Cluster, costs: CostTable, units: Units, budget: np.ndarray) -> None:
+        from scipy.optimize import LinearConstraint
         from scipy.sparse import coo_matrix
 
         from rlplace.simulate import work_bound
@@ -73,8 +74,7 @@ class MaxLoadProgram:
         r0, s0 = self.num_x, self.num_x + num_producers * k
         top = s0 + num_producers * k
         num_vars = top + 1
-        unit_of_op = units.of_op if units.item_of_op is None else units.of_op[units.item_of_op]
-        producer_unit = unit_of_op[producer]
+        producer_unit = units.unit_of_op[producer]
 
         rows: list[np.ndarray] = []
         cols: list[np.ndarray] = []
@@ -145,8 +145,8 @@ class MaxLoadProgram:
         val.append(-np.ones(k))
         block(np.concatenate(row), np.concatenate([c.ravel() for c in col]), np.concatenate(val), np.full(k, -np.inf), np.zeros(k))
 
-        self.matrix = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(count, num_vars)).tocsr()
-        self.row_low, self.row_high = np.concatenate(low), np.concatenate(high)
+        matrix = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(count, num_vars)).tocsr()
+        self.constraints = LinearConstraint(matrix, np.concatenate(low), np.concatenate(high))
         self.cost = np.zeros(num_vars)
         self.cost[top] = 1.0
         self.lower = np.zeros(num_vars)
@@ -172,7 +172,7 @@ def crossing_pairs(graph: OpGraph, costs: CostTable, units: Units) -> tuple[np.n
     Returns (producer (p,) int64, consumer_unit (p,) int64, time (p, k, k) float64 seconds:
     the largest time of the pair's edges on each link a -> b, 0 on the diagonal).
     """
-    unit_of_op = units.of_op if units.item_of_op is None else units.of_op[units.item_of_op]
+    unit_of_op = units.unit_of_op
     src, dst = np.asarray(graph.edge_src, dtype=np.int64), np.asarray(graph.edge_dst, dtype=np.int64)
     crossing = np.flatnonzero(unit_of_op[src] != unit_of_op[dst])
     k = costs.num_devices
@@ -216,15 +216,16 @@ def interchangeable_devices(costs: CostTable, cluster: Cluster) -> list[list[int
     return groups
 
 
-def run_milp(program: MaxLoadProgram, constraints: Any, lower: np.ndarray, upper: np.ndarray, time_limit_s: float) -> Any:
+def run_milp(program: MaxLoadProgram, lower: np.ndarray, upper: np.ndarray, time_limit_s: float) -> Any:
     """`scipy.optimize.milp` on ``program`` with variable bounds ``lower`` / ``upper``."""
     from scipy.optimize import Bounds, milp
 
     options = {"time_limit": float(time_limit_s), "mip_rel_gap": MIP_GAP, "disp": False}
+    arguments = {"constraints": program.constraints, "integrality": program.integrality, "bounds": Bounds(lower, upper)}
     with solver_prints_to_stderr():
-        result = milp(program.cost, constraints=constraints, integrality=program.integrality, bounds=Bounds(lower, upper), options=options)
+        result = milp(program.cost, **arguments, options=options)
         if result.status == 4:  # HiGHS "solve error": its presolve fails on some tiny programs; once more without it
-            result = milp(program.cost, constraints=constraints, integrality=program.integrality, bounds=Bounds(lower, upper), options={**options, "presolve": False})
+            result = milp(program.cost, **arguments, options={**options, "presolve": False})
     return result
 
 

@@ -13,9 +13,10 @@ recorded simulation, which op receives each transfer and what its device was doi
 message arrived, and `charge` turns that into extra compute per op, for
 `rlplace.measure.assign.simulate_as_executed` to simulate the step once more with it (the
 constant ``message_cpu_s`` then dropped). `rlplace.measure.receive_fit` fits the three
-numbers to measured split steps of models. An experiment: fitted on the development models it
-over-predicted held-out parallel splits (README), so only ``benchmarks/fidelity.py
---receive-fit`` sets it.
+numbers to measured split steps of models: ``benchmarks/fidelity.py`` on its development half
+in every run (``--no-receive-fit`` keeps the constant cost), ``rlplace calibrate
+--receive-cost`` on `rlplace.measure.receive_fit.RECEIVE_CALIBRATION_MODELS` (opt-in).
+Search keeps the constant cost.
 """
 
 from __future__ import annotations

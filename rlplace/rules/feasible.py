@@ -28,7 +28,7 @@ def unit_memory_floor(graph: OpGraph, units: Units, objective: str, microbatches
     """(u,) bytes a unit certainly needs on its device: its resident bytes, plus (``latency``,
     ``pipelined``) the largest output + working memory of one of its ops, alive while it runs
     (under ``pipelined`` one micro-batch's share, 1 / ``microbatches`` of it)."""
-    unit_of_op = units.of_op if units.item_of_op is None else units.of_op[units.item_of_op]
+    unit_of_op = units.unit_of_op
     floor = np.bincount(unit_of_op, weights=graph.resident_bytes, minlength=units.num_units)
     if objective != "throughput" and graph.num_ops:
         running = np.zeros(units.num_units)

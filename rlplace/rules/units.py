@@ -82,6 +82,11 @@ class Units:
         """(N,) int64 first item of each item's unit."""
         return self.first_op[self.of_op]
 
+    @property
+    def unit_of_op(self) -> np.ndarray:
+        """(n,) int64 unit of each op (``of_op`` itself when items are ops)."""
+        return self.of_op if self.item_of_op is None else self.of_op[self.item_of_op]
+
     def expand(self, unit_device: np.ndarray) -> np.ndarray:
         """(N,) device per item from (u,) device per unit."""
         return np.asarray(unit_device, dtype=np.int64)[self.of_op]
