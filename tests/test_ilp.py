@@ -70,8 +70,9 @@ def test_the_program_finds_the_brute_force_optimum(problem: tuple[OpGraph, Clust
     if not np.isfinite(optimum):
         return  # nothing fits: prepare raises, covered below
     solution = ilp.solve(graph, cluster, costs, time_limit_s=30.0)
+    # "optimal" means within HiGHS's relative gap: a plan 1e-5 worse than the best may be returned.
     assert solution.optimal
-    assert solution.value == pytest.approx(optimum, rel=1e-6)
+    assert optimum * (1 - 1e-9) <= solution.value <= optimum * (1 + max_load_program.MIP_GAP) + 1e-12
     assert solution.bound <= optimum * (1 + 1e-6)
     assert solution.bound >= optimum * (1 - 2 * max_load_program.MIP_GAP)
 
