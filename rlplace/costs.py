@@ -381,3 +381,31 @@ def factor_dense(edge_time: np.ndarray, edge_fixed: np.ndarray | None) -> tuple[
     if edge_fixed is None:
         return link_class, unique, None
     return link_class, np.ascontiguousarray(unique[:m]), np.ascontiguousarray(unique[m:])
+
+
+def interchangeable_devices(costs: CostTable, cluster: Cluster) -> list[list[int]]:
+    """Groups of devices any two of which can swap without changing any placement's cost (the
+    max load, and the simulated step time and memory): equal op-time columns, memory and kind,
+    and a link-class matrix the swap leaves as it is. (Swapping is an equivalence:
+    (a c) = (a b)(b c)(a b).) Each group ascending; every device is in exactly one group."""
+    k = cluster.num_devices
+    op_time = np.where(np.isfinite(costs.op_time), costs.op_time, -1.0)
+    link = np.asarray(costs.link_class)
+    memory = cluster.memory
+    kinds = [device.category for device in cluster.devices]
+    groups: list[list[int]] = []
+    grouped = np.zeros(k, dtype=bool)
+    for a in range(k):
+        if grouped[a]:
+            continue
+        group = [a]
+        for b in range(a + 1, k):
+            if grouped[b] or kinds[a] != kinds[b] or memory[a] != memory[b] or not np.array_equal(op_time[:, a], op_time[:, b]):
+                continue
+            swap = np.arange(k)
+            swap[a], swap[b] = b, a
+            if np.array_equal(link[np.ix_(swap, swap)], link):
+                group.append(b)
+                grouped[b] = True
+        groups.append(group)
+    return groups

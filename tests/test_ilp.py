@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rlplace.baselines import ilp, max_load_program, run_method
 from rlplace.cluster import Cluster, Device
-from rlplace.costs import CostTable
+from rlplace.costs import CostTable, interchangeable_devices
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.rules import prepare
@@ -109,7 +109,7 @@ def test_devices_that_swap_freely_are_grouped_by_host_and_kind() -> None:
     cluster = two_host_cluster(["accelerator"] * 4 + ["cpu"], 1e9)  # hosts: d0-d2 | d3, d4
     ops = [{"name": "a", "times": {"accelerator": 1.0, "cpu": 2.0}}]
     graph = OpGraph.build(ops, [], time_classes=("accelerator", "cpu"))
-    assert max_load_program.interchangeable_devices(CostTable.build(graph, cluster), cluster) == [[0, 1, 2], [3], [4]]
+    assert interchangeable_devices(CostTable.build(graph, cluster), cluster) == [[0, 1, 2], [3], [4]]
 
 
 def chain(n: int) -> tuple[OpGraph, Cluster, CostTable]:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from rlplace.cluster import CPU, Cluster
-from rlplace.costs import CostTable
+from rlplace.costs import CostTable, interchangeable_devices
 from rlplace.graph import OpGraph
 from rlplace.rules import Units
 
@@ -187,33 +187,6 @@ def crossing_pairs(graph: OpGraph, costs: CostTable, units: Units) -> tuple[np.n
     time = largest[:, link]  # (p, k, k)
     time[:, np.arange(k), np.arange(k)] = 0.0
     return pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), time
-
-
-def interchangeable_devices(costs: CostTable, cluster: Cluster) -> list[list[int]]:
-    """Groups of devices any two of which can swap without changing any placement's max load:
-    equal op-time columns, memory and kind, and a link-class matrix the swap leaves as it is.
-    (Swapping is an equivalence: (a c) = (a b)(b c)(a b).) Each group ascending."""
-    k = cluster.num_devices
-    op_time = np.where(np.isfinite(costs.op_time), costs.op_time, -1.0)
-    link = np.asarray(costs.link_class)
-    memory = cluster.memory
-    kinds = [device.category for device in cluster.devices]
-    groups: list[list[int]] = []
-    grouped = np.zeros(k, dtype=bool)
-    for a in range(k):
-        if grouped[a]:
-            continue
-        group = [a]
-        for b in range(a + 1, k):
-            if grouped[b] or kinds[a] != kinds[b] or memory[a] != memory[b] or not np.array_equal(op_time[:, a], op_time[:, b]):
-                continue
-            swap = np.arange(k)
-            swap[a], swap[b] = b, a
-            if np.array_equal(link[np.ix_(swap, swap)], link):
-                group.append(b)
-                grouped[b] = True
-        groups.append(group)
-    return groups
 
 
 def run_milp(program: MaxLoadProgram, lower: np.ndarray, upper: np.ndarray, time_limit_s: float) -> Any:
