@@ -18,14 +18,8 @@
    ranker: observing costs one simulation, ranking a forward pass) or when the order is used
    up; before each candidate move a random swap of two units is tried with probability
    ``swap_share`` (as ``local-search`` does; the policy ranks moves, not swaps);
-4. when ``scan`` candidates bring nothing: with ``relabel``, exchange the whole contents of
-   two devices (pairs in random order, the first that scores better is taken, and the search
-   goes back to 1); pairs of interchangeable devices (`rlplace.costs.interchangeable_devices`:
-   same op times, memory, kind and link pattern) are never tried, so on a homogeneous
-   one-host cluster this costs nothing. It is the move that puts a whole stage on a faster
-   device of a mixed cluster, which single moves and swaps reach only through worse
-   placements. When no exchange helps either, restart from the best placement so far with a
-   few random moves (a *kick*, as ``local-search`` does).
+4. when ``scan`` candidates bring nothing, restart from the best placement so far with a few
+   random moves (a *kick*, as ``local-search`` does).
 
 It stops after ``evaluations`` simulations or ``budget_s`` seconds and returns the best
 placement seen (less memory overflow first, then smaller step time), so never worse than its
@@ -43,7 +37,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlplace.costs import interchangeable_devices
 from rlplace.envs.improve_state import MoveProblem, Observation, legal_moves, observe
 from rlplace.rules import TIME_TOLERANCE
 
@@ -64,8 +57,6 @@ DEFAULT_SWAP_SHARE = 0.3
 #: Moves of the units on the simulated critical path (``throughput``: the busiest device) first,
 #: as ``local-search`` orders them; with a ranker, ranked within each of the two groups.
 DEFAULT_FOCUS = True
-#: Before a kick, try exchanging the whole contents of two devices that are not interchangeable.
-DEFAULT_RELABEL = True
 
 
 @dataclass
@@ -105,7 +96,6 @@ def guided_search(
     focus: bool = DEFAULT_FOCUS,
     rerank_random: int = 1,
     adaptive: bool = DEFAULT_ADAPTIVE,
-    relabel: bool = DEFAULT_RELABEL,
     seed: int = 0,
 ) -> tuple[np.ndarray, Key, SearchStats]:
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
@@ -131,7 +121,6 @@ def guided_search(
     since_ranking = rerank_every
     sources = _SourceYield()
     from_random: set[int] = set()
-    pairs = distinct_device_pairs(problem) if relabel else []
     while not out_of_budget():
         if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
             obs = observe(problem, current)
@@ -168,18 +157,6 @@ def guided_search(
                 since_ranking += 1
                 order = _still_legal(problem, current, order, moved_units)
                 break
-        if not taken and pairs and not out_of_budget():
-            found = _relabel_descent(problem, current, current_key, pairs, rng, score, out_of_budget)
-            if found is not None:
-                current, current_key = found
-                stats.moves_taken += 1
-                if _better(current_key, best_key):
-                    best, best_key = current.copy(), current_key
-                    stats.curve.append((stats.simulations, time.perf_counter() - began, best_key[1]))
-                sideways = 0
-                since_ranking = rerank_every
-                order = np.zeros(0, np.int64)
-                continue
         if not taken and not out_of_budget():
             current = _kick(problem, best, rng)
             current_key = score(current)
@@ -334,44 +311,6 @@ def _with_swaps(order: np.ndarray, u: int, rng: np.random.Generator, swap_share:
             out.append(-(1 + a * u + b))
         out.append(move)
     return np.asarray(out, dtype=np.int64)
-
-
-def distinct_device_pairs(problem: MoveProblem) -> list[tuple[int, int]]:
-    """Device pairs (a < b) whose contents, exchanged, can change the step time: pairs within
-    a group of interchangeable devices (same op times, memory, kind and link pattern) are left out."""
-    group_of = np.empty(problem.num_devices, np.int64)
-    for index, group in enumerate(interchangeable_devices(problem.costs, problem.cluster)):
-        group_of[group] = index
-    k = problem.num_devices
-    return [(a, b) for a in range(k) for b in range(a + 1, k) if group_of[a] != group_of[b]]
-
-
-def _relabel_descent(
-    problem: MoveProblem,
-    current: np.ndarray,
-    current_key: Key,
-    pairs: list[tuple[int, int]],
-    rng: np.random.Generator,
-    score: Callable[[np.ndarray], Key],
-    out_of_budget: Callable[[], bool],
-) -> tuple[np.ndarray, Key] | None:
-    """The first exchange of two devices' whole contents (pairs in random order) that scores
-    better than ``current``, or None."""
-    for index in rng.permutation(len(pairs)).tolist():
-        if out_of_budget():
-            return None
-        a, b = pairs[index]
-        on_a, on_b = current == a, current == b
-        if not (on_a.any() or on_b.any()):
-            continue
-        trial = current.copy()
-        trial[on_a], trial[on_b] = b, a
-        if not problem.units.allowed[np.arange(trial.size), trial].all():
-            continue
-        key = score(trial)
-        if _better(key, current_key):
-            return trial, key
-    return None
 
 
 def _kick(problem: MoveProblem, best: np.ndarray, rng: np.random.Generator) -> np.ndarray:
