@@ -13,7 +13,9 @@ method gets) and the requested objective and M:
    the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,
    random moves mixed in at a share that follows how often they improve), simulated in batches, with swaps and kicks, until
    ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under
-   the objective, M and schedule;
+   the objective, M and schedule; then its final polish (exchanges of two devices' whole
+   contents, at most 3 x the non-interchangeable device pairs in simulations past the budget,
+   none on a homogeneous one-host cluster);
 4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to the
    max-load integer program's large-neighbourhood search (`rlplace.baselines.ilp.improve`)
    from the search's answer (phase 3 then gets what is left before it);
