@@ -31,9 +31,10 @@ checkpoint). Timings come from a shared machine: noisy, and a loaded machine giv
 search fewer simulations in B.
 
 ``--validation`` runs the same table on `VALIDATION` (training families at unseen seeds and
-sizes, training clusters): the slice the search settings are tuned on.
+sizes, training clusters): the slice the search settings are tuned on. ``--no-polish`` runs
+the policy and the ablation without the guided search's final device exchange.
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation] [--no-polish] [--json FILE]
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ def sims_to_reach(curve: list[tuple[int, float, float]], target: float) -> float
     return math.inf
 
 
-def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> dict[str, Any]:
+def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
-    and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included)."""
+    and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included);
+    ``polish`` switches the guided search's final device exchange (policy and ablation)."""
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
@@ -161,7 +163,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
 
     def timed_search(**options: Any) -> tuple[float, float, Any]:
         began = time.perf_counter()
-        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, **options)
+        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, **options)
         return scored(placement), time.perf_counter() - began, stats
 
     policy_time, policy_s, policy_stats = timed_search(checkpoint=checkpoint)
@@ -171,8 +173,8 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float) -> d
     # phase), with the policy's order and with random order, 2000 simulations each.
     starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, methods=START_METHODS, **inputs).values()]
     torch.set_num_threads(1)
-    _, _, policy_curve = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=DEFAULT_EVALUATIONS, seed=seed)
-    _, _, ablation_curve = guided_search(problem, starts, None, evaluations=DEFAULT_EVALUATIONS, seed=seed)
+    _, _, policy_curve = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed)
+    _, _, ablation_curve = guided_search(problem, starts, None, evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed)
     best_name = min(times, key=lambda k: times[k])
     return {
         "best_classic": best_name,
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--budget-s", type=float, default=None, help="seconds per decision of every search (default: the policy's DEFAULT_BUDGET_S)")
     parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
+    parser.add_argument("--no-polish", action="store_true", help="without the guided search's final device exchange (policy and ablation)")
     args = parser.parse_args(argv)
     if args.budget_s is None:
         from rlplace.policy_method import DEFAULT_BUDGET_S
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for regime, case in (validation_cases if args.validation else held_out_cases)(args.quick):
         for seed in range(args.seeds):
-            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s)}
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish)}
             rows.append(row)
             best = row["best_time"]
             print(

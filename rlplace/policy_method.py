@@ -103,6 +103,7 @@ def search(
     evaluations: int | None = None,
     budget_s: float | None = None,
     random_order: bool = False,
+    polish: bool = True,
     **_: Any,
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
@@ -110,7 +111,8 @@ def search(
     ``random_order``: the ablation: the same starts, the same local-search phase and the same
     guided search with a uniform random move order instead of the policy's ranking (no
     checkpoint is loaded), i.e. plain local search all through. The statistics' simulations
-    include the local-search phase; its curve covers the guided phase only.
+    include the local-search phase; its curve covers the guided phase only. ``polish``: the
+    guided search's final device exchange (`rlplace.agents.guided_search.guided_search`).
     """
     import torch
 
@@ -145,7 +147,7 @@ def search(
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
         left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
-        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed)
+        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=seed)
     finally:
         torch.set_num_threads(threads)
     stats.simulations += made
