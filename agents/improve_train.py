@@ -62,6 +62,7 @@ class TrainConfig:
             folder has none yet; every round then follows the scorer's own moves.
         zoo: also train on the small zoo models of improve_data.TRAIN_ZOO (captured once, cached).
         generated_clusters: also train on this many generated clusters (improve_data.generated_cluster: 2-16 devices, one or two hosts, one or two kinds).
+        objectives: label only cases under these objectives (comma-separated: latency, pipelined, throughput; '' for all).
     """
 
     out: str = "checkpoints/default"
@@ -91,6 +92,7 @@ class TrainConfig:
     init_checkpoint: str = ""
     zoo: bool = False
     generated_clusters: int = 0
+    objectives: str = ""
 
 
 def field_help() -> dict[str, str]:
@@ -162,6 +164,18 @@ def split_description(zoo: bool = False, generated_clusters: int = 0) -> dict[st
     }
 
 
+def with_objectives(specs: list[Any], objectives: str) -> list[Any]:
+    """The case specs (`rlplace.agents.improve_data.CaseSpec`) under the comma-separated
+    ``objectives`` ('' keeps all); an unknown name raises `RlplaceError`."""
+    if not objectives:
+        return specs
+    wanted = {name.strip() for name in objectives.split(",")}
+    unknown = wanted - {"latency", "pipelined", "throughput"}
+    if unknown:
+        raise RlplaceError(f"--objectives: unknown objective(s) {', '.join(sorted(unknown))}; use latency, pipelined and/or throughput")
+    return [spec for spec in specs if spec[2] in wanted]
+
+
 # -------------------------------------------------------------------------- train
 def train(config: TrainConfig, *, log: Any = print) -> Path:
     """Run (or resume) both phases and write ``config.out``; returns the checkpoint folder."""
@@ -197,6 +211,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
         scorer = MoveScorer(ScorerConfig(hidden=config.hidden, layers=config.layers, conv=config.conv))
     follow_scorer_from = 0 if config.init_checkpoint else 1
     specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
+    specs = with_objectives(specs, config.objectives)
     began = time.perf_counter() - float(state["expert_s"])
 
     def expert_time_left() -> bool:

@@ -214,6 +214,21 @@ def test_train_agent_options_come_from_train_config_fields() -> None:
     assert parser.parse_args(["--rounds", "2", "--conv", "gatv2"]).rounds == 2
 
 
+def test_training_cases_can_be_limited_to_some_objectives() -> None:
+    from rlplace.agents import improve_data as data
+    from rlplace.agents.improve_train import with_objectives
+
+    specs = data.case_specs(data.TRAIN_MODELS[:2], data.TRAIN_DNN, data.TRAIN_CLUSTERS[:2])
+    assert with_objectives(specs, "") == specs
+    pipelined = with_objectives(specs, "pipelined")
+    assert pipelined and {spec[2] for spec in pipelined} == {"pipelined"}
+    assert {spec[3] for spec in pipelined} == {4, 8}  # both micro-batch settings stay
+    both = with_objectives(specs, "latency, throughput")
+    assert len(both) + len(pipelined) == len(specs)
+    with pytest.raises(RlplaceError, match=r"unknown objective.*pipelind"):
+        with_objectives(specs, "pipelind")
+
+
 def test_policy_method_runs_through_run_method_on_the_given_costs(tmp_path: Path) -> None:
     from rlplace.agents.improve_checkpoint import save_scorer
     from rlplace.agents.scorer import MoveScorer, ScorerConfig
