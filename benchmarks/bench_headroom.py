@@ -30,10 +30,8 @@ def geomean(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from bench_policy import held_out_cases
+    from bench_policy import classic_step_times, held_out_cases
 
-    from rlplace.baselines.local_search import START_METHODS
-    from rlplace.methods import run_method
     from rlplace.policy_method import search
     from rlplace.simulate import Simulator
 
@@ -55,13 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for seed in range(args.seeds):
             options = {"objective": case.objective, "seed": seed, "microbatches": case.microbatches}
-            classic = []
-            for name in (*START_METHODS, "local-search"):
-                try:
-                    classic.append(step(run_method(name, case.graph, case.cluster, case.costs, **options).placement))
-                except Exception:  # a method without a placement is simply absent, as in bench_policy
-                    continue
-            best = min(classic)
+            best = min(classic_step_times(case, seed, step)[0].values())
             found = [step(search(case.graph, case.cluster, case.costs, budget_s=args.budget_s, random_order=ablation, **options)[0]) / best for ablation in (False, True)]
             rows.append((regime, found[0], found[1]))
             print(f"{regime:6s} {case.label[:42]:42s} {seed:4d} {found[0]:7.3f} {found[1]:8.3f} {min(found):10.3f}", flush=True)

@@ -62,11 +62,9 @@ def shared_table(time_limit: float) -> None:
 
 
 def cases_table(time_limit: float) -> None:
-    from bench_policy import held_out_cases, validation_cases
+    from bench_policy import classic_step_times, held_out_cases, validation_cases
 
     from rlplace.baselines import ilp
-    from rlplace.baselines.local_search import START_METHODS
-    from rlplace.methods import run_method
     from rlplace.simulate import Simulator
 
     print(f"\n2. bench_policy's throughput cases (seed 0), ilp's time limit {time_limit:g} s; ratios over the best classic")
@@ -76,15 +74,12 @@ def cases_table(time_limit: float) -> None:
             if case.objective != "throughput":
                 continue
             simulator = Simulator(case.graph, case.cluster, case.costs, objective="throughput")
-            times = []
-            for name in (*START_METHODS, "local-search"):
-                try:
-                    placement = run_method(name, case.graph, case.cluster, case.costs, objective="throughput", seed=0).placement
-                except Exception:  # a method without a placement is simply absent
-                    continue
-                step_time, overflow = simulator.score(placement)
-                times.append(step_time if overflow == 0 else math.inf)
-            best = min(times)
+
+            def step(placement: np.ndarray, simulator: Simulator = simulator) -> float:
+                step_time, overflow = simulator.score(np.asarray(placement))
+                return step_time if overflow == 0 else math.inf
+
+            best = min(classic_step_times(case, 0, step)[0].values())
             solution = ilp.solve_and_improve(case.graph, case.cluster, case.costs, time_limit_s=time_limit)
             print(
                 f"{split:10s} {case.label:46s} {best:12.5f} {solution.value / best:8.3f} {solution.bound / best if solution.bound > 0 else math.nan:10.3f} {'yes' if solution.optimal else 'no':>7s}",

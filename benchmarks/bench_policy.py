@@ -44,6 +44,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,26 @@ def sims_to_reach(curve: list[tuple[int, float, float]], target: float) -> float
     return math.inf
 
 
+def classic_step_times(case: Any, seed: int, scored: Callable[[np.ndarray], float]) -> tuple[dict[str, float], float]:
+    """Step time (``scored``: inf when over memory) of every fast classic method
+    (``local-search``'s start methods) and of ``local-search`` at its defaults on ``case`` with
+    ``seed``, through `rlplace.methods.run_method` (a fast method that raises is absent), and
+    local-search's decision seconds. The smallest is the case's *best classic*."""
+    from rlplace.baselines.local_search import START_METHODS
+    from rlplace.methods import run_method
+
+    inputs = {"objective": case.objective, "seed": seed, "microbatches": case.microbatches}
+    times: dict[str, float] = {}
+    for name in START_METHODS:
+        try:
+            times[name] = scored(run_method(name, case.graph, case.cluster, case.costs, **inputs).placement)
+        except Exception:  # a method without a placement is simply absent
+            continue
+    ls = run_method("local-search", case.graph, case.cluster, case.costs, **inputs)
+    times["local-search"] = scored(ls.placement)
+    return times, ls.decide_s
+
+
 def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
     and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included);
@@ -152,14 +173,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, poli
         return step_time if overflow == 0 else math.inf
 
     inputs = {"objective": case.objective, "seed": seed, "microbatches": case.microbatches}
-    times: dict[str, float] = {}
-    for name in START_METHODS:
-        try:
-            times[name] = scored(run_method(name, case.graph, case.cluster, case.costs, **inputs).placement)
-        except Exception:  # a method without a placement is simply absent
-            continue
-    ls = run_method("local-search", case.graph, case.cluster, case.costs, **inputs)
-    times["local-search"] = scored(ls.placement)
+    times, ls_decide_s = classic_step_times(case, seed, scored)
 
     def timed_search(**options: Any) -> tuple[float, float, Any]:
         began = time.perf_counter()
@@ -181,7 +195,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, poli
         "best_time": times[best_name],
         "lower_bound": lower_bound(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches),
         "local_search": times["local-search"],
-        "local_search_s": ls.decide_s,
+        "local_search_s": ls_decide_s,
         "policy": policy_time,
         "policy_decide_s": policy_s,
         "ablation": ablation_time,
