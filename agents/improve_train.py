@@ -169,10 +169,12 @@ def with_objectives(specs: list[Any], objectives: str) -> list[Any]:
     ``objectives`` ('' keeps all); an unknown name raises `RlplaceError`."""
     if not objectives:
         return specs
+    from rlplace.objectives import OBJECTIVES
+
     wanted = {name.strip() for name in objectives.split(",")}
-    unknown = wanted - {"latency", "pipelined", "throughput"}
+    unknown = wanted - set(OBJECTIVES)
     if unknown:
-        raise RlplaceError(f"--objectives: unknown objective(s) {', '.join(sorted(unknown))}; use latency, pipelined and/or throughput")
+        raise RlplaceError(f"--objectives: unknown objective(s) {', '.join(sorted(unknown))}; use any of {', '.join(OBJECTIVES)}")
     return [spec for spec in specs if spec[2] in wanted]
 
 
