@@ -385,11 +385,14 @@ def factor_dense(edge_time: np.ndarray, edge_fixed: np.ndarray | None) -> tuple[
 
 def interchangeable_devices(costs: CostTable, cluster: Cluster) -> list[list[int]]:
     """Groups of devices any two of which can swap without changing any placement's cost (the
-    max load, and the simulated step time and memory): equal op-time columns, memory and kind,
-    and a link-class matrix the swap leaves as it is. (Swapping is an equivalence:
-    (a c) = (a b)(b c)(a b).) Each group ascending; every device is in exactly one group."""
+    max load, and the simulated step time and memory at any M): equal op-time columns (and
+    fixed parts, which micro-batching keeps whole), memory and kind, and a link-class matrix the
+    swap leaves as it is. (Swapping is an equivalence: (a c) = (a b)(b c)(a b).) Each group
+    ascending; every device is in exactly one group."""
     k = cluster.num_devices
     op_time = np.where(np.isfinite(costs.op_time), costs.op_time, -1.0)
+    if costs.op_fixed is not None:
+        op_time = np.concatenate([op_time, np.asarray(costs.op_fixed, dtype=np.float64)])  # (2n, k): both must match
     link = np.asarray(costs.link_class)
     memory = cluster.memory
     kinds = [device.category for device in cluster.devices]

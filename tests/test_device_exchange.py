@@ -30,6 +30,21 @@ def test_equal_devices_with_equal_links_form_a_group() -> None:
     assert interchangeable_devices(CostTable.build(graph, cluster), cluster) == [[0, 1], [2, 3], [4]]
 
 
+def test_devices_whose_fixed_op_parts_differ_are_not_interchangeable() -> None:
+    """Equal op times, but device 1's include a fixed part, which a pipeline pays once per
+    micro-batch: its step at M > 1 differs, so 0 and 1 no longer form a group."""
+    ops = [{"name": f"o{i}", "flops": 1e9 * (i + 1), "output_bytes": 1e6} for i in range(3)]
+    graph = OpGraph.build(ops, [{"src": "o0", "dst": "o1", "bytes": 1e6}, {"src": "o1", "dst": "o2", "bytes": 1e6}])
+    cluster = mixed_cluster()
+    costs = CostTable.build(graph, cluster)
+    op_fixed = np.zeros_like(costs.op_time)
+    op_fixed[:, 1] = 0.5 * costs.op_time[:, 1]
+    fixed = costs.with_op_times(costs.op_time, op_fixed)
+    assert interchangeable_devices(fixed, cluster) == [[0], [1], [2, 3], [4]]
+    simulator = Simulator(graph, cluster, fixed, objective="pipelined", microbatches=4)
+    assert simulator.step_time(np.zeros(3, np.int64)) != simulator.step_time(np.ones(3, np.int64))
+
+
 @st.composite
 def placements_on_the_mixed_cluster(draw: st.DrawFn) -> tuple[OpGraph, np.ndarray, int]:
     n = draw(st.integers(2, 7))
