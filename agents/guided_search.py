@@ -339,7 +339,7 @@ def _with_swaps(order: np.ndarray, u: int, rng: np.random.Generator, swap_share:
 
 def distinct_device_pairs(problem: MoveProblem) -> list[tuple[int, int]]:
     """Device pairs (a < b) whose contents, exchanged, can change the step time: pairs within
-    a group of interchangeable devices (same op times, memory, kind and link pattern) are left out."""
+    a group of interchangeable devices (`rlplace.costs.interchangeable_devices`) are left out."""
     group_of = np.empty(problem.num_devices, np.int64)
     for index, group in enumerate(interchangeable_devices(problem.costs, problem.cluster)):
         group_of[group] = index

@@ -25,8 +25,9 @@ that crosses units, with ``t(a, b)`` the largest time of those edges on the link
 For a fixed x the smallest feasible r and s are exactly the simulator's transfer charges (the
 receiver pays the largest edge time of i's edges to it, the sender the largest over its
 receivers), so the program's optimum is the simulator's ``throughput`` optimum over all
-placements of the units. Devices that are interchangeable (equal op times, memory and kind,
-and a link pattern that a swap of the two leaves unchanged) make many equal solutions; the
+placements of the units. Devices that are interchangeable (`rlplace.costs.interchangeable_devices`:
+equal op times and fixed parts, memory and kind, and a link pattern that a swap of the two
+leaves unchanged) make many equal solutions; the
 program keeps one of them by letting the j-th device of each interchangeable group hold
 only units j, j+1, ... (a relabelling that orders the group's devices by their first unit
 always exists). Times are divided by the work bound and memory rows by their budget, so
