@@ -48,7 +48,7 @@ import numpy as np
 
 from rlplace.costs import interchangeable_devices
 from rlplace.envs.improve_state import MoveProblem, Observation, legal_moves, observe
-from rlplace.rules import TIME_TOLERANCE
+from rlplace.rules import TIME_TOLERANCE, cutoff_for
 
 Ranker = Callable[[MoveProblem, np.ndarray, Observation], np.ndarray]
 Key = tuple[float, float]
@@ -83,6 +83,7 @@ class SearchStats:
     moves_taken: int = 0
     wall_s: float = 0.0
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (simulations, seconds, best step time)
+
 
 
 def _better(a: Key, b: Key) -> bool:
@@ -122,9 +123,9 @@ def guided_search(
     def out_of_budget() -> bool:
         return stats.simulations >= evaluations or (deadline is not None and time.perf_counter() >= deadline)
 
-    def score(assignment: np.ndarray) -> Key:
+    def score(assignment: np.ndarray, against: Key | None = None) -> Key:
         stats.simulations += 1
-        return problem.score(assignment)
+        return problem.score(assignment, cutoff=cutoff_for(against))
 
     scored = [(score(np.asarray(s, np.int64)), i) for i, s in enumerate(starts)]
     best_key, index = min(scored)
@@ -155,7 +156,7 @@ def guided_search(
                     break
                 trial = _apply(problem, current, int(move))
                 if trial is not None:
-                    trials.append((score(trial), trial, int(move)))
+                    trials.append((score(trial, current_key), trial, int(move)))
             if not trials:
                 continue
             key, trial, move = min(trials, key=lambda item: item[0])
@@ -353,10 +354,11 @@ def _exchange_descent(
     current_key: Key,
     pairs: list[tuple[int, int]],
     rng: np.random.Generator,
-    score: Callable[[np.ndarray], Key],
+    score: Callable[[np.ndarray, Key], Key],
 ) -> tuple[np.ndarray, Key] | None:
     """The first exchange of two devices' whole contents (``pairs`` in random order) that scores
-    better than ``current``, with its key, or None; at most ``len(pairs)`` simulations."""
+    better than ``current``, with its key, or None; at most ``len(pairs)`` simulations
+    (``score(trial, current_key)``, which may cut short a trial that cannot win)."""
     for index in rng.permutation(len(pairs)).tolist():
         a, b = pairs[index]
         on_a, on_b = current == a, current == b
@@ -366,7 +368,7 @@ def _exchange_descent(
         trial[on_a], trial[on_b] = b, a
         if not problem.units.allowed[np.arange(trial.size), trial].all():
             continue
-        key = score(trial)
+        key = score(trial, current_key)
         if _better(key, current_key):
             return trial, key
     return None

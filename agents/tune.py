@@ -208,7 +208,8 @@ class _RecordingSimulator:
         self._simulator = simulator
         self.seen: dict[bytes, tuple[float, float, np.ndarray]] = {}
 
-    def score(self, placement: np.ndarray) -> tuple[float, float]:
+    def score(self, placement: np.ndarray, *, cutoff: float = np.inf) -> tuple[float, float]:
+        """The simulator's score, always in full (``cutoff`` is ignored): the record keeps exact step times."""
         step_time, overflow = self._simulator.score(placement)
         array = np.asarray(placement, dtype=np.int64)
         self.seen.setdefault(array.tobytes(), (float(overflow), float(step_time), array.copy()))

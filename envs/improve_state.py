@@ -90,9 +90,11 @@ class MoveProblem:
     def num_devices(self) -> int:
         return self.cluster.num_devices
 
-    def score(self, assignment: np.ndarray) -> tuple[float, float]:
-        """(bytes over capacity, step time) of a (u,) assignment: smaller is better, in that order."""
-        step_time, overflow = self.simulator.score(self.units.expand(assignment))
+    def score(self, assignment: np.ndarray, *, cutoff: float = np.inf) -> tuple[float, float]:
+        """(bytes over capacity, step time) of a (u,) assignment: smaller is better, in that
+        order; with a finite ``cutoff``, ``(0.0, inf)`` may stand for a step time that fits and
+        surely exceeds it (`rlplace.simulate.Simulator.score`)."""
+        step_time, overflow = self.simulator.score(self.units.expand(assignment), cutoff=cutoff)
         return float(overflow), float(step_time)
 
     def used(self, assignment: np.ndarray) -> np.ndarray:

@@ -136,6 +136,7 @@ def _schedule(
     lane_ptr: np.ndarray,
     lane_ops: np.ndarray,
     gate_to: np.ndarray,
+    cutoff: float,
 ):
     """List-schedule every instance; return the schedule and its transfers.
 
@@ -148,6 +149,15 @@ def _schedule(
     one instant are applied before any device or link picks its next work, so priorities are
     honoured among instances that become ready together. Times of ops and transfers are the
     step's divided by ``microbatches``.
+
+    ``cutoff`` (the graph's time unit; ``inf`` to simulate in full): the simulation stops and
+    the makespan is ``inf`` as soon as a lower bound on it passes ``cutoff`` (by a relative
+    1e-9, so float rounding of the running sums never stops a schedule that ends at or below
+    it). Two bounds are checked: an idle device's instant plus the time of every instance it
+    has not started, and a finished instance's instant plus its *tail*, the heaviest path of
+    op times (no transfers) from its successors to the end of its micro-batch (ops are in
+    topological order). Both are true lower bounds on the makespan, so a finite makespan is
+    always exact and ``inf`` means "above ``cutoff``"; the arrays are then partial.
     """
     n = num_ops
     k = num_devices
@@ -217,6 +227,25 @@ def _schedule(
 
     best = np.full(k, -1.0)
 
+    limit = cutoff * (1.0 + 1e-9)
+    bounded = limit < np.inf
+    left = np.zeros(k)  # time of the instances each device has not started
+    tail = np.zeros(n)  # heaviest path of instance times after op i, to the end of its micro-batch
+    aborted = False
+    if bounded:
+        for i in range(n):
+            d = placement[i]
+            left[d] += microbatches * (op_time[i, d] / divisor)
+        for d in range(k):
+            if left[d] > limit:
+                aborted = True
+        for i in range(n - 1, -1, -1):
+            for e in range(succ_ptr[i], succ_ptr[i + 1]):
+                j = succ_op[e]
+                path = op_time[j, placement[j]] / divisor + tail[j]
+                if path > tail[i]:
+                    tail[i] = path
+
     for g in range(total):
         if pending[g] == 0:
             i = g % n
@@ -231,17 +260,23 @@ def _schedule(
     now = 0.0
     makespan = 0.0
     done = 0
-    while True:
+    while not aborted:
         # ---- every idle device and link touched at this instant picks its next work
         for j in range(num_dirty_devices):
             d = dirty_devices[j]
             device_dirty[d] = False
-            if device_busy[d] or ready_size[d] == 0:
+            if device_busy[d]:
+                continue
+            if bounded and now + left[d] > limit:
+                aborted = True
+                break
+            if ready_size[d] == 0:
                 continue
             key = _int_heap_pop(ready_heap, heap_base[d], ready_size[d])
             ready_size[d] -= 1
             i = rank_op[key % n]
             g = slot_mb[d, key // n] * n + i
+            left[d] -= op_time[i, d] / divisor
             end = now + op_time[i, d] / divisor
             start[g] = now
             finish[g] = end
@@ -251,6 +286,8 @@ def _schedule(
             _event_push(event_time, event_id, num_events, end, g)
             num_events += 1
         num_dirty_devices = 0
+        if aborted:
+            break
         for j in range(num_dirty_links):
             link = dirty_links[j]
             link_dirty[link] = False
@@ -283,6 +320,9 @@ def _schedule(
                 base = g - i
                 a = placement[i]
                 device_busy[a] = False
+                if bounded and now + tail[i] > limit:
+                    aborted = True
+                    break
                 if not device_dirty[a]:
                     device_dirty[a] = True
                     dirty_devices[num_dirty_devices] = a
@@ -413,11 +453,13 @@ def schedule_makespan(
     lane_ptr: np.ndarray,
     lane_ops: np.ndarray,
     gate_to: np.ndarray,
+    cutoff: float = np.inf,
 ) -> float:
-    """The hot path: only the finish time of the last instance crosses back to Python."""
+    """The hot path: only the finish time of the last instance crosses back to Python;
+    ``inf`` when the makespan surely exceeds ``cutoff`` (`_schedule`)."""
     result = _schedule(
         num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
-        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, cutoff,
     )  # fmt: skip
     return result[0]
 
@@ -447,7 +489,7 @@ def _schedule_full(
     """`_schedule` with the transfer arrays trimmed to the transfers made (``Schedule``'s fields, in order)."""
     (makespan, start, finish, ready_time, ready_via, device_prev, num_x, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev) = _schedule(
         num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
-        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, np.inf,
     )  # fmt: skip
     return (
         makespan,

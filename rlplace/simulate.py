@@ -297,14 +297,21 @@ class Simulator:
             return self._resident(p)
         return self._memory(p, self._schedule(p, (self._op_rank, self._rank_op)))
 
-    def score(self, placement: np.ndarray | Sequence[int]) -> tuple[float, float]:
-        """(step time, bytes over capacity summed over devices), for search."""
+    def score(self, placement: np.ndarray | Sequence[int], *, cutoff: float = np.inf) -> tuple[float, float]:
+        """(step time, bytes over capacity summed over devices), for search.
+
+        ``cutoff`` (the graph's time unit): a search that only needs to know whether a
+        placement that fits in memory beats ``cutoff`` may get ``(inf, 0.0)`` for one that surely
+        does not (the schedule is cut short once a device's work left proves it, see
+        `rlplace._simkernel._schedule`); every finite step time is exact, and so is every
+        score of a placement that may overflow or of ``throughput``.
+        """
         p = self._placement(placement)
         if self.objective == "throughput":
             peak = self._resident(p)
             return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
         if self._surely_fits(p):  # the peak cannot pass capacity: the makespan alone, no buffers
-            return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)))), 0.0
+            return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff))), 0.0
         schedule = self._schedule(p, (self._op_rank, self._rank_op))
         peak = self._memory(p, schedule)
         return schedule.makespan, float(np.maximum(peak - self._capacity, 0.0).sum())

@@ -12,6 +12,7 @@ from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable, interchangeable_devices
 from rlplace.envs.improve_state import build_move_problem
 from rlplace.graph import OpGraph
+from rlplace.rules import cutoff_for
 from rlplace.simulate import Simulator
 
 
@@ -98,7 +99,8 @@ def test_the_exchange_moves_a_heavy_stage_onto_a_fast_device() -> None:
     cluster = mixed_cluster()
     problem = build_move_problem(graph, cluster, CostTable.build(graph, cluster), objective="latency")
     current = np.array([2, 2, 0, 0], dtype=np.int64)
-    found = _exchange_descent(problem, current, problem.score(current), distinct_device_pairs(problem), np.random.default_rng(0), problem.score)
+    pairs = distinct_device_pairs(problem)
+    found = _exchange_descent(problem, current, problem.score(current), pairs, np.random.default_rng(0), lambda trial, against: problem.score(trial, cutoff=cutoff_for(against)))
     assert found is not None
     trial, key = found
     assert trial[0] == trial[1] and cluster.devices[int(trial[0])].fp32_flops == 2e12

@@ -45,7 +45,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.rules import TIME_TOLERANCE, MemoryLedger, Units, finalize, ledger_for, make_simulator, prepare
+from rlplace.rules import TIME_TOLERANCE, MemoryLedger, Units, cutoff_for, finalize, ledger_for, make_simulator, prepare
 
 #: Default number of simulations.
 DEFAULT_EVALUATIONS = 2000
@@ -217,11 +217,13 @@ class _Search:
         """Simulations the search may still make (0 once past the deadline)."""
         return 0 if self.timed_out else self.limit - self.made
 
-    def score(self, assignment: np.ndarray) -> Score:
+    def score(self, assignment: np.ndarray, against: Score | None = None) -> Score:
+        """(overflow, step time) of ``assignment``; compared with ``against``, a fitting one that
+        can be neither better nor equal may come back as ``(0.0, inf)`` (`cutoff_for`)."""
         self.made += 1
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             self.timed_out = True  # this simulation still counts; the search stops after it
-        step_time, overflow = self.simulator.score(self.units.expand(assignment))
+        step_time, overflow = self.simulator.score(self.units.expand(assignment), cutoff=cutoff_for(against))
         return float(overflow), float(step_time)
 
     def run(self, starts: list[np.ndarray]) -> np.ndarray:
@@ -241,7 +243,7 @@ class _Search:
                 trial = current.copy()
                 for unit, device in candidate:
                     trial[unit] = device
-                key = self.score(trial)
+                key = self.score(trial, current_key)
                 if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
                     sideways = 0 if _better(key, current_key) else sideways + 1
                     for unit, device in candidate:
@@ -311,6 +313,7 @@ def _fits_after(candidate: list[tuple[int, int]], current: np.ndarray, ledger: M
         change[device] += units.demand[unit]
     after = ledger.used + change
     return bool(np.all((after <= ledger.budget) | (change <= 0)))
+
 
 
 def _better(a: Score, b: Score) -> bool:

@@ -29,6 +29,17 @@ from rlplace.units import show_bytes
 #: Relative tolerance under which two step times count as equal.
 TIME_TOLERANCE = 1e-12
 
+
+def cutoff_for(against: tuple[float, float] | None) -> float:
+    """The step time above which a candidate compared with the search key ``against``
+    ((bytes over capacity, step time)) is neither better nor equal under `TIME_TOLERANCE`, so
+    its simulation may stop there (`rlplace.simulate.Simulator.score`'s ``cutoff``): ``inf``
+    without ``against`` or when ``against`` overflows memory (a fitting candidate beats it
+    whatever its step time)."""
+    if against is None or against[0] != 0:
+        return float("inf")
+    return against[1] + TIME_TOLERANCE * abs(against[1])
+
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
 """(N,) legal placement -> (step time, bytes over capacity summed over devices)."""
 
