@@ -11,7 +11,9 @@
    with ``adaptive`` the share follows how often each list's simulated candidates were the
    improving move taken (`_SourceYield`), so a ranking that does no better than chance on
    this problem gives way to random order;
-3. simulate the candidates in batches of ``batch``; the best move of the first batch holding
+3. simulate the candidates in batches of ``batch`` (each with the current step time as its
+   cutoff, `rlplace.rules.cutoff_for`: a candidate that cannot win may be cut short, which
+   changes no decision); the best move of the first batch holding
    an improving one is taken (a tie is taken as a *sideways* step, at most
    ``SIDEWAYS_LIMIT`` in a row); the search goes on down the same order (moves of the moved
    unit dropped) and goes back to 1 after ``rerank_every`` moves (``rerank_random`` without a
@@ -83,7 +85,6 @@ class SearchStats:
     moves_taken: int = 0
     wall_s: float = 0.0
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (simulations, seconds, best step time)
-
 
 
 def _better(a: Key, b: Key) -> bool:

@@ -302,8 +302,8 @@ class Simulator:
 
         ``cutoff`` (the graph's time unit): a search that only needs to know whether a
         placement that fits in memory beats ``cutoff`` may get ``(inf, 0.0)`` for one that surely
-        does not (the schedule is cut short once a device's work left proves it, see
-        `rlplace._simkernel._schedule`); every finite step time is exact, and so is every
+        does not (the schedule is cut short once a lower bound on the step time passes ``cutoff``,
+        see `rlplace._simkernel._schedule`); every finite step time is exact, and so is every
         score of a placement that may overflow or of ``throughput``.
         """
         p = self._placement(placement)

@@ -12,7 +12,9 @@ to another device that can run it, plus swaps of two units on different devices.
 are tried in a fresh random permutation of the moves, moves of the units on the simulated
 critical path (for ``throughput``: on the most loaded device) first, with a random swap
 interleaved with probability ``SWAP_PROBABILITY``; the first candidate that scores better is
-taken and a new permutation drawn (and the critical path simulated again). A candidate that only ties is taken too (a *sideways* step), which lets the
+taken and a new permutation drawn (and the critical path simulated again). A candidate's
+simulation gets the current step time as its cutoff (`rlplace.rules.cutoff_for`), so one that
+can be neither better nor equal may stop early; no decision changes. A candidate that only ties is taken too (a *sideways* step), which lets the
 search cross the plateaus of the max-load objective, at most ``SIDEWAYS_LIMIT`` times in a row.
 When a whole permutation brings nothing, the search restarts from the best placement so far
 with a few random moves applied (a *kick*). It stops after ``evaluations`` simulations (the
@@ -313,7 +315,6 @@ def _fits_after(candidate: list[tuple[int, int]], current: np.ndarray, ledger: M
         change[device] += units.demand[unit]
     after = ledger.used + change
     return bool(np.all((after <= ledger.budget) | (change <= 0)))
-
 
 
 def _better(a: Score, b: Score) -> bool:
