@@ -20,8 +20,11 @@
    ranker: observing costs one simulation, ranking a forward pass) or when the order is used
    up; before each candidate move a random swap of two units is tried with probability
    ``swap_share`` (as ``local-search`` does; the policy ranks moves, not swaps);
-4. when ``scan`` candidates bring nothing, restart from the best placement so far with a few
-   random moves (a *kick*, as ``local-search`` does);
+4. when ``scan`` candidates bring nothing, restart from the best placement so far with a
+   *kick*: with probability ``group_kick_share`` a *group kick* (`_group_kick`: up to
+   ``GROUP_KICK_SIZE`` random units of one device moved together to one other device that
+   can run them all), otherwise a few random units sent to random devices each (as
+   ``local-search`` kicks);
 5. when the budget is spent, with ``polish``: exchange the whole contents of two devices of
    the best placement (pairs in random order, the first that scores better is taken), at most
    ``POLISH_EXCHANGES`` times. Pairs of interchangeable devices
@@ -69,6 +72,9 @@ DEFAULT_SWAP_SHARE = 0.3
 #: Moves of the units on the simulated critical path (``throughput``: the busiest device) first,
 #: as ``local-search`` orders them; with a ranker, ranked within each of the two groups.
 DEFAULT_FOCUS = True
+#: Share of the kicks that are group kicks (`_group_kick`), and the most units one moves.
+DEFAULT_GROUP_KICK_SHARE = 0.5
+GROUP_KICK_SIZE = 4
 #: After the budget, exchange whole device contents on the best placement (`_exchange_descent`),
 #: at most ``POLISH_EXCHANGES`` times.
 DEFAULT_POLISH = True
@@ -113,6 +119,7 @@ def guided_search(
     rerank_random: int = 1,
     adaptive: bool = DEFAULT_ADAPTIVE,
     polish: bool = DEFAULT_POLISH,
+    group_kick_share: float = DEFAULT_GROUP_KICK_SHARE,
     seed: int = 0,
 ) -> tuple[np.ndarray, Key, SearchStats]:
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
@@ -175,7 +182,8 @@ def guided_search(
                 order = _still_legal(problem, current, order, moved_units)
                 break
         if not taken and not out_of_budget():
-            current = _kick(problem, best, rng)
+            grouped = group_kick_share > 0 and rng.random() < group_kick_share  # share 0: no draw, the plain kicks' stream
+            current = _group_kick(problem, best, rng) if grouped else _kick(problem, best, rng)
             current_key = score(current)
             sideways = 0
             since_ranking = rerank_every
@@ -373,6 +381,29 @@ def _exchange_descent(
         if _better(key, current_key):
             return trial, key
     return None
+
+
+def _group_kick(problem: MoveProblem, best: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``best`` with up to ``GROUP_KICK_SIZE`` units of one device (the device of a random unit;
+    the units drawn at random among its) moved together to one other device that can run every
+    one of them, drawn at random; a plain `_kick` when there is none.
+
+    Single random moves scatter a kick's units over the devices; this one moves a share of one
+    device's work elsewhere as a block, so the descent after it starts from a differently
+    balanced split. Chosen on validation (README, The learned placer), where it beat
+    connected groups of the same size.
+    """
+    home = int(best[int(rng.integers(problem.num_units))])
+    on_home = np.flatnonzero(best == home)
+    members = rng.choice(on_home, size=min(GROUP_KICK_SIZE, on_home.size), replace=False)
+    targets = problem.units.allowed[members].all(axis=0)
+    targets[home] = False
+    devices = np.flatnonzero(targets)
+    if devices.size == 0:
+        return _kick(problem, best, rng)
+    kicked = best.copy()
+    kicked[members] = int(devices[rng.integers(devices.size)])
+    return kicked
 
 
 def _kick(problem: MoveProblem, best: np.ndarray, rng: np.random.Generator) -> np.ndarray:
