@@ -31,10 +31,12 @@ checkpoint). Timings come from a shared machine: noisy, and a loaded machine giv
 search fewer simulations in B.
 
 ``--validation`` runs the same table on `VALIDATION` (training families at unseen seeds and
-sizes, training clusters): the slice the search settings are tuned on. ``--no-polish`` runs
-the policy and the ablation without the guided search's final device exchange.
+sizes, training clusters): the slice the search settings are tuned on; ``--wide`` runs
+`WIDE_VALIDATION`, ten more such cases (mostly pipelined and mixed) for a wider check of a
+search setting. ``--no-polish`` runs the policy and the ablation without the guided search's
+final device exchange, ``--group-kick-share S`` with that share of group kicks (0: none).
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation] [--no-polish] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation | --wide] [--no-polish] [--group-kick-share S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -108,14 +110,32 @@ VALIDATION = (
 )
 
 
-def validation_cases(quick: bool) -> list[tuple[str, Any]]:
-    """(regime, Case) pairs of `VALIDATION` (memory-bound ones with `memory_bound` capacities)."""
+#: A wider check of search settings, built after the slice above had been used many times:
+#: the same training families at other seeds and sizes, on training clusters and generated
+#: clusters of unseen seeds (never the held-out family or clusters); mostly pipelined and mixed.
+WIDE_VALIDATION = (
+    ("B", "synthetic:layered:n=150:seed=401", "4xV100-nvlink", "pipelined", 4, False),
+    ("B", "synthetic:series-parallel:n=180:seed=402", "8xA100-nvlink", "pipelined", 8, False),
+    ("D", "synthetic:layered:n=200:seed=403:training=true", "2xA100+2xT4", "latency", 1, False),
+    ("D", "synthetic:series-parallel:n=160:seed=404", "gen:1030", "pipelined", 4, False),
+    ("D", "synthetic:layered:n=120:seed=405", "gen:1031", "pipelined", 8, False),
+    ("C", "synthetic:series-parallel:n=140:seed=406:training=true", "2xV100-pcie", "latency", 1, True),
+    ("B", "synthetic:layered:n=100:seed=407:width=6", "2xV100+4xT4", "throughput", 1, False),
+    ("D", "synthetic:series-parallel:n=200:seed=408:training=true", "1xH100+3xA10G", "latency", 1, False),
+    ("B", "synthetic:series-parallel:n=120:seed=409", "4xT4", "pipelined", 8, False),
+    ("D", "synthetic:layered:n=180:seed=410:training=true", "gen:1032", "pipelined", 4, False),
+)
+
+
+def validation_cases(quick: bool, specs: tuple[tuple[str, str, str, str, int, bool], ...] = VALIDATION) -> list[tuple[str, Any]]:
+    """(regime, Case) pairs of ``specs`` (`VALIDATION` or `WIDE_VALIDATION`; memory-bound ones
+    with `memory_bound` capacities)."""
     from rlplace.agents.improve_data import memory_bound, resolve_training_cluster
     from rlplace.envs.improve_env import make_case
     from rlplace.load import load_model
 
     cases = []
-    for regime, model, cluster_spec, objective, m, tight in VALIDATION:
+    for regime, model, cluster_spec, objective, m, tight in specs:
         graph = load_model(model).graph
         cluster = resolve_training_cluster(cluster_spec)
         if tight:
@@ -153,10 +173,11 @@ def classic_step_times(case: Any, seed: int, scored: Callable[[np.ndarray], floa
     return times, ls.decide_s
 
 
-def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True) -> dict[str, Any]:
+def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True, group_kick_share: float | None = None) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
     and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included);
-    ``polish`` switches the guided search's final device exchange (policy and ablation)."""
+    ``polish`` switches the guided search's final device exchange and ``group_kick_share`` sets
+    its share of group kicks (None: the default), for the policy and the ablation alike."""
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
@@ -177,7 +198,7 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, poli
 
     def timed_search(**options: Any) -> tuple[float, float, Any]:
         began = time.perf_counter()
-        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, **options)
+        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, group_kick_share=group_kick_share, **options)
         return scored(placement), time.perf_counter() - began, stats
 
     policy_time, policy_s, policy_stats = timed_search(checkpoint=checkpoint)
@@ -187,8 +208,9 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, poli
     # phase), with the policy's order and with random order, 2000 simulations each.
     starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, methods=START_METHODS, **inputs).values()]
     torch.set_num_threads(1)
-    _, _, policy_curve = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed)
-    _, _, ablation_curve = guided_search(problem, starts, None, evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed)
+    kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
+    _, _, policy_curve = guided_search(problem, starts, scorer_ranker(load_policy(checkpoint)), evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed, **kicks)
+    _, _, ablation_curve = guided_search(problem, starts, None, evaluations=DEFAULT_EVALUATIONS, polish=polish, seed=seed, **kicks)
     best_name = min(times, key=lambda k: times[k])
     return {
         "best_classic": best_name,
@@ -225,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="seconds per decision of every search (default: the policy's DEFAULT_BUDGET_S)")
     parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
     parser.add_argument("--no-polish", action="store_true", help="without the guided search's final device exchange (policy and ablation)")
+    parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
+    parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
     args = parser.parse_args(argv)
     if args.budget_s is None:
         from rlplace.policy_method import DEFAULT_BUDGET_S
@@ -252,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"every search gets B = {args.budget_s:g} s per decision (starts included); LS = local-search at its default 2000 simulations")
     print(header)
-    for regime, case in (validation_cases if args.validation else held_out_cases)(args.quick):
+    slices = {"wide": lambda: validation_cases(args.quick, WIDE_VALIDATION), "validation": lambda: validation_cases(args.quick), "held-out": lambda: held_out_cases(args.quick)}
+    chosen_slice = "wide" if args.wide else "validation" if args.validation else "held-out"
+    for regime, case in slices[chosen_slice]():
         for seed in range(args.seeds):
-            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish)}
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share)}
             rows.append(row)
             best = row["best_time"]
             print(

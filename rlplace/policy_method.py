@@ -104,6 +104,7 @@ def search(
     budget_s: float | None = None,
     random_order: bool = False,
     polish: bool = True,
+    group_kick_share: float | None = None,
     **_: Any,
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
@@ -112,7 +113,8 @@ def search(
     guided search with a uniform random move order instead of the policy's ranking (no
     checkpoint is loaded), i.e. plain local search all through. The statistics' simulations
     include the local-search phase; its curve covers the guided phase only. ``polish``: the
-    guided search's final device exchange (`rlplace.agents.guided_search.guided_search`).
+    guided search's final device exchange and ``group_kick_share`` its share of group kicks
+    (None: its default; `rlplace.agents.guided_search.guided_search`).
     """
     import torch
 
@@ -147,7 +149,8 @@ def search(
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
         left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
-        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=seed)
+        kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
+        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=seed, **kicks)
     finally:
         torch.set_num_threads(threads)
     stats.simulations += made
