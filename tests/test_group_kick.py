@@ -86,3 +86,21 @@ def test_the_search_uses_group_kicks_only_at_a_positive_share(monkeypatch: pytes
     assert stats.restarts > 0 and calls["group"] == 0
     _, _, stats = guided.guided_search(problem, starts, None, evaluations=600, group_kick_share=1.0, seed=0)
     assert stats.restarts > 0 and calls["group"] == stats.restarts
+
+
+def test_the_policy_pipeline_passes_its_group_kick_share_to_the_guided_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlplace.policy_method import search
+
+    graph = OpGraph.build([{"name": f"o{i}", "flops": 1e9, "output_bytes": 1e6} for i in range(6)], [{"src": f"o{i}", "dst": f"o{i + 1}", "bytes": 1e6} for i in range(5)])
+    cluster = four_devices()
+    seen: list[dict[str, object]] = []
+    real = guided.guided_search
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(guided, "guided_search", spy)
+    search(graph, cluster, CostTable.build(graph, cluster), evaluations=60, random_order=True, group_kick_share=0.25)
+    search(graph, cluster, CostTable.build(graph, cluster), evaluations=60, random_order=True)
+    assert seen[0]["group_kick_share"] == 0.25 and "group_kick_share" not in seen[1]
