@@ -25,7 +25,9 @@ would be coarsened as the CLI does; the held-out ones are below that). Prints on
 and seed, then per regime (and over B-D): geometric mean and worst of policy / best classic,
 geomeans of policy / LS@B and policy / ablation, the median simulations to local-search's
 quality, the geomean of the objective's lower bound over the best classic (LB/best: how far
-below the best classic any method could possibly go), the cases where a classic method placed
+below the best classic any method could possibly go), 90 % intervals of the overall and B-D
+geomeans of policy / best classic and policy / ablation with whole cases resampled
+(`case_bootstrap_interval`), the cases where a classic method placed
 and the policy did not, and the policy's decision time. Also prints the cold-start cost (importing torch + torch_geometric, loading the
 checkpoint). Timings come from a shared machine: noisy, and a loaded machine gives every
 search fewer simulations in B.
@@ -238,6 +240,28 @@ def geomean(values: list[float]) -> float:
     return float(np.exp(np.mean(np.log(finite)))) if finite else math.nan
 
 
+def case_bootstrap_interval(rows: list[dict[str, Any]], ratio: Callable[[dict[str, Any]], float], level: float = 0.9, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """``level`` interval of the geomean of ``ratio(row)`` over ``rows``, by resampling whole
+    cases (a case's seeds stay together: they share the graph and cluster, so they are not
+    independent draws), ``draws`` times with a fixed seed. It says how much the geomean would
+    move with other cases of the same kind, not the timing noise of one run."""
+    by_case: dict[str, list[float]] = {}
+    for row in rows:
+        value = ratio(row)
+        if math.isfinite(value) and value > 0:
+            by_case.setdefault(row["case"], []).append(math.log(value))
+    groups = list(by_case.values())
+    if not groups:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(draws):
+        picked = [groups[i] for i in rng.integers(len(groups), size=len(groups))]
+        means.append(np.mean([v for group in picked for v in group]))
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.exp(low)), float(np.exp(high))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="policy checkpoint folder (default checkpoints/default)")
@@ -306,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f} "
             f"{geomean([r['lower_bound'] / r['best_time'] for r in chosen]):>16.3f}"
         )
+    for regime in ("all", "B-D"):
+        chosen = [r for r in rows if regime == "all" or r["regime"] in regime]
+        if chosen:
+            best_low, best_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["best_time"])
+            abl_low, abl_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["ablation"])
+            print(f"90 % interval, cases resampled ({regime}): policy/best [{best_low:.3f}, {best_high:.3f}], policy/ablation [{abl_low:.3f}, {abl_high:.3f}]")
     print("LB/best: the objective's placement-independent lower bound over the best classic step time (rlplace.simulate.lower_bound);")
     print("no method can get policy/best below it, and it is loose where communication or memory binds")
     missing = sum(1 for r in rows if not math.isfinite(r["policy"]) and math.isfinite(r["best_time"]))
