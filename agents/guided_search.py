@@ -53,7 +53,7 @@ import numpy as np
 
 from rlplace.costs import interchangeable_devices
 from rlplace.envs.improve_state import MoveProblem, Observation, legal_moves, observe
-from rlplace.rules import TIME_TOLERANCE, cutoff_for
+from rlplace.rules import cutoff_for, key_better, key_equal
 
 Ranker = Callable[[MoveProblem, np.ndarray, Observation], np.ndarray]
 Key = tuple[float, float]
@@ -93,14 +93,6 @@ class SearchStats:
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (simulations, seconds, best step time)
 
 
-def _better(a: Key, b: Key) -> bool:
-    if a[0] != b[0]:
-        return a[0] < b[0]
-    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])
-
-
-def _equal(a: Key, b: Key) -> bool:
-    return a[0] == b[0] and abs(a[1] - b[1]) <= TIME_TOLERANCE * abs(b[1])
 
 
 def guided_search(
@@ -168,13 +160,13 @@ def guided_search(
             if not trials:
                 continue
             key, trial, move = min(trials, key=lambda item: item[0])
-            sources.record([candidate for _, _, candidate in trials], move if _better(key, current_key) else None, from_random)
-            if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
-                sideways = 0 if _better(key, current_key) else sideways + 1
+            sources.record([candidate for _, _, candidate in trials], move if key_better(key, current_key) else None, from_random)
+            if key_better(key, current_key) or (key_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
+                sideways = 0 if key_better(key, current_key) else sideways + 1
                 moved_units = np.flatnonzero(trial != current)
                 current, current_key = trial, key
                 stats.moves_taken += 1
-                if _better(current_key, best_key):
+                if key_better(current_key, best_key):
                     best, best_key = current.copy(), current_key
                     stats.curve.append((stats.simulations, time.perf_counter() - began, best_key[1]))
                 taken = True
@@ -378,7 +370,7 @@ def _exchange_descent(
         if not problem.units.allowed[np.arange(trial.size), trial].all():
             continue
         key = score(trial, current_key)
-        if _better(key, current_key):
+        if key_better(key, current_key):
             return trial, key
     return None
 

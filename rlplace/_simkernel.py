@@ -276,8 +276,10 @@ def _schedule(
             ready_size[d] -= 1
             i = rank_op[key % n]
             g = slot_mb[d, key // n] * n + i
-            left[d] -= op_time[i, d] / divisor
-            end = now + op_time[i, d] / divisor
+            duration = op_time[i, d] / divisor
+            if bounded:
+                left[d] -= duration
+            end = now + duration
             start[g] = now
             finish[g] = end
             device_prev[g] = device_last[d]

@@ -47,7 +47,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.rules import TIME_TOLERANCE, MemoryLedger, Units, cutoff_for, finalize, ledger_for, make_simulator, prepare
+from rlplace.rules import MemoryLedger, Units, cutoff_for, finalize, key_better, key_equal, ledger_for, make_simulator, prepare
 
 #: Default number of simulations.
 DEFAULT_EVALUATIONS = 2000
@@ -159,7 +159,7 @@ def _refereed(found: np.ndarray, starts: list[np.ndarray], referee: Callable[[np
     best, best_key = found, tuple(float(v) for v in referee(found))
     for start in starts:
         key = tuple(float(v) for v in referee(start))
-        if _better(key, best_key):  # type: ignore[arg-type]
+        if key_better(key, best_key):  # type: ignore[arg-type]
             best, best_key = start, key
     return best
 
@@ -246,13 +246,13 @@ class _Search:
                 for unit, device in candidate:
                     trial[unit] = device
                 key = self.score(trial, current_key)
-                if _better(key, current_key) or (_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
-                    sideways = 0 if _better(key, current_key) else sideways + 1
+                if key_better(key, current_key) or (key_equal(key, current_key) and sideways < SIDEWAYS_LIMIT):
+                    sideways = 0 if key_better(key, current_key) else sideways + 1
                     for unit, device in candidate:
                         ledger.remove(unit, int(current[unit]))
                         ledger.add(unit, device)
                     current, current_key = trial, key
-                    if _better(current_key, best_key):
+                    if key_better(current_key, best_key):
                         best, best_key = current.copy(), current_key
                     improved = True
                     break
@@ -315,13 +315,3 @@ def _fits_after(candidate: list[tuple[int, int]], current: np.ndarray, ledger: M
         change[device] += units.demand[unit]
     after = ledger.used + change
     return bool(np.all((after <= ledger.budget) | (change <= 0)))
-
-
-def _better(a: Score, b: Score) -> bool:
-    if a[0] != b[0]:
-        return a[0] < b[0]
-    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])
-
-
-def _equal(a: Score, b: Score) -> bool:
-    return a[0] == b[0] and abs(a[1] - b[1]) <= TIME_TOLERANCE * abs(b[1])

@@ -18,7 +18,7 @@ import numpy as np
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
-from rlplace.rules import TIME_TOLERANCE
+from rlplace.rules import key_better
 
 Score = tuple[float, float]
 
@@ -82,15 +82,10 @@ def search_boundaries(
             if not low <= trial[j] <= high:
                 continue
             key = score(trial)
-            if _better(key, best_key):
+            if key_better(key, best_key):
                 best, best_key, improved = trial, key, True
                 break
         if not improved:
             break
     return expand(best)
 
-
-def _better(a: Score, b: Score) -> bool:
-    if a[0] != b[0]:
-        return a[0] < b[0]
-    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])

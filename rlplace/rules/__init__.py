@@ -15,7 +15,7 @@ This package sits in the core layer: it imports graph, cluster, costs, placement
 
 from rlplace.rules.estimate import activation_share, memory_budget, op_memory_demand, work_reserve
 from rlplace.rules.feasible import NoRoomError, check_feasible, prepare, start_assignment_error, unit_memory_floor
-from rlplace.rules.finish import TIME_TOLERANCE, cutoff_for, finalize, fit_with_fallback, make_simulator, settle
+from rlplace.rules.finish import TIME_TOLERANCE, SearchKey, cutoff_for, finalize, fit_with_fallback, key_better, key_equal, make_simulator, settle
 from rlplace.rules.ledger import MemoryLedger, ledger_for
 from rlplace.rules.repair import EXACT_REPAIR_TRIES, legalize, repair_estimate, repair_exact, units_to_move
 from rlplace.rules.units import Units, build_units, colocation_leaders
@@ -25,6 +25,7 @@ __all__ = [
     "TIME_TOLERANCE",
     "MemoryLedger",
     "NoRoomError",
+    "SearchKey",
     "Units",
     "activation_share",
     "build_units",
@@ -33,6 +34,8 @@ __all__ = [
     "cutoff_for",
     "finalize",
     "fit_with_fallback",
+    "key_better",
+    "key_equal",
     "ledger_for",
     "legalize",
     "make_simulator",

@@ -29,16 +29,32 @@ from rlplace.units import show_bytes
 #: Relative tolerance under which two step times count as equal.
 TIME_TOLERANCE = 1e-12
 
+SearchKey = tuple[float, float]
+"""What the searches compare: (bytes over capacity, step time), smaller first, in that order."""
 
-def cutoff_for(against: tuple[float, float] | None) -> float:
-    """The step time above which a candidate compared with the search key ``against``
-    ((bytes over capacity, step time)) is neither better nor equal under `TIME_TOLERANCE`, so
-    its simulation may stop there (`rlplace.simulate.Simulator.score`'s ``cutoff``): ``inf``
-    without ``against`` or when ``against`` overflows memory (a fitting candidate beats it
-    whatever its step time)."""
+
+def key_better(a: SearchKey, b: SearchKey) -> bool:
+    """``a`` beats ``b``: less overflow, or the same overflow and a step time smaller by more
+    than `TIME_TOLERANCE` (relative)."""
+    if a[0] != b[0]:
+        return a[0] < b[0]
+    return a[1] < b[1] - TIME_TOLERANCE * abs(b[1])
+
+
+def key_equal(a: SearchKey, b: SearchKey) -> bool:
+    """``a`` ties ``b``: the same overflow and step times within `TIME_TOLERANCE` (relative)."""
+    return a[0] == b[0] and abs(a[1] - b[1]) <= TIME_TOLERANCE * abs(b[1])
+
+
+def cutoff_for(against: SearchKey | None) -> float:
+    """The step time above which a candidate compared with the search key ``against`` is
+    neither better nor equal (`key_better`, `key_equal`), so its simulation may stop there
+    (`rlplace.simulate.Simulator.score`'s ``cutoff``): ``inf`` without ``against`` or when
+    ``against`` overflows memory (a fitting candidate beats it whatever its step time)."""
     if against is None or against[0] != 0:
         return float("inf")
     return against[1] + TIME_TOLERANCE * abs(against[1])
+
 
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
 """(N,) legal placement -> (step time, bytes over capacity summed over devices)."""
