@@ -17,7 +17,9 @@ states are those the policy itself reaches (DAgger-style).
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +124,56 @@ def collect_states(
         for _ in range(perturbations):
             descend(_kick(problem, best, rng))
     return examples
+
+
+def ranking_quality(examples: list[Example], scores_of: Callable[[Observation], np.ndarray] | None, *, top: int = 4) -> dict[str, float]:
+    """How well a ranking picks moves on labelled states (the expert's simulated gains).
+
+    ``scores_of(observation) -> (u, k)`` scores, higher first; None for a uniform random
+    ranking (its expectation, computed exactly). Over the states where some evaluated move
+    improves (gain > 0), among the evaluated moves:
+
+    - ``top1_improving``: share of states whose top-ranked move improves;
+    - ``topk_improving``: share of states with an improving move among the ``top`` best
+      ranked (the guided search simulates its candidates in batches of 4 and takes the best);
+    - ``topk_captured``: the best gain among those ``top`` moves over the state's best gain,
+      clipped to [0, 1], averaged;
+    - ``states``: how many states were judged.
+    """
+    totals = np.zeros(3)
+    judged = 0
+    for example in examples:
+        gains = example.gains.reshape(-1)
+        evaluated = np.flatnonzero(np.isfinite(gains))
+        values = gains[evaluated]
+        if not np.any(values > 0):
+            continue
+        best = float(values.max())
+        if scores_of is None:
+            totals += _random_ranking_quality(values, best, top)
+        else:
+            scores = np.asarray(scores_of(example.observation), dtype=np.float64).reshape(-1)[evaluated]
+            order = np.argsort(-scores, kind="stable")[:top]
+            totals += (float(values[order[0]] > 0), float(np.any(values[order] > 0)), min(max(float(values[order].max()) / best, 0.0), 1.0))
+        judged += 1
+    if judged == 0:
+        return {"states": 0.0, "top1_improving": float("nan"), "topk_improving": float("nan"), "topk_captured": float("nan")}
+    top1, topk, captured = totals / judged
+    return {"states": float(judged), "top1_improving": float(top1), "topk_improving": float(topk), "topk_captured": float(captured)}
+
+
+def _random_ranking_quality(values: np.ndarray, best: float, top: int) -> np.ndarray:
+    """Expected (top-1 improving, top-k improving, top-k captured) of a uniform random order
+    of the moves with gains ``values`` (exact: the best of k draws without replacement)."""
+    n = values.size
+    k = min(top, n)
+    ordered = np.sort(values)  # ascending: the i-th smallest is the best of k draws w.p. C(i, k-1) / C(n, k)
+    weights = np.array([math.comb(i, k - 1) for i in range(n)], dtype=np.float64) / math.comb(n, k)
+    improving = int(np.sum(values > 0))
+    top1 = improving / n
+    topk = 1.0 - math.comb(n - improving, k) / math.comb(n, k)
+    captured = float(np.sum(weights * np.clip(ordered / best, 0.0, 1.0)))
+    return np.array([top1, topk, captured])
 
 
 def fit(

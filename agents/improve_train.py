@@ -112,7 +112,8 @@ def field_help() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------- state
-def _save_examples(path: Path, examples: list[Any]) -> None:
+def save_examples(path: Path, examples: list[Any]) -> None:
+    """Write labelled `Example` s to one ``.npz`` (numeric arrays only, replaced atomically)."""
     arrays: dict[str, np.ndarray] = {}
     for i, example in enumerate(examples):
         o = example.observation
@@ -126,7 +127,8 @@ def _save_examples(path: Path, examples: list[Any]) -> None:
     temporary.replace(path)
 
 
-def _load_examples(path: Path) -> list[Any]:
+def load_examples(path: Path) -> list[Any]:
+    """The `Example` s `save_examples` wrote to ``path`` ([] when there is no file); never unpickles."""
     from rlplace.envs.improve_state import Observation, finite_features
 
     from .expert import Example
@@ -202,7 +204,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
     if state["config"] != asdict(config):
         changed = sorted(k for k in asdict(config) if state["config"].get(k) != asdict(config)[k])
         log(f"resuming {work} with changed settings: {', '.join(changed)}")
-    examples = _load_examples(work / "examples.npz")
+    examples = load_examples(work / "examples.npz")
     if (work / "scorer" / "config.json").is_file():
         scorer, _ = load_scorer(work / "scorer")
         log(f"resumed at round {state['round']}, {state['cases_done']} cases done, {len(examples)} examples")
@@ -241,7 +243,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
                 examples.extend(found)
             state["cases_done"] = position + 1
             state["expert_s"] = time.perf_counter() - began
-            _save_examples(work / "examples.npz", examples)
+            save_examples(work / "examples.npz", examples)
             _write_json(state_path, state)
         if state["cases_done"] < chosen.size:
             break

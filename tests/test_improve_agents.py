@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlplace.cluster import Cluster, Device
 from rlplace.costs import CostTable
@@ -115,6 +117,48 @@ def test_expert_labels_are_the_simulated_relative_gains() -> None:
     expected = (obs.step_time - problem.simulator.step_time(problem.units.expand(moved))) / obs.step_time
     assert gains[unit, 1] == pytest.approx(expected)
     assert np.all(np.isnan(gains[:, 0]))
+
+
+def _example(gains: np.ndarray):
+    from rlplace.agents.expert import Example
+
+    return Example(observation=None, gains=gains, target=np.zeros(gains.size + 1))  # type: ignore[arg-type]
+
+
+def test_ranking_quality_judges_the_top_ranked_evaluated_moves() -> None:
+    from rlplace.agents.expert import ranking_quality
+
+    # state 1: gains 0.4 (best), -0.2, 0.1, unevaluated, -0.1, 0.0; state 2: nothing improves (skipped)
+    first = np.array([[0.4, -0.2, 0.1], [np.nan, -0.1, 0.0]])
+    second = np.array([[-0.3, np.nan], [0.0, -0.1]])
+    # the ranking puts the unevaluated move first, then -0.2, then 0.1, then 0.4
+    ranking = np.array([[1.0, 5.0, 4.0], [9.0, 0.0, 0.0]])
+    quality = ranking_quality([_example(first), _example(second)], lambda obs: ranking, top=2)
+    assert quality["states"] == 1.0
+    assert quality["top1_improving"] == 0.0  # -0.2: the unevaluated move never counts
+    assert quality["topk_improving"] == 1.0  # 0.1 is second
+    assert quality["topk_captured"] == pytest.approx(0.1 / 0.4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1.0, 1.0, allow_nan=False), min_size=1, max_size=7), st.integers(1, 5))
+def test_random_ranking_quality_is_the_exact_expectation_over_all_orders(values: list[float], top: int) -> None:
+    from itertools import permutations
+
+    from rlplace.agents.expert import ranking_quality
+
+    gains = np.array(values)
+    if not np.any(gains > 0):
+        assert ranking_quality([_example(gains)], None, top=top)["states"] == 0.0
+        return
+    orders = list(permutations(range(gains.size)))
+    expected = np.zeros(3)
+    for order in orders:
+        chosen = gains[list(order[:top])]
+        expected += (chosen[0] > 0, np.any(chosen > 0), min(max(chosen.max() / gains.max(), 0.0), 1.0))
+    expected /= len(orders)
+    quality = ranking_quality([_example(gains)], None, top=top)
+    assert [quality["top1_improving"], quality["topk_improving"], quality["topk_captured"]] == pytest.approx(expected.tolist())
 
 
 def _sims_to_optimum(problem, ranker, seeds: range) -> float:
