@@ -113,8 +113,14 @@ def guided_search(
     polish: bool = DEFAULT_POLISH,
     group_kick_share: float = DEFAULT_GROUP_KICK_SHARE,
     seed: int = 0,
+    on_observe: Callable[[np.ndarray, Observation], None] | None = None,
 ) -> tuple[np.ndarray, Key, SearchStats]:
-    """(best (u,) assignment, its (overflow, step time), stats); see the module docstring."""
+    """(best (u,) assignment, its (overflow, step time), stats); see the module docstring.
+
+    ``on_observe(assignment, observation)``, when given, sees every state the search observes
+    before ranking its moves (a copy of the (u,) assignment): the states expert iteration
+    labels to train on the search's own distribution (`rlplace.agents.search_states`).
+    """
     rng = np.random.default_rng(seed)
     stats = SearchStats()
     began = time.perf_counter()
@@ -141,6 +147,8 @@ def guided_search(
         if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
             obs = observe(problem, current)
             stats.simulations += 1
+            if on_observe is not None:
+                on_observe(current.copy(), obs)
             share = sources.share(random_share) if adaptive and ranker is not None else random_share
             ranked_order, from_random = _candidate_order(problem, current, obs, ranker, rng, share, scan, focus)
             order = _with_swaps(ranked_order, problem.num_units, rng, swap_share)

@@ -63,6 +63,9 @@ class TrainConfig:
         zoo: also train on the small zoo models of improve_data.TRAIN_ZOO (captured once, cached).
         generated_clusters: also train on this many generated clusters (improve_data.generated_cluster: 2-16 devices, one or two hosts, one or two kinds).
         objectives: label only cases under these objectives (comma-separated: latency, pipelined, throughput; '' for all).
+        states: where labelled states come from: descent (short descents from the classic starts and kicks, expert.collect_states) or search (states the deployed policy-guided search observes, search_states.collect_search_states).
+        search_evaluations: simulations of one search when states is search.
+        states_per_search: states labelled per search when states is search.
     """
 
     out: str = "checkpoints/default"
@@ -93,6 +96,9 @@ class TrainConfig:
     zoo: bool = False
     generated_clusters: int = 0
     objectives: str = ""
+    states: str = "descent"
+    search_evaluations: int = 3000
+    states_per_search: int = 10
 
 
 def field_help() -> dict[str, str]:
@@ -192,9 +198,12 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
     from .expert import collect_states, fit
     from .improve_checkpoint import load_scorer, save_scorer
     from .scorer import MoveScorer, ScorerConfig
+    from .search_states import collect_search_states
 
     if config.conv not in ("gine", "gatv2", "transformer"):
         raise RlplaceError(f"conv must be gine, gatv2 or transformer, not {config.conv!r}")
+    if config.states not in ("descent", "search"):
+        raise RlplaceError(f"states must be descent or search, not {config.states!r}")
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     work = Path(config.work_dir)
@@ -235,7 +244,12 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
             except RlplaceError as error:
                 log(f"skip {case.label}: {error}")
                 starts = []
-            if starts:
+            if starts and config.states == "search":
+                examples.extend(collect_search_states(
+                    problem, scorer, np.random.default_rng([config.seed, round_index, position]), evaluations=config.search_evaluations,
+                    per_search=config.states_per_search, max_moves=config.max_moves, seed=config.seed * 100_000 + round_index * 1000 + position,
+                ))
+            elif starts:
                 found = collect_states(
                     problem, starts, np.random.default_rng([config.seed, round_index, position]), depth=config.depth,
                     perturbations=config.perturbations, max_moves=config.max_moves, scorer=scorer if round_index >= follow_scorer_from else None,

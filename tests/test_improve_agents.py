@@ -200,6 +200,55 @@ def test_guided_search_never_returns_worse_than_its_best_start_and_respects_the_
     assert key <= min(problem.score(s) for s in starts)
 
 
+def test_on_observe_sees_every_state_the_guided_search_ranks() -> None:
+    from rlplace.agents.guided_search import guided_search, scorer_ranker
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    torch.manual_seed(0)
+    problem = problem_of(two_heavy_graph(6))
+    ranker = scorer_ranker(MoveScorer(ScorerConfig(hidden=8, layers=1)).eval())
+    seen = []
+    starts = [np.zeros(problem.num_units, np.int64)]
+    _, _, stats = guided_search(problem, starts, ranker, evaluations=60, seed=1, on_observe=lambda a, o: seen.append((a, o)))
+    assert len(seen) == stats.rankings > 0
+    for assignment, observation in seen:
+        assert observation.step_time == pytest.approx(problem.score(assignment)[1])
+    assert not np.shares_memory(seen[0][0], seen[-1][0])
+
+
+def test_search_states_are_exactly_labelled_states_the_search_observed() -> None:
+    from rlplace.agents import search_states
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    torch.manual_seed(0)
+    problem = problem_of(two_heavy_graph(6))
+    scorer = MoveScorer(ScorerConfig(hidden=8, layers=1)).eval()
+    observed: list[float] = []
+    real = search_states.label
+
+    def recording_label(problem_, assignment, observation, rng, max_moves):
+        gains = real(problem_, assignment, observation, rng, max_moves)
+        for move in np.flatnonzero(np.isfinite(gains.reshape(-1))).tolist():  # every label is the simulated gain
+            unit, device = divmod(move, problem_.num_devices)
+            moved = assignment.copy()
+            moved[unit] = device
+            expected = (observation.step_time - problem_.score(moved)[1]) / observation.step_time
+            assert gains[unit, device] == pytest.approx(expected)
+        observed.append(observation.step_time)
+        return gains
+
+    examples = search_states.collect_search_states(problem, scorer, np.random.default_rng(0), evaluations=80, per_search=3, max_moves=16, seed=2)
+    assert 0 < len(examples) <= 3
+    search_states.label = recording_label
+    try:
+        again = search_states.collect_search_states(problem, scorer, np.random.default_rng(0), evaluations=80, per_search=3, max_moves=16, seed=2)
+    finally:
+        search_states.label = real
+    assert [e.observation.step_time for e in again] == observed == [e.observation.step_time for e in examples]  # repeats exactly
+    for example in examples:
+        assert example.target.sum() == pytest.approx(1.0)
+
+
 def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
 
@@ -323,6 +372,21 @@ def test_training_resumes_after_a_kill_with_nothing_lost(tmp_path: Path, monkeyp
     meta = json.loads((tmp_path / "killed" / "out" / "config.json").read_text())["meta"]
     assert meta["training"]["examples"] == json.loads((tmp_path / "whole" / "out" / "config.json").read_text())["meta"]["training"]["examples"]
     assert "fork-join" in " ".join(meta["heldout"]["models"])
+
+
+def test_training_on_the_searchs_own_states_writes_a_checkpoint_that_records_it(tmp_path: Path) -> None:
+    from rlplace.agents import improve_train
+
+    config = improve_train.TrainConfig(
+        out=str(tmp_path / "out"), work_dir=str(tmp_path / "work"), rounds=1, cases_per_round=1, max_moves=8, epochs=1,
+        hidden=8, layers=1, max_units=64, states="search", search_evaluations=60, states_per_search=2,
+    )
+    improve_train.train(config, log=lambda line: None)
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())["meta"]
+    assert meta["train_config"]["states"] == "search"
+    assert 0 < meta["training"]["examples"] <= 2
+    with pytest.raises(RlplaceError, match="states must be descent or search"):
+        improve_train.train(improve_train.TrainConfig(work_dir=str(tmp_path / "w2"), states="replay"), log=lambda line: None)
 
 
 def test_the_move_problem_scores_under_the_requested_schedule() -> None:

@@ -1,0 +1,66 @@
+"""Labelled states from the distribution the deployed search visits.
+
+`rlplace.agents.expert.collect_states` labels states along short descents from the classic
+starts: early states, where half the moves the scorer ranks first improve. The deployed
+pipeline (`rlplace.policy_method`) spends its time elsewhere: after local-search's own run,
+in the guided search's descents from kicked local optima, where improving moves are rare
+(a random move improves about one time in ten). `collect_search_states` runs that pipeline
+(the fast baselines' starts, local-search's run, then `guided_search` with the scorer's
+ranking, under a simulation budget so it repeats exactly) and labels a random sample of the
+states the guided search observed, exactly as `collect_states` labels its own (every legal
+neighbour simulated, up to ``max_moves``). Training on them is expert iteration on the
+search's own state distribution (DAgger with the search as the roll-out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlplace.envs.improve_state import MoveProblem, Observation
+
+from .expert import Example, label, target_of
+from .scorer import MoveScorer
+
+#: Simulations of one search (local-search's share included) when states are collected.
+DEFAULT_SEARCH_EVALUATIONS = 3000
+#: States labelled per search, drawn at random among those it observed.
+DEFAULT_STATES_PER_SEARCH = 10
+
+
+def collect_search_states(
+    problem: MoveProblem,
+    scorer: MoveScorer,
+    rng: np.random.Generator,
+    *,
+    evaluations: int = DEFAULT_SEARCH_EVALUATIONS,
+    per_search: int = DEFAULT_STATES_PER_SEARCH,
+    max_moves: int = 128,
+    seed: int = 0,
+) -> list[Example]:
+    """Up to ``per_search`` labelled states of one policy-guided search of ``problem``
+    (module docstring); [] when no fast baseline places the problem's graph."""
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, search_units, start_placements
+    from rlplace.policy_method import LOCAL_SEARCH_SHARE
+
+    from .guided_search import guided_search, scorer_ranker
+
+    found = start_placements(
+        problem.graph, problem.cluster, problem.costs, objective=problem.objective, seed=seed, methods=START_METHODS,
+        microbatches=problem.microbatches, schedule=problem.schedule,
+    )
+    if not found:
+        return []
+    starts = [problem.units.contract(p) for p in found.values()]
+    first_limit = max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
+    first, made = search_units(problem.units, problem.budget, problem.simulator, starts, objective=problem.objective, evaluations=first_limit, seed=seed)
+    seen: list[tuple[np.ndarray, Observation]] = []
+    guided_search(
+        problem, [first, *starts], scorer_ranker(scorer), evaluations=max(1, evaluations - made), seed=seed,
+        on_observe=lambda assignment, observation: seen.append((assignment, observation)),
+    )
+    examples = []
+    for index in rng.permutation(len(seen))[:per_search].tolist():
+        assignment, observation = seen[index]
+        gains = label(problem, assignment, observation, rng, max_moves)
+        examples.append(Example(observation, gains, target_of(gains)))
+    return examples
