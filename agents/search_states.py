@@ -25,6 +25,10 @@ from .scorer import MoveScorer
 DEFAULT_SEARCH_EVALUATIONS = 3000
 #: States labelled per search, drawn at random among those it observed.
 DEFAULT_STATES_PER_SEARCH = 10
+#: Share of the simulations local-search's own run may take first: the deployed pipeline's
+#: ``rlplace.policy_method.LOCAL_SEARCH_SHARE`` (a test keeps the two equal; this layer may not
+#: import that one).
+LOCAL_SEARCH_SHARE = 0.5
 
 
 def collect_search_states(
@@ -40,7 +44,6 @@ def collect_search_states(
     """Up to ``per_search`` labelled states of one policy-guided search of ``problem``
     (module docstring); [] when no fast baseline places the problem's graph."""
     from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, search_units, start_placements
-    from rlplace.policy_method import LOCAL_SEARCH_SHARE
 
     from .guided_search import guided_search, scorer_ranker
 

@@ -465,7 +465,8 @@ def tune_problem(
 
     # 4: search with the tuned policy, its candidates measured with what budget is left
     if not cache.exhausted:
-        more = search_candidates(problem, [best_assignment(), *starts], tuned, count=config.budget - cache.measurements, evaluations=config.search_evaluations, seed=config.seed + 1, budget_s=search_time())
+        found = search_candidates(problem, [best_assignment(), *starts], tuned, count=config.budget, evaluations=config.search_evaluations, seed=config.seed + 1, budget_s=search_time())
+        more = [(a, t) for a, t in found if cache.lookup(expand(a)) is None][: config.budget - cache.measurements]  # measured ones cost nothing and add nothing
         for assignment, _ in more:
             assignment_of.setdefault(cache._key(expand(assignment)), assignment)
         measure_all([a for a, _ in more], "tuned-search", [t for _, t in more])

@@ -249,6 +249,13 @@ def test_search_states_are_exactly_labelled_states_the_search_observed() -> None
         assert example.target.sum() == pytest.approx(1.0)
 
 
+def test_search_states_follow_the_deployed_pipelines_split() -> None:
+    from rlplace import policy_method
+    from rlplace.agents import search_states
+
+    assert search_states.LOCAL_SEARCH_SHARE == policy_method.LOCAL_SEARCH_SHARE
+
+
 def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
 
