@@ -86,15 +86,12 @@ def heldout_problems(count: int = 2) -> list[tuple[Any, list[np.ndarray]]]:
     return found
 
 
-def fine_tune(scorer: Any, cases: Any, config: Any, work: Path, *, log: Any = print) -> tuple[Any, dict[str, Any]]:
-    """MaskablePPO from ``scorer``'s weights; returns (the fine-tuned scorer, curve and counts)."""
-    import torch
-    from sb3_contrib import MaskablePPO
-
+def ppo_env(cases: Any, config: Any) -> Any:
+    """The ``improve`` env PPO trains in: the first ``config.ppo_cases`` of ``cases`` (an
+    iterable of `Case`) whose move problem builds and has at most ``config.max_units`` units
+    and 16 devices."""
     from rlplace.envs.improve_env import ImproveEnv
     from rlplace.envs.improve_state import build_move_problem
-
-    from .improve_policy import ImproveMaskablePolicy
 
     small = []
     for case in cases:
@@ -106,7 +103,31 @@ def fine_tune(scorer: Any, cases: Any, config: Any, work: Path, *, log: Any = pr
             small.append(case)
         if len(small) >= config.ppo_cases:
             break
-    env = ImproveEnv(cases=small, max_nodes=config.max_units, max_devices=16, max_edges=4 * config.max_units, max_moves=config.max_moves_per_episode)
+    return ImproveEnv(cases=small, max_nodes=config.max_units, max_devices=16, max_edges=4 * config.max_units, max_moves=config.max_moves_per_episode)
+
+
+def new_ppo_model(env: Any, scorer: Any, config: Any, *, seed: int) -> Any:
+    """A ``MaskablePPO`` on ``env`` whose policy starts from ``scorer``'s weights (the settings
+    of `fine_tune`: rollout ``config.n_steps``, 4 epochs, learning rate 0.3 x ``config.learning_rate``)."""
+    from sb3_contrib import MaskablePPO
+
+    from .improve_policy import ImproveMaskablePolicy
+
+    model = MaskablePPO(
+        ImproveMaskablePolicy, env, n_steps=config.n_steps, batch_size=min(config.batch_size, config.n_steps), n_epochs=4,
+        learning_rate=config.learning_rate * 0.3, gamma=0.95, ent_coef=0.001, seed=seed, verbose=0,
+        policy_kwargs={"scorer": scorer.config.to_dict()}, tensorboard_log=config.tensorboard or None,
+    )
+    model.policy.scorer.load_state_dict(scorer.state_dict())
+    return model
+
+
+def fine_tune(scorer: Any, cases: Any, config: Any, work: Path, *, log: Any = print) -> tuple[Any, dict[str, Any]]:
+    """MaskablePPO from ``scorer``'s weights; returns (the fine-tuned scorer, curve and counts)."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    env = ppo_env(cases, config)
     env.reset(seed=config.seed)
     folder = work / "ppo"
     saved = sorted(folder.glob("improve_*_steps.zip"), key=lambda p: int(re.findall(r"(\d+)_steps", p.name)[0])) if folder.is_dir() else []
@@ -114,12 +135,7 @@ def fine_tune(scorer: Any, cases: Any, config: Any, work: Path, *, log: Any = pr
         model = MaskablePPO.load(saved[-1], env=env)
         log(f"PPO resumed from {saved[-1].name}")
     else:
-        model = MaskablePPO(
-            ImproveMaskablePolicy, env, n_steps=config.n_steps, batch_size=min(config.batch_size, config.n_steps), n_epochs=4,
-            learning_rate=config.learning_rate * 0.3, gamma=0.95, ent_coef=0.001, seed=config.seed, verbose=0,
-            policy_kwargs={"scorer": scorer.config.to_dict()}, tensorboard_log=config.tensorboard or None,
-        )
-        model.policy.scorer.load_state_dict(scorer.state_dict())
+        model = new_ppo_model(env, scorer, config, seed=config.seed)
     metrics = ImproveMetrics(heldout_problems(), config.eval_every, config.ppo_time_s)
     callbacks = CallbackList([CheckpointCallback(save_freq=max(1, config.checkpoint_every), save_path=str(folder), name_prefix="improve"), metrics])
     remaining = max(0, config.ppo_timesteps - model.num_timesteps)
@@ -130,6 +146,6 @@ def fine_tune(scorer: Any, cases: Any, config: Any, work: Path, *, log: Any = pr
     model.save(folder / f"improve_{model.num_timesteps}_steps.zip")
     tuned = model.policy.scorer
     tuned.eval()
-    info = {"timesteps": int(model.num_timesteps), "wall_s": time.perf_counter() - began, "curve": metrics.history, "cases": [c.label for c in small]}
+    info = {"timesteps": int(model.num_timesteps), "wall_s": time.perf_counter() - began, "curve": metrics.history, "cases": [c.label for c in env.cases]}
     log(f"PPO: {model.num_timesteps} steps in {info['wall_s']:.0f} s")
     return tuned, info

@@ -157,35 +157,16 @@ def run_expert(state: ArmState, scorer: Any, eval_set: list[Any], cpu_s: float, 
 def run_ppo(state: ArmState, scorer: Any, eval_set: list[Any], cpu_s: float, eval_every_s: float, seed: int) -> None:
     """MaskablePPO until ``cpu_s`` CPU seconds (module docstring)."""
     import torch
-    from sb3_contrib import MaskablePPO
 
     from rlplace.agents import improve_data as data
-    from rlplace.agents.improve_policy import ImproveMaskablePolicy
+    from rlplace.agents.improve_ppo import new_ppo_model, ppo_env
     from rlplace.agents.improve_train import TrainConfig
-    from rlplace.envs.improve_env import ImproveEnv
-    from rlplace.envs.improve_state import build_move_problem
 
     config = TrainConfig()
     specs = training_specs()
-    cases = []
-    for index in np.random.default_rng(seed).permutation(len(specs)).tolist():
-        case = data.build_case(specs[index], max_nodes=config.max_units)
-        try:
-            problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
-        except Exception:
-            continue
-        if problem.num_units <= config.max_units and problem.num_devices <= 16:
-            cases.append(case)
-        if len(cases) >= config.ppo_cases:
-            break
-    env = ImproveEnv(cases=cases, max_nodes=config.max_units, max_devices=16, max_edges=4 * config.max_units, max_moves=config.max_moves_per_episode)
+    env = ppo_env((data.build_case(specs[i], max_nodes=config.max_units) for i in np.random.default_rng(seed).permutation(len(specs)).tolist()), config)
     env.reset(seed=seed + len(state.curve))
-    model = MaskablePPO(
-        ImproveMaskablePolicy, env, n_steps=config.n_steps, batch_size=min(config.batch_size, config.n_steps), n_epochs=4,
-        learning_rate=config.learning_rate * 0.3, gamma=0.95, ent_coef=0.001, seed=seed + len(state.curve), verbose=0,
-        policy_kwargs={"scorer": scorer.config.to_dict()},
-    )
-    model.policy.scorer.load_state_dict(scorer.state_dict())
+    model = new_ppo_model(env, scorer, config, seed=seed + len(state.curve))
     steps = int(state.extra.get("timesteps", 0))
     next_eval = len(state.curve) * eval_every_s
     torch.set_num_threads(1)

@@ -396,6 +396,27 @@ def test_training_on_the_searchs_own_states_writes_a_checkpoint_that_records_it(
         improve_train.train(improve_train.TrainConfig(work_dir=str(tmp_path / "w2"), states="replay"), log=lambda line: None)
 
 
+def test_training_ppo_phase_runs_from_the_warm_start_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from rlplace.agents import improve_train
+
+    lines: list[str] = []
+
+    def config(timesteps: int):
+        return improve_train.TrainConfig(
+            out=str(tmp_path / "out"), work_dir=str(tmp_path / "work"), rounds=1, cases_per_round=1, depth=2, perturbations=0,
+            max_moves=8, epochs=1, hidden=8, layers=1, max_units=64, ppo_timesteps=timesteps, n_steps=8, batch_size=8,
+            checkpoint_every=8, eval_every=0, ppo_cases=1, max_moves_per_episode=4,
+        )
+
+    improve_train.train(config(16), log=lines.append)
+    first = json.loads((tmp_path / "out" / "config.json").read_text())["meta"]["training"]["ppo"]
+    assert first["timesteps"] >= 16 and len(first["cases"]) == 1
+    improve_train.train(config(32), log=lines.append)
+    second = json.loads((tmp_path / "out" / "config.json").read_text())["meta"]["training"]["ppo"]
+    assert any(line.startswith("PPO resumed from improve_") for line in lines)  # from the SB3 checkpoint of the first run
+    assert second["timesteps"] >= 32
+
+
 def test_the_move_problem_scores_under_the_requested_schedule() -> None:
     from rlplace.simulate import Simulator
 
