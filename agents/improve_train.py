@@ -187,18 +187,56 @@ def with_objectives(specs: list[Any], objectives: str) -> list[Any]:
 
 
 # -------------------------------------------------------------------------- train
+#: Classic methods whose placements start the descents of `expert.collect_states`.
+TRAINING_STARTS = ("m-topo", "m-etf", "heft", "single")
+
+
+def training_specs(config: TrainConfig) -> list[Any]:
+    """The case specs training under ``config`` draws from: the synthetic models (and the zoo
+    with ``config.zoo``), the dnn-partitioning graphs, the training clusters (and
+    ``config.generated_clusters`` generated ones), limited to ``config.objectives``."""
+    from . import improve_data as data
+
+    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
+    return with_objectives(specs, config.objectives)
+
+
+def label_case(case: Any, config: TrainConfig, scorer: Any, rng: np.random.Generator, *, search_seed: int, follow_scorer: bool = True, log: Any = print) -> list[Any]:
+    """The labelled states (`expert.Example`) of one training case under ``config.states``:
+    descents from the `TRAINING_STARTS` placements (following ``scorer``'s moves when
+    ``follow_scorer``), or a sample of the states of one policy-guided search (seeded
+    ``search_seed``); [] (logged) when the case has no move problem or no classic start."""
+    from rlplace.envs.improve_env import classic_starts
+    from rlplace.envs.improve_state import build_move_problem
+
+    from .expert import collect_states
+    from .search_states import collect_search_states
+
+    try:
+        problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
+        starts = classic_starts(problem, TRAINING_STARTS)  # also under states=search: the same cases are skipped
+    except RlplaceError as error:
+        log(f"skip {case.label}: {error}")
+        return []
+    if not starts:
+        return []
+    if config.states == "search":
+        return collect_search_states(
+            problem, scorer, rng, evaluations=config.search_evaluations, per_search=config.states_per_search, max_moves=config.max_moves, seed=search_seed,
+        )
+    return collect_states(
+        problem, starts, rng, depth=config.depth, perturbations=config.perturbations, max_moves=config.max_moves, scorer=scorer if follow_scorer else None,
+    )
+
+
 def train(config: TrainConfig, *, log: Any = print) -> Path:
     """Run (or resume) both phases and write ``config.out``; returns the checkpoint folder."""
     import torch
 
-    from rlplace.envs.improve_env import classic_starts
-    from rlplace.envs.improve_state import build_move_problem
-
     from . import improve_data as data
-    from .expert import collect_states, fit
+    from .expert import fit
     from .improve_checkpoint import load_scorer, save_scorer
     from .scorer import MoveScorer, ScorerConfig
-    from .search_states import collect_search_states
 
     if config.conv not in ("gine", "gatv2", "transformer"):
         raise RlplaceError(f"conv must be gine, gatv2 or transformer, not {config.conv!r}")
@@ -223,8 +261,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
     else:
         scorer = MoveScorer(ScorerConfig(hidden=config.hidden, layers=config.layers, conv=config.conv))
     follow_scorer_from = 0 if config.init_checkpoint else 1
-    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
-    specs = with_objectives(specs, config.objectives)
+    specs = training_specs(config)
     began = time.perf_counter() - float(state["expert_s"])
 
     def expert_time_left() -> bool:
@@ -238,23 +275,10 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
             if not expert_time_left():
                 break
             case = data.build_case(specs[int(chosen[position])], max_nodes=config.max_units)
-            try:
-                problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
-                starts = classic_starts(problem, ("m-topo", "m-etf", "heft", "single"))
-            except RlplaceError as error:
-                log(f"skip {case.label}: {error}")
-                starts = []
-            if starts and config.states == "search":
-                examples.extend(collect_search_states(
-                    problem, scorer, np.random.default_rng([config.seed, round_index, position]), evaluations=config.search_evaluations,
-                    per_search=config.states_per_search, max_moves=config.max_moves, seed=config.seed * 100_000 + round_index * 1000 + position,
-                ))
-            elif starts:
-                found = collect_states(
-                    problem, starts, np.random.default_rng([config.seed, round_index, position]), depth=config.depth,
-                    perturbations=config.perturbations, max_moves=config.max_moves, scorer=scorer if round_index >= follow_scorer_from else None,
-                )
-                examples.extend(found)
+            examples.extend(label_case(
+                case, config, scorer, np.random.default_rng([config.seed, round_index, position]),
+                search_seed=config.seed * 100_000 + round_index * 1000 + position, follow_scorer=round_index >= follow_scorer_from, log=log,
+            ))
             state["cases_done"] = position + 1
             state["expert_s"] = time.perf_counter() - began
             save_examples(work / "examples.npz", examples)

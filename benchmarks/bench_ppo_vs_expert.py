@@ -111,23 +111,21 @@ class ArmState:
         write_text_atomic(self.path, json.dumps({"cpu_s": self.cpu_s, "curve": self.curve, "extra": self.extra}, indent=1) + "\n")
 
 
-def training_specs() -> list[Any]:
-    """The case specs training draws from (the shipped checkpoint's stage-2 set: zoo included)."""
-    from rlplace.agents import improve_data as data
+def training_config() -> Any:
+    """The `TrainConfig` both arms use: its defaults, with the zoo models (the stage-2 case set)."""
+    from rlplace.agents.improve_train import TrainConfig
 
-    return data.case_specs(data.TRAIN_MODELS + data.TRAIN_ZOO, data.TRAIN_DNN, data.training_clusters(0))
+    return TrainConfig(zoo=True)
 
 
 def run_expert(state: ArmState, scorer: Any, eval_set: list[Any], cpu_s: float, eval_every_s: float, seed: int) -> None:
     """More expert-iteration rounds until ``cpu_s`` CPU seconds (module docstring)."""
     from rlplace.agents import improve_data as data
-    from rlplace.agents.expert import collect_states, fit
-    from rlplace.agents.improve_train import load_examples, save_examples
-    from rlplace.envs.improve_env import classic_starts
-    from rlplace.envs.improve_state import build_move_problem
-    from rlplace.errors import RlplaceError
+    from rlplace.agents.expert import fit
+    from rlplace.agents.improve_train import label_case, load_examples, save_examples, training_specs
 
-    specs = training_specs()
+    config = training_config()
+    specs = training_specs(config)
     examples = load_examples(state.folder / "examples.npz")
     round_index = int(state.extra.get("rounds", 0))
     next_eval = (len(state.curve)) * eval_every_s
@@ -135,13 +133,8 @@ def run_expert(state: ArmState, scorer: Any, eval_set: list[Any], cpu_s: float, 
         began = time.process_time()
         rng = np.random.default_rng([seed, 100 + round_index])
         for position, spec_index in enumerate(rng.choice(len(specs), size=EXPERT_CASES_PER_ROUND, replace=False).tolist()):
-            case = data.build_case(specs[spec_index], max_nodes=128)
-            try:
-                problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
-                starts = classic_starts(problem, ("m-topo", "m-etf", "heft", "single"))
-            except RlplaceError:
-                continue
-            examples.extend(collect_states(problem, starts, np.random.default_rng([seed, 100 + round_index, position]), depth=8, perturbations=1, max_moves=128, scorer=scorer))
+            case = data.build_case(specs[spec_index], max_nodes=config.max_units)
+            examples.extend(label_case(case, config, scorer, np.random.default_rng([seed, 100 + round_index, position]), search_seed=seed, log=lambda line: None))
         fit(scorer, examples, epochs=EXPERT_EPOCHS, learning_rate=EXPERT_LEARNING_RATE, seed=seed + round_index)
         round_index += 1
         state.cpu_s += time.process_time() - began
@@ -160,10 +153,10 @@ def run_ppo(state: ArmState, scorer: Any, eval_set: list[Any], cpu_s: float, eva
 
     from rlplace.agents import improve_data as data
     from rlplace.agents.improve_ppo import new_ppo_model, ppo_env
-    from rlplace.agents.improve_train import TrainConfig
+    from rlplace.agents.improve_train import training_specs
 
-    config = TrainConfig()
-    specs = training_specs()
+    config = training_config()
+    specs = training_specs(config)
     env = ppo_env((data.build_case(specs[i], max_nodes=config.max_units) for i in np.random.default_rng(seed).permutation(len(specs)).tolist()), config)
     env.reset(seed=seed + len(state.curve))
     model = new_ppo_model(env, scorer, config, seed=seed + len(state.curve))
