@@ -9,7 +9,8 @@ Held out (never trained or tuned on), as whole families and whole clusters:
   devices on two hosts).
 
 Trained on: synthetic ``layered`` and ``series-parallel`` graphs (forward and training graphs,
-several seeds and sizes), optionally the small zoo models of `TRAIN_ZOO`, the ``bert`` dnn-partitioning graphs (on their own clusters), on the
+several seeds and sizes), optionally the small zoo models of `TRAIN_ZOO` (and, with
+``TrainConfig.families == "wide"``, the more varied `WIDE_MODELS`), the ``bert`` dnn-partitioning graphs (on their own clusters), on the
 clusters of `TRAIN_CLUSTERS` (2-8 devices: homogeneous, mixed, two-host) and, when the run
 asks for them (``TrainConfig.generated_clusters``), generated clusters of 2-16 devices
 (`generated_cluster`: never the L4 kind nor a held-out layout), each also in a
@@ -28,6 +29,7 @@ import numpy as np
 
 from rlplace.cluster import Cluster
 from rlplace.envs.improve_env import Case, make_case
+from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 
 DNN_PARTITIONING = Path("/work/shared/data/dnn-partitioning/graphs")
@@ -45,6 +47,42 @@ TRAIN_DNN: tuple[str, ...] = ("bert24_training__layer.json", "bert24_inference__
 #: Small zoo models (captured once into `rlplace.agents.data.DEFAULT_GRAPH_CACHE`), trained on
 #: when the run asks for them (``TrainConfig.zoo``); the resnet family stays held out.
 TRAIN_ZOO: tuple[str, ...] = ("zoo:mlp-small", "zoo:dlrm", "zoo:mobilenet-v2", "zoo:mixtral-tiny", "zoo:moe-gshard")
+#: The wider model set (``TrainConfig.families == "wide"``), added to the above: more seeds,
+#: sizes and shapes of the two synthetic training families (seeds 220-229: never a validation
+#: seed), and the zoo models the one-shot policy trains on (`rlplace.agents.data.TRAIN_MODELS`)
+#: that `TRAIN_ZOO` lacks. The zoo models `rlplace.agents.data.HELDOUT_MODELS` names (gpt2,
+#: vit-base, t5-small, regnet-y-040; resnet stays held out here) are never trained on: they are
+#: the unseen-family validation set of ``benchmarks/bench_policy.py --families``.
+WIDE_MODELS: tuple[str, ...] = (
+    "synthetic:layered:n=50:seed=220:width=2:training=true",
+    "synthetic:layered:n=80:seed=221:width=6",
+    "synthetic:layered:n=120:seed=222:width=5:skip_prob=0.3:training=true",
+    "synthetic:layered:n=180:seed=223:width=10",
+    "synthetic:layered:n=200:seed=224:width=3:skip_prob=0.2",
+    "synthetic:series-parallel:n=60:seed=225:parallel_prob=0.6:training=true",
+    "synthetic:series-parallel:n=100:seed=226:parallel_prob=0.2",
+    "synthetic:series-parallel:n=150:seed=227:parallel_prob=0.5",
+    "synthetic:series-parallel:n=180:seed=228:training=true",
+    "synthetic:series-parallel:n=200:seed=229:parallel_prob=0.7",
+    "zoo:inception",
+    "zoo:convnext-tiny",
+    "zoo:bert-base",
+    "zoo:mlp-medium",
+)
+#: Model families ``TrainConfig.families`` may name.
+FAMILY_SETS: tuple[str, ...] = ("base", "wide")
+
+
+def train_models(zoo: bool, families: str = "base") -> tuple[str, ...]:
+    """The model specs training draws from: `TRAIN_MODELS`, `TRAIN_ZOO` when ``zoo``, and
+    `WIDE_MODELS` (with `TRAIN_ZOO`) when ``families`` is ``"wide"``."""
+    if families not in FAMILY_SETS:
+        raise RlplaceError(f"families must be one of {', '.join(FAMILY_SETS)}, not {families!r}")
+    if families == "wide":
+        return TRAIN_MODELS + TRAIN_ZOO + WIDE_MODELS
+    return TRAIN_MODELS + (TRAIN_ZOO if zoo else ())
+
+
 TRAIN_CLUSTERS: tuple[str, ...] = ("2xV100-pcie", "4xV100-nvlink", "4xT4", "2xA100+2xT4", "1xH100+3xA10G", "8xA100-nvlink", "2xV100+4xT4")
 
 HELDOUT_MODELS: tuple[str, ...] = (

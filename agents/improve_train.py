@@ -66,6 +66,7 @@ class TrainConfig:
         states: where labelled states come from: descent (short descents from the classic starts and kicks, expert.collect_states) or search (states the deployed policy-guided search observes, search_states.collect_search_states).
         search_evaluations: simulations of one search when states is search.
         states_per_search: states labelled per search when states is search.
+        families: model set trained on: base (improve_data.TRAIN_MODELS, plus TRAIN_ZOO with zoo) or wide (also TRAIN_ZOO and improve_data.WIDE_MODELS: more synthetic seeds and shapes, four more zoo models).
     """
 
     out: str = "checkpoints/default"
@@ -99,6 +100,7 @@ class TrainConfig:
     states: str = "descent"
     search_evaluations: int = 3000
     states_per_search: int = 10
+    families: str = "base"
 
 
 def field_help() -> dict[str, str]:
@@ -161,12 +163,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def split_description(zoo: bool = False, generated_clusters: int = 0) -> dict[str, Any]:
+def split_description(zoo: bool = False, generated_clusters: int = 0, families: str = "base") -> dict[str, Any]:
     """The training and held-out specs recorded in the checkpoint."""
     from . import improve_data as d
 
     return {
-        "trained_on": {"models": list(d.TRAIN_MODELS) + (list(d.TRAIN_ZOO) if zoo else []) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.training_clusters(generated_clusters)), "memory_bound_variants": True},
+        "trained_on": {"models": list(d.train_models(zoo, families)) + [f"dnn-partitioning:{s}" for s in d.TRAIN_DNN], "clusters": list(d.training_clusters(generated_clusters)), "memory_bound_variants": True},
         "heldout": {"models": list(d.HELDOUT_MODELS) + [f"dnn-partitioning:{s}" for s in d.HELDOUT_DNN], "clusters": list(d.HELDOUT_CLUSTERS)},
         "objectives": [f"{o}" + (f"(M={m})" if o == "pipelined" else "") for o, m in d.OBJECTIVE_SETTINGS],
     }
@@ -193,11 +195,12 @@ TRAINING_STARTS = ("m-topo", "m-etf", "heft", "single")
 
 def training_specs(config: TrainConfig) -> list[Any]:
     """The case specs training under ``config`` draws from: the synthetic models (and the zoo
-    with ``config.zoo``), the dnn-partitioning graphs, the training clusters (and
-    ``config.generated_clusters`` generated ones), limited to ``config.objectives``."""
+    with ``config.zoo``; the wide set with ``config.families``), the dnn-partitioning graphs,
+    the training clusters (and ``config.generated_clusters`` generated ones), limited to
+    ``config.objectives``."""
     from . import improve_data as data
 
-    specs = data.case_specs(data.TRAIN_MODELS + (data.TRAIN_ZOO if config.zoo else ()), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
+    specs = data.case_specs(data.train_models(config.zoo, config.families), data.TRAIN_DNN, data.training_clusters(config.generated_clusters))
     return with_objectives(specs, config.objectives)
 
 
@@ -242,6 +245,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
         raise RlplaceError(f"conv must be gine, gatv2 or transformer, not {config.conv!r}")
     if config.states not in ("descent", "search"):
         raise RlplaceError(f"states must be descent or search, not {config.states!r}")
+    data.train_models(config.zoo, config.families)  # an unknown family set fails before any work
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     work = Path(config.work_dir)
@@ -304,7 +308,7 @@ def train(config: TrainConfig, *, log: Any = print) -> Path:
         cases = (data.build_case(specs[int(i)], max_nodes=config.max_units) for i in order)
         scorer, ppo_info = fine_tune(scorer, cases, config, work, log=log)
     meta = {
-        **split_description(config.zoo, config.generated_clusters),
+        **split_description(config.zoo, config.generated_clusters, config.families),
         "train_config": asdict(config),
         "training": {"expert_rounds": state["round"], "examples": len(examples), "expert_wall_s": state["expert_s"], "curve": state["curve"], "fit_log": state["fit_log"], "ppo": ppo_info},
     }

@@ -35,10 +35,11 @@ search fewer simulations in B.
 ``--validation`` runs the same table on `VALIDATION` (training families at unseen seeds and
 sizes, training clusters): the slice the search settings are tuned on; ``--wide`` runs
 `WIDE_VALIDATION`, ten more such cases (mostly pipelined and mixed) for a wider check of a
-search setting. ``--no-polish`` runs the policy and the ablation without the guided search's
+search setting; ``--families`` runs `FAMILY_VALIDATION`, zoo model families no training set
+holds (gpt2, vit-base, t5-small, regnet), to judge a wider training set. ``--no-polish`` runs the policy and the ablation without the guided search's
 final device exchange, ``--group-kick-share S`` with that share of group kicks (0: none).
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation | --wide] [--no-polish] [--group-kick-share S] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation | --wide | --families] [--no-polish] [--group-kick-share S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -129,16 +130,35 @@ WIDE_VALIDATION = (
 )
 
 
+#: Model families never trained on (the zoo models `rlplace.agents.data.HELDOUT_MODELS` names,
+#: outside every improvement-policy training set, resnet excepted: that one is held out for
+#: good) on training clusters and generated clusters of unseen seeds: judges whether a wider
+#: training set helps on families it has not seen, without touching the held-out split.
+FAMILY_VALIDATION = (
+    ("A", "zoo:gpt2", "4xT4", "latency", 1, False),
+    ("B", "zoo:gpt2", "2xV100+4xT4", "pipelined", 8, False),
+    ("B", "zoo:vit-base", "4xV100-nvlink", "pipelined", 4, False),
+    ("B", "zoo:t5-small", "8xA100-nvlink", "throughput", 1, False),
+    ("B", "zoo:regnet-y-040", "4xT4", "pipelined", 4, False),
+    ("C", "zoo:regnet-y-040", "2xV100-pcie", "latency", 1, True),
+    ("C", "zoo:vit-base", "1xH100+3xA10G", "throughput", 1, True),
+    ("D", "zoo:t5-small", "2xA100+2xT4", "pipelined", 4, False),
+    ("D", "zoo:regnet-y-040", "gen:1040", "pipelined", 8, False),
+    ("D", "zoo:gpt2", "1xH100+3xA10G", "latency", 1, False),
+)
+
+
 def validation_cases(quick: bool, specs: tuple[tuple[str, str, str, str, int, bool], ...] = VALIDATION) -> list[tuple[str, Any]]:
-    """(regime, Case) pairs of ``specs`` (`VALIDATION` or `WIDE_VALIDATION`; memory-bound ones
-    with `memory_bound` capacities)."""
+    """(regime, Case) pairs of ``specs`` (`VALIDATION`, `WIDE_VALIDATION` or
+    `FAMILY_VALIDATION`; memory-bound ones with `memory_bound` capacities; zoo models captured
+    once into the training graph cache)."""
+    from rlplace.agents.data import load_graph
     from rlplace.agents.improve_data import memory_bound, resolve_training_cluster
     from rlplace.envs.improve_env import make_case
-    from rlplace.load import load_model
 
     cases = []
     for regime, model, cluster_spec, objective, m, tight in specs:
-        graph = load_model(model).graph
+        graph, _ = load_graph(model)
         cluster = resolve_training_cluster(cluster_spec)
         if tight:
             cluster = memory_bound(cluster, graph, objective)
@@ -272,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
     parser.add_argument("--no-polish", action="store_true", help="without the guided search's final device exchange (policy and ablation)")
     parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
+    parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
     parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
     args = parser.parse_args(argv)
     if args.budget_s is None:
@@ -300,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"every search gets B = {args.budget_s:g} s per decision (starts included); LS = local-search at its default 2000 simulations")
     print(header)
-    slices = {"wide": lambda: validation_cases(args.quick, WIDE_VALIDATION), "validation": lambda: validation_cases(args.quick), "held-out": lambda: held_out_cases(args.quick)}
-    chosen_slice = "wide" if args.wide else "validation" if args.validation else "held-out"
+    slices = {
+        "families": lambda: validation_cases(args.quick, FAMILY_VALIDATION),
+        "wide": lambda: validation_cases(args.quick, WIDE_VALIDATION),
+        "validation": lambda: validation_cases(args.quick),
+        "held-out": lambda: held_out_cases(args.quick),
+    }
+    chosen_slice = "families" if args.families else "wide" if args.wide else "validation" if args.validation else "held-out"
     for regime, case in slices[chosen_slice]():
         for seed in range(args.seeds):
             row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share)}

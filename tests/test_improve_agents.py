@@ -607,3 +607,28 @@ def test_under_throughput_the_pipeline_ends_with_the_program_phase_never_worse_t
     assert problem.simulator.step_time(found) <= problem.simulator.step_time(searched) * (1 + 1e-9)
     search(graph, cluster, costs, objective="latency", budget_s=0.3, random_order=True, seed=1)
     assert len(calls) == 1  # the phase is for throughput only
+
+
+def test_the_wide_model_set_adds_models_but_never_a_held_out_or_family_validation_one() -> None:
+    import sys
+    from pathlib import Path
+
+    from rlplace.agents.improve_data import HELDOUT_MODELS, TRAIN_MODELS, TRAIN_ZOO, WIDE_MODELS, train_models
+    from rlplace.agents.improve_train import TrainConfig, split_description, training_specs
+    from rlplace.synthetic import parse_synthetic_spec
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_policy import FAMILY_VALIDATION, VALIDATION, WIDE_VALIDATION
+
+    assert train_models(False) == TRAIN_MODELS and train_models(True) == TRAIN_MODELS + TRAIN_ZOO
+    wide = train_models(False, "wide")
+    assert set(wide) == set(TRAIN_MODELS) | set(TRAIN_ZOO) | set(WIDE_MODELS) and len(wide) == len(set(wide))
+    never = {spec for _, spec, *_ in FAMILY_VALIDATION} | set(HELDOUT_MODELS)
+    assert not never & set(wide)
+    assert not any("resnet" in spec or "fork-join" in spec for spec in wide)
+    validation_seeds = {parse_synthetic_spec(spec)[1].get("seed") for _, spec, *_ in VALIDATION + WIDE_VALIDATION if spec.startswith("synthetic:")}
+    assert not validation_seeds & {parse_synthetic_spec(spec)[1].get("seed") for spec in wide if spec.startswith("synthetic:")}
+    assert len(training_specs(TrainConfig(families="wide"))) > len(training_specs(TrainConfig(zoo=True)))
+    assert split_description(False, 0, "wide")["trained_on"]["models"][: len(wide)] == list(wide)
+    with pytest.raises(RlplaceError, match="families must be one of base, wide"):
+        train_models(False, "everything")
