@@ -195,9 +195,12 @@ def classic_step_times(case: Any, seed: int, scored: Callable[[np.ndarray], floa
     return times, ls.decide_s
 
 
-def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True, group_kick_share: float | None = None) -> dict[str, Any]:
+def run_case(
+    case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True, group_kick_share: float | None = None, workers: int = 1
+) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
-    and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included);
+    and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included)
+    and the same ``workers`` (searches side by side, `rlplace.portfolio`);
     ``polish`` switches the guided search's final device exchange and ``group_kick_share`` sets
     its share of group kicks (None: the default), for the policy and the ablation alike."""
     import torch
@@ -220,12 +223,14 @@ def run_case(case: Any, seed: int, checkpoint: str | None, budget_s: float, poli
 
     def timed_search(**options: Any) -> tuple[float, float, Any]:
         began = time.perf_counter()
-        placement, stats = search(case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, group_kick_share=group_kick_share, **options)
+        placement, stats = search(
+            case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, group_kick_share=group_kick_share, workers=workers, **options
+        )
         return scored(placement), time.perf_counter() - began, stats
 
     policy_time, policy_s, policy_stats = timed_search(checkpoint=checkpoint)
     ablation_time, ablation_s, ablation_stats = timed_search(random_order=True)
-    ls_budget = run_method("local-search", case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s)
+    ls_budget = run_method("local-search", case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, workers=workers)
     # Sample efficiency of the ranking alone: the guided search from the starts (no local-search
     # phase), with the policy's order and with random order, 2000 simulations each.
     starts = [problem.units.contract(p) for p in start_placements(case.graph, case.cluster, case.costs, methods=START_METHODS, **inputs).values()]
@@ -294,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
     parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
     parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
+    parser.add_argument("--workers", type=int, default=None, help="searches side by side for policy, LS@B and the ablation alike (default: the policy's, one per core up to 4)")
     args = parser.parse_args(argv)
+    from rlplace.portfolio import resolve_workers
+
+    args.workers = resolve_workers(args.workers)
     if args.budget_s is None:
         from rlplace.policy_method import DEFAULT_BUDGET_S
 
@@ -319,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'regime':6} {'case':40} {'seed':>4} {'best classic':>14} {'pol/best':>8} {'LS/best':>8} {'LS@B/best':>9} {'abl@B/best':>10} "
         f"{'pol/LS@B':>8} {'pol/abl':>7} {'sims->LS pol/abl':>17} {'pol s':>6} {'LB/best':>7}"
     )
-    print(f"every search gets B = {args.budget_s:g} s per decision (starts included); LS = local-search at its default 2000 simulations")
+    print(
+        f"every search gets B = {args.budget_s:g} s per decision (starts included) and {args.workers} worker(s) side by side; "
+        "LS = local-search at its default 2000 simulations (one search)"
+    )
     print(header)
     slices = {
         "families": lambda: validation_cases(args.quick, FAMILY_VALIDATION),
@@ -330,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen_slice = "families" if args.families else "wide" if args.wide else "validation" if args.validation else "held-out"
     for regime, case in slices[chosen_slice]():
         for seed in range(args.seeds):
-            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share)}
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share, args.workers)}
             rows.append(row)
             best = row["best_time"]
             print(

@@ -18,6 +18,7 @@ from rlplace.limits import MAX_BUDGET_S, MAX_DEVICES, MAX_EVALUATIONS, MAX_MICRO
 from rlplace.load import load_model, resolve_cluster
 from rlplace.methods import SEARCH_METHODS, TIMED_METHODS
 from rlplace.pipeline import Decision, decide, default_objective
+from rlplace.portfolio import resolve_workers
 from rlplace.report import console, decision_table, evaluation_table, graph_summary
 from rlplace.units import show_bytes
 
@@ -171,9 +172,10 @@ def run_place(args: argparse.Namespace) -> int:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options of the searching methods: ``stages`` (dp, local-search), ``evaluations``
-    (policy, local-search), ``budget_s`` (those and ilp), ``checkpoint`` (policy)."""
+    (policy, local-search), ``budget_s`` (those and ilp), ``workers`` (policy, local-search),
+    ``checkpoint`` (policy)."""
     options = _stage_options(args.method) if args.stages else {}
-    budgets = {"--evaluations": (args.evaluations, SEARCH_METHODS), "--budget-s": (args.budget_s, TIMED_METHODS)}
+    budgets = {"--evaluations": (args.evaluations, SEARCH_METHODS), "--budget-s": (args.budget_s, TIMED_METHODS), "--workers": (args.workers, SEARCH_METHODS)}
     for flag, (value, takers) in budgets.items():
         if value is not None and args.method not in takers:
             raise RlplaceError(f"{flag} applies to the methods {', '.join(takers)}, not {args.method!r} (drop {flag})")
@@ -183,6 +185,8 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
         if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= MAX_BUDGET_S):
             raise RlplaceError(f"--budget-s must be a number of seconds in (0, {MAX_BUDGET_S:g}], got {args.budget_s:g}")
         options["budget_s"] = args.budget_s
+    if args.workers is not None:
+        options["workers"] = resolve_workers(args.workers)
     if args.method == "policy" and args.checkpoint is not None:
         options["checkpoint"] = args.checkpoint
     return options

@@ -50,6 +50,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.portfolio import resolve_workers, run_forked, worker_seed
 from rlplace.rules import finalize
 
 #: Seconds of one decision (start placements and search, after the checkpoint is loaded) when
@@ -105,6 +106,7 @@ def search(
     random_order: bool = False,
     polish: bool = True,
     group_kick_share: float | None = None,
+    workers: int | None = None,
     **_: Any,
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
@@ -123,6 +125,8 @@ def search(
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
+    # A simulation budget promises the same answer on every machine: one search unless asked.
+    count = resolve_workers(workers) if workers is not None or evaluations is None else 1
     if evaluations is None and budget_s is None:
         budget_s = DEFAULT_BUDGET_S
     ranker = None if random_order else scorer_ranker(load_policy(checkpoint))  # the cold start, outside the budget
@@ -136,30 +140,44 @@ def search(
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     starts = [problem.units.contract(p) for p in found.values()]
-    # Phase 1: local-search's own run (its default simulations, at most half the budget).
-    first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
-    first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
-    first, made = search_units(
-        problem.units, problem.budget, problem.simulator, starts, objective=objective, evaluations=first_limit, deadline=first_deadline, seed=seed
-    )
-    # Phase 2: the guided search from its answer and the starts, for what is left.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
-    try:
-        program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
-        left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
-        left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
-        kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
-        best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=seed, **kicks)
-    finally:
-        torch.set_num_threads(threads)
-    stats.simulations += made
-    if program_s > 0 and budget_s is not None:
-        from rlplace.baselines import ilp
-        from rlplace.baselines.max_load_program import MaxLoadProgram
 
-        program = MaxLoadProgram(graph, cluster, costs, problem.units, problem.budget)
-        best, _, _ = ilp.improve(program, problem.simulator, np.asarray(best), deadline=began + budget_s, seed=seed)
+    def improve(member_seed: int) -> tuple[np.ndarray, Any]:
+        """Phases 1-4 from ``starts`` with ``member_seed``: the best (u,) unit assignment and the statistics."""
+        # Phase 1: local-search's own run (its default simulations, at most half the budget).
+        first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
+        first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
+        first, made = search_units(
+            problem.units, problem.budget, problem.simulator, starts, objective=objective, evaluations=first_limit, deadline=first_deadline, seed=member_seed
+        )
+        # Phase 2: the guided search from its answer and the starts, for what is left.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
+        try:
+            program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
+            left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
+            left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
+            kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
+            best, _, stats = guided_search(
+                problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=member_seed, **kicks
+            )
+        finally:
+            torch.set_num_threads(threads)
+        stats.simulations += made
+        if program_s > 0 and budget_s is not None:
+            from rlplace.baselines import ilp
+            from rlplace.baselines.max_load_program import MaxLoadProgram
+
+            program = MaxLoadProgram(graph, cluster, costs, problem.units, problem.budget)
+            best, _, _ = ilp.improve(program, problem.simulator, np.asarray(best), deadline=began + budget_s, seed=member_seed)
+        return np.asarray(best), stats
+
+    # Phases 1-4 once per worker, side by side, each with its own seed; the best result is kept.
+    members = run_forked([lambda k=k: improve(worker_seed(seed, k)) for k in range(count)])
+    keys = [problem.score(found_units) for found_units, _ in members]  # (bytes over, step time)
+    winner = min(range(count), key=lambda k: (*keys[k], k))
+    best, stats = members[winner]
+    stats.simulations = sum(member_stats.simulations for _, member_stats in members)
+    stats.rankings = sum(member_stats.rankings for _, member_stats in members)
     result = _refereed(problem.units.expand(np.asarray(best)), [problem.units.expand(s) for s in starts], referee)
     placement = finalize(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule

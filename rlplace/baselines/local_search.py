@@ -47,6 +47,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
+from rlplace.portfolio import resolve_workers, run_forked, worker_seed
 from rlplace.rules import MemoryLedger, Units, cutoff_for, finalize, key_better, key_equal, ledger_for, make_simulator, prepare
 
 #: Default number of simulations.
@@ -76,6 +77,7 @@ def place(
     start_methods: Sequence[str] = START_METHODS,
     stages: bool = False,
     referee: Callable[[np.ndarray], Score] | None = None,
+    workers: int = 1,
 ) -> Placement:
     """Improve the best fast baseline (or ``start``, an (n,) placement) by local search;
     ``microbatches`` and ``schedule`` set M and the pipeline schedule of the ``pipelined``
@@ -97,6 +99,8 @@ def place(
     deadline = None if budget_s is None else began + budget_s
     units, budget = prepare(graph, cluster, costs, objective, microbatches=microbatches, schedule=schedule)
     simulator = make_simulator(graph, cluster, costs, objective, microbatches, schedule)
+    if stages and workers != 1:
+        raise RlplaceError(f"local-search: workers={workers} applies to the search over units, not to the stage-boundary search (drop stages or workers)")
     if stages:
         from rlplace.baselines.stage_search import search_boundaries
 
@@ -118,9 +122,22 @@ def place(
             raise RlplaceError(f"local-search: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     else:
         starts = {"given": np.asarray(start, dtype=np.int64)}
-    best, _ = search_units(units, budget, simulator, [units.contract(p) for p in starts.values()], objective=objective, evaluations=limit, deadline=deadline, seed=seed)
+    unit_starts = [units.contract(p) for p in starts.values()]
+    members = run_forked(
+        [
+            lambda k=k: search_units(units, budget, simulator, unit_starts, objective=objective, evaluations=limit, deadline=deadline, seed=worker_seed(seed, k))[0]
+            for k in range(resolve_workers(workers))
+        ]
+    )
+    best = min(members, key=lambda found: _unit_key(units, simulator, found))
     result = _refereed(units.expand(best), [units.expand(units.contract(p)) for p in starts.values()], referee)
     return finalize(graph, cluster, costs, result, objective=objective, method="local-search", simulator=simulator)
+
+
+def _unit_key(units: Units, simulator, assignment: np.ndarray) -> tuple[float, float]:
+    """(bytes over capacity, step time) of a (u,) unit assignment: smaller is better, in that order."""
+    step_time, overflow = simulator.score(units.expand(assignment))
+    return float(overflow), float(step_time)
 
 
 def check_search_budget(evaluations: int | None, budget_s: float | None) -> None:

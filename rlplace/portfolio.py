@@ -1,0 +1,146 @@
+"""A portfolio of independent searches run at once, one per CPU core, in forked processes.
+
+A search of a fixed wall-time budget (``policy``, ``local-search`` with ``budget_s``) ends at
+a different placement for every seed; on pipelined and mixed-cluster problems single runs
+differ by several per cent. With spare cores, running ``workers`` searches of different
+seeds side by side and keeping the best costs no wall time and removes much of that spread.
+
+`run_forked` runs the first task in this process and every other one in a child made with
+``os.fork``: a child inherits everything already built (the graph, the simulator's compiled
+kernels, a loaded checkpoint), so nothing is pickled on the way in, and only the child's
+result comes back (pickled through a pipe between two processes of this one program). Fork
+exists on Linux; elsewhere (and where it is unsafe, macOS) `default_workers` is 1 and more
+workers is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from rlplace.errors import RlplaceError
+
+T = TypeVar("T")
+
+#: Default number of searches side by side: past a few, the best of n runs gains little more.
+MAX_DEFAULT_WORKERS = 4
+#: Upper limit of ``workers`` a caller may ask for.
+MAX_WORKERS = 64
+
+
+def fork_available() -> bool:
+    """Whether `run_forked` can run tasks in child processes here (Linux)."""
+    return hasattr(os, "fork") and sys.platform.startswith("linux")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Searches side by side when the caller does not say: one per available core, at most
+    `MAX_DEFAULT_WORKERS`; 1 where fork is unavailable."""
+    return min(MAX_DEFAULT_WORKERS, available_cores()) if fork_available() else 1
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``workers``, or `default_workers` for None; `RlplaceError` unless it is in
+    [1, `MAX_WORKERS`] and, above 1, fork is available."""
+    if workers is None:
+        return default_workers()
+    if not 1 <= workers <= MAX_WORKERS:
+        raise RlplaceError(f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
+    if workers > 1 and not fork_available():
+        raise RlplaceError(f"workers={workers} needs os.fork (Linux); on {sys.platform} pass workers=1")
+    return workers
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    """Seed of portfolio member ``worker`` (0-based): member 0 keeps ``seed``, so one worker is
+    the plain search, and the others draw streams no nearby seed's member 0 uses."""
+    return seed + 1_000_003 * worker
+
+
+def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``tasks`` concurrently: ``tasks[0]`` here, each other one in a forked child; return
+    their results in order. A child that raises or dies makes this raise `RlplaceError` naming
+    it (after every other child has ended); interrupting the parent kills the children."""
+    if not tasks:
+        return []
+    if len(tasks) > 1 and not fork_available():
+        raise RlplaceError(f"{len(tasks)} searches side by side need os.fork (Linux); on {sys.platform} use one worker")
+    children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+    try:
+        for task in tasks[1:]:
+            read_fd, write_fd = os.pipe()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns when a process with threads forks. The children run the
+                # search single-threaded (numpy, numba, torch with one thread) and leave with
+                # os._exit, never through the parent's atexit handlers or thread pools.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child
+                os.close(read_fd)
+                _child(task, write_fd)
+            os.close(write_fd)
+            children.append((pid, read_fd))
+        own = tasks[0]()
+        results: list[Any] = [own]
+        failures: list[str] = []
+        for number, (pid, read_fd) in enumerate(children, start=1):
+            payload = _read_all(read_fd)
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+            children[number - 1] = (0, -1)
+            outcome = pickle.loads(payload) if payload else ("error", f"exited with status {os.waitstatus_to_exitcode(status)} and no result")
+            if outcome[0] == "ok":
+                results.append(outcome[1])
+            else:
+                failures.append(f"search {number}: {outcome[1]}")
+        if failures:
+            raise RlplaceError("a search of the portfolio failed: " + "; ".join(failures))
+        return results
+    finally:
+        for pid, read_fd in children:
+            if pid:
+                _kill(pid)
+                os.close(read_fd)
+
+
+def _child(task: Callable[[], Any], write_fd: int) -> None:
+    """Body of a forked child: run ``task``, send ("ok", result) or ("error", message), exit."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            outcome: tuple[str, Any] = ("ok", task())
+        except BaseException as error:  # the parent reports it
+            outcome = ("error", f"{type(error).__name__}: {error}")
+            code = 1
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+    finally:
+        os._exit(code)
+
+
+def _read_all(read_fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(read_fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass

@@ -1,0 +1,101 @@
+"""Searches side by side (`rlplace.portfolio`): results in order, failures named, and a
+portfolio never worse than the single search of the same seed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlplace import portfolio
+from rlplace.cli import main
+from rlplace.costs import CostTable
+from rlplace.errors import RlplaceError
+from rlplace.load import resolve_cluster
+from rlplace.portfolio import MAX_WORKERS, resolve_workers, run_forked, worker_seed
+from rlplace.simulate import Simulator
+from rlplace.synthetic import layered
+
+needs_fork = pytest.mark.skipif(not portfolio.fork_available(), reason="searches side by side need os.fork (Linux)")
+
+
+@needs_fork
+def test_each_task_runs_in_its_own_process_and_results_come_back_in_order() -> None:
+    results = run_forked([lambda k=k: (k * k, os.getpid()) for k in range(3)])
+    assert [value for value, _ in results] == [0, 1, 4]
+    pids = [pid for _, pid in results]
+    assert pids[0] == os.getpid()
+    assert len(set(pids)) == 3
+
+
+@needs_fork
+def test_a_child_that_raises_or_dies_is_named_in_one_error() -> None:
+    with pytest.raises(RlplaceError, match=r"search 1: ZeroDivisionError"):
+        run_forked([lambda: 1, lambda: 1 // 0])
+    with pytest.raises(RlplaceError, match=r"search 2: exited with status 3"):
+        run_forked([lambda: 1, lambda: 2, lambda: os._exit(3)])
+
+
+def test_worker_counts_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 1 <= resolve_workers(None) <= portfolio.MAX_DEFAULT_WORKERS
+    for bad in (0, MAX_WORKERS + 1):
+        with pytest.raises(RlplaceError, match="workers must be between"):
+            resolve_workers(bad)
+    monkeypatch.setattr(portfolio, "fork_available", lambda: False)
+    assert resolve_workers(None) == 1
+    assert resolve_workers(1) == 1
+    with pytest.raises(RlplaceError, match=r"needs os\.fork"):
+        resolve_workers(2)
+    assert worker_seed(7, 0) == 7 and worker_seed(7, 1) != 8
+
+
+def pipelined_case():
+    graph = layered(60, seed=5, width=4)
+    cluster = resolve_cluster("2xA100+2xT4")
+    return graph, cluster, CostTable.build(graph, cluster)
+
+
+@needs_fork
+def test_the_policy_portfolio_is_repeatable_and_never_worse_than_its_first_member() -> None:
+    """Member 0 is the single search of the same seed (same starts, same seed), so with a
+    simulation budget the portfolio is never worse than it; the others only add."""
+    from rlplace.policy_method import search
+
+    graph, cluster, costs = pipelined_case()
+    options = {"objective": "pipelined", "microbatches": 4, "evaluations": 300, "random_order": True, "seed": 11}
+    simulator = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4)
+    single, single_stats = search(graph, cluster, costs, workers=1, **options)
+    together, stats = search(graph, cluster, costs, workers=3, **options)
+    again, _ = search(graph, cluster, costs, workers=3, **options)
+    assert np.array_equal(together, again)
+    assert simulator.step_time(together) <= simulator.step_time(single)
+    polish = 3 * 6  # the final device exchange may pass the budget by 3 x the 6 device pairs
+    assert single_stats.simulations < stats.simulations <= 3 * (300 + polish)
+    # a simulation budget alone gives one search, whatever the machine's cores
+    alone, _ = search(graph, cluster, costs, **options)
+    assert np.array_equal(alone, single)
+
+
+@needs_fork
+def test_the_local_search_portfolio_is_never_worse_than_its_single_search() -> None:
+    from rlplace.baselines.local_search import place
+
+    graph, cluster, costs = pipelined_case()
+    options = {"objective": "pipelined", "microbatches": 4, "evaluations": 200, "seed": 3}
+    simulator = Simulator(graph, cluster, costs, objective="pipelined", microbatches=4)
+    single = simulator.step_time(place(graph, cluster, costs, **options))
+    assert simulator.step_time(place(graph, cluster, costs, workers=3, **options)) <= single
+    with pytest.raises(RlplaceError, match="stage-boundary search"):
+        place(graph, cluster, costs, workers=2, stages=True, **options)
+
+
+def test_workers_on_the_command_line_are_clean_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph_file = tmp_path / "g.json"
+    layered(12, seed=1).save(graph_file)
+    base = ["place", str(graph_file), "--cluster", "2xV100-pcie"]
+    assert main([*base, "--method", "policy", "--workers", "0"]) == 2
+    assert "workers must be between" in capsys.readouterr().err
+    assert main([*base, "--method", "heft", "--workers", "2"]) == 2
+    assert "--workers applies to the methods policy, local-search" in capsys.readouterr().err
