@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--seed", type=int, default=0, help="seed of randomized methods")
     place.add_argument("--stages", action="store_true", help="dp/local-search: a contiguous split into pipeline stages, one device each")
     place.add_argument("--checkpoint", metavar="DIR", help="policy checkpoint folder (default checkpoints/default or $RLPLACE_CHECKPOINT)")
-    place.add_argument("--budget-s", type=float, default=None, metavar="S", help="policy, local-search: decision time budget in seconds (policy default 1.5 s); ilp: the solver's time limit (default 10 s)")
+    place.add_argument("--budget-s", type=float, default=None, metavar="S", help="policy, local-search: decision time budget in seconds (policy default 1.8 s); ilp: the solver's time limit (default 10 s)")
     place.add_argument("--evaluations", type=int, default=None, metavar="N", help="policy, local-search: simulation budget (local-search default 2000); alone, a reproducible run")
     place.add_argument("--workers", type=int, default=None, metavar="N", help="policy, local-search: N searches of different seeds side by side, one per core, the best kept (policy default: one per core, at most 4; local-search default 1; Linux)")
     place.add_argument("--out", metavar="FILE", help="write the placement JSON")

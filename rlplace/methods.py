@@ -36,7 +36,7 @@ EXPERT_PREFIX = "expert:"
 METHOD_DESCRIPTIONS: dict[str, str] = {
     **BASELINE_DESCRIPTIONS,
     "accelerate": "HF accelerate's infer_auto_device_map (memory only; models only)",
-    "policy": "policy-guided search: local search whose moves a trained GNN ranks (checkpoints/default; 1.5 s, or --budget-s / --evaluations)",
+    "policy": "policy-guided search: local search whose moves a trained GNN ranks (checkpoints/default; 1.8 s, or --budget-s / --evaluations)",
 }
 #: Methods that search until a budget: they take ``evaluations`` (simulations) and ``budget_s`` (seconds).
 SEARCH_METHODS: tuple[str, ...] = ("policy", "local-search")
