@@ -10,7 +10,7 @@ Per case and seed:
 - every fast classic method (``local-search``'s start methods) and ``local-search`` at its
   defaults (2000 simulations) through ``rlplace.methods.run_method``; the best of them is the
   case's *best classic*;
-- at equal wall time, every search given the same decision budget B (``--budget-s``, default
+- at equal wall time and cores, every search given the same decision budget B (``--budget-s``, default
   the product's `rlplace.policy_method.DEFAULT_BUDGET_S`; the start placements count against
   it): ``policy`` (`rlplace.policy_method.search`), ``local-search`` with ``budget_s=B``
   (*LS@B*, its own code), and the ablation: the policy's search with a uniform random move
@@ -38,8 +38,11 @@ sizes, training clusters): the slice the search settings are tuned on; ``--wide`
 search setting; ``--families`` runs `FAMILY_VALIDATION`, zoo model families no training set
 holds (gpt2, vit-base, t5-small, regnet), to judge a wider training set. ``--no-polish`` runs the policy and the ablation without the guided search's
 final device exchange, ``--group-kick-share S`` with that share of group kicks (0: none).
+``--workers W`` runs W searches side by side (`rlplace.portfolio`) for the policy, LS@B and the
+ablation alike (default: the policy's, one per core up to 4); the best classic stays each
+method at its own defaults (local-search: one search).
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--quick] [--validation | --wide | --families] [--no-polish] [--group-kick-share S] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--group-kick-share S] [--json FILE]
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ method gets) and the requested objective and M:
 4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to the
    max-load integer program's large-neighbourhood search (`rlplace.baselines.ilp.improve`)
    from the search's answer (phase 3 then gets what is left before it);
-5. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
+5. side by side: phases 2-4 run as ``workers`` searches at once from the same starts, each with
+   its own seed (`rlplace.portfolio`: forked processes; the first keeps ``seed``), and the best
+   answer is kept; default one per core (at most 4) under a time budget, one with a simulation
+   budget alone (so that answer does not depend on the machine);
+6. on a coarsened graph the full-graph ``referee`` (`rlplace.pipeline.decide` passes the one
    ``local-search`` gets) judges the result against the starts; the best placement goes
    through `rlplace.rules.finalize` (exact memory check and repair) like every method.
 
@@ -33,7 +37,8 @@ CLI): ``checkpoint`` (folder; default ``$RLPLACE_CHECKPOINT``, else ``checkpoint
 ``evaluations`` (simulations) and ``budget_s`` (seconds for the whole decision after the
 checkpoint is loaded: start placements and search); with neither, `DEFAULT_BUDGET_S` seconds
 (so the answer depends on the machine's speed: give ``evaluations`` alone for a run that
-repeats exactly). `search` also returns the search's statistics and runs the ablation.
+repeats exactly), ``workers`` (searches side by side, step 5). `search` also returns the
+search's statistics and runs the ablation.
 """
 
 from __future__ import annotations
@@ -117,7 +122,9 @@ def search(
     checkpoint is loaded), i.e. plain local search all through. The statistics' simulations
     include the local-search phase; its curve covers the guided phase only. ``polish``: the
     guided search's final device exchange and ``group_kick_share`` its share of group kicks
-    (None: its default; `rlplace.agents.guided_search.guided_search`).
+    (None: its default; `rlplace.agents.guided_search.guided_search`). ``workers``: searches side
+    by side (module docstring, step 5; None: the default there); the statistics are the best
+    search's, with the simulations and rankings of all of them.
     """
     import torch
 
