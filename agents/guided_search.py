@@ -78,6 +78,9 @@ GROUP_KICK_SIZE = 4
 #: After the budget, exchange whole device contents on the best placement (`_exchange_descent`),
 #: at most ``POLISH_EXCHANGES`` times.
 DEFAULT_POLISH = True
+#: Share of the budget (seconds or simulations) local-search's own run may take before the
+#: guided search starts from its answer (`search_from_starts`).
+LOCAL_SEARCH_SHARE = 0.5
 POLISH_EXCHANGES = 3
 
 
@@ -200,6 +203,45 @@ def guided_search(
     stats.wall_s = time.perf_counter() - began
     stats.curve.append((stats.simulations, stats.wall_s, best_key[1]))
     return best, best_key, stats
+
+
+def search_from_starts(
+    problem: MoveProblem,
+    starts: Sequence[np.ndarray],
+    ranker: Ranker | None,
+    *,
+    evaluations: int | None = None,
+    budget_s: float | None = None,
+    guided_until_s: float | None = None,
+    began: float | None = None,
+    seed: int = 0,
+    **options: object,
+) -> tuple[np.ndarray, SearchStats]:
+    """The deployed pipeline's search from (u,) ``starts``: local-search's own run
+    (`rlplace.baselines.local_search.search_units`, its default simulations, cut at
+    `LOCAL_SEARCH_SHARE` of ``evaluations`` or of ``budget_s``), then `guided_search` from its
+    answer and the starts with ``ranker`` for what is left: (best (u,) assignment, stats with
+    both phases' simulations; the curve covers the guided phase).
+
+    ``budget_s``: seconds from ``began`` (`time.perf_counter`; default now) for the whole
+    search; ``guided_until_s`` (default ``budget_s``) ends the guided phase earlier, leaving
+    the rest to the caller. ``options`` go to `guided_search` (``polish``, ``group_kick_share``,
+    ``on_observe``, ...).
+    """
+    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, search_units
+
+    began = time.perf_counter() if began is None else began
+    first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
+    first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
+    first, made = search_units(
+        problem.units, problem.budget, problem.simulator, list(starts), objective=problem.objective, evaluations=first_limit, deadline=first_deadline, seed=seed
+    )
+    end_s = guided_until_s if guided_until_s is not None else budget_s
+    left_s = None if end_s is None else max(end_s - (time.perf_counter() - began), 1e-3)
+    left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
+    best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
+    stats.simulations += made
+    return best, stats
 
 
 def candidate_moves(problem: MoveProblem, current: np.ndarray, obs: Observation) -> np.ndarray:

@@ -5,8 +5,9 @@ starts: early states, where half the moves the scorer ranks first improve. The d
 pipeline (`rlplace.policy_method`) spends its time elsewhere: after local-search's own run,
 in the guided search's descents from kicked local optima, where improving moves are rare
 (a random move improves about one time in ten). `collect_search_states` runs that pipeline
-(the fast baselines' starts, local-search's run, then `guided_search` with the scorer's
-ranking, under a simulation budget so it repeats exactly) and labels a random sample of the
+(the fast baselines' starts, then `rlplace.agents.guided_search.search_from_starts`, the
+deployed pipeline's own local-search run and guided search with the scorer's ranking, under a
+simulation budget so it repeats exactly) and labels a random sample of the
 states the guided search observed, exactly as `collect_states` labels its own (every legal
 neighbour simulated, up to ``max_moves``). Training on them is expert iteration on the
 search's own state distribution (DAgger with the search as the roll-out).
@@ -25,10 +26,6 @@ from .scorer import MoveScorer
 DEFAULT_SEARCH_EVALUATIONS = 3000
 #: States labelled per search, drawn at random among those it observed.
 DEFAULT_STATES_PER_SEARCH = 10
-#: Share of the simulations local-search's own run may take first: the deployed pipeline's
-#: ``rlplace.policy_method.LOCAL_SEARCH_SHARE`` (a test keeps the two equal; this layer may not
-#: import that one).
-LOCAL_SEARCH_SHARE = 0.5
 
 
 def collect_search_states(
@@ -43,9 +40,9 @@ def collect_search_states(
 ) -> list[Example]:
     """Up to ``per_search`` labelled states of one policy-guided search of ``problem``
     (module docstring); [] when no fast baseline places the problem's graph."""
-    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, search_units, start_placements
+    from rlplace.baselines.local_search import START_METHODS, start_placements
 
-    from .guided_search import guided_search, scorer_ranker
+    from .guided_search import scorer_ranker, search_from_starts
 
     found = start_placements(
         problem.graph, problem.cluster, problem.costs, objective=problem.objective, seed=seed, methods=START_METHODS,
@@ -53,12 +50,9 @@ def collect_search_states(
     )
     if not found:
         return []
-    starts = [problem.units.contract(p) for p in found.values()]
-    first_limit = max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
-    first, made = search_units(problem.units, problem.budget, problem.simulator, starts, objective=problem.objective, evaluations=first_limit, seed=seed)
     seen: list[tuple[np.ndarray, Observation]] = []
-    guided_search(
-        problem, [first, *starts], scorer_ranker(scorer), evaluations=max(1, evaluations - made), seed=seed,
+    search_from_starts(
+        problem, [problem.units.contract(p) for p in found.values()], scorer_ranker(scorer), evaluations=evaluations, seed=seed,
         on_observe=lambda assignment, observation: seen.append((assignment, observation)),
     )
     examples = []

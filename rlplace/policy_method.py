@@ -7,7 +7,8 @@ method gets) and the requested objective and M:
    (``rlplace.baselines.local_search.START_METHODS``, made for the same M and schedule), the
    same starts local search uses;
 2. local-search's own run from those starts (`rlplace.baselines.local_search.search_units`:
-   its default 2000 simulations, cut at ``LOCAL_SEARCH_SHARE`` of the budget), so the answer
+   its default 2000 simulations, cut at `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of
+   the budget; phases 2-3 are `rlplace.agents.guided_search.search_from_starts`), so the answer
    is never worse than ``local-search``'s default answer whenever that run fits in its share;
 3. search: `rlplace.agents.guided_search.guided_search` from that answer and the starts, with
    the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,
@@ -63,9 +64,6 @@ from rlplace.rules import finalize
 #: for the full-graph check and repair after the search (measured: 0.03 s on 4,869 ops at M = 1,
 #: 0.13 s on llama-13b's 8,138 ops at M = 8 on 16 devices).
 DEFAULT_BUDGET_S = 1.8
-#: Share of the budget (seconds or simulations) local-search's own run may take before the
-#: guided search starts from its answer.
-LOCAL_SEARCH_SHARE = 0.5
 #: ``throughput`` with a time budget: share of the budget kept for the program's
 #: large-neighbourhood search (`rlplace.baselines.ilp.improve`) from the best placement found.
 PROGRAM_SHARE = 0.7
@@ -128,8 +126,8 @@ def search(
     """
     import torch
 
-    from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, START_METHODS, _refereed, check_search_budget, search_units, start_placements
+    from rlplace.agents.guided_search import scorer_ranker, search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
@@ -151,26 +149,17 @@ def search(
 
     def improve(member_seed: int) -> tuple[np.ndarray, Any]:
         """Phases 1-4 from ``starts`` with ``member_seed``: the best (u,) unit assignment and the statistics."""
-        # Phase 1: local-search's own run (its default simulations, at most half the budget).
-        first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
-        first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
-        first, made = search_units(
-            problem.units, problem.budget, problem.simulator, starts, objective=objective, evaluations=first_limit, deadline=first_deadline, seed=member_seed
-        )
-        # Phase 2: the guided search from its answer and the starts, for what is left.
+        program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
         try:
-            program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
-            left_s = None if budget_s is None else max(budget_s - program_s - (time.perf_counter() - began), 1e-3)
-            left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made)
             kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
-            best, _, stats = guided_search(
-                problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, polish=polish, seed=member_seed, **kicks
+            best, stats = search_from_starts(
+                problem, starts, ranker, evaluations=evaluations, budget_s=budget_s,
+                guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish, **kicks,
             )
         finally:
             torch.set_num_threads(threads)
-        stats.simulations += made
         if program_s > 0 and budget_s is not None:
             from rlplace.baselines import ilp
             from rlplace.baselines.max_load_program import MaxLoadProgram

@@ -249,11 +249,22 @@ def test_search_states_are_exactly_labelled_states_the_search_observed() -> None
         assert example.target.sum() == pytest.approx(1.0)
 
 
-def test_search_states_follow_the_deployed_pipelines_split() -> None:
-    from rlplace import policy_method
-    from rlplace.agents import search_states
+def test_the_policy_method_runs_the_search_that_search_states_collects_from() -> None:
+    """One search for both: `policy_method.search` under a simulation budget (one worker) ends
+    where `search_from_starts` ends from the same starts and seed, and so do their simulations."""
+    from rlplace.agents.guided_search import search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.policy_method import search
 
-    assert search_states.LOCAL_SEARCH_SHARE == policy_method.LOCAL_SEARCH_SHARE
+    graph = two_heavy_graph(6)
+    cluster = two_devices()
+    costs = CostTable.build(graph, cluster)
+    problem = problem_of(graph)
+    placement, stats = search(graph, cluster, costs, objective="latency", evaluations=60, random_order=True, seed=2)
+    starts = [problem.units.contract(p) for p in start_placements(graph, cluster, costs, objective="latency", seed=2, methods=START_METHODS).values()]
+    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2)
+    assert np.array_equal(np.asarray(placement), problem.units.expand(best))
+    assert stats.simulations == direct.simulations
 
 
 def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
