@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from rlplace.errors import RlplaceError
+from rlplace.interrupt import die_with_parent
 
 T = TypeVar("T")
 
@@ -72,12 +73,14 @@ def worker_seed(seed: int, worker: int) -> int:
 def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """Run ``tasks`` concurrently: ``tasks[0]`` here, each other one in a forked child; return
     their results in order. A child that raises or dies makes this raise `RlplaceError` naming
-    it (after every other child has ended); interrupting the parent kills the children."""
+    it (after every other child has ended); interrupting the parent kills the children, and a
+    parent killed outright takes them with it (`rlplace.interrupt.die_with_parent`)."""
     if not tasks:
         return []
     if len(tasks) > 1 and not fork_available():
         raise RlplaceError(f"{len(tasks)} searches side by side need os.fork (Linux); on {sys.platform} use one worker")
     children: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+    parent = os.getpid()
     try:
         for task in tasks[1:]:
             read_fd, write_fd = os.pipe()
@@ -89,7 +92,7 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
                 pid = os.fork()
             if pid == 0:  # the child
                 os.close(read_fd)
-                _child(task, write_fd)
+                _child(task, write_fd, parent)
             os.close(write_fd)
             children.append((pid, read_fd))
         own = tasks[0]()
@@ -115,11 +118,13 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
                 os.close(read_fd)
 
 
-def _child(task: Callable[[], Any], write_fd: int) -> None:
-    """Body of a forked child: run ``task``, send ("ok", result) or ("error", message), exit."""
+def _child(task: Callable[[], Any], write_fd: int, parent: int) -> None:
+    """Body of a forked child: run ``task``, send ("ok", result) or ("error", message), exit;
+    killed with ``parent`` even when that one dies by SIGKILL and can reap nothing."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        die_with_parent(parent)
         try:
             outcome: tuple[str, Any] = ("ok", task())
         except BaseException as error:  # the parent reports it

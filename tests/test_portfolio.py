@@ -4,9 +4,15 @@ portfolio never worse than the single search of the same seed."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from rlplace import portfolio
@@ -36,6 +42,31 @@ def test_a_child_that_raises_or_dies_is_named_in_one_error() -> None:
         run_forked([lambda: 1, lambda: 1 // 0])
     with pytest.raises(RlplaceError, match=r"search 2: exited with status 3"):
         run_forked([lambda: 1, lambda: 2, lambda: os._exit(3)])
+
+
+@needs_fork
+def test_children_die_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import time
+        from rlplace.portfolio import run_forked
+        run_forked([lambda: time.sleep(600), lambda: time.sleep(600), lambda: time.sleep(600)])
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        children: list[psutil.Process] = []
+        while len(children) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            children = psutil.Process(process.pid).children()
+        assert len(children) == 2
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+    finally:
+        process.kill()
 
 
 def test_worker_counts_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
