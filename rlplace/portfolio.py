@@ -10,7 +10,10 @@ seeds side by side and keeping the best costs no wall time and removes much of t
 kernels, a loaded checkpoint), so nothing is pickled on the way in, and only the child's
 result comes back (pickled through a pipe between two processes of this one program). Fork
 exists on Linux; elsewhere (and where it is unsafe, macOS) `default_workers` is 1 and more
-workers is an error.
+workers is an error. A program that embeds rlplace and runs threads of its own holding locks
+the search needs should pass ``workers=1``: a lock held at the fork stays held in the child.
+(Python threads are not a usable signal for that: importing transformers alone starts tqdm's
+monitor thread, which is harmless.)
 """
 
 from __future__ import annotations
