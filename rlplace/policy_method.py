@@ -56,7 +56,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.portfolio import resolve_workers, run_forked, worker_seed
+from rlplace.portfolio import resolve_workers, run_seeds
 from rlplace.rules import finalize
 
 #: Seconds of one decision (start placements and search, after the checkpoint is loaded) when
@@ -169,7 +169,7 @@ def search(
         return np.asarray(best), stats
 
     # Phases 1-4 once per worker, side by side, each with its own seed; the best result is kept.
-    members = run_forked([lambda k=k: improve(worker_seed(seed, k)) for k in range(count)])
+    members = run_seeds(improve, seed, count)
     keys = [problem.score(found_units) for found_units, _ in members]  # (bytes over, step time)
     winner = min(range(count), key=lambda k: (*keys[k], k))
     best, stats = members[winner]

@@ -73,6 +73,12 @@ def worker_seed(seed: int, worker: int) -> int:
     return seed + 1_000_003 * worker
 
 
+def run_seeds(search: Callable[[int], T], seed: int, workers: int) -> list[T]:
+    """``search(seed')`` for each of ``workers`` members at once (`run_forked`), member k with
+    seed' = `worker_seed` (``seed``, k); results in member order."""
+    return run_forked([lambda k=k: search(worker_seed(seed, k)) for k in range(workers)])
+
+
 def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """Run ``tasks`` concurrently: ``tasks[0]`` here, each other one in a forked child; return
     their results in order. A child that raises or dies makes this raise `RlplaceError` naming

@@ -47,7 +47,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.portfolio import resolve_workers, run_forked, worker_seed
+from rlplace.portfolio import resolve_workers, run_seeds
 from rlplace.rules import MemoryLedger, Units, cutoff_for, finalize, key_better, key_equal, ledger_for, make_simulator, prepare
 
 #: Default number of simulations.
@@ -123,11 +123,10 @@ def place(
     else:
         starts = {"given": np.asarray(start, dtype=np.int64)}
     unit_starts = [units.contract(p) for p in starts.values()]
-    members = run_forked(
-        [
-            lambda k=k: search_units(units, budget, simulator, unit_starts, objective=objective, evaluations=limit, deadline=deadline, seed=worker_seed(seed, k))[0]
-            for k in range(resolve_workers(workers))
-        ]
+    members = run_seeds(
+        lambda member_seed: search_units(units, budget, simulator, unit_starts, objective=objective, evaluations=limit, deadline=deadline, seed=member_seed)[0],
+        seed,
+        resolve_workers(workers),
     )
     best = min(members, key=lambda found: _unit_key(units, simulator, found))
     result = _refereed(units.expand(best), [units.expand(units.contract(p)) for p in starts.values()], referee)
