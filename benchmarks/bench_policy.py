@@ -36,13 +36,13 @@ search fewer simulations in B.
 sizes, training clusters): the slice the search settings are tuned on; ``--wide`` runs
 `WIDE_VALIDATION`, ten more such cases (mostly pipelined and mixed) for a wider check of a
 search setting; ``--families`` runs `FAMILY_VALIDATION`, zoo model families no training set
-holds (gpt2, vit-base, t5-small, regnet), to judge a wider training set. ``--no-polish`` runs the policy and the ablation without the guided search's
+holds (gpt2, vit-base, t5-small, regnet), to judge a wider training set. ``--no-blocks`` runs the policy and the ablation without their first phase, the block-level search. ``--no-polish`` runs the policy and the ablation without the guided search's
 final device exchange, ``--group-kick-share S`` with that share of group kicks (0: none).
 ``--workers W`` runs W searches side by side (`rlplace.portfolio`) for the policy, LS@B and the
 ablation alike (default: the policy's, one per core up to 4); the best classic stays each
 method at its own defaults (local-search: one search).
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--group-kick-share S] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -199,13 +199,14 @@ def classic_step_times(case: Any, seed: int, scored: Callable[[np.ndarray], floa
 
 
 def run_case(
-    case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True, group_kick_share: float | None = None, workers: int = 1
+    case: Any, seed: int, checkpoint: str | None, budget_s: float, polish: bool = True, group_kick_share: float | None = None, workers: int = 1, blocks: bool = True
 ) -> dict[str, Any]:
     """One case and seed: the classic methods at their defaults, then ``policy``, ``local-search``
     and the ablation, each given the same decision budget ``budget_s`` (seconds, starts included)
     and the same ``workers`` (searches side by side, `rlplace.portfolio`);
     ``polish`` switches the guided search's final device exchange and ``group_kick_share`` sets
-    its share of group kicks (None: the default), for the policy and the ablation alike."""
+    its share of group kicks (None: the default) and ``blocks`` their block-level first phase,
+    for the policy and the ablation alike."""
     import torch
 
     from rlplace.agents.guided_search import guided_search, scorer_ranker
@@ -227,7 +228,7 @@ def run_case(
     def timed_search(**options: Any) -> tuple[float, float, Any]:
         began = time.perf_counter()
         placement, stats = search(
-            case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, group_kick_share=group_kick_share, workers=workers, **options
+            case.graph, case.cluster, case.costs, **inputs, budget_s=budget_s, polish=polish, group_kick_share=group_kick_share, workers=workers, blocks=blocks, **options
         )
         return scored(placement), time.perf_counter() - began, stats
 
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--budget-s", type=float, default=None, help="seconds per decision of every search (default: the policy's DEFAULT_BUDGET_S)")
     parser.add_argument("--validation", action="store_true", help="the tuning slice of the training families instead of the held-out split")
+    parser.add_argument("--no-blocks", action="store_true", help="without the block-level first phase (policy and ablation)")
     parser.add_argument("--no-polish", action="store_true", help="without the guided search's final device exchange (policy and ablation)")
     parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
     parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen_slice = "families" if args.families else "wide" if args.wide else "validation" if args.validation else "held-out"
     for regime, case in slices[chosen_slice]():
         for seed in range(args.seeds):
-            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share, args.workers)}
+            row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share, args.workers, not args.no_blocks)}
             rows.append(row)
             best = row["best_time"]
             print(

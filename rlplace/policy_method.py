@@ -111,6 +111,7 @@ def search(
     polish: bool = True,
     group_kick_share: float | None = None,
     workers: int | None = None,
+    blocks: bool = True,
     **_: Any,
 ) -> tuple[Placement, Any]:
     """`place`, and the search's `rlplace.agents.guided_search.SearchStats` (simulations, curve).
@@ -120,13 +121,14 @@ def search(
     checkpoint is loaded), i.e. plain local search all through. The statistics' simulations
     include the local-search phase; its curve covers the guided phase only. ``polish``: the
     guided search's final device exchange and ``group_kick_share`` its share of group kicks
-    (None: its default; `rlplace.agents.guided_search.guided_search`). ``workers``: searches side
+    (None: its default; `rlplace.agents.guided_search.guided_search`). ``blocks``: phase 0, the
+    block-level search (False: the pipeline as it was before it). ``workers``: searches side
     by side (module docstring, step 5; None: the default there); the statistics are the best
     search's, with the simulations and rankings of all of them.
     """
     import torch
 
-    from rlplace.agents.guided_search import scorer_ranker, search_from_starts
+    from rlplace.agents.guided_search import BLOCK_SHARE, scorer_ranker, search_from_starts
     from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
@@ -156,7 +158,8 @@ def search(
             kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
             best, stats = search_from_starts(
                 problem, starts, ranker, evaluations=evaluations, budget_s=budget_s,
-                guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish, **kicks,
+                guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish,
+                block_share=BLOCK_SHARE if blocks else 0.0, **kicks,
             )
         finally:
             torch.set_num_threads(threads)
