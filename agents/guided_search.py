@@ -35,6 +35,10 @@
    placements. Run during the search instead of after it (before each kick), it drew
    pipelined searches on mixed clusters into worse basins (README, The learned placer).
 
+`search_from_starts` is the deployed pipeline around it: optionally a block-level search first
+(`rlplace.baselines.block_search`, ``block_share`` of the budget), then local-search's own run,
+then `guided_search` from their answers and the starts.
+
 The search phase stops after ``evaluations`` simulations or ``budget_s`` seconds; the answer is the best
 placement seen (less memory overflow first, then smaller step time), so never worse than its
 best start. With ``ranker=None`` the order is a uniform random permutation with the critical

@@ -1,0 +1,104 @@
+"""The block-level search (`rlplace.baselines.block_search`) and its place in the policy pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlplace.baselines.block_search import block_search, build_blocks
+from rlplace.cluster import Cluster, Device
+from rlplace.costs import CostTable
+from rlplace.envs.improve_state import build_move_problem
+from rlplace.graph import OpGraph
+
+CHAIN = 40
+STEP = 1.0  # time units per op
+TINY = 1e-6
+
+
+def two_chains() -> OpGraph:
+    """Two independent chains of ``CHAIN`` ops, each op ``STEP`` long, nearly free edges: on two
+    equal devices the best latency is one chain per device, ``CHAIN * STEP``; all on one device
+    takes ``2 * CHAIN * STEP``."""
+    ops = [dict(name=f"{chain}{i}", times={"accelerator": STEP}) for chain in "ab" for i in range(CHAIN)]
+    edges = [dict(src=f"{chain}{i}", dst=f"{chain}{i + 1}", bytes=1.0, time=TINY) for chain in "ab" for i in range(CHAIN - 1)]
+    return OpGraph.build(ops, edges, name="two-chains", time_classes=("accelerator",), time_unit="unit")
+
+
+def two_devices() -> Cluster:
+    devices = tuple(Device(f"g{i}", "custom", "accelerator", 1e12, 1e12, 1e12, 1e11) for i in range(2))
+    return Cluster("pair", devices, np.array([[np.inf, 1e9], [1e9, np.inf]]), np.zeros((2, 2)))
+
+
+def chain_problem():
+    graph = two_chains()
+    cluster = two_devices()
+    return build_move_problem(graph, cluster, CostTable.build(graph, cluster), objective="latency")
+
+
+def test_blocks_partition_the_units_and_sum_their_members() -> None:
+    problem = chain_problem()
+    blocks = build_blocks(problem.graph, problem.units, max_blocks=8)
+    members = np.concatenate(blocks.units.members)
+    assert sorted(members.tolist()) == list(range(problem.num_units))  # every unit in exactly one block
+    assert 2 <= blocks.num_blocks <= 8
+    for block, units in enumerate(blocks.units.members):
+        assert blocks.units.demand[block] == pytest.approx(problem.units.demand[units].sum())
+        assert np.allclose(blocks.units.time[block], problem.units.time[units].sum(axis=0))
+        assert np.array_equal(blocks.units.allowed[block], problem.units.allowed[units].all(axis=0))
+    # a block never mixes the two independent chains (the coarsening groups along edges)
+    for units in blocks.units.members:
+        chains = {problem.graph.names[int(problem.units.first_op[u])][0] for u in units}
+        assert len(chains) == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 1), min_size=8, max_size=8))
+def test_a_block_assignment_survives_the_round_trip_through_units(devices: list[int]) -> None:
+    problem = chain_problem()
+    blocks = build_blocks(problem.graph, problem.units, max_blocks=8)
+    assignment = np.array(devices[: blocks.num_blocks], dtype=np.int64)
+    fine = blocks.to_fine(assignment)
+    assert fine.shape == (problem.num_units,)
+    assert np.array_equal(blocks.from_fine(fine), assignment)
+
+
+def test_block_search_finds_one_chain_per_device_from_all_on_one() -> None:
+    """From everything on device 0 (2 * CHAIN), moving whole blocks reaches the optimum CHAIN,
+    every block's units stay together, and the answer is never worse than its start."""
+    problem = chain_problem()
+    blocks = build_blocks(problem.graph, problem.units, max_blocks=8)
+    start = np.zeros(problem.num_units, dtype=np.int64)
+    assert problem.score(start)[1] == pytest.approx(2 * CHAIN * STEP)
+    found, made = block_search(blocks, problem.budget, problem.simulator, [start], objective="latency", evaluations=300, seed=0)
+    assert 1 <= made <= 300
+    assert np.array_equal(blocks.to_fine(blocks.from_fine(found)), found)
+    assert problem.score(found)[1] == pytest.approx(CHAIN * STEP, abs=1e-3)
+
+
+def test_the_block_phase_counts_within_the_simulation_budget() -> None:
+    """With a simulation budget the block phase's simulations are part of it (two equal
+    devices: no polish past the budget), and the answer is never worse than the starts."""
+    from rlplace.agents.guided_search import search_from_starts
+
+    problem = chain_problem()
+    starts = [np.zeros(problem.num_units, dtype=np.int64)]
+    best, stats = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
+    assert stats.simulations == 200
+    assert problem.score(best) <= problem.score(starts[0])
+    again, _ = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
+    assert np.array_equal(best, again)  # one seed, one answer
+
+
+def test_no_block_phase_when_there_are_no_more_units_than_blocks() -> None:
+    """``max_blocks`` >= the units: the phase is skipped, the search is the one without it."""
+    from rlplace.agents.guided_search import search_from_starts
+
+    problem = chain_problem()
+    starts = [np.zeros(problem.num_units, dtype=np.int64)]
+    without, plain = search_from_starts(problem, starts, None, evaluations=120, seed=3)
+    skipped, stats = search_from_starts(problem, starts, None, evaluations=120, seed=3, block_share=0.5, max_blocks=problem.num_units)
+    assert np.array_equal(without, skipped)
+    assert stats.simulations == plain.simulations
