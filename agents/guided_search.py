@@ -36,8 +36,8 @@
    pipelined searches on mixed clusters into worse basins (README, The learned placer).
 
 `search_from_starts` is the deployed pipeline around it: optionally a block-level search first
-(`rlplace.baselines.block_search`, ``block_share`` of the budget), then local-search's own run,
-then `guided_search` from their answers and the starts.
+(`rlplace.baselines.block_search`, ``block_share`` of the budget), then local-search's own run
+from the classic starts, then `guided_search` from both answers and the starts.
 
 The search phase stops after ``evaluations`` simulations or ``budget_s`` seconds; the answer is the best
 placement seen (less memory overflow first, then smaller step time), so never worse than its
@@ -230,12 +230,14 @@ def search_from_starts(
     """The deployed pipeline's search from (u,) ``starts``: with ``block_share`` > 0, first a
     local search over blocks of units (`rlplace.baselines.block_search`, at most ``max_blocks``
     blocks, default its ``DEFAULT_MAX_BLOCKS``; skipped when there are no more units than
-    blocks) for ``block_share`` of ``budget_s`` (from its own start) or of ``evaluations``,
-    whose answer joins the starts; then local-search's own run
-    (`rlplace.baselines.local_search.search_units`, its default simulations, cut at
-    `LOCAL_SEARCH_SHARE` of ``evaluations`` or of ``budget_s``), then `guided_search` from its
-    answer and the starts with ``ranker`` for what is left: (best (u,) assignment, stats with
-    every phase's simulations; the curve covers the guided phase).
+    blocks) for ``block_share`` of ``budget_s`` (from its own start) or of ``evaluations``;
+    then local-search's own run from ``starts`` (`rlplace.baselines.local_search.search_units`,
+    its default simulations, cut at `LOCAL_SEARCH_SHARE` of ``evaluations`` or at
+    `LOCAL_SEARCH_SHARE` of ``budget_s`` from ``began``, the block phase's time included), then
+    `guided_search` from the best of local search's answer, the block search's answer and the
+    starts, with ``ranker``, for what is left: (best (u,) assignment,
+    stats with every phase's simulations; the curve covers the guided phase). The local-search
+    run never sees the block answer, so the result is never worse than that run's answer.
 
     ``budget_s``: seconds from ``began`` (`time.perf_counter`; default now) for the whole
     search; ``guided_until_s`` (default ``budget_s``) ends the guided phase earlier, leaving
@@ -245,9 +247,12 @@ def search_from_starts(
     from rlplace.baselines.block_search import DEFAULT_MAX_BLOCKS, block_search, build_blocks
     from rlplace.baselines.local_search import DEFAULT_EVALUATIONS, search_units
 
+    if not 0.0 <= block_share < 1.0 - LOCAL_SEARCH_SHARE:
+        raise ValueError(f"block_share {block_share} must lie in [0, {1.0 - LOCAL_SEARCH_SHARE}): local search takes {LOCAL_SEARCH_SHARE} of the budget")
     began = time.perf_counter() if began is None else began
     max_blocks = DEFAULT_MAX_BLOCKS if max_blocks is None else max_blocks
     made_blocks = 0
+    block_answers: list[np.ndarray] = []
     if block_share > 0 and problem.num_units > max_blocks:
         blocks = build_blocks(problem.graph, problem.units, max_blocks)
         block_deadline = None if budget_s is None else time.perf_counter() + block_share * budget_s
@@ -255,16 +260,18 @@ def search_from_starts(
         coarse, made_blocks = block_search(
             blocks, problem.budget, problem.simulator, list(starts), objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed
         )
-        starts = [coarse, *starts]
+        block_answers.append(coarse)
+    # Local search starts from the classic starts only, never from the block answer: its run
+    # stays local-search's own, so the answer is never worse than local-search's default one.
     first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
-    first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations) - made_blocks))
+    first_limit = DEFAULT_EVALUATIONS if evaluations is None else max(1, min(DEFAULT_EVALUATIONS, int(LOCAL_SEARCH_SHARE * evaluations)))
     first, made = search_units(
         problem.units, problem.budget, problem.simulator, list(starts), objective=problem.objective, evaluations=first_limit, deadline=first_deadline, seed=seed
     )
     end_s = guided_until_s if guided_until_s is not None else budget_s
     left_s = None if end_s is None else max(end_s - (time.perf_counter() - began), 1e-3)
     left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made_blocks - made)
-    best, _, stats = guided_search(problem, [first, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
+    best, _, stats = guided_search(problem, [first, *block_answers, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
     stats.simulations += made_blocks + made
     return best, stats
 

@@ -9,16 +9,15 @@ method gets) and the requested objective and M:
 2. the block-level search (`rlplace.baselines.block_search`, skipped with ``blocks=False`` or
    when there are at most 32 units): local search over at most 32 blocks of units (a
    coarsening of the graph; a block moves as a whole), every candidate scored by the same
-   simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of the budget; its answer joins
-   the starts. Then local-search's own run from the best start
-   (`rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut at
-   `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the block phase included;
-   phases 2-3 are `rlplace.agents.guided_search.search_from_starts`). Without the block phase
-   that run is ``local-search``'s own, so the answer is never worse than ``local-search``'s
-   default answer whenever it fits in its share; with it, the run starts from the block
-   search's answer when that beats the classic starts, which gives up that guarantee (the
-   worst case measured on validation: 1.008 x the best classic);
-3. search: `rlplace.agents.guided_search.guided_search` from that answer and the starts, with
+   simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of the budget. Then
+   local-search's own run from the classic starts (never from the block answer;
+   `rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut at
+   `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the block phase's time
+   included; phases 2-3 are `rlplace.agents.guided_search.search_from_starts`), so the answer
+   is never worse than ``local-search``'s default answer whenever that run fits in what the
+   block phase leaves of its share;
+3. search: `rlplace.agents.guided_search.guided_search` from the best of the two answers
+   and the starts, with
    the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,
    random moves mixed in at a share that follows how often they improve), simulated in batches, with swaps and kicks, until
    ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under

@@ -85,11 +85,13 @@ def test_the_block_phase_counts_within_the_simulation_budget() -> None:
 
     problem = chain_problem()
     starts = [np.zeros(problem.num_units, dtype=np.int64)]
-    best, stats = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
+    best, stats = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.3, max_blocks=8)
     assert stats.simulations == 200
     assert problem.score(best) <= problem.score(starts[0])
-    again, _ = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
+    again, _ = search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.3, max_blocks=8)
     assert np.array_equal(best, again)  # one seed, one answer
+    with pytest.raises(ValueError, match="block_share"):
+        search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
 
 
 def test_no_block_phase_when_there_are_no_more_units_than_blocks() -> None:
@@ -99,6 +101,35 @@ def test_no_block_phase_when_there_are_no_more_units_than_blocks() -> None:
     problem = chain_problem()
     starts = [np.zeros(problem.num_units, dtype=np.int64)]
     without, plain = search_from_starts(problem, starts, None, evaluations=120, seed=3)
-    skipped, stats = search_from_starts(problem, starts, None, evaluations=120, seed=3, block_share=0.5, max_blocks=problem.num_units)
+    skipped, stats = search_from_starts(problem, starts, None, evaluations=120, seed=3, block_share=0.3, max_blocks=problem.num_units)
     assert np.array_equal(without, skipped)
     assert stats.simulations == plain.simulations
+
+
+def test_local_search_phase_never_sees_the_block_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local-search run inside the pipeline starts from the classic starts only (so the
+    answer is never worse than local-search's own run), while the guided search gets the block
+    answer among its starts."""
+    import rlplace.agents.guided_search as guided
+    import rlplace.baselines.local_search as local_search
+
+    seen: dict[str, list[np.ndarray]] = {}
+    real_units, real_guided = local_search.search_units, guided.guided_search
+
+    def recording_units(units, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
+        seen["local"] = [np.asarray(s).copy() for s in starts]
+        return real_units(units, budget, simulator, starts, **kwargs)
+
+    def recording_guided(problem, starts, ranker, **kwargs):  # type: ignore[no-untyped-def]
+        seen["guided"] = [np.asarray(s).copy() for s in starts]
+        return real_guided(problem, starts, ranker, **kwargs)
+
+    monkeypatch.setattr(local_search, "search_units", recording_units)
+    monkeypatch.setattr(guided, "guided_search", recording_guided)
+    problem = chain_problem()
+    start = np.zeros(problem.num_units, dtype=np.int64)
+    guided.search_from_starts(problem, [start], None, evaluations=160, seed=4, block_share=0.3, max_blocks=4)
+    assert len(seen["local"]) == 1 and np.array_equal(seen["local"][0], start)
+    assert len(seen["guided"]) == 3  # local search's answer, the block answer, the start
+    block_answer = seen["guided"][1]
+    assert problem.score(block_answer)[1] < problem.score(start)[1]  # the block phase moved off all-on-one

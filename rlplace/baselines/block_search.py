@@ -70,7 +70,7 @@ def build_blocks(graph: OpGraph, fine: Units, max_blocks: int = DEFAULT_MAX_BLOC
     k = fine.time.shape[1]
     # each unit joins the group holding most of its ops' (fastest) time
     op_weight = np.zeros(graph.num_ops)
-    for unit, members in enumerate(fine.members):
+    for members in fine.members:
         op_weight[members] = 1.0 / len(members)
     share = np.zeros((u, int(group_of_op.max()) + 1 if graph.num_ops else 1))
     np.add.at(share, (fine.of_op, group_of_op), op_weight)
