@@ -7,7 +7,7 @@ method gets) and the requested objective and M:
    (``rlplace.baselines.local_search.START_METHODS``, made for the same M and schedule), the
    same starts local search uses;
 2. the block-level search (`rlplace.baselines.block_search`, skipped with ``blocks=False`` or
-   when there are at most 32 units): local search over at most 32 blocks of units (a
+   when there are at most 64 units): local search over at most 64 blocks of units (a
    coarsening of the graph; a block moves as a whole), every candidate scored by the same
    simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of the budget. Then
    local-search's own run from the classic starts (never from the block answer;

@@ -5,8 +5,8 @@ the same coarsening the pipeline applies to large graphs); every colocation unit
 block holding most of its ops' time, and a block moves as a whole. `search_units` (the
 ``local-search`` of `rlplace.baselines.local_search`: moves, swaps, kicks) then runs over
 these blocks, every candidate expanded to a full placement and scored by the *same*
-simulator as the fine search (no coarse cost model). With 32 blocks on 4 devices one descent
-step has ~100 candidates instead of ~400, so in the same seconds the coarse search reaches
+simulator as the fine search (no coarse cost model). With 64 blocks of a 256-unit graph on 4
+devices one descent step has ~200 candidates instead of ~800, so in the same seconds the coarse search reaches
 restructurings (which run of a pipeline goes to which device) that single-unit moves from
 ``dp``'s split only reach through worse placements. Its answer is a start for the fine search,
 which then repairs at unit granularity what whole blocks cannot express.
@@ -26,8 +26,9 @@ from rlplace.coarsen import coarsen
 from rlplace.graph import OpGraph
 from rlplace.rules import Units
 
-#: Blocks of the coarse level (the policy pipeline's default).
-DEFAULT_MAX_BLOCKS = 32
+#: Blocks of the coarse level (the policy pipeline's default; chosen on the validation sets
+#: among 16, 32, 64, 96 and 128: docs/learned-placer-experiments.md).
+DEFAULT_MAX_BLOCKS = 64
 
 
 @dataclass(frozen=True)
