@@ -43,6 +43,7 @@ ablation alike (default: the policy's, one per core up to 4); the best classic s
 method at its own defaults (local-search: one search).
 
     python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
+    python benchmarks/bench_policy.py --report FILE   # the summary of an earlier --json run, again
 """
 
 from __future__ import annotations
@@ -264,6 +265,15 @@ def run_case(
     }
 
 
+#: The regimes each summary row covers ("B-D": every regime but latency).
+SUMMARY_REGIMES = {**{regime: (regime,) for regime in REGIMES}, "all": tuple(REGIMES), "B-D": ("B", "C", "D")}
+
+
+def rows_of(rows: list[dict[str, Any]], summary: str) -> list[dict[str, Any]]:
+    """The rows a summary row (a regime letter, ``all`` or ``B-D``) covers."""
+    return [row for row in rows if row["regime"] in SUMMARY_REGIMES[summary]]
+
+
 def geomean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v) and v > 0]
     return float(np.exp(np.mean(np.log(finite)))) if finite else math.nan
@@ -291,6 +301,39 @@ def case_bootstrap_interval(rows: list[dict[str, Any]], ratio: Callable[[dict[st
     return float(np.exp(low)), float(np.exp(high))
 
 
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    """The per-regime table, intervals, missing placements and decision times of ``rows``
+    (what the bench prints after its per-case lines, and what ``--report`` prints again)."""
+    print(
+        f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS@B':>11} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33} "
+        f"{'LB/best':>7}"
+    )
+    for regime in [*REGIMES, "all", "B-D"]:
+        chosen = rows_of(rows, regime)
+        if not chosen:
+            continue
+        ratios = [r["policy"] / r["best_time"] for r in chosen]
+        name = regime if regime in ("all", "B-D") else f"({regime}) {REGIMES[regime]}"
+        print(
+            f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search_budget'] for r in chosen]):11.3f} "
+            f"{geomean([r['policy'] / r['ablation'] for r in chosen]):15.3f} "
+            f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f} "
+            f"{geomean([r['lower_bound'] / r['best_time'] for r in chosen]):>16.3f}"
+        )
+    for regime in ("all", "B-D"):
+        chosen = rows_of(rows, regime)
+        if chosen:
+            best_low, best_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["best_time"])
+            abl_low, abl_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["ablation"])
+            print(f"90 % interval, cases resampled ({regime}): policy/best [{best_low:.3f}, {best_high:.3f}], policy/ablation [{abl_low:.3f}, {abl_high:.3f}]")
+    print("LB/best: the objective's placement-independent lower bound over the best classic step time (rlplace.simulate.lower_bound);")
+    print("no method can get policy/best below it, and it is loose where communication or memory binds")
+    missing = sum(1 for r in rows if not math.isfinite(r["policy"]) and math.isfinite(r["best_time"]))
+    print(f"cases where a classic method placed and policy did not: {missing}")
+    decide = [r["policy_decide_s"] for r in rows]
+    print(f"decision time of policy (warm process): median {np.median(decide):.2f} s, max {max(decide):.2f} s; local-search at 2000 simulations: median {np.median([r['local_search_s'] for r in rows]):.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="policy checkpoint folder (default checkpoints/default)")
@@ -304,8 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
     parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
     parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
+    parser.add_argument("--report", default=None, metavar="FILE", help="print the summary of a --json file of an earlier run and stop")
     parser.add_argument("--workers", type=int, default=None, help="searches side by side for policy, LS@B and the ablation alike (default: the policy's, one per core up to 4)")
     args = parser.parse_args(argv)
+    if args.report:
+        print_summary(json.loads(Path(args.report).read_text()))
+        return 0
     from rlplace.portfolio import resolve_workers
 
     args.workers = resolve_workers(args.workers)
@@ -357,34 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     print()
-    print(
-        f"{'regime':28} {'policy/best geomean':>19} {'worst':>6} {'policy/LS@B':>11} {'policy/ablation':>15} {'med sims->LS (pol, abl, LS=2000)':>33} "
-        f"{'LB/best':>7}"
-    )
-    for regime in [*REGIMES, "all", "B-D"]:
-        chosen = [r for r in rows if regime == "all" or r["regime"] in regime]
-        if not chosen:
-            continue
-        ratios = [r["policy"] / r["best_time"] for r in chosen]
-        name = regime if regime in ("all", "B-D") else f"({regime}) {REGIMES[regime]}"
-        print(
-            f"{name:28} {geomean(ratios):19.3f} {max(ratios):6.3f} {geomean([r['policy'] / r['local_search_budget'] for r in chosen]):11.3f} "
-            f"{geomean([r['policy'] / r['ablation'] for r in chosen]):15.3f} "
-            f"{np.median([r['policy_sims_to_ls'] for r in chosen]):>16.0f}, {np.median([r['ablation_sims_to_ls'] for r in chosen]):.0f} "
-            f"{geomean([r['lower_bound'] / r['best_time'] for r in chosen]):>16.3f}"
-        )
-    for regime in ("all", "B-D"):
-        chosen = [r for r in rows if regime == "all" or r["regime"] in regime]
-        if chosen:
-            best_low, best_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["best_time"])
-            abl_low, abl_high = case_bootstrap_interval(chosen, lambda r: r["policy"] / r["ablation"])
-            print(f"90 % interval, cases resampled ({regime}): policy/best [{best_low:.3f}, {best_high:.3f}], policy/ablation [{abl_low:.3f}, {abl_high:.3f}]")
-    print("LB/best: the objective's placement-independent lower bound over the best classic step time (rlplace.simulate.lower_bound);")
-    print("no method can get policy/best below it, and it is loose where communication or memory binds")
-    missing = sum(1 for r in rows if not math.isfinite(r["policy"]) and math.isfinite(r["best_time"]))
-    print(f"cases where a classic method placed and policy did not: {missing}")
-    decide = [r["policy_decide_s"] for r in rows]
-    print(f"decision time of policy (warm process): median {np.median(decide):.2f} s, max {max(decide):.2f} s; local-search at 2000 simulations: median {np.median([r['local_search_s'] for r in rows]):.2f} s")
+    print_summary(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
     return 0

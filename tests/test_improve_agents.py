@@ -643,3 +643,38 @@ def test_the_wide_model_set_adds_models_but_never_a_held_out_or_family_validatio
     assert split_description(False, 0, "wide")["trained_on"]["models"][: len(wide)] == list(wide)
     with pytest.raises(RlplaceError, match="families must be one of base, wide"):
         train_models(False, "everything")
+
+
+def test_bench_policy_summary_rows_cover_their_regimes() -> None:
+    """B-D is every regime but latency, the memory-bound one (C) included: a substring test on
+    "B-D" once dropped C from that row."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_policy import rows_of
+
+    rows = [{"regime": regime, "case": regime} for regime in "AABCCD"]
+    assert [r["regime"] for r in rows_of(rows, "B-D")] == ["B", "C", "C", "D"]
+    assert [r["regime"] for r in rows_of(rows, "all")] == list("AABCCD")
+    assert [r["regime"] for r in rows_of(rows, "C")] == ["C", "C"]
+
+
+def test_bench_policy_report_prints_the_summary_of_a_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--report FILE`` recomputes the table from a ``--json`` file: B-D over B, C and D
+    (0.9 * 0.8 * 1.0) ** (1/3) = 0.896, all four regimes (0.72) ** (1/4) = 0.921."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_policy import main
+
+    def row(regime: str, ratio: float) -> dict[str, object]:
+        return {
+            "regime": regime, "case": regime, "seed": 0, "policy": ratio, "best_time": 1.0, "local_search_budget": 1.0, "ablation": 1.0,
+            "policy_sims_to_ls": 10.0, "ablation_sims_to_ls": 20.0, "lower_bound": 0.5, "policy_decide_s": 1.8, "local_search_s": 0.1,
+        }  # fmt: skip
+
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps([row("A", 1.0), row("B", 0.9), row("C", 0.8), row("D", 1.0)]))
+    assert main(["--report", str(saved)]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("all ", "B-D "))}
+    assert lines["B-D"][1] == "0.896" and lines["all"][1] == "0.921"
