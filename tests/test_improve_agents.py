@@ -249,20 +249,27 @@ def test_search_states_are_exactly_labelled_states_the_search_observed() -> None
         assert example.target.sum() == pytest.approx(1.0)
 
 
-def test_the_policy_method_runs_the_search_that_search_states_collects_from() -> None:
+@pytest.mark.parametrize("tiny", [6, 80])
+def test_the_policy_method_runs_the_search_that_search_states_collects_from(tiny: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """One search for both: `policy_method.search` under a simulation budget (one worker) ends
-    where `search_from_starts` ends from the same starts and seed, and so do their simulations."""
-    from rlplace.agents.guided_search import search_from_starts
+    where `search_from_starts` with the block phase ends from the same starts and seed, and so
+    do their simulations (9 units: no block phase; 83 units: more than 64, with one)."""
+    import rlplace.baselines.block_search as block_search
+    from rlplace.agents.guided_search import BLOCK_SHARE, search_from_starts
     from rlplace.baselines.local_search import START_METHODS, start_placements
     from rlplace.policy_method import search
 
-    graph = two_heavy_graph(6)
+    calls: list[int] = []
+    real = block_search.block_search
+    monkeypatch.setattr(block_search, "block_search", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    graph = two_heavy_graph(tiny)
     cluster = two_devices()
     costs = CostTable.build(graph, cluster)
     problem = problem_of(graph)
     placement, stats = search(graph, cluster, costs, objective="latency", evaluations=60, random_order=True, seed=2)
+    assert len(calls) == (1 if problem.num_units > block_search.DEFAULT_MAX_BLOCKS else 0)
     starts = [problem.units.contract(p) for p in start_placements(graph, cluster, costs, objective="latency", seed=2, methods=START_METHODS).values()]
-    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2)
+    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2, block_share=BLOCK_SHARE)
     assert np.array_equal(np.asarray(placement), problem.units.expand(best))
     assert stats.simulations == direct.simulations
 
