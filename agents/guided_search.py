@@ -86,8 +86,9 @@ DEFAULT_POLISH = True
 #: guided search starts from its answer (`search_from_starts`).
 LOCAL_SEARCH_SHARE = 0.5
 #: Share of the budget (seconds or simulations) of the block-level search that comes first
-#: (`search_from_starts`, `rlplace.baselines.block_search`); it counts within
-#: ``LOCAL_SEARCH_SHARE``. 0.22 is 0.4 s of a 1.8 s decision.
+#: (`search_from_starts`, `rlplace.baselines.block_search`). Under a time budget its seconds
+#: count within ``LOCAL_SEARCH_SHARE``'s; under a simulation budget its simulations come on top
+#: of local search's. 0.22 is 0.4 s of a 1.8 s decision.
 BLOCK_SHARE = 0.22
 POLISH_EXCHANGES = 3
 

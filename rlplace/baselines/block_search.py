@@ -2,7 +2,7 @@
 
 The graph is coarsened into at most ``max_blocks`` convex groups of ops (`rlplace.coarsen`,
 the same coarsening the pipeline applies to large graphs); every colocation unit joins the
-block holding most of its ops' time, and a block moves as a whole. `search_units` (the
+block holding most of its ops, and a block moves as a whole. `search_units` (the
 ``local-search`` of `rlplace.baselines.local_search`: moves, swaps, kicks) then runs over
 these blocks, every candidate expanded to a full placement and scored by the *same*
 simulator as the fine search (no coarse cost model). With 64 blocks of a 256-unit graph on 4
@@ -25,6 +25,7 @@ from rlplace.baselines.local_search import search_units
 from rlplace.coarsen import coarsen
 from rlplace.graph import OpGraph
 from rlplace.rules import Units
+from rlplace.rules.units import members_of
 
 #: Blocks of the coarse level (the policy pipeline's default; chosen on the validation sets
 #: among 16, 32, 64, 96 and 128: docs/learned-placer-experiments.md).
@@ -69,19 +70,13 @@ def build_blocks(graph: OpGraph, fine: Units, max_blocks: int = DEFAULT_MAX_BLOC
     group_of_op = coarsen(graph, max_blocks).group_of
     u = fine.num_units
     k = fine.time.shape[1]
-    # each unit joins the group holding most of its ops' (fastest) time
-    op_weight = np.zeros(graph.num_ops)
-    for members in fine.members:
-        op_weight[members] = 1.0 / len(members)
-    share = np.zeros((u, int(group_of_op.max()) + 1 if graph.num_ops else 1))
-    np.add.at(share, (fine.of_op, group_of_op), op_weight)
-    group_of_unit = share.argmax(axis=1)
-    _, block_of_unit = np.unique(group_of_unit, return_inverse=True)
+    # each unit joins the group holding most of its ops (ties: the lower group)
+    ops_in_group = np.zeros((u, int(group_of_op.max()) + 1 if graph.num_ops else 1))
+    np.add.at(ops_in_group, (fine.unit_of_op, group_of_op), 1.0)
+    _, block_of_unit = np.unique(ops_in_group.argmax(axis=1), return_inverse=True)
     block_of_unit = block_of_unit.reshape(-1).astype(np.int64)
     b = int(block_of_unit.max()) + 1 if u else 0
-    order = np.argsort(block_of_unit, kind="stable")
-    bounds = np.searchsorted(block_of_unit[order], np.arange(b + 1))
-    members = tuple(order[bounds[j] : bounds[j + 1]].astype(np.int64) for j in range(b))
+    members = members_of(block_of_unit, b)
     time = np.zeros((b, k))
     np.add.at(time, block_of_unit, fine.time)
     blocks = Units(
@@ -104,13 +99,13 @@ class _FineSimulator:
         self._fine = fine
 
     def score(self, unit_device: np.ndarray, *, cutoff: float = np.inf) -> tuple[float, float]:
-        return self._simulator.score(self._fine.expand(unit_device), cutoff=cutoff)
+        return self._simulator.score(self._fine.to_ops(unit_device), cutoff=cutoff)
 
     def run(self, unit_device: np.ndarray) -> Any:
         """The simulation's result with ``critical_path`` as fine-unit ids (what the local
         search's critical-path focus indexes ``units.of_op`` with)."""
-        result = self._simulator.run(self._fine.expand(unit_device))
-        return _Path(self._fine.of_op[np.asarray(result.critical_path, dtype=np.int64)])
+        result = self._simulator.run(self._fine.to_ops(unit_device))
+        return _Path(self._fine.unit_of_op[np.asarray(result.critical_path, dtype=np.int64)])
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,13 @@ class Units:
         return f"op {first!r}" if size == 1 else f"colocation class of op {first!r} ({size} ops)"
 
 
+def members_of(of_item: np.ndarray, count: int) -> tuple[np.ndarray, ...]:
+    """``count`` int64 arrays: the item ids of each unit of the (N,) unit-of-item map ``of_item``, ascending."""
+    sort = np.argsort(of_item, kind="stable")
+    bounds = np.searchsorted(of_item[sort], np.arange(count + 1))
+    return tuple(sort[bounds[j] : bounds[j + 1]].astype(np.int64) for j in range(count))
+
+
 def build_units(
     graph: OpGraph,
     costs: CostTable,
@@ -127,9 +134,7 @@ def build_units(
     first_op = first_op.astype(np.int64)
     of_op = of_op.reshape(-1).astype(np.int64)
     u = first_op.shape[0]
-    sort = np.argsort(of_op, kind="stable")
-    bounds = np.searchsorted(of_op[sort], np.arange(u + 1))
-    members = tuple(sort[bounds[j] : bounds[j + 1]].astype(np.int64) for j in range(u))
+    members = members_of(of_op, u)
     unit_of_op = of_op[item_of_op]
     demand = np.bincount(unit_of_op, weights=op_memory_demand(graph, objective, share), minlength=u)
     time = np.zeros((u, k), dtype=np.float64)
