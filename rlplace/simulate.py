@@ -302,9 +302,10 @@ class Simulator:
 
         ``cutoff`` (the graph's time unit): a search that only needs to know whether a
         placement that fits in memory beats ``cutoff`` may get ``(inf, 0.0)`` for one that surely
-        does not (the schedule is cut short once a lower bound on the step time passes ``cutoff``,
-        see `rlplace._simkernel._schedule`); every finite step time is exact, and so is every
-        score of a placement that may overflow or of ``throughput``.
+        does not, whether it fits or overflows (the schedule is cut short once a lower bound on
+        the step time passes ``cutoff``, see `rlplace._simkernel._schedule`, and its memory is
+        then never computed); every finite step time is exact, and so is every score without a
+        cutoff and every score of ``throughput``.
         """
         p = self._placement(placement)
         if self.objective == "throughput":
@@ -312,6 +313,10 @@ class Simulator:
             return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
         if self._surely_fits(p):  # the peak cannot pass capacity: the makespan alone, no buffers
             return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff))), 0.0
+        if cutoff < np.inf and kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff)) == np.inf:
+            # Past the cutoff it loses whether it fits or not (an overflow loses too), so its
+            # memory, the costly half of a full schedule, is never needed.
+            return np.inf, 0.0
         schedule = self._schedule(p, (self._op_rank, self._rank_op))
         peak = self._memory(p, schedule)
         return schedule.makespan, float(np.maximum(peak - self._capacity, 0.0).sum())
