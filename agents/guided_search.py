@@ -91,6 +91,10 @@ LOCAL_SEARCH_SHARE = 0.5
 #: of local search's. 0.22 is 0.4 s of a 1.8 s decision.
 BLOCK_SHARE = 0.22
 POLISH_EXCHANGES = 3
+#: Extra starts of the block phase and the guided search (never of local-search's own run):
+#: METIS at this many seeds per search (`rlplace.baselines.local_search.seeded_restarts`,
+#: ~4 ms each). Chosen on the validation sets (8 and 16 against none: docs).
+METIS_RESTARTS = 8
 
 
 @dataclass
@@ -226,6 +230,7 @@ def search_from_starts(
     seed: int = 0,
     block_share: float = 0.0,
     max_blocks: int | None = None,
+    extra_starts: Sequence[np.ndarray] = (),
     **options: object,
 ) -> tuple[np.ndarray, SearchStats]:
     """The deployed pipeline's search from (u,) ``starts``: with ``block_share`` > 0, first a
@@ -239,6 +244,8 @@ def search_from_starts(
     starts, with ``ranker``, for what is left: (best (u,) assignment,
     stats with every phase's simulations; the curve covers the guided phase). The local-search
     run never sees the block answer, so the result is never worse than that run's answer.
+    ``extra_starts`` ((u,) assignments) are starts of the block search and the guided search
+    only, never of local search's run.
 
     ``budget_s``: seconds from ``began`` (`time.perf_counter`; default now) for the whole
     search; ``guided_until_s`` (default ``budget_s``) ends the guided phase earlier, leaving
@@ -259,7 +266,7 @@ def search_from_starts(
         block_deadline = None if budget_s is None else time.perf_counter() + block_share * budget_s
         block_limit = 10**9 if evaluations is None else max(1, int(block_share * evaluations))
         coarse, made_blocks = block_search(
-            blocks, problem.budget, problem.simulator, list(starts), objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed
+            blocks, problem.budget, problem.simulator, [*starts, *extra_starts], objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed
         )
         block_answers.append(coarse)
     # Local search starts from the classic starts only, never from the block answer: its run
@@ -272,7 +279,7 @@ def search_from_starts(
     end_s = guided_until_s if guided_until_s is not None else budget_s
     left_s = None if end_s is None else max(end_s - (time.perf_counter() - began), 1e-3)
     left_evaluations = 10**9 if evaluations is None else max(1, evaluations - made_blocks - made)
-    best, _, stats = guided_search(problem, [first, *block_answers, *starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
+    best, _, stats = guided_search(problem, [first, *block_answers, *starts, *extra_starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
     stats.simulations += made_blocks + made
     return best, stats
 

@@ -5,19 +5,21 @@ method gets) and the requested objective and M:
 
 1. starts: the placements of ``local-search``'s fast baselines
    (``rlplace.baselines.local_search.START_METHODS``, made for the same M and schedule), the
-   same starts local search uses;
+   same starts local search uses; for phases 2-3 only, METIS at
+   `rlplace.agents.guided_search.METIS_RESTARTS` more seeds drawn from each search's seed
+   (`rlplace.baselines.local_search.seeded_restarts`: its answer depends much on the seed);
 2. the block-level search (`rlplace.baselines.block_search`, skipped with ``blocks=False`` or
    when there are at most 64 units): local search over at most 64 blocks of units (a
    coarsening of the graph; a block moves as a whole), every candidate scored by the same
    simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of the budget. Then
-   local-search's own run from the classic starts (never from the block answer;
+   local-search's own run from the classic starts (never from the block answer or a METIS restart;
    `rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut at
    `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the block phase's time
    included; phases 2-3 are `rlplace.agents.guided_search.search_from_starts`), so the answer
    is never worse than ``local-search``'s default answer whenever that run fits in what the
    block phase leaves of its share;
-3. search: `rlplace.agents.guided_search.guided_search` from the best of the two answers
-   and the starts, with
+3. search: `rlplace.agents.guided_search.guided_search` from the best of the two answers,
+   the starts and the METIS restarts, with
    the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,
    random moves mixed in at a share that follows how often they improve), simulated in batches, with swaps and kicks, until
    ``evaluations`` simulations or ``budget_s`` seconds in all, every candidate scored under
@@ -135,8 +137,8 @@ def search(
     """
     import torch
 
-    from rlplace.agents.guided_search import BLOCK_SHARE, scorer_ranker, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, start_placements
+    from rlplace.agents.guided_search import BLOCK_SHARE, METIS_RESTARTS, scorer_ranker, search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, seeded_restarts, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
@@ -156,8 +158,16 @@ def search(
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     starts = [problem.units.contract(p) for p in found.values()]
 
+    def metis_starts(member_seed: int) -> list[np.ndarray]:
+        """(u,) assignments of METIS at `METIS_RESTARTS` seeds drawn from ``member_seed``."""
+        restarts = seeded_restarts(
+            graph, cluster, costs, objective=objective, seed=member_seed, count=METIS_RESTARTS, microbatches=microbatches, schedule=schedule
+        )
+        return [problem.units.contract(p) for p in restarts]
+
     def improve(member_seed: int) -> tuple[np.ndarray, Any]:
-        """Phases 1-4 from ``starts`` with ``member_seed``: the best (u,) unit assignment and the statistics."""
+        """Phases 1-4 from ``starts`` (and, for phases 2-3, METIS at more seeds) with
+        ``member_seed``: the best (u,) unit assignment and the statistics."""
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
@@ -166,7 +176,7 @@ def search(
             best, stats = search_from_starts(
                 problem, starts, ranker, evaluations=evaluations, budget_s=budget_s,
                 guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish,
-                block_share=BLOCK_SHARE if blocks else 0.0, **kicks,
+                block_share=BLOCK_SHARE if blocks else 0.0, extra_starts=metis_starts(member_seed), **kicks,
             )
         finally:
             torch.set_num_threads(threads)

@@ -133,3 +133,71 @@ def test_local_search_phase_never_sees_the_block_answer(monkeypatch: pytest.Monk
     assert len(seen["guided"]) == 3  # local search's answer, the block answer, the start
     block_answer = seen["guided"][1]
     assert problem.score(block_answer)[1] < problem.score(start)[1]  # the block phase moved off all-on-one
+
+
+def test_extra_starts_reach_the_block_and_guided_phases_but_never_local_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``extra_starts`` (the policy's METIS restarts) are starts of the block search and the
+    guided search; local search's own run still sees the classic starts alone."""
+    import rlplace.agents.guided_search as guided
+    import rlplace.baselines.block_search as block_module
+    import rlplace.baselines.local_search as local_search
+
+    seen: dict[str, list[np.ndarray]] = {}
+    real_units, real_blocks, real_guided = local_search.search_units, block_module.block_search, guided.guided_search
+
+    def recording_units(units, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
+        seen["local"] = [np.asarray(s).copy() for s in starts]
+        return real_units(units, budget, simulator, starts, **kwargs)
+
+    def recording_blocks(blocks, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
+        seen["block"] = [np.asarray(s).copy() for s in starts]
+        return real_blocks(blocks, budget, simulator, starts, **kwargs)
+
+    def recording_guided(problem, starts, ranker, **kwargs):  # type: ignore[no-untyped-def]
+        seen["guided"] = [np.asarray(s).copy() for s in starts]
+        return real_guided(problem, starts, ranker, **kwargs)
+
+    monkeypatch.setattr(local_search, "search_units", recording_units)
+    monkeypatch.setattr(block_module, "block_search", recording_blocks)
+    monkeypatch.setattr(guided, "guided_search", recording_guided)
+    problem = chain_problem()
+    start = np.zeros(problem.num_units, dtype=np.int64)
+    extra = np.arange(problem.num_units, dtype=np.int64) % 2
+    guided.search_from_starts(problem, [start], None, evaluations=160, seed=4, block_share=0.3, max_blocks=4, extra_starts=[extra])
+    assert len(seen["local"]) == 1 and np.array_equal(seen["local"][0], start)
+    assert len(seen["block"]) == 2 and np.array_equal(seen["block"][1], extra)
+    assert len(seen["guided"]) == 4 and np.array_equal(seen["guided"][3], extra)  # LS answer, block answer, start, extra
+
+
+def test_the_policy_draws_its_metis_restarts_from_each_members_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every portfolio member runs METIS at `METIS_RESTARTS` seeds of its own (distinct, and other
+    than the classic start's), and hands them to phases 2-3 as extra starts."""
+    import rlplace.agents.guided_search as guided
+    import rlplace.baselines as baselines
+    import rlplace.policy_method as policy_method
+    from rlplace.load import load_model
+
+    metis_seeds: list[int] = []
+    extra_counts: list[int] = []
+    real_metis, real_search = baselines.METHODS["metis"], guided.search_from_starts
+
+    def recording_metis(*args, seed: int = 0, **kwargs):  # type: ignore[no-untyped-def]
+        metis_seeds.append(seed)
+        return real_metis(*args, seed=seed, **kwargs)
+
+    def recording_search(problem, starts, ranker, *, extra_starts=(), **kwargs):  # type: ignore[no-untyped-def]
+        extra_counts.append(len(extra_starts))
+        return real_search(problem, starts, ranker, extra_starts=extra_starts, **kwargs)
+
+    monkeypatch.setitem(baselines.METHODS, "metis", recording_metis)
+    monkeypatch.setattr(guided, "search_from_starts", recording_search)
+    graph = load_model("synthetic:layered:n=30:seed=2").graph
+    cluster = Cluster("four", tuple(Device(f"g{i}", "custom", "accelerator", 1e12, 1e12, 1e12, 1e11) for i in range(4)), np.full((4, 4), 1e9), np.zeros((4, 4)))
+    costs = CostTable.build(graph, cluster)
+    for seed in (0, 1):
+        policy_method.search(graph, cluster, costs, seed=seed, evaluations=50, random_order=True)
+    per_call = guided.METIS_RESTARTS + 1
+    assert len(metis_seeds) == 2 * per_call and extra_counts == [guided.METIS_RESTARTS] * 2
+    first, second = metis_seeds[:per_call], metis_seeds[per_call:]
+    assert first[0] == 0 and second[0] == 1  # the classic start keeps the decision's seed
+    assert len(set(first[1:])) == guided.METIS_RESTARTS and not set(first[1:]) & set(second[1:])
