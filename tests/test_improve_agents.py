@@ -685,3 +685,33 @@ def test_bench_policy_report_prints_the_summary_of_a_saved_run(tmp_path: Path, c
     assert main(["--report", str(saved)]) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("all ", "B-D "))}
     assert lines["B-D"][1] == "0.896" and lines["all"][1] == "0.921"
+
+
+def test_screen_policy_parses_variants_patches_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A variant sets module constants only while it runs; the report's geomeans come from the
+    rows: base (0.9 * 1.0) ** 0.5 = 0.9487, the variant (0.8 * 1.0) ** 0.5 = 0.8944, its
+    ratio to base (0.8 / 0.9) ** 0.5 = 0.9428, better in 1 run, worse in none."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import screen_policy
+
+    from rlplace.agents import guided_search
+
+    name, patches = screen_policy.parse_variant("more:rlplace.agents.guided_search.METIS_RESTARTS=3,rlplace.agents.guided_search.BLOCK_SHARE=0.1")
+    assert name == "more" and patches == {("rlplace.agents.guided_search", "METIS_RESTARTS"): 3, ("rlplace.agents.guided_search", "BLOCK_SHARE"): 0.1}
+    shipped = guided_search.METIS_RESTARTS, guided_search.BLOCK_SHARE
+    with screen_policy.patched(patches):
+        assert (guided_search.METIS_RESTARTS, guided_search.BLOCK_SHARE) == (3, 0.1)
+    restored = guided_search.METIS_RESTARTS, guided_search.BLOCK_SHARE
+    assert restored == shipped
+    with pytest.raises(SystemExit, match=r"module\.ATTR=VALUE"):
+        screen_policy.parse_variant("bad:METIS_RESTARTS")
+
+    rows = tmp_path / "rows.jsonl"
+    lines = [("base", "B", 0.9), ("more", "B", 0.8), ("base", "A", 1.0), ("more", "A", 1.0)]
+    rows.write_text("".join(json.dumps({"set": "wide", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x}) + "\n" for v, r, x in lines))
+    screen_policy.report(rows)
+    out = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert out["base"][1] == "0.9487" and out["more"][1] == "0.8944" and out["more"][3] == "0.8944"
+    assert out["more"][5] == "0.8000" and out["more"][6] == "1.000" and out["more"][7] == "0.9428" and out["more"][-4:] == ["1,", "worse", "in", "0)"]
