@@ -95,9 +95,6 @@ POLISH_EXCHANGES = 3
 #: METIS at this many seeds per search (`rlplace.baselines.local_search.seeded_restarts`,
 #: ~4 ms each). Chosen on the validation sets (8 and 16 against none: docs).
 METIS_RESTARTS = 8
-#: Runs of the block phase, each from one of the best distinct starts with an equal share of
-#: its budget (1: one run from the best start).
-BLOCK_STARTS = 1
 
 
 @dataclass
@@ -266,16 +263,12 @@ def search_from_starts(
     block_answers: list[np.ndarray] = []
     if block_share > 0 and problem.num_units > max_blocks:
         blocks = build_blocks(problem.graph, problem.units, max_blocks)
-        block_began = time.perf_counter()
-        groups, made_blocks = _block_start_groups(problem, [*starts, *extra_starts], BLOCK_STARTS)
-        for run, group in enumerate(groups):
-            block_deadline = None if budget_s is None else block_began + block_share * budget_s * (run + 1) / len(groups)
-            block_limit = 10**9 if evaluations is None else max(1, int(block_share * evaluations) // len(groups))
-            coarse, made = block_search(
-                blocks, problem.budget, problem.simulator, group, objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed + run
-            )
-            made_blocks += made
-            block_answers.append(coarse)
+        block_deadline = None if budget_s is None else time.perf_counter() + block_share * budget_s
+        block_limit = 10**9 if evaluations is None else max(1, int(block_share * evaluations))
+        coarse, made_blocks = block_search(
+            blocks, problem.budget, problem.simulator, [*starts, *extra_starts], objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed
+        )
+        block_answers.append(coarse)
     # Local search starts from the classic starts only, never from the block answer: its run
     # stays local-search's own, so the answer is never worse than local-search's default one.
     first_deadline = None if budget_s is None else began + LOCAL_SEARCH_SHARE * budget_s
@@ -289,20 +282,6 @@ def search_from_starts(
     best, _, stats = guided_search(problem, [first, *block_answers, *starts, *extra_starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
     stats.simulations += made_blocks + made
     return best, stats
-
-
-def _block_start_groups(problem: MoveProblem, starts: list[np.ndarray], runs: int) -> tuple[list[list[np.ndarray]], int]:
-    """The start lists of the block phase's runs and the simulations spent choosing them: one
-    run from all ``starts`` (it begins at the best) when ``runs`` is 1, else one run from each
-    of the ``runs`` best distinct starts (each scored once)."""
-    if runs <= 1:
-        return [list(starts)], 0
-    keys = [problem.score(start) for start in starts]
-    chosen: list[np.ndarray] = []
-    for index in sorted(range(len(starts)), key=lambda i: keys[i]):
-        if len(chosen) < runs and not any(np.array_equal(starts[index], other) for other in chosen):
-            chosen.append(starts[index])
-    return [[start] for start in chosen], len(starts)
 
 
 def candidate_moves(problem: MoveProblem, current: np.ndarray, obs: Observation) -> np.ndarray:

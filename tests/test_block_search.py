@@ -201,36 +201,3 @@ def test_the_policy_draws_its_metis_restarts_from_each_members_seed(monkeypatch:
     first, second = metis_seeds[:per_call], metis_seeds[per_call:]
     assert first[0] == 0 and second[0] == 1  # the classic start keeps the decision's seed
     assert len(set(first[1:])) == guided.METIS_RESTARTS and not set(first[1:]) & set(second[1:])
-
-
-def test_block_phase_runs_from_each_of_the_best_distinct_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``BLOCK_STARTS`` = 2 the block phase runs twice, from the best and the second-best
-    distinct start (a duplicate of the best is skipped), and the guided search gets both answers."""
-    import rlplace.agents.guided_search as guided
-    import rlplace.baselines.block_search as block_module
-
-    runs: list[list[np.ndarray]] = []
-    real_blocks, real_guided = block_module.block_search, guided.guided_search
-    seen: dict[str, int] = {}
-
-    def recording_blocks(blocks, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
-        runs.append([np.asarray(s).copy() for s in starts])
-        return real_blocks(blocks, budget, simulator, starts, **kwargs)
-
-    def recording_guided(problem, starts, ranker, **kwargs):  # type: ignore[no-untyped-def]
-        seen["guided"] = len(starts)
-        return real_guided(problem, starts, ranker, **kwargs)
-
-    monkeypatch.setattr(block_module, "block_search", recording_blocks)
-    monkeypatch.setattr(guided, "guided_search", recording_guided)
-    monkeypatch.setattr(guided, "BLOCK_STARTS", 2)
-    problem = chain_problem()
-    all_on_one = np.zeros(problem.num_units, dtype=np.int64)
-    split = (problem.units.first_op >= CHAIN).astype(np.int64)  # chain a on 0, chain b on 1: the optimum
-    half = split.copy()
-    half[: CHAIN // 2] = 1  # half of chain a moved next to chain b: between the two
-    _, stats = guided.search_from_starts(problem, [all_on_one, split, half, split.copy()], None, evaluations=200, seed=4, block_share=0.3, max_blocks=4)
-    assert len(runs) == 2
-    assert np.array_equal(runs[0][0], split) and np.array_equal(runs[1][0], half)
-    assert seen["guided"] == 1 + 2 + 4  # local search's answer, two block answers, the starts
-    assert stats.simulations == 200
