@@ -200,6 +200,23 @@ def test_guided_search_never_returns_worse_than_its_best_start_and_respects_the_
     assert key <= min(problem.score(s) for s in starts)
 
 
+def test_guided_search_scores_its_starts_in_order_only_while_the_budget_lasts() -> None:
+    """More starts than simulations: only the first ``evaluations`` starts are scored, in
+    order, and the answer is the best of those (all-on-one scores 2 * HEAVY, the split of the
+    two heavy ops about HEAVY; then copies of the split)."""
+    from rlplace.agents.guided_search import guided_search
+
+    problem = problem_of(two_heavy_graph(6))
+    all_on_one = np.zeros(problem.num_units, np.int64)
+    split = np.arange(problem.num_units, dtype=np.int64) % 2
+    assert problem.score(split) < problem.score(all_on_one)
+    starts = [all_on_one, split, *[split.copy() for _ in range(6)]]
+    for budget, expected in ((1, all_on_one), (2, split)):
+        best, key, stats = guided_search(problem, starts, None, evaluations=budget, seed=0, polish=False)
+        assert stats.simulations == budget
+        assert np.array_equal(best, expected) and key == problem.score(expected)
+
+
 def test_on_observe_sees_every_state_the_guided_search_ranks() -> None:
     from rlplace.agents.guided_search import guided_search, scorer_ranker
     from rlplace.agents.scorer import MoveScorer, ScorerConfig
@@ -252,11 +269,12 @@ def test_search_states_are_exactly_labelled_states_the_search_observed() -> None
 @pytest.mark.parametrize("tiny", [6, 80])
 def test_the_policy_method_runs_the_search_that_search_states_collects_from(tiny: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """One search for both: `policy_method.search` under a simulation budget (one worker) ends
-    where `search_from_starts` with the block phase ends from the same starts and seed, and so
+    where `search_from_starts` with the block phase ends from the same starts, METIS restarts
+    and seed, and so
     do their simulations (9 units: no block phase; 83 units: more than 64, with one)."""
     import rlplace.baselines.block_search as block_search
-    from rlplace.agents.guided_search import BLOCK_SHARE, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, start_placements
+    from rlplace.agents.guided_search import BLOCK_SHARE, METIS_RESTARTS, search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, seeded_restarts, start_placements
     from rlplace.policy_method import search
 
     calls: list[int] = []
@@ -269,7 +287,8 @@ def test_the_policy_method_runs_the_search_that_search_states_collects_from(tiny
     placement, stats = search(graph, cluster, costs, objective="latency", evaluations=60, random_order=True, seed=2)
     assert len(calls) == (1 if problem.num_units > block_search.DEFAULT_MAX_BLOCKS else 0)
     starts = [problem.units.contract(p) for p in start_placements(graph, cluster, costs, objective="latency", seed=2, methods=START_METHODS).values()]
-    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2, block_share=BLOCK_SHARE)
+    restarts = [problem.units.contract(p) for p in seeded_restarts(graph, cluster, costs, objective="latency", seed=2, count=METIS_RESTARTS)]
+    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2, block_share=BLOCK_SHARE, extra_starts=restarts)
     assert np.array_equal(np.asarray(placement), problem.units.expand(best))
     assert stats.simulations == direct.simulations
 
