@@ -291,6 +291,19 @@ def search_from_starts(
     return best, stats
 
 
+def metis_restarts(problem: MoveProblem, seed: int, count: int | None = None) -> list[np.ndarray]:
+    """(u,) assignments of METIS at ``count`` (default `METIS_RESTARTS`) seeds drawn from
+    ``seed`` (`rlplace.baselines.local_search.seeded_restarts`) on ``problem``'s graph,
+    cluster, objective, M and schedule: the ``extra_starts`` of `search_from_starts`."""
+    from rlplace.baselines.local_search import seeded_restarts
+
+    restarts = seeded_restarts(
+        problem.graph, problem.cluster, problem.costs, objective=problem.objective, seed=seed, count=METIS_RESTARTS if count is None else count,
+        microbatches=problem.microbatches, schedule=problem.schedule,
+    )  # fmt: skip
+    return [problem.units.contract(p) for p in restarts]
+
+
 def candidate_moves(problem: MoveProblem, current: np.ndarray, obs: Observation) -> np.ndarray:
     """(u, k) bool, ``local-search``'s neighbourhood: every move of a unit to another device
     that can run it; under ``throughput`` (whose memory model is the estimate's static sum) only

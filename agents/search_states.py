@@ -40,9 +40,9 @@ def collect_search_states(
 ) -> list[Example]:
     """Up to ``per_search`` labelled states of one policy-guided search of ``problem``
     (module docstring); [] when no fast baseline places the problem's graph."""
-    from rlplace.baselines.local_search import START_METHODS, seeded_restarts, start_placements
+    from rlplace.baselines.local_search import START_METHODS, start_placements
 
-    from .guided_search import BLOCK_SHARE, METIS_RESTARTS, scorer_ranker, search_from_starts
+    from .guided_search import BLOCK_SHARE, metis_restarts, scorer_ranker, search_from_starts
 
     found = start_placements(
         problem.graph, problem.cluster, problem.costs, objective=problem.objective, seed=seed, methods=START_METHODS,
@@ -50,14 +50,10 @@ def collect_search_states(
     )
     if not found:
         return []
-    restarts = seeded_restarts(
-        problem.graph, problem.cluster, problem.costs, objective=problem.objective, seed=seed, count=METIS_RESTARTS,
-        microbatches=problem.microbatches, schedule=problem.schedule,
-    )
     seen: list[tuple[np.ndarray, Observation]] = []
     search_from_starts(
         problem, [problem.units.contract(p) for p in found.values()], scorer_ranker(scorer), evaluations=evaluations, seed=seed,
-        block_share=BLOCK_SHARE, extra_starts=[problem.units.contract(p) for p in restarts], on_observe=lambda assignment, observation: seen.append((assignment, observation)),
+        block_share=BLOCK_SHARE, extra_starts=metis_restarts(problem, seed), on_observe=lambda assignment, observation: seen.append((assignment, observation)),
     )
     examples = []
     for index in rng.permutation(len(seen))[:per_search].tolist():

@@ -137,8 +137,8 @@ def search(
     """
     import torch
 
-    from rlplace.agents.guided_search import BLOCK_SHARE, METIS_RESTARTS, scorer_ranker, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, seeded_restarts, start_placements
+    from rlplace.agents.guided_search import BLOCK_SHARE, metis_restarts, scorer_ranker, search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
@@ -158,13 +158,6 @@ def search(
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")
     starts = [problem.units.contract(p) for p in found.values()]
 
-    def metis_starts(member_seed: int) -> list[np.ndarray]:
-        """(u,) assignments of METIS at `METIS_RESTARTS` seeds drawn from ``member_seed``."""
-        restarts = seeded_restarts(
-            graph, cluster, costs, objective=objective, seed=member_seed, count=METIS_RESTARTS, microbatches=microbatches, schedule=schedule
-        )
-        return [problem.units.contract(p) for p in restarts]
-
     def improve(member_seed: int) -> tuple[np.ndarray, Any]:
         """Phases 1-4 from ``starts`` (and, for phases 2-3, METIS at more seeds) with
         ``member_seed``: the best (u,) unit assignment and the statistics."""
@@ -176,7 +169,7 @@ def search(
             best, stats = search_from_starts(
                 problem, starts, ranker, evaluations=evaluations, budget_s=budget_s,
                 guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish,
-                block_share=BLOCK_SHARE if blocks else 0.0, extra_starts=metis_starts(member_seed), **kicks,
+                block_share=BLOCK_SHARE if blocks else 0.0, extra_starts=metis_restarts(problem, member_seed), **kicks,
             )
         finally:
             torch.set_num_threads(threads)

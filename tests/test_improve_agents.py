@@ -273,8 +273,8 @@ def test_the_policy_method_runs_the_search_that_search_states_collects_from(tiny
     and seed, and so
     do their simulations (9 units: no block phase; 83 units: more than 64, with one)."""
     import rlplace.baselines.block_search as block_search
-    from rlplace.agents.guided_search import BLOCK_SHARE, METIS_RESTARTS, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, seeded_restarts, start_placements
+    from rlplace.agents.guided_search import BLOCK_SHARE, metis_restarts, search_from_starts
+    from rlplace.baselines.local_search import START_METHODS, start_placements
     from rlplace.policy_method import search
 
     calls: list[int] = []
@@ -287,8 +287,7 @@ def test_the_policy_method_runs_the_search_that_search_states_collects_from(tiny
     placement, stats = search(graph, cluster, costs, objective="latency", evaluations=60, random_order=True, seed=2)
     assert len(calls) == (1 if problem.num_units > block_search.DEFAULT_MAX_BLOCKS else 0)
     starts = [problem.units.contract(p) for p in start_placements(graph, cluster, costs, objective="latency", seed=2, methods=START_METHODS).values()]
-    restarts = [problem.units.contract(p) for p in seeded_restarts(graph, cluster, costs, objective="latency", seed=2, count=METIS_RESTARTS)]
-    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2, block_share=BLOCK_SHARE, extra_starts=restarts)
+    best, direct = search_from_starts(problem, starts, None, evaluations=60, seed=2, block_share=BLOCK_SHARE, extra_starts=metis_restarts(problem, 2))
     assert np.array_equal(np.asarray(placement), problem.units.expand(best))
     assert stats.simulations == direct.simulations
 
