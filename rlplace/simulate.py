@@ -312,14 +312,18 @@ class Simulator:
             peak = self._resident(p)
             return self.step_time(p), float(np.maximum(peak - self._capacity, 0.0).sum())
         if self._surely_fits(p):  # the peak cannot pass capacity: the makespan alone, no buffers
-            return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff))), 0.0
-        if cutoff < np.inf and kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff)) == np.inf:
+            return self._makespan(p, cutoff), 0.0
+        if cutoff < np.inf and self._makespan(p, cutoff) == np.inf:
             # Past the cutoff it loses whether it fits or not (an overflow loses too), so its
             # memory, the costly half of a full schedule, is never needed.
             return np.inf, 0.0
         schedule = self._schedule(p, (self._op_rank, self._rank_op))
         peak = self._memory(p, schedule)
         return schedule.makespan, float(np.maximum(peak - self._capacity, 0.0).sum())
+
+    def _makespan(self, p: np.ndarray, cutoff: float) -> float:
+        """The makespan of (n,) ``p`` under the default op order, ``inf`` once it surely passes ``cutoff``."""
+        return float(kernel.schedule_makespan(*self._schedule_args(p, (self._op_rank, self._rank_op)), float(cutoff)))
 
     def _surely_fits(self, p: np.ndarray) -> bool:
         """Whether every device holds all its buffers at once: resident bytes, every instance's
