@@ -73,10 +73,15 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of the JSON lines file ``path`` ([] when there is none yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def report(path: Path) -> None:
     """Print the summary of the rows in ``path`` (module docstring); only case-seed pairs every
     variant ran count."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     runs: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
         runs[(row["set"], row["case"], row["seed"])][row["variant"]] = row
@@ -105,12 +110,7 @@ def screen(path: Path, seeds: list[int], variants: list[tuple[str, dict[tuple[st
     from rlplace.methods import run_method
     from rlplace.policy_method import load_policy, search
 
-    done = set()
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done.add((row["set"], row["case"], row["seed"], row["variant"]))
+    done = {(row["set"], row["case"], row["seed"], row["variant"]) for row in read_rows(path)}
     load_policy(None)  # the cold start, outside every decision
     specs = {"validation": bench_policy.VALIDATION, "wide": bench_policy.WIDE_VALIDATION, "families": bench_policy.FAMILY_VALIDATION}
     for set_name in SETS:
