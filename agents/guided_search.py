@@ -96,6 +96,10 @@ POLISH_EXCHANGES = 3
 #: METIS at this many seeds per search (`rlplace.baselines.local_search.seeded_restarts`,
 #: ~4 ms each). Chosen on the validation sets (8 and 16 against none: docs).
 METIS_RESTARTS = 8
+#: Under a time budget, a fresh ranking (`observe` and a forward pass) is made only while the
+#: rankings' seconds are at most this share of the guided search's seconds so far; otherwise
+#: the last ranking's scores order the moves of the new placement (`_focus_view`). 1: always.
+RANK_TIME_SHARE = 1.0
 
 
 @dataclass
@@ -129,6 +133,7 @@ def guided_search(
     adaptive: bool = DEFAULT_ADAPTIVE,
     polish: bool = DEFAULT_POLISH,
     group_kick_share: float = DEFAULT_GROUP_KICK_SHARE,
+    rank_time_share: float | None = None,
     seed: int = 0,
     on_observe: Callable[[np.ndarray, Observation], None] | None = None,
 ) -> tuple[np.ndarray, Key, SearchStats]:
@@ -166,18 +171,30 @@ def guided_search(
     since_ranking = rerank_every
     sources = _SourceYield()
     from_random: set[int] = set()
+    scores: np.ndarray | None = None  # (u * k,) the last ranking's move scores
+    ranking_s = 0.0
+    share_of_time = RANK_TIME_SHARE if rank_time_share is None else rank_time_share
     while not out_of_budget():
         if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
-            obs = observe(problem, current)
+            # A fresh ranking while the rankings' seconds stay within their share of the time
+            # spent (always under a simulation budget); otherwise the last ranking's scores on
+            # a plain simulation's critical path (`_focus_view`). Either costs one simulation.
+            if ranker is not None and (deadline is None or ranking_s <= share_of_time * (time.perf_counter() - began)):
+                ranking_began = time.perf_counter()
+                obs = observe(problem, current)
+                scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)
+                ranking_s += time.perf_counter() - ranking_began
+                view = _FocusView(critical=obs.nodes[:, 2] > 0.5, movable=candidate_moves(problem, current, obs.legal))
+                stats.rankings += 1
+                if on_observe is not None:
+                    on_observe(current.copy(), obs)
+            else:
+                view = _focus_view(problem, current)
             stats.simulations += 1
-            if on_observe is not None:
-                on_observe(current.copy(), obs)
             share = sources.share(random_share) if adaptive and ranker is not None else random_share
-            ranked_order, from_random = _candidate_order(problem, current, obs, ranker, rng, share, scan, focus)
+            ranked_order, from_random = _candidate_order(problem, view, scores, rng, share, scan, focus)
             order = _with_swaps(ranked_order, problem.num_units, rng, swap_share)
             since_ranking = 0
-            if ranker is not None:
-                stats.rankings += 1
         taken = False
         while order.size and not out_of_budget():
             chunk, order = order[:batch], order[batch:]
@@ -304,23 +321,42 @@ def metis_restarts(problem: MoveProblem, seed: int, count: int | None = None) ->
     return [problem.units.contract(p) for p in restarts]
 
 
-def candidate_moves(problem: MoveProblem, current: np.ndarray, obs: Observation) -> np.ndarray:
+def candidate_moves(problem: MoveProblem, current: np.ndarray, legal: np.ndarray | None = None) -> np.ndarray:
     """(u, k) bool, ``local-search``'s neighbourhood: every move of a unit to another device
     that can run it; under ``throughput`` (whose memory model is the estimate's static sum) only
-    those the memory estimate allows (``obs.legal``), under the other objectives the simulator's
-    overflow judges memory, so moves through a temporarily full device stay possible."""
+    those the memory estimate allows (``legal``, `legal_moves` of ``current``, computed when
+    None), under the other objectives the simulator's overflow judges memory, so moves through
+    a temporarily full device stay possible."""
     if problem.objective == "throughput":
-        return obs.legal
+        return legal_moves(problem, current) if legal is None else legal
     moves = problem.units.allowed.copy()
     moves[np.arange(problem.num_units), current] = False
     return moves
 
 
+@dataclass(frozen=True)
+class _FocusView:
+    """What ordering a placement's moves needs: ``critical`` (u,) bool, the units on the
+    simulated critical path (``throughput``: the busiest device's); ``movable`` (u, k) bool,
+    `candidate_moves`."""
+
+    critical: np.ndarray
+    movable: np.ndarray
+
+
+def _focus_view(problem: MoveProblem, current: np.ndarray) -> _FocusView:
+    """`_FocusView` of the (u,) ``current`` from one plain simulation (no features: what
+    `observe` costs besides its simulation is the ranking's)."""
+    path = np.asarray(problem.simulator.run(problem.units.expand(current)).critical_path, dtype=np.int64)
+    critical = np.zeros(problem.num_units, dtype=bool)
+    critical[problem.units.of_op[path]] = True
+    return _FocusView(critical=critical, movable=candidate_moves(problem, current))
+
+
 def _candidate_order(
     problem: MoveProblem,
-    current: np.ndarray,
-    obs: Observation,
-    ranker: Ranker | None,
+    view: _FocusView,
+    scores: np.ndarray | None,
     rng: np.random.Generator,
     random_share: float,
     scan: int,
@@ -328,18 +364,17 @@ def _candidate_order(
 ) -> tuple[np.ndarray, set[int]]:
     """Up to ``scan`` flat move ids (unit * k + device): ranked moves with random ones mixed in
     (``focus``: critical-path units' moves first, in each list), and the set of those taken
-    from the random list (all of them without a ranker)."""
-    legal = np.flatnonzero(candidate_moves(problem, current, obs).reshape(-1))
+    from the random list (all of them without ``scores``, (u * k,) move scores)."""
+    legal = np.flatnonzero(view.movable.reshape(-1))
     if legal.size == 0:
         return legal, set()
-    critical = obs.nodes[legal // problem.num_devices, 2] > 0.5 if focus else np.zeros(legal.size, bool)
+    critical = view.critical[legal // problem.num_devices] if focus else np.zeros(legal.size, bool)
     permutation = rng.permutation(legal.size)
     permutation = permutation[np.argsort(~critical[permutation], kind="stable")]
     shuffled = legal[permutation]
-    if ranker is None:
+    if scores is None:
         return shuffled[:scan], set(shuffled[:scan].tolist())
-    scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)[legal]
-    ranked = legal[np.lexsort((-scores, ~critical))]
+    ranked = legal[np.lexsort((-scores[legal], ~critical))]
     size = min(scan, legal.size)
     take_random = rng.random(size) < random_share
     order: list[int] = []

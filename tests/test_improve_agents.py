@@ -217,6 +217,29 @@ def test_guided_search_scores_its_starts_in_order_only_while_the_budget_lasts() 
         assert np.array_equal(best, expected) and key == problem.score(expected)
 
 
+def test_the_rankings_time_share_caps_fresh_rankings_only_under_a_time_budget() -> None:
+    """``rank_time_share=0``: under a time budget only the first ranking is fresh (the rest
+    reuse its scores on a plain simulation's critical path), and it is still seen by
+    ``on_observe``; under a simulation budget the share is ignored, so the search repeats
+    exactly whatever it is."""
+    from rlplace.agents.guided_search import guided_search, scorer_ranker
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+
+    torch.manual_seed(0)
+    problem = problem_of(two_heavy_graph(6))
+    ranker = scorer_ranker(MoveScorer(ScorerConfig(hidden=8, layers=1)).eval())
+    starts = [np.zeros(problem.num_units, np.int64)]
+    seen = []
+    # a time budget that never binds (the simulations end the search), so nothing depends on the clock
+    _, _, timed = guided_search(problem, starts, ranker, evaluations=80, budget_s=600.0, rank_time_share=0.0, seed=1, on_observe=lambda a, o: seen.append(a))
+    assert timed.rankings == len(seen) == 1
+    assert timed.simulations == 80 and timed.restarts > 0  # the search went on, kicks included, on the one ranking
+    capped = guided_search(problem, starts, ranker, evaluations=80, rank_time_share=0.0, seed=1)
+    always = guided_search(problem, starts, ranker, evaluations=80, rank_time_share=1.0, seed=1)
+    assert np.array_equal(capped[0], always[0]) and capped[1] == always[1]
+    assert capped[2].rankings == always[2].rankings > 1
+
+
 def test_on_observe_sees_every_state_the_guided_search_ranks() -> None:
     from rlplace.agents.guided_search import guided_search, scorer_ranker
     from rlplace.agents.scorer import MoveScorer, ScorerConfig
@@ -520,7 +543,8 @@ def test_guided_search_neighbourhood_is_local_searchs() -> None:
         problem = problem_of(graph, objective)
         current = np.zeros(problem.num_units, np.int64)
         obs = observe(problem, current)
-        moves = candidate_moves(problem, current, obs)
+        moves = candidate_moves(problem, current, obs.legal)
+        assert np.array_equal(moves, candidate_moves(problem, current))  # the same when it computes the legal moves
         if objective == "throughput":
             assert np.array_equal(moves, legal_moves(problem, current))
         else:
@@ -552,14 +576,16 @@ def test_the_random_share_follows_each_lists_yield() -> None:
 
 
 def test_random_order_tries_critical_path_units_first() -> None:
-    from rlplace.agents.guided_search import _candidate_order
+    from rlplace.agents.guided_search import _candidate_order, _focus_view
 
     problem = problem_of(two_heavy_graph(8))
     current = np.array([0, 1, 1] + [0] * 8)  # both heavy ops on g1: in -> heavy -> heavy is the path
     obs = observe(problem, current)
     critical = obs.nodes[:, 2] > 0.5
     assert critical.tolist() == [True, True, True] + [False] * 8
-    order, _ = _candidate_order(problem, current, obs, None, np.random.default_rng(0), 0.0, 10**6)
+    view = _focus_view(problem, current)
+    assert np.array_equal(view.critical, critical)  # a plain simulation's path is the observation's
+    order, _ = _candidate_order(problem, view, None, np.random.default_rng(0), 0.0, 10**6)
     on_path = critical[order // problem.num_devices]
     assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
 
