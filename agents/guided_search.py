@@ -96,10 +96,6 @@ POLISH_EXCHANGES = 3
 #: METIS at this many seeds per search (`rlplace.baselines.local_search.seeded_restarts`,
 #: ~4 ms each). Chosen on the validation sets (8 and 16 against none: docs).
 METIS_RESTARTS = 8
-#: Under a time budget, a fresh ranking (`observe` and a forward pass) is made only while the
-#: rankings' seconds are at most this share of the guided search's seconds so far; otherwise
-#: the last ranking's scores order the moves of the new placement (`_focus_view`). 1: always.
-RANK_TIME_SHARE = 1.0
 
 
 @dataclass
@@ -133,14 +129,13 @@ def guided_search(
     adaptive: bool = DEFAULT_ADAPTIVE,
     polish: bool = DEFAULT_POLISH,
     group_kick_share: float = DEFAULT_GROUP_KICK_SHARE,
-    rank_time_share: float | None = None,
     seed: int = 0,
     on_observe: Callable[[np.ndarray, Observation], None] | None = None,
 ) -> tuple[np.ndarray, Key, SearchStats]:
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring.
 
     ``on_observe(assignment, observation)``, when given, sees every state the search observes
-    before ranking its moves (a copy of the (u,) assignment): the states expert iteration
+    before ranking its moves (with a ranker: random order computes no features) (a copy of the (u,) assignment): the states expert iteration
     labels to train on the search's own distribution (`rlplace.agents.search_states`).
     """
     rng = np.random.default_rng(seed)
@@ -171,19 +166,14 @@ def guided_search(
     since_ranking = rerank_every
     sources = _SourceYield()
     from_random: set[int] = set()
-    scores: np.ndarray | None = None  # (u * k,) the last ranking's move scores
-    ranking_s = 0.0
-    share_of_time = RANK_TIME_SHARE if rank_time_share is None else rank_time_share
     while not out_of_budget():
         if since_ranking >= (rerank_every if ranker is not None else rerank_random) or order.size == 0:
-            # A fresh ranking while the rankings' seconds stay within their share of the time
-            # spent (always under a simulation budget); otherwise the last ranking's scores on
-            # a plain simulation's critical path (`_focus_view`). Either costs one simulation.
-            if ranker is not None and (deadline is None or ranking_s <= share_of_time * (time.perf_counter() - began)):
-                ranking_began = time.perf_counter()
+            # With a ranker: its features and scores; without one only what ordering needs
+            # (no features: random order never reads them). Either costs one simulation.
+            scores: np.ndarray | None = None
+            if ranker is not None:
                 obs = observe(problem, current)
                 scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)
-                ranking_s += time.perf_counter() - ranking_began
                 view = _FocusView(critical=obs.nodes[:, 2] > 0.5, movable=candidate_moves(problem, current, obs.legal))
                 stats.rankings += 1
                 if on_observe is not None:

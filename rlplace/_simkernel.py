@@ -137,6 +137,7 @@ def _schedule(
     lane_ops: np.ndarray,
     gate_to: np.ndarray,
     cutoff: float,
+    record: bool,
 ):
     """List-schedule every instance; return the schedule and its transfers.
 
@@ -158,17 +159,22 @@ def _schedule(
     op times (no transfers) from its successors to the end of its micro-batch (ops are in
     topological order). Both are true lower bounds on the makespan, so a finite makespan is
     always exact and ``inf`` means "above ``cutoff``"; the arrays are then partial.
+
+    ``record``: fill the per-instance and per-transfer times (start, finish, ready, the
+    previous instance or transfer of each device and link); False leaves them as 1-element
+    placeholders, for the makespan-only hot path (the makespan is the same either way).
     """
     n = num_ops
     k = num_devices
     total = n * microbatches
     divisor = float(microbatches)
 
-    start = np.empty(total)
-    finish = np.empty(total)
-    ready_time = np.zeros(total)
-    ready_via = np.full(total, NONE, dtype=np.int64)
-    device_prev = np.full(total, NONE, dtype=np.int64)
+    rec = total if record else 1  # only the recording caller reads these
+    start = np.empty(rec)
+    finish = np.empty(rec)
+    ready_time = np.zeros(rec)
+    ready_via = np.full(rec, NONE, dtype=np.int64)
+    device_prev = np.full(rec, NONE, dtype=np.int64)
     pending = np.empty(total, dtype=np.int64)
     for mb in range(microbatches):
         pending[mb * n : (mb + 1) * n] = indegree
@@ -190,10 +196,11 @@ def _schedule(
     x_instance = np.empty(capacity, dtype=np.int64)
     x_dst = np.empty(capacity, dtype=np.int64)
     x_duration = np.empty(capacity)
-    x_ready = np.empty(capacity)
-    x_start = np.empty(capacity)
-    x_finish = np.empty(capacity)
-    x_link_prev = np.empty(capacity, dtype=np.int64)
+    xrec = capacity if record else 1
+    x_ready = np.empty(xrec)
+    x_start = np.empty(xrec)
+    x_finish = np.empty(xrec)
+    x_link_prev = np.empty(xrec, dtype=np.int64)
     x_next = np.empty(capacity, dtype=np.int64)
     num_x = 0
 
@@ -280,10 +287,11 @@ def _schedule(
             if bounded:
                 left[d] -= duration
             end = now + duration
-            start[g] = now
-            finish[g] = end
-            device_prev[g] = device_last[d]
-            device_last[d] = g
+            if record:
+                start[g] = now
+                finish[g] = end
+                device_prev[g] = device_last[d]
+                device_last[d] = g
             device_busy[d] = True
             _event_push(event_time, event_id, num_events, end, g)
             num_events += 1
@@ -300,10 +308,11 @@ def _schedule(
             if link_head[link] == NONE:
                 link_tail[link] = NONE
             end = now + x_duration[x]
-            x_start[x] = now
-            x_finish[x] = end
-            x_link_prev[x] = link_last[link]
-            link_last[link] = x
+            if record:
+                x_start[x] = now
+                x_finish[x] = end
+                x_link_prev[x] = link_last[link]
+                link_last[link] = x
             link_busy[link] = True
             _event_push(event_time, event_id, num_events, end, total + x)
             num_events += 1
@@ -345,8 +354,9 @@ def _schedule(
                             c = target_mb * n + op
                             pending[c] -= 1
                             if pending[c] == 0:
-                                ready_time[c] = now
-                                ready_via[c] = g
+                                if record:
+                                    ready_time[c] = now
+                                    ready_via[c] = g
                                 _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[op], target_mb] * n + op_rank[op])
                                 ready_size[a] += 1
                 remote = False
@@ -357,8 +367,9 @@ def _schedule(
                         c = base + consumer
                         pending[c] -= 1
                         if pending[c] == 0:
-                            ready_time[c] = now
-                            ready_via[c] = g
+                            if record:
+                                ready_time[c] = now
+                                ready_via[c] = g
                             _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
                             ready_size[a] += 1
                     else:
@@ -375,7 +386,8 @@ def _schedule(
                         x_instance[x] = g
                         x_dst[x] = d
                         x_duration[x] = best[d]
-                        x_ready[x] = now
+                        if record:
+                            x_ready[x] = now
                         x_next[x] = NONE
                         best[d] = -1.0
                         link = a * k + d
@@ -407,8 +419,9 @@ def _schedule(
                     c = base + consumer
                     pending[c] -= 1
                     if pending[c] == 0:
-                        ready_time[c] = now
-                        ready_via[c] = event
+                        if record:
+                            ready_time[c] = now
+                            ready_via[c] = event
                         _int_heap_push(ready_heap, heap_base[d], ready_size[d], slot_pos[d, op_lane[consumer], base // n] * n + op_rank[consumer])
                         ready_size[d] += 1
                         if not device_dirty[d]:
@@ -461,7 +474,7 @@ def schedule_makespan(
     ``inf`` when the makespan surely exceeds ``cutoff`` (`_schedule`)."""
     result = _schedule(
         num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
-        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, cutoff,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, cutoff, False,
     )  # fmt: skip
     return result[0]
 
@@ -491,7 +504,7 @@ def _schedule_full(
     """`_schedule` with the transfer arrays trimmed to the transfers made (``Schedule``'s fields, in order)."""
     (makespan, start, finish, ready_time, ready_via, device_prev, num_x, x_instance, x_dst, x_ready, x_start, x_finish, x_link_prev) = _schedule(
         num_ops, microbatches, num_devices, succ_ptr, succ_op, succ_edge, indegree, op_time, edge_time, link_class, placement,
-        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, np.inf,
+        op_rank, rank_op, op_lane, slot_pos, slot_mb, lane_ptr, lane_ops, gate_to, np.inf, True,
     )  # fmt: skip
     return (
         makespan,

@@ -217,27 +217,21 @@ def test_guided_search_scores_its_starts_in_order_only_while_the_budget_lasts() 
         assert np.array_equal(best, expected) and key == problem.score(expected)
 
 
-def test_the_rankings_time_share_caps_fresh_rankings_only_under_a_time_budget() -> None:
-    """``rank_time_share=0``: under a time budget only the first ranking is fresh (the rest
-    reuse its scores on a plain simulation's critical path), and it is still seen by
-    ``on_observe``; under a simulation budget the share is ignored, so the search repeats
-    exactly whatever it is."""
-    from rlplace.agents.guided_search import guided_search, scorer_ranker
-    from rlplace.agents.scorer import MoveScorer, ScorerConfig
+def test_random_order_never_computes_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ablation orders its moves from a plain simulation (`_focus_view`): features are
+    the ranking's cost, so a search without a ranker never calls ``observe``, and still
+    counts one simulation per view."""
+    from rlplace.agents import guided_search as guided
 
-    torch.manual_seed(0)
+    def no_features(*_: object, **__: object) -> None:
+        raise AssertionError("observe called without a ranker")
+
     problem = problem_of(two_heavy_graph(6))
-    ranker = scorer_ranker(MoveScorer(ScorerConfig(hidden=8, layers=1)).eval())
     starts = [np.zeros(problem.num_units, np.int64)]
-    seen = []
-    # a time budget that never binds (the simulations end the search), so nothing depends on the clock
-    _, _, timed = guided_search(problem, starts, ranker, evaluations=80, budget_s=600.0, rank_time_share=0.0, seed=1, on_observe=lambda a, o: seen.append(a))
-    assert timed.rankings == len(seen) == 1
-    assert timed.simulations == 80 and timed.restarts > 0  # the search went on, kicks included, on the one ranking
-    capped = guided_search(problem, starts, ranker, evaluations=80, rank_time_share=0.0, seed=1)
-    always = guided_search(problem, starts, ranker, evaluations=80, rank_time_share=1.0, seed=1)
-    assert np.array_equal(capped[0], always[0]) and capped[1] == always[1]
-    assert capped[2].rankings == always[2].rankings > 1
+    monkeypatch.setattr(guided, "observe", no_features)
+    best, key, stats = guided.guided_search(problem, starts, None, evaluations=60, seed=1, polish=False)
+    assert stats.simulations == 60 and stats.rankings == 0
+    assert key == problem.score(best) and key <= problem.score(starts[0])
 
 
 def test_on_observe_sees_every_state_the_guided_search_ranks() -> None:
