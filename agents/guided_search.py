@@ -2,7 +2,8 @@
 
 `guided_search` starts from the best of several (u,) start assignments and repeats:
 
-1. observe the current placement (one full simulation: critical path, busy times, features);
+1. observe the current placement (one full simulation: critical path, busy times, and with a
+   ranker the features it reads; random order needs only the critical path, `_focus_view`);
 2. list ``local-search``'s neighbourhood (`candidate_moves`: every move of a unit to another
    device that can run it; under ``throughput`` only those the memory estimate allows) and
    order it: moves of critical-path units first (``focus``, as ``local-search`` does), by the
