@@ -251,7 +251,8 @@ def search_from_starts(
     """The deployed pipeline's search from (u,) ``starts``: with ``block_share`` > 0, first a
     local search over blocks of units (`rlplace.baselines.block_search`, at most ``max_blocks``
     blocks, default its ``DEFAULT_MAX_BLOCKS``; skipped when there are no more units than
-    blocks) for ``block_share`` of ``budget_s`` (from its own start) or of ``evaluations``;
+    blocks) for ``block_share`` of ``budget_s`` (from its own start, ending by ``began`` +
+    ``budget_s`` at the latest) or of ``evaluations``;
     then local-search's own run from ``starts`` (`rlplace.baselines.local_search.search_units`,
     its default simulations, cut at `LOCAL_SEARCH_SHARE` of ``evaluations`` or at
     `LOCAL_SEARCH_SHARE` of ``budget_s`` from ``began``, the block phase's time included), then
@@ -278,7 +279,10 @@ def search_from_starts(
     block_answers: list[np.ndarray] = []
     if block_share > 0 and problem.num_units > max_blocks:
         blocks = build_blocks(problem.graph, problem.units, max_blocks)
-        block_deadline = None if budget_s is None else time.perf_counter() + block_share * budget_s
+        # Its share from its own start, but never past the decision's end: when the starts
+        # took most of the budget (dp's exact program under throughput on a mixed cluster can
+        # take over a second), the phase is cut rather than the budget overrun.
+        block_deadline = None if budget_s is None else min(time.perf_counter() + block_share * budget_s, began + budget_s)
         block_limit = 10**9 if evaluations is None else max(1, int(block_share * evaluations))
         coarse, made_blocks = block_search(
             blocks, problem.budget, problem.simulator, [*starts, *extra_starts], objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed

@@ -94,6 +94,34 @@ def test_the_block_phase_counts_within_the_simulation_budget() -> None:
         search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.5, max_blocks=8)
 
 
+def test_the_block_phase_never_runs_past_the_decisions_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a time budget the block phase gets ``block_share`` of it from its own start, but
+    its deadline is never later than ``began`` + ``budget_s``: starts that took most of the
+    budget cut the phase instead of overrunning the decision."""
+    import time
+
+    import rlplace.agents.guided_search as guided
+    import rlplace.baselines.block_search as block_module
+
+    deadlines: list[float] = []
+    real_blocks = block_module.block_search
+
+    def recording_blocks(*args, deadline=None, **kwargs):  # type: ignore[no-untyped-def]
+        deadlines.append(deadline)
+        return real_blocks(*args, deadline=deadline, **kwargs)
+
+    monkeypatch.setattr(block_module, "block_search", recording_blocks)
+    problem = chain_problem()
+    starts = [np.zeros(problem.num_units, dtype=np.int64)]
+    budget_s = 100.0
+    fresh = time.perf_counter()
+    guided.search_from_starts(problem, starts, None, evaluations=120, budget_s=budget_s, began=fresh, seed=0, block_share=0.3, max_blocks=8)
+    assert deadlines[-1] == pytest.approx(fresh + 0.3 * budget_s, abs=5.0)  # its whole share
+    late = time.perf_counter() - 0.99 * budget_s  # the starts "took" 99 % of the budget
+    guided.search_from_starts(problem, starts, None, evaluations=120, budget_s=budget_s, began=late, seed=0, block_share=0.3, max_blocks=8)
+    assert deadlines[-1] == late + budget_s
+
+
 def test_no_block_phase_when_there_are_no_more_units_than_blocks() -> None:
     """``max_blocks`` >= the units: the phase is skipped, the search is the one without it."""
     from rlplace.agents.guided_search import search_from_starts
