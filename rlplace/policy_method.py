@@ -8,16 +8,16 @@ method gets) and the requested objective and M:
    same starts local search uses; for phases 2-3 only, METIS at
    `rlplace.agents.guided_search.METIS_RESTARTS` more seeds drawn from each search's seed
    (`rlplace.baselines.local_search.seeded_restarts`: its answer depends much on the seed);
-2. the block-level search (`rlplace.baselines.block_search`, skipped with ``blocks=False`` or
-   when there are at most 64 units): local search over at most 64 blocks of units (a
-   coarsening of the graph; a block moves as a whole), every candidate scored by the same
-   simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of the budget. Then
-   local-search's own run from the classic starts (never from the block answer or a METIS restart;
-   `rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut at
-   `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the block phase's time
-   included; phases 2-3 are `rlplace.agents.guided_search.search_from_starts`), so the answer
-   is never worse than ``local-search``'s default answer whenever that run fits in what the
-   block phase leaves of its share;
+2. local-search's own run from the classic starts (never from the block answer or a METIS
+   restart; `rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut
+   at `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the starts' time
+   included), so the answer is never worse than ``local-search``'s default answer whenever
+   that run fits in its share; then the block-level search (`rlplace.baselines.block_search`,
+   skipped with ``blocks=False`` or when there are at most 64 units): local search over at
+   most 64 blocks of units (a coarsening of the graph; a block moves as a whole), every
+   candidate scored by the same simulator, for `rlplace.agents.guided_search.BLOCK_SHARE` of
+   the budget, never past its end (the order: `rlplace.agents.guided_search.LOCAL_SEARCH_FIRST`;
+   phases 2-3 are `rlplace.agents.guided_search.search_from_starts`);
 3. search: `rlplace.agents.guided_search.guided_search` from the best of the two answers,
    the starts and the METIS restarts, with
    the checkpoint's `MoveScorer` ranking local search's moves (critical-path units first,

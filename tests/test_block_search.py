@@ -122,6 +122,39 @@ def test_the_block_phase_never_runs_past_the_decisions_end(monkeypatch: pytest.M
     assert deadlines[-1] == late + budget_s
 
 
+def test_local_search_first_runs_it_before_the_block_phase_and_changes_no_simulation_budget_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LOCAL_SEARCH_FIRST` orders the two first phases (local search's run, then the block
+    phase); each has its own simulations and seed, so under a simulation budget the answer
+    is the same in either order."""
+    import rlplace.agents.guided_search as guided
+    import rlplace.baselines.block_search as block_module
+    import rlplace.baselines.local_search as local_search
+
+    calls: list[str] = []
+    real_units, real_blocks = local_search.search_units, block_module.block_search
+
+    def recording_units(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("local")
+        return real_units(*args, **kwargs)
+
+    def recording_blocks(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append("blocks")
+        return real_blocks(*args, **kwargs)
+
+    monkeypatch.setattr(local_search, "search_units", recording_units)
+    monkeypatch.setattr(block_module, "block_search", recording_blocks)
+    problem = chain_problem()
+    starts = [np.zeros(problem.num_units, dtype=np.int64)]
+    answers = {}
+    for first in (False, True):
+        monkeypatch.setattr(guided, "LOCAL_SEARCH_FIRST", first)
+        calls.clear()
+        answers[first] = guided.search_from_starts(problem, starts, None, evaluations=200, seed=1, block_share=0.3, max_blocks=8)
+        assert calls == (["local", "blocks"] if first else ["blocks", "local"])
+    assert np.array_equal(answers[False][0], answers[True][0])
+    assert answers[False][1].simulations == answers[True][1].simulations == 200
+
+
 def test_no_block_phase_when_there_are_no_more_units_than_blocks() -> None:
     """``max_blocks`` >= the units: the phase is skipped, the search is the one without it."""
     from rlplace.agents.guided_search import search_from_starts
