@@ -142,8 +142,9 @@ def guided_search(
     """(best (u,) assignment, its (overflow, step time), stats); see the module docstring.
 
     ``on_observe(assignment, observation)``, when given, sees every state the search observes
-    before ranking its moves (with a ranker: random order computes no features) (a copy of the (u,) assignment): the states expert iteration
-    labels to train on the search's own distribution (`rlplace.agents.search_states`).
+    before ranking its moves (a copy of the (u,) assignment; only with a ranker, since random
+    order computes no features): the states expert iteration labels to train on the search's
+    own distribution (`rlplace.agents.search_states`).
     """
     rng = np.random.default_rng(seed)
     stats = SearchStats()
@@ -178,15 +179,14 @@ def guided_search(
             # With a ranker: its features and scores; without one only what ordering needs
             # (no features: random order never reads them). Either costs one simulation.
             scores: np.ndarray | None = None
+            obs: Observation | None = None
             if ranker is not None:
                 obs = observe(problem, current)
                 scores = np.asarray(ranker(problem, current, obs), dtype=np.float64).reshape(-1)
-                view = _FocusView(critical=obs.nodes[:, 2] > 0.5, movable=candidate_moves(problem, current, obs.legal))
                 stats.rankings += 1
                 if on_observe is not None:
                     on_observe(current.copy(), obs)
-            else:
-                view = _focus_view(problem, current)
+            view = _focus_view(problem, current, obs)
             stats.simulations += 1
             share = sources.share(random_share) if adaptive and ranker is not None else random_share
             ranked_order, from_random = _candidate_order(problem, view, scores, rng, share, scan, focus)
@@ -361,9 +361,12 @@ class _FocusView:
     movable: np.ndarray
 
 
-def _focus_view(problem: MoveProblem, current: np.ndarray) -> _FocusView:
-    """`_FocusView` of the (u,) ``current`` from one plain simulation (no features: what
-    `observe` costs besides its simulation is the ranking's)."""
+def _focus_view(problem: MoveProblem, current: np.ndarray, obs: Observation | None = None) -> _FocusView:
+    """`_FocusView` of the (u,) ``current``: read off its observation ``obs`` when there is one,
+    else from one plain simulation (no features: what `observe` costs besides its simulation
+    is the ranking's)."""
+    if obs is not None:
+        return _FocusView(critical=obs.nodes[:, 2] > 0.5, movable=candidate_moves(problem, current, obs.legal))
     path = np.asarray(problem.simulator.run(problem.units.expand(current)).critical_path, dtype=np.int64)
     critical = np.zeros(problem.num_units, dtype=bool)
     critical[problem.units.of_op[path]] = True

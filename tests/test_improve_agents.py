@@ -579,6 +579,8 @@ def test_random_order_tries_critical_path_units_first() -> None:
     assert critical.tolist() == [True, True, True] + [False] * 8
     view = _focus_view(problem, current)
     assert np.array_equal(view.critical, critical)  # a plain simulation's path is the observation's
+    observed = _focus_view(problem, current, obs)
+    assert np.array_equal(observed.critical, view.critical) and np.array_equal(observed.movable, view.movable)
     order, _ = _candidate_order(problem, view, None, np.random.default_rng(0), 0.0, 10**6)
     on_path = critical[order // problem.num_devices]
     assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
