@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -36,6 +38,28 @@ def chain_problem():
     graph = two_chains()
     cluster = two_devices()
     return build_move_problem(graph, cluster, CostTable.build(graph, cluster), objective="latency")
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, module: object, name: str, on_call: Callable[..., object]) -> None:
+    """Replace ``module.name`` for the test by a wrapper that calls ``on_call(*args, **kwargs)``
+    and then the real function."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        on_call(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def keep_starts(seen: dict[str, list[np.ndarray]], key: str, position: int) -> Callable[..., None]:
+    """An ``on_call`` for `spy` that stores copies of the positional argument ``position``
+    (a search's starts) under ``seen[key]``."""
+
+    def on_call(*args: object, **_: object) -> None:
+        seen[key] = [np.asarray(start).copy() for start in args[position]]  # type: ignore[attr-defined]
+
+    return on_call
 
 
 def test_blocks_partition_the_units_and_sum_their_members() -> None:
@@ -104,13 +128,7 @@ def test_the_block_phase_never_runs_past_the_decisions_end(monkeypatch: pytest.M
     import rlplace.baselines.block_search as block_module
 
     deadlines: list[float] = []
-    real_blocks = block_module.block_search
-
-    def recording_blocks(*args, deadline=None, **kwargs):  # type: ignore[no-untyped-def]
-        deadlines.append(deadline)
-        return real_blocks(*args, deadline=deadline, **kwargs)
-
-    monkeypatch.setattr(block_module, "block_search", recording_blocks)
+    spy(monkeypatch, block_module, "block_search", lambda *args, deadline=None, **kwargs: deadlines.append(deadline))
     problem = chain_problem()
     starts = [np.zeros(problem.num_units, dtype=np.int64)]
     budget_s = 100.0
@@ -131,18 +149,8 @@ def test_local_search_first_runs_it_before_the_block_phase_and_changes_no_simula
     import rlplace.baselines.local_search as local_search
 
     calls: list[str] = []
-    real_units, real_blocks = local_search.search_units, block_module.block_search
-
-    def recording_units(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append("local")
-        return real_units(*args, **kwargs)
-
-    def recording_blocks(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append("blocks")
-        return real_blocks(*args, **kwargs)
-
-    monkeypatch.setattr(local_search, "search_units", recording_units)
-    monkeypatch.setattr(block_module, "block_search", recording_blocks)
+    spy(monkeypatch, local_search, "search_units", lambda *args, **kwargs: calls.append("local"))
+    spy(monkeypatch, block_module, "block_search", lambda *args, **kwargs: calls.append("blocks"))
     problem = chain_problem()
     starts = [np.zeros(problem.num_units, dtype=np.int64)]
     answers = {}
@@ -175,18 +183,8 @@ def test_local_search_phase_never_sees_the_block_answer(monkeypatch: pytest.Monk
     import rlplace.baselines.local_search as local_search
 
     seen: dict[str, list[np.ndarray]] = {}
-    real_units, real_guided = local_search.search_units, guided.guided_search
-
-    def recording_units(units, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
-        seen["local"] = [np.asarray(s).copy() for s in starts]
-        return real_units(units, budget, simulator, starts, **kwargs)
-
-    def recording_guided(problem, starts, ranker, **kwargs):  # type: ignore[no-untyped-def]
-        seen["guided"] = [np.asarray(s).copy() for s in starts]
-        return real_guided(problem, starts, ranker, **kwargs)
-
-    monkeypatch.setattr(local_search, "search_units", recording_units)
-    monkeypatch.setattr(guided, "guided_search", recording_guided)
+    spy(monkeypatch, local_search, "search_units", keep_starts(seen, "local", 3))
+    spy(monkeypatch, guided, "guided_search", keep_starts(seen, "guided", 1))
     problem = chain_problem()
     start = np.zeros(problem.num_units, dtype=np.int64)
     guided.search_from_starts(problem, [start], None, evaluations=160, seed=4, block_share=0.3, max_blocks=4)
@@ -204,23 +202,9 @@ def test_extra_starts_reach_the_block_and_guided_phases_but_never_local_search(m
     import rlplace.baselines.local_search as local_search
 
     seen: dict[str, list[np.ndarray]] = {}
-    real_units, real_blocks, real_guided = local_search.search_units, block_module.block_search, guided.guided_search
-
-    def recording_units(units, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
-        seen["local"] = [np.asarray(s).copy() for s in starts]
-        return real_units(units, budget, simulator, starts, **kwargs)
-
-    def recording_blocks(blocks, budget, simulator, starts, **kwargs):  # type: ignore[no-untyped-def]
-        seen["block"] = [np.asarray(s).copy() for s in starts]
-        return real_blocks(blocks, budget, simulator, starts, **kwargs)
-
-    def recording_guided(problem, starts, ranker, **kwargs):  # type: ignore[no-untyped-def]
-        seen["guided"] = [np.asarray(s).copy() for s in starts]
-        return real_guided(problem, starts, ranker, **kwargs)
-
-    monkeypatch.setattr(local_search, "search_units", recording_units)
-    monkeypatch.setattr(block_module, "block_search", recording_blocks)
-    monkeypatch.setattr(guided, "guided_search", recording_guided)
+    spy(monkeypatch, local_search, "search_units", keep_starts(seen, "local", 3))
+    spy(monkeypatch, block_module, "block_search", keep_starts(seen, "block", 3))
+    spy(monkeypatch, guided, "guided_search", keep_starts(seen, "guided", 1))
     problem = chain_problem()
     start = np.zeros(problem.num_units, dtype=np.int64)
     extra = np.arange(problem.num_units, dtype=np.int64) % 2
@@ -240,18 +224,14 @@ def test_the_policy_draws_its_metis_restarts_from_each_members_seed(monkeypatch:
 
     metis_seeds: list[int] = []
     extra_counts: list[int] = []
-    real_metis, real_search = baselines.METHODS["metis"], guided.search_from_starts
+    real_metis = baselines.METHODS["metis"]
 
     def recording_metis(*args, seed: int = 0, **kwargs):  # type: ignore[no-untyped-def]
         metis_seeds.append(seed)
         return real_metis(*args, seed=seed, **kwargs)
 
-    def recording_search(problem, starts, ranker, *, extra_starts=(), **kwargs):  # type: ignore[no-untyped-def]
-        extra_counts.append(len(extra_starts))
-        return real_search(problem, starts, ranker, extra_starts=extra_starts, **kwargs)
-
-    monkeypatch.setitem(baselines.METHODS, "metis", recording_metis)
-    monkeypatch.setattr(guided, "search_from_starts", recording_search)
+    monkeypatch.setitem(baselines.METHODS, "metis", recording_metis)  # a dict entry: not `spy`'s attribute
+    spy(monkeypatch, guided, "search_from_starts", lambda *args, extra_starts=(), **kwargs: extra_counts.append(len(extra_starts)))
     graph = load_model("synthetic:layered:n=30:seed=2").graph
     cluster = Cluster("four", tuple(Device(f"g{i}", "custom", "accelerator", 1e12, 1e12, 1e12, 1e11) for i in range(4)), np.full((4, 4), 1e9), np.zeros((4, 4)))
     costs = CostTable.build(graph, cluster)
