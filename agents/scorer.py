@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rlplace.envs.improve_state import DEVICE_FEATURES, EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, PAIR_FEATURES
+from rlplace.envs.improve_state import DEVICE_FEATURES, EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, PAIR_FEATURES, Observation
 from rlplace.errors import RlplaceError
 
 CONVS = ("gine", "gatv2", "transformer")
@@ -132,8 +133,6 @@ def _flat_edges(edge_index: Tensor, edge_attr: Tensor, num_edges: Tensor, n: int
 def collate(observations: list, device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """Unpadded `rlplace.envs.improve_state.Observation` s -> a padded batch for `MoveScorer`,
     padded to the largest unit, device and edge counts of the batch (not the env's slots)."""
-    import numpy as np
-
     b = len(observations)
     n = max(o.pairs.shape[0] for o in observations)
     d = max(o.pairs.shape[1] for o in observations)
@@ -159,9 +158,41 @@ def collate(observations: list, device: str | torch.device = "cpu") -> dict[str,
     return {key: torch.from_numpy(value).to(device) for key, value in arrays.items()}
 
 
-def move_scores(scorer: MoveScorer, observation) -> np.ndarray:  # noqa: F821
-    """(u, k) float64 pair logits of one unpadded observation (higher = try first)."""
-    with torch.no_grad():
-        logits, _ = scorer(collate([observation]))
-    u, k = observation.pairs.shape[:2]
-    return logits[0, :-1].reshape(u, k).double().numpy()
+def move_scores(scorer: MoveScorer, observation: Observation) -> np.ndarray:
+    """(u, k) float64 pair logits of one unpadded observation (higher = try first).
+
+    The same numbers as ``scorer(collate([observation]))``'s pair logits (to float rounding),
+    computed the way a search needs them: no padding, no stop or value head, and the pair
+    MLP's first layer split by its input blocks, so the (u, k, 3H + P) concatenation is never
+    built: W [x_u, g, d_k, p_uk] = W_x x_u + W_g g + W_d d_k + W_p p_uk. This is the policy's
+    hot path in `rlplace.agents.guided_search` (a ranking per few moves).
+    """
+    h = scorer.config.hidden
+    with torch.inference_mode():
+        nodes = torch.from_numpy(np.ascontiguousarray(observation.nodes, dtype=np.float32))
+        x = scorer.embed(nodes)  # (u, H)
+        if observation.edge_index.shape[1]:
+            src, dst = (torch.from_numpy(np.ascontiguousarray(row, dtype=np.int64)) for row in observation.edge_index)
+            attr = torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32))
+            edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+            ones = torch.ones(attr.shape[0], 1)
+            edge_attr = torch.cat([torch.cat([attr, ones], dim=1), torch.cat([attr, torch.zeros_like(ones)], dim=1)])
+            for conv in scorer.convs:
+                x = torch.relu(x + conv(x, edge_index, edge_attr))
+        else:  # no edges: each layer sees only its own node (what the padded path computes)
+            empty_index, empty_attr = torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, EDGE_FEATURES + 1)
+            for conv in scorer.convs:
+                x = torch.relu(x + conv(x, empty_index, empty_attr))
+        globals_ = torch.from_numpy(np.ascontiguousarray(observation.globals, dtype=np.float32))
+        graph = scorer.graph_mlp(torch.cat([x.mean(dim=0), globals_]))  # (H,)
+        device_in = torch.from_numpy(np.ascontiguousarray(observation.devices, dtype=np.float32))
+        devices = scorer.device_mlp(torch.cat([device_in, globals_.expand(device_in.shape[0], -1)], dim=1))  # (k, H)
+        first, rest = scorer.pair_mlp[0], scorer.pair_mlp[1:]
+        w_unit, w_graph, w_device, w_pair = first.weight.split([h, h, h, PAIR_FEATURES], dim=1)
+        pairs = torch.from_numpy(np.ascontiguousarray(observation.pairs, dtype=np.float32))  # (u, k, P)
+        hidden = pairs @ w_pair.T  # (u, k, S)
+        hidden += (x @ w_unit.T)[:, None, :]
+        hidden += (devices @ w_device.T)[None, :, :]
+        hidden += graph @ w_graph.T + first.bias
+        logits = rest(hidden).squeeze(-1)  # (u, k)
+    return logits.double().numpy()

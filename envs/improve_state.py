@@ -299,7 +299,9 @@ FEATURE_LIMIT = 100.0
 
 def finite_features(values: np.ndarray) -> np.ndarray:
     """float32 copy with NaN -> 0 and everything clipped to +-`FEATURE_LIMIT`."""
-    return np.clip(np.nan_to_num(values, nan=0.0, posinf=FEATURE_LIMIT, neginf=-FEATURE_LIMIT), -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)
+    out = np.clip(values, -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)  # +-inf -> +-limit
+    out[np.isnan(out)] = 0.0
+    return out
 
 
 def _max_load_after(busy: np.ndarray, assignment: np.ndarray, time: np.ndarray, time_here: np.ndarray) -> np.ndarray:
