@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -40,10 +41,10 @@ SETS = ("validation", "wide", "families")
 
 def parse_variant(text: str) -> tuple[str, dict[tuple[str, str], Any]]:
     """``NAME[:module.ATTR=VALUE[,module.ATTR=VALUE...]]`` -> (name, {(module, attr): value});
-    VALUE is a Python literal."""
+    VALUE is a Python literal, and may hold commas (a tuple: ``m.X=("a","b")``)."""
     name, _, settings = text.partition(":")
     patches: dict[tuple[str, str], Any] = {}
-    for item in filter(None, settings.split(",")):
+    for item in filter(None, re.split(r",(?=[\w.]+=)", settings)):
         target, _, value = item.partition("=")
         module, _, attr = target.rpartition(".")
         if not module or not attr or not value:
