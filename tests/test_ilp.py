@@ -140,6 +140,32 @@ def test_improve_never_gets_worse_and_reaches_the_optimum_when_it_frees_every_de
     assert optimum.value - 1e-9 <= value < simulator.step_time(units.expand(start))
 
 
+def test_improve_keeps_back_the_solvers_overshoot_and_ends_by_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solver that runs 0.05 s past every time limit (on a fake clock): after the first round
+    the limits keep that much back, so the search ends at its deadline, not 0.05 s after it."""
+    from types import SimpleNamespace
+
+    graph, cluster, costs = chain(12)
+    units, budget = prepare(graph, cluster, costs, "throughput")
+    simulator = Simulator(graph, cluster, costs, objective="throughput")
+    program = max_load_program.MaxLoadProgram(graph, cluster, costs, units, budget)
+    clock = SimpleNamespace(now=0.0)
+    limits: list[float] = []
+
+    def late_solver(program: object, lower: object, upper: object, limit: float) -> SimpleNamespace:
+        limits.append(limit)
+        clock.now += limit + 0.05
+        return SimpleNamespace(x=None)
+
+    monkeypatch.setattr(ilp, "run_milp", late_solver)
+    monkeypatch.setattr(ilp, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    start = np.zeros(units.num_units, dtype=np.int64)
+    found, _, solved = ilp.improve(program, simulator, start, deadline=0.5, round_s=0.3)
+    assert limits == pytest.approx([0.3, 0.1])  # 0.5 - 0.35 spent - 0.05 kept back
+    assert solved == 2 and clock.now <= 0.5 + 1e-12
+    assert np.array_equal(found, start)
+
+
 def test_on_a_coarsened_graph_ilp_is_never_worse_than_local_search_on_the_full_graph() -> None:
     from rlplace.cluster_spec import load_cluster
     from rlplace.load import LoadedModel
