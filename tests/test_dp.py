@@ -255,6 +255,35 @@ def test_too_many_ideals_fall_back_to_a_chain() -> None:
     assert not solution.optimal and "60000 ideals" in solution.why_not_optimal
 
 
+def test_a_work_limit_linearizes_the_throughput_program_and_says_so() -> None:
+    # 10 independent ops: 2^10 = 1 024 ideals and ~3^10 nested pairs, over a limit of 1 000.
+    graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
+    cluster = dnn_partitioning_cluster(3, 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    exact = dp.solve(graph, cluster, costs, objective="throughput")
+    capped = dp.solve(graph, cluster, costs, objective="throughput", work_limit=1000)
+    assert not exact.linearized and exact.optimal and exact.num_ideals == 2**10
+    assert exact.ideal_pairs * 4 > 1000  # 4 device states: 0-3 identical devices used
+    assert capped.linearized and capped.num_ideals == 11 and not capped.optimal
+    assert "pairs of ideals x device states" in capped.why_not_optimal
+    assert capped.step_time == pytest.approx(capped.model_value)
+    assert exact.step_time <= capped.step_time < sum(1.0 + i for i in range(10))
+    roomy = dp.solve(graph, cluster, costs, objective="throughput", work_limit=exact.ideal_pairs * 4 + 4 * 2**10)
+    assert not roomy.linearized and roomy.placement.tolist() == exact.placement.tolist()
+
+
+def test_local_search_starts_give_dp_its_start_work_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
+    cluster = dnn_partitioning_cluster(3, 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    monkeypatch.setattr(dp, "START_WORK_LIMIT", 1000)
+    found = local_search.start_placements(graph, cluster, costs, objective="throughput", seed=0, methods=("dp",))
+    capped = dp.solve(graph, cluster, costs, objective="throughput", work_limit=1000)
+    assert found["dp"].tolist() == capped.placement.tolist()
+    exact = dp.solve(graph, cluster, costs, objective="throughput")
+    assert exact.placement.tolist() != capped.placement.tolist()  # the limit changed the start
+
+
 OLD_IDEAL_LIMIT = 4472  # isqrt(2 * 10_000_000): where dp used to linearize
 
 

@@ -35,8 +35,10 @@ the transfer cost of ``I \\ J`` incrementally (only ops touching the block that 
 change). Edge times are taken as the mean over device pairs (exact for imported graphs and for
 clusters whose links are all alike); the placement returned is scored by the simulator, and
 `DpSolution.optimal` is True only when the program was exact and the simulator agrees with
-its value. When a graph has more than `IDEAL_LIMIT` (60 000, the authors' limit) ideals,
-blocks are put in one topological order (a chain, whose ideals are its prefixes) and the
+its value. When a graph has more than `IDEAL_LIMIT` (60 000, the authors' limit) ideals, or
+the program would pass a ``work_limit`` of pairs of nested ideals x device states (none by
+default; `START_WORK_LIMIT` when ``dp`` is a start of a time-budgeted search), blocks are put
+in one topological order (a chain, whose ideals are its prefixes) and the
 program is exact over splits of that order only (`DpSolution.linearized`, ``optimal`` False);
 a chain longer than `CHAIN_LIMIT` is first cut into that many runs of consecutive blocks
 (`chain_segments`). With more than `MAX_DEVICE_STATES` (count per kind) states, devices are
@@ -92,6 +94,12 @@ CHAIN_LIMIT = 1024
 MEMORY_MARGINS = (1.0, 0.9, 0.8, 0.65, 0.5)
 #: Beyond this many (count per device kind) states devices are taken in cluster order.
 MAX_DEVICE_STATES = 64
+#: ``work_limit`` of the throughput program when ``dp`` is a start of a time-budgeted search
+#: (`rlplace.baselines.local_search.start_placements`): pairs of nested ideals x device states,
+#: about 17-26 ns each on a 2-core VM, so ~1-1.5 s. The largest validation case of the policy
+#: bench uses 5.9e7; a 200-op layered graph on 2x8xA100 (21,866 ideals, 1.5e8 pairs x 17
+#: states) took 68 s without it.
+START_WORK_LIMIT = 6e7
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,10 +187,12 @@ def place(
     microbatches: int = 1,
     schedule: str = "gpipe",
     stages: bool = False,
+    work_limit: float = math.inf,
 ) -> Placement:
-    """The best contiguous split (module docstring); ``seed`` is unused (deterministic)."""
+    """The best contiguous split (module docstring); ``seed`` is unused (deterministic);
+    ``work_limit`` as in `solve`."""
     del seed
-    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=stages).placement
+    return solve(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, stages=stages, work_limit=work_limit).placement
 
 
 def place_with_proof(
@@ -203,7 +213,15 @@ def place_with_proof(
 
 
 def solve(
-    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1, schedule: str = "gpipe", stages: bool = False
+    graph: OpGraph,
+    cluster: Cluster,
+    costs: CostTable,
+    *,
+    objective: str = "latency",
+    microbatches: int = 1,
+    schedule: str = "gpipe",
+    stages: bool = False,
+    work_limit: float = math.inf,
 ) -> DpSolution:
     """Run the program for ``objective`` and return the placement with the search statistics.
 
@@ -214,6 +232,11 @@ def solve(
     ``stages``: the placement must stay a contiguous split (`stage_order` is not None): no
     memory repair that moves single ops after the program; a split that overflows device
     memory in the simulator raises `RlplaceError` instead.
+
+    ``work_limit`` (``throughput``): when the exact program over ideals would visit more than
+    this many pairs of nested ideals x device states, the linearized program (splits of one
+    topological order) answers instead, as past `IDEAL_LIMIT` (`START_WORK_LIMIT` is the one
+    a time-budgeted search uses for its start).
     """
     check_objective(objective)
     if costs.op_time.shape != (graph.num_ops, cluster.num_devices):
@@ -225,7 +248,7 @@ def solve(
         return DpSolution(as_placement([], graph, cluster), 0.0, 0.0, 0, 1, 0, False, optimal=True)
     blocks = contract_blocks(graph, costs)
     if objective == "throughput":
-        return _solve_throughput(graph, cluster, costs, blocks, stages)
+        return _solve_throughput(graph, cluster, costs, blocks, stages, work_limit)
     return _solve_stages(graph, cluster, costs, blocks, objective, microbatches, schedule, stages)
 
 
@@ -510,8 +533,18 @@ class _Program:
 
 
 def _run_program(
-    graph: OpGraph, costs: CostTable, blocks: Blocks, lattice: IdealLattice, devices: _Devices, demand: np.ndarray, budget: np.ndarray, is_cpu: np.ndarray
-) -> _Program:
+    graph: OpGraph,
+    costs: CostTable,
+    blocks: Blocks,
+    lattice: IdealLattice,
+    devices: _Devices,
+    demand: np.ndarray,
+    budget: np.ndarray,
+    is_cpu: np.ndarray,
+    work_limit: float = math.inf,
+) -> _Program | None:
+    """The program over ``lattice`` and ``devices``; None when it needs more than ``work_limit``
+    pairs of nested ideals x device states."""
     nb = blocks.num_blocks
     reps = devices.representative
     block_time = np.zeros((nb, len(reps)))
@@ -554,7 +587,10 @@ def _run_program(
         out_cost,
         touch_ptr,
         touch_op,
+        np.int64(min(work_limit / devices.prev_state.shape[0], 2**62)),
     )
+    if pairs < 0:
+        return None
     return _Program(dp=dp, choice_kind=kind, choice_sub=sub, pairs=int(pairs))
 
 
@@ -588,16 +624,23 @@ def _infeasible(graph: OpGraph, cluster: Cluster, objective: str) -> RlplaceErro
     )
 
 
-def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, stages: bool) -> DpSolution:
-    lattice = enumerate_ideals(blocks)
-    exact_ideals = lattice is not None
-    if lattice is None:
-        blocks = chain_segments(blocks, costs)
-        lattice = chain_ideals(blocks.num_blocks)
+def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks: Blocks, stages: bool, work_limit: float) -> DpSolution:
     budget = memory_budget(graph, cluster, "throughput")
     devices = _kinds(cluster, costs, budget)
     is_cpu = np.array([d.category == CPU for d in cluster.devices], dtype=bool)
-    program = _run_program(graph, costs, blocks, lattice, devices, op_memory_demand(graph, "throughput"), budget, is_cpu)
+    demand = op_memory_demand(graph, "throughput")
+    lattice = enumerate_ideals(blocks)
+    exact_ideals = lattice is not None
+    over_work = False
+    program = None
+    if lattice is not None:
+        program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu, work_limit)
+        over_work = program is None
+    if program is None or lattice is None:
+        blocks = chain_segments(blocks, costs)
+        lattice = chain_ideals(blocks.num_blocks)
+        program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu)
+        assert program is not None  # no work limit
     full_state = devices.prev_state.shape[0] - 1
     value = float(program.dp[full_state, -1])
     if not math.isfinite(value):
@@ -607,6 +650,8 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
     step_time = float(simulator.step_time(placement))
     if not exact_ideals:
         why = f"more than {IDEAL_LIMIT} ideals: blocks linearized, exact only over splits of one topological order"
+    elif over_work:
+        why = f"more than {work_limit:.3g} pairs of ideals x device states: blocks linearized, exact only over splits of one topological order"
     elif not devices.every_order:
         why = f"more than {MAX_DEVICE_STATES} device-count states: devices taken in cluster order"
     elif not math.isclose(step_time, value, rel_tol=1e-9, abs_tol=1e-12):
@@ -647,6 +692,7 @@ def _solve_stages(
     for margin in (*MEMORY_MARGINS, math.inf):
         caps = budget * margin if math.isfinite(margin) else np.full(cluster.num_devices, np.inf)
         program = _run_program(graph, costs, blocks, lattice, devices, demand, caps, is_cpu)
+        assert program is not None  # no work limit
         pairs += program.pairs
         for stages in range(1, cluster.num_devices + 1):
             value = float(program.dp[stages, -1])
@@ -733,7 +779,8 @@ def _whole_ideals(words, down_ptr, down_sub, down_block, block_time, block_size,
 
 @njit(cache=True)
 def _split_program(
-    words, down_ptr, down_sub, down_block, block_time, block_size, kind_cap, kind_pays, prev_state, state_devices, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op
+    words, down_ptr, down_sub, down_block, block_time, block_size, kind_cap, kind_pays, prev_state, state_devices, op_block, out_ptr, out_block, out_cost, touch_ptr, touch_op,
+    max_pairs,
 ):
     """dp[s, I] over (device states, ideals); see the module docstring.
 
@@ -749,7 +796,9 @@ def _split_program(
     grows further down, and its time bounds its load from below).
 
     Returns (dp (S, N), choice_kind (S, N), choice_sub (S, N), pairs evaluated). A choice with
-    ``choice_sub == I`` leaves the device of that kind unused.
+    ``choice_sub == I`` leaves the device of that kind unused. Once more than ``max_pairs``
+    pairs have been evaluated (checked before each ideal), it stops and returns pairs = -1
+    (the tables are then partial).
     """
     num_ideals = words.shape[0]
     num_states, num_kinds = prev_state.shape
@@ -772,6 +821,8 @@ def _split_program(
     load = np.empty(num_kinds)
     pairs = 0
     for ideal in range(1, num_ideals):
+        if pairs > max_pairs:
+            return dp.T.copy(), choice_kind.T.copy(), choice_sub.T.copy(), -1
         best[:] = np.inf
         best_kind[:] = -1
         best_sub[:] = -1

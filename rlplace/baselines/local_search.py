@@ -193,7 +193,8 @@ def start_placements(
     schedule: str = "gpipe",
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
-    each under the search's ``microbatches`` and ``schedule``.
+    each under the search's ``microbatches`` and ``schedule``; ``dp`` with
+    `rlplace.baselines.dp.START_WORK_LIMIT`.
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
@@ -202,7 +203,10 @@ def start_placements(
     found: dict[str, np.ndarray] = {}
     for name in methods:
         try:
-            placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule)
+            # dp's exact throughput program can take minutes on wide graphs over many devices;
+            # as a start it is capped, past which it gives its linearized split
+            options = {"work_limit": _dp_start_work_limit()} if name == "dp" else {}
+            placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
             found[name] = np.asarray(placement, dtype=np.int64)
         except RlplaceError as error:
             if failures is not None:
@@ -212,6 +216,12 @@ def start_placements(
             if error.name != "rlplace.baselines.dp":
                 raise
     return found
+
+
+def _dp_start_work_limit() -> float:
+    from rlplace.baselines.dp import START_WORK_LIMIT
+
+    return START_WORK_LIMIT
 
 
 def seeded_restarts(
