@@ -213,16 +213,9 @@ def place_with_proof(
 
 
 def solve(
-    graph: OpGraph,
-    cluster: Cluster,
-    costs: CostTable,
-    *,
-    objective: str = "latency",
-    microbatches: int = 1,
-    schedule: str = "gpipe",
-    stages: bool = False,
+    graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1, schedule: str = "gpipe", stages: bool = False,
     work_limit: float = math.inf,
-) -> DpSolution:
+) -> DpSolution:  # fmt: skip
     """Run the program for ``objective`` and return the placement with the search statistics.
 
     ``microbatches`` and ``schedule``: M and the pipeline schedule of ``pipelined``; the
