@@ -124,7 +124,7 @@ def _flat_edges(edge_index: Tensor, edge_attr: Tensor, num_edges: Tensor, n: int
     offset = (torch.arange(b, device=edge_index.device) * n)[:, None]
     src = (edge_index[:, 0, :] + offset).reshape(-1)[keep]
     dst = (edge_index[:, 1, :] + offset).reshape(-1)[keep]
-    attr = edge_attr.reshape(b * e, -1)[keep]
+    attr = edge_attr.reshape(b * e, edge_attr.shape[-1])[keep]
     forward = torch.cat([attr, torch.ones_like(attr[:, :1])], dim=1)
     backward = torch.cat([attr, torch.zeros_like(attr[:, :1])], dim=1)
     return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])]), torch.cat([forward, backward])
@@ -171,18 +171,14 @@ def move_scores(scorer: MoveScorer, observation: Observation) -> np.ndarray:
     with torch.inference_mode():
         nodes = torch.from_numpy(np.ascontiguousarray(observation.nodes, dtype=np.float32))
         x = scorer.embed(nodes)  # (u, H)
-        if observation.edge_index.shape[1]:
-            src, dst = (torch.from_numpy(np.ascontiguousarray(row, dtype=np.int64)) for row in observation.edge_index)
-            attr = torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32))
-            edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-            ones = torch.ones(attr.shape[0], 1)
-            edge_attr = torch.cat([torch.cat([attr, ones], dim=1), torch.cat([attr, torch.zeros_like(ones)], dim=1)])
-            for conv in scorer.convs:
-                x = torch.relu(x + conv(x, edge_index, edge_attr))
-        else:  # no edges: each layer sees only its own node (what the padded path computes)
-            empty_index, empty_attr = torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0, EDGE_FEATURES + 1)
-            for conv in scorer.convs:
-                x = torch.relu(x + conv(x, empty_index, empty_attr))
+        edge_index, edge_attr = _flat_edges(
+            torch.from_numpy(np.ascontiguousarray(observation.edge_index, dtype=np.int64))[None],
+            torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32).reshape(-1, EDGE_FEATURES))[None],
+            torch.tensor([observation.edge_index.shape[1]]),
+            nodes.shape[0],
+        )
+        for conv in scorer.convs:
+            x = torch.relu(x + conv(x, edge_index, edge_attr))
         globals_ = torch.from_numpy(np.ascontiguousarray(observation.globals, dtype=np.float32))
         graph = scorer.graph_mlp(torch.cat([x.mean(dim=0), globals_]))  # (H,)
         device_in = torch.from_numpy(np.ascontiguousarray(observation.devices, dtype=np.float32))

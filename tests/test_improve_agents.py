@@ -330,6 +330,32 @@ def test_move_scores_equal_the_padded_forward_pass(conv: str, tiny: int) -> None
     assert not np.allclose(fast, fast.mean())  # the scores differ between moves: the comparison has teeth
 
 
+@pytest.mark.parametrize("conv", ["gine", "gatv2", "transformer"])
+def test_move_scores_of_a_placement_without_edges_between_units_equal_the_padded_pass(conv: str) -> None:
+    """No edge between units (the padded batch still holds one padding edge slot)."""
+    from rlplace.agents.scorer import MoveScorer, ScorerConfig, collate, move_scores
+    from rlplace.envs.improve_state import DEVICE_FEATURES, EDGE_FEATURES, GLOBAL_FEATURES, NODE_FEATURES, PAIR_FEATURES, Observation
+
+    rng = np.random.default_rng(4)
+    u, k = 5, 3
+    obs = Observation(
+        nodes=rng.normal(size=(u, NODE_FEATURES)).astype(np.float32),
+        pairs=rng.normal(size=(u, k, PAIR_FEATURES)).astype(np.float32),
+        devices=rng.normal(size=(k, DEVICE_FEATURES)).astype(np.float32),
+        globals=rng.normal(size=GLOBAL_FEATURES).astype(np.float32),
+        edge_index=np.zeros((2, 0), np.int64),
+        edge_attr=np.zeros((0, EDGE_FEATURES), np.float32),
+        legal=np.ones((u, k), bool),
+        step_time=1.0,
+        overflow=0.0,
+    )
+    torch.manual_seed(5)
+    scorer = MoveScorer(ScorerConfig(hidden=16, layers=2, conv=conv, scorer_hidden=8)).eval()
+    with torch.no_grad():
+        logits, _ = scorer(collate([obs]))
+    assert np.allclose(move_scores(scorer, obs), logits[0, :-1].reshape(u, k).double().numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_save_then_load_gives_identical_rankings_and_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
 
