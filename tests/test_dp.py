@@ -276,7 +276,7 @@ def test_local_search_starts_give_dp_its_start_work_limit(monkeypatch: pytest.Mo
     graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
     cluster = dnn_partitioning_cluster(3, 0, 1e9)
     costs = CostTable.build(graph, cluster)
-    monkeypatch.setattr(dp, "START_WORK_LIMIT", 1000)
+    monkeypatch.setattr(local_search, "DP_START_WORK_LIMIT", 1000)
     found = local_search.start_placements(graph, cluster, costs, objective="throughput", seed=0, methods=("dp",))
     capped = dp.solve(graph, cluster, costs, objective="throughput", work_limit=1000)
     assert found["dp"].tolist() == capped.placement.tolist()

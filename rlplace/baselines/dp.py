@@ -37,7 +37,8 @@ clusters whose links are all alike); the placement returned is scored by the sim
 `DpSolution.optimal` is True only when the program was exact and the simulator agrees with
 its value. When a graph has more than `IDEAL_LIMIT` (60 000, the authors' limit) ideals, or
 the program would pass a ``work_limit`` of pairs of nested ideals x device states (none by
-default; `START_WORK_LIMIT` when ``dp`` is a start of a time-budgeted search), blocks are put
+default; `rlplace.baselines.local_search.DP_START_WORK_LIMIT` when ``dp`` is a start of a
+time-budgeted search), blocks are put
 in one topological order (a chain, whose ideals are its prefixes) and the
 program is exact over splits of that order only (`DpSolution.linearized`, ``optimal`` False);
 a chain longer than `CHAIN_LIMIT` is first cut into that many runs of consecutive blocks
@@ -94,12 +95,6 @@ CHAIN_LIMIT = 1024
 MEMORY_MARGINS = (1.0, 0.9, 0.8, 0.65, 0.5)
 #: Beyond this many (count per device kind) states devices are taken in cluster order.
 MAX_DEVICE_STATES = 64
-#: ``work_limit`` of the throughput program when ``dp`` is a start of a time-budgeted search
-#: (`rlplace.baselines.local_search.start_placements`): pairs of nested ideals x device states,
-#: about 17-26 ns each on a 2-core VM, so ~1-1.5 s. The largest validation case of the policy
-#: bench uses 5.9e7; a 200-op layered graph on 2x8xA100 (21,866 ideals, 1.5e8 pairs x 17
-#: states) took 68 s without it.
-START_WORK_LIMIT = 6e7
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,8 +223,8 @@ def solve(
 
     ``work_limit`` (``throughput``): when the exact program over ideals would visit more than
     this many pairs of nested ideals x device states, the linearized program (splits of one
-    topological order) answers instead, as past `IDEAL_LIMIT` (`START_WORK_LIMIT` is the one
-    a time-budgeted search uses for its start).
+    topological order) answers instead, as past `IDEAL_LIMIT` (`rlplace.baselines.local_search.DP_START_WORK_LIMIT`
+    is the one a time-budgeted search gives its start).
     """
     check_objective(objective)
     if costs.op_time.shape != (graph.num_ops, cluster.num_devices):

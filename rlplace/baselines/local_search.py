@@ -54,6 +54,11 @@ from rlplace.rules import MemoryLedger, Units, cutoff_for, finalize, key_better,
 DEFAULT_EVALUATIONS = 2000
 #: Fast baselines the search may start from, in tie-breaking order (dp only when installed).
 START_METHODS = ("dp", "m-topo", "m-etf", "heft", "critical-path", "metis", "single", "round-robin")
+#: ``work_limit`` of ``dp``'s throughput program as a start (`rlplace.baselines.dp.solve`): pairs
+#: of nested ideals x device states, about 17-26 ns each on a 2-core VM, so ~1-1.5 s. The largest
+#: validation case of the policy bench uses 5.9e7; a 200-op layered graph on 2x8xA100 (21,866
+#: ideals, 1.5e8 pairs x 17 states) took 68 s without it.
+DP_START_WORK_LIMIT = 6e7
 SWAP_PROBABILITY = 0.3
 SIDEWAYS_LIMIT = 50
 #: Try moves of critical-path units first.
@@ -194,7 +199,7 @@ def start_placements(
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
     each under the search's ``microbatches`` and ``schedule``; ``dp`` with
-    `rlplace.baselines.dp.START_WORK_LIMIT`.
+    `DP_START_WORK_LIMIT`.
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
@@ -205,7 +210,7 @@ def start_placements(
         try:
             # dp's exact throughput program can take minutes on wide graphs over many devices;
             # as a start it is capped, past which it gives its linearized split
-            options = {"work_limit": _dp_start_work_limit()} if name == "dp" else {}
+            options = {"work_limit": DP_START_WORK_LIMIT} if name == "dp" else {}
             placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
             found[name] = np.asarray(placement, dtype=np.int64)
         except RlplaceError as error:
@@ -216,12 +221,6 @@ def start_placements(
             if error.name != "rlplace.baselines.dp":
                 raise
     return found
-
-
-def _dp_start_work_limit() -> float:
-    from rlplace.baselines.dp import START_WORK_LIMIT
-
-    return START_WORK_LIMIT
 
 
 def seeded_restarts(
