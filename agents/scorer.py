@@ -124,7 +124,12 @@ def _flat_edges(edge_index: Tensor, edge_attr: Tensor, num_edges: Tensor, n: int
     offset = (torch.arange(b, device=edge_index.device) * n)[:, None]
     src = (edge_index[:, 0, :] + offset).reshape(-1)[keep]
     dst = (edge_index[:, 1, :] + offset).reshape(-1)[keep]
-    attr = edge_attr.reshape(b * e, edge_attr.shape[-1])[keep]
+    return _both_directions(src, dst, edge_attr.reshape(b * e, edge_attr.shape[-1])[keep])
+
+
+def _both_directions(src: Tensor, dst: Tensor, attr: Tensor) -> tuple[Tensor, Tensor]:
+    """(e,) / (e,) / (e, F) edges -> each edge both ways: (2, 2e) index, (2e, F + 1) features
+    with a direction flag (1 forward, 0 backward) appended."""
     forward = torch.cat([attr, torch.ones_like(attr[:, :1])], dim=1)
     backward = torch.cat([attr, torch.zeros_like(attr[:, :1])], dim=1)
     return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])]), torch.cat([forward, backward])
@@ -171,12 +176,9 @@ def move_scores(scorer: MoveScorer, observation: Observation) -> np.ndarray:
     with torch.inference_mode():
         nodes = torch.from_numpy(np.ascontiguousarray(observation.nodes, dtype=np.float32))
         x = scorer.embed(nodes)  # (u, H)
-        edge_index, edge_attr = _flat_edges(
-            torch.from_numpy(np.ascontiguousarray(observation.edge_index, dtype=np.int64))[None],
-            torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32).reshape(-1, EDGE_FEATURES))[None],
-            torch.tensor([observation.edge_index.shape[1]]),
-            nodes.shape[0],
-        )
+        src, dst = torch.from_numpy(np.ascontiguousarray(observation.edge_index, dtype=np.int64))
+        attr = torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32).reshape(-1, EDGE_FEATURES))
+        edge_index, edge_attr = _both_directions(src, dst, attr)
         for conv in scorer.convs:
             x = torch.relu(x + conv(x, edge_index, edge_attr))
         globals_ = torch.from_numpy(np.ascontiguousarray(observation.globals, dtype=np.float32))
