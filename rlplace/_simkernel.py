@@ -16,9 +16,10 @@ Vocabulary shared by the kernels (n ops, m edges, k devices, M micro-batches):
   ``op_lane[i]`` (``L`` lanes: a model chunk's forward or backward ops); on device ``d`` the
   instances of lane ``l`` and micro-batch ``mb`` form the *slot* at position
   ``slot_pos[d, l, mb]`` of the device's schedule (``slot_mb[d, pos]`` inverts it). The
-  priority *key* of instance ``g`` on its device is ``slot_pos * n + op_rank[i]`` (lower runs
-  first among ready instances on one device; unique per device); ``rank_op`` inverts
-  ``op_rank``.
+  priority *key* of instance ``g`` on its device is ``(slot_pos << s) | op_rank[i]`` with ``s``
+  the bits of ``n`` (the order of ``slot_pos * n + op_rank[i]``, without a division to take it
+  apart; lower runs first among ready instances on one device; unique per device);
+  ``rank_op`` inverts ``op_rank``.
 - *group* ``(d * L + l) * M + mb``: the instances of one slot. A *gate* ``gate_to[G] = H``
   holds the instances of group ``H`` back until every instance of group ``G`` has finished
   (1F1B: a device's forward of micro-batch ``j + w`` waits for its backward of ``j``); the
@@ -176,6 +177,18 @@ def _schedule(
     ready_via = np.full(rec, NONE, dtype=np.int64)
     device_prev = np.full(rec, NONE, dtype=np.int64)
     pending = np.empty(total, dtype=np.int64)
+    # Integer division is the dearest arithmetic of the event loop: the op and micro-batch of
+    # an instance come from two tables, and a priority key packs (slot, rank) into bit fields.
+    inst_op = np.empty(total, dtype=np.int64)
+    inst_mb = np.empty(total, dtype=np.int64)
+    for mb in range(microbatches):
+        for i in range(n):
+            inst_op[mb * n + i] = i
+            inst_mb[mb * n + i] = mb
+    shift = 1
+    while (1 << shift) <= n:
+        shift += 1
+    rank_mask = (1 << shift) - 1
     for mb in range(microbatches):
         pending[mb * n : (mb + 1) * n] = indegree
     num_lanes = slot_pos.shape[1]
@@ -255,9 +268,9 @@ def _schedule(
 
     for g in range(total):
         if pending[g] == 0:
-            i = g % n
+            i = inst_op[g]
             d = placement[i]
-            _int_heap_push(ready_heap, heap_base[d], ready_size[d], slot_pos[d, op_lane[i], g // n] * n + op_rank[i])
+            _int_heap_push(ready_heap, heap_base[d], ready_size[d], (slot_pos[d, op_lane[i], inst_mb[g]] << shift) | op_rank[i])
             ready_size[d] += 1
             if not device_dirty[d]:
                 device_dirty[d] = True
@@ -281,8 +294,8 @@ def _schedule(
                 continue
             key = _int_heap_pop(ready_heap, heap_base[d], ready_size[d])
             ready_size[d] -= 1
-            i = rank_op[key % n]
-            g = slot_mb[d, key // n] * n + i
+            i = rank_op[key & rank_mask]
+            g = slot_mb[d, key >> shift] * n + i
             duration = op_time[i, d] / divisor
             if bounded:
                 left[d] -= duration
@@ -327,7 +340,8 @@ def _schedule(
             num_events -= 1
             if event < total:
                 g = event
-                i = g % n
+                i = inst_op[g]
+                mb = inst_mb[g]
                 base = g - i
                 a = placement[i]
                 device_busy[a] = False
@@ -342,7 +356,6 @@ def _schedule(
                     makespan = now
                 done += 1
                 if gated:
-                    mb = base // n
                     group = (a * num_lanes + op_lane[i]) * microbatches + mb
                     remaining[group] -= 1
                     target = gate_to[group]
@@ -357,7 +370,7 @@ def _schedule(
                                 if record:
                                     ready_time[c] = now
                                     ready_via[c] = g
-                                _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[op], target_mb] * n + op_rank[op])
+                                _int_heap_push(ready_heap, heap_base[a], ready_size[a], (slot_pos[a, op_lane[op], target_mb] << shift) | op_rank[op])
                                 ready_size[a] += 1
                 remote = False
                 for e in range(succ_ptr[i], succ_ptr[i + 1]):
@@ -370,7 +383,7 @@ def _schedule(
                             if record:
                                 ready_time[c] = now
                                 ready_via[c] = g
-                            _int_heap_push(ready_heap, heap_base[a], ready_size[a], slot_pos[a, op_lane[consumer], base // n] * n + op_rank[consumer])
+                            _int_heap_push(ready_heap, heap_base[a], ready_size[a], (slot_pos[a, op_lane[consumer], mb] << shift) | op_rank[consumer])
                             ready_size[a] += 1
                     else:
                         cost = edge_time[succ_edge[e], link_class[a, d]] / divisor
@@ -403,7 +416,8 @@ def _schedule(
             else:
                 x = event - total
                 g = x_instance[x]
-                i = g % n
+                i = inst_op[g]
+                mb = inst_mb[g]
                 base = g - i
                 d = x_dst[x]
                 link = placement[i] * k + d
@@ -422,7 +436,7 @@ def _schedule(
                         if record:
                             ready_time[c] = now
                             ready_via[c] = event
-                        _int_heap_push(ready_heap, heap_base[d], ready_size[d], slot_pos[d, op_lane[consumer], base // n] * n + op_rank[consumer])
+                        _int_heap_push(ready_heap, heap_base[d], ready_size[d], (slot_pos[d, op_lane[consumer], mb] << shift) | op_rank[consumer])
                         ready_size[d] += 1
                         if not device_dirty[d]:
                             device_dirty[d] = True
