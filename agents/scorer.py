@@ -83,6 +83,13 @@ class MoveScorer(nn.Module):
         self.stop_head = nn.Sequential(nn.Linear(h, s), nn.ReLU(), nn.Linear(s, 1))
         self.value_head = nn.Sequential(nn.Linear(h, s), nn.ReLU(), nn.Linear(s, 1))
 
+    def message_passing(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        """The encoder's residual layers: (V, H) embedded nodes, (2, E) edges, (E, F + 1) edge
+        features (both directions, `_both_directions`) -> (V, H)."""
+        for conv in self.convs:
+            x = torch.relu(x + conv(x, edge_index, edge_attr))
+        return x
+
     def forward(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(logits (B, N * D + 1), value (B,)) for a batch of padded observations."""
         nodes = obs["nodes"].float()
@@ -94,8 +101,7 @@ class MoveScorer(nn.Module):
 
         x = self.embed(nodes).reshape(b * n, -1)
         edge_index, edge_attr = _flat_edges(obs["edge_index"].long(), obs["edge_attr"].float(), counts[:, 2], n)
-        for conv in self.convs:
-            x = torch.relu(x + conv(x, edge_index, edge_attr))
+        x = self.message_passing(x, edge_index, edge_attr)
         x = x.reshape(b, n, -1) * node_valid[..., None]
         pooled = x.sum(dim=1) / counts[:, 0:1].clamp(min=1).float()
         globals_ = obs["globals"].float()
@@ -179,8 +185,7 @@ def move_scores(scorer: MoveScorer, observation: Observation) -> np.ndarray:
         src, dst = torch.from_numpy(np.ascontiguousarray(observation.edge_index, dtype=np.int64))
         attr = torch.from_numpy(np.ascontiguousarray(observation.edge_attr, dtype=np.float32).reshape(-1, EDGE_FEATURES))
         edge_index, edge_attr = _both_directions(src, dst, attr)
-        for conv in scorer.convs:
-            x = torch.relu(x + conv(x, edge_index, edge_attr))
+        x = scorer.message_passing(x, edge_index, edge_attr)
         globals_ = torch.from_numpy(np.ascontiguousarray(observation.globals, dtype=np.float32))
         graph = scorer.graph_mlp(torch.cat([x.mean(dim=0), globals_]))  # (H,)
         device_in = torch.from_numpy(np.ascontiguousarray(observation.devices, dtype=np.float32))
