@@ -624,7 +624,7 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
     if lattice is not None:
         program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu, work_limit)
         over_work = program is None
-    if program is None or lattice is None:
+    if program is None:  # too many ideals, or past the work limit
         blocks = chain_segments(blocks, costs)
         lattice = chain_ideals(blocks.num_blocks)
         program = _run_program(graph, costs, blocks, lattice, devices, demand, budget, is_cpu)
