@@ -182,6 +182,7 @@ def _schedule(
     inst_op = np.empty(total, dtype=np.int64)
     inst_mb = np.empty(total, dtype=np.int64)
     for mb in range(microbatches):
+        pending[mb * n : (mb + 1) * n] = indegree
         for i in range(n):
             inst_op[mb * n + i] = i
             inst_mb[mb * n + i] = mb
@@ -189,8 +190,6 @@ def _schedule(
     while (1 << shift) <= n:
         shift += 1
     rank_mask = (1 << shift) - 1
-    for mb in range(microbatches):
-        pending[mb * n : (mb + 1) * n] = indegree
     num_lanes = slot_pos.shape[1]
     gated = gate_to.shape[0] > 0
     remaining = np.empty(gate_to.shape[0], dtype=np.int64)
