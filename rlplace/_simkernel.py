@@ -157,8 +157,9 @@ def _schedule(
     1e-9, so float rounding of the running sums never stops a schedule that ends at or below
     it). Two bounds are checked: an idle device's instant plus the time of every instance it
     has not started, and a finished instance's instant plus its *tail*, the heaviest path of
-    op times (no transfers) from its successors to the end of its micro-batch (ops are in
-    topological order). Both are true lower bounds on the makespan, so a finite makespan is
+    op times from its successors to the end of its micro-batch, with each edge between two
+    devices adding its ``edge_time`` (a transfer carries the largest of its edges' times, and
+    waits for its link, so takes at least that long; ops are in topological order). Both are true lower bounds on the makespan, so a finite makespan is
     always exact and ``inf`` means "above ``cutoff``"; the arrays are then partial.
 
     ``record``: fill the per-instance and per-transfer times (start, finish, ready, the
@@ -249,7 +250,7 @@ def _schedule(
     limit = cutoff * (1.0 + 1e-9)
     bounded = limit < np.inf
     left = np.zeros(k)  # time of the instances each device has not started
-    tail = np.zeros(n)  # heaviest path of instance times after op i, to the end of its micro-batch
+    tail = np.zeros(n)  # heaviest path of instance and transfer times after op i, to the end of its micro-batch
     aborted = False
     if bounded:
         for i in range(n):
@@ -259,9 +260,12 @@ def _schedule(
             if left[d] > limit:
                 aborted = True
         for i in range(n - 1, -1, -1):
+            a = placement[i]
             for e in range(succ_ptr[i], succ_ptr[i + 1]):
                 j = succ_op[e]
                 path = op_time[j, placement[j]] / divisor + tail[j]
+                if placement[j] != a:  # the transfer to j's device takes at least this edge's time
+                    path += edge_time[succ_edge[e], link_class[a, placement[j]]] / divisor
                 if path > tail[i]:
                     tail[i] = path
 
