@@ -57,6 +57,24 @@ def test_the_work_left_on_an_idle_device_stops_the_simulation() -> None:
     assert simulator.score(placement, cutoff=6.99) == (np.inf, 0.0)
 
 
+def test_a_transfer_on_the_tail_stops_the_simulation_at_its_producer() -> None:
+    """a (1 s) on device 0, then b (1 s) on device 1 behind a 5 s transfer: 7 s in all. With
+    a cutoff of 6.5 s the tail of a (the transfer and b, 6 s) passes it when a finishes, before
+    the transfer is sent; a tail of op times alone (1 s) would let the schedule run on."""
+    from rlplace import _simkernel as kernel
+
+    graph = graph_of({"a": 1.0, "b": 1.0}, [("a", "b", 0.0)])
+    cluster = cluster_of(2)
+    costs = CostTable(op_time=np.array([[1.0, 1.0], [1.0, 1.0]]), edge_time=np.array([[[0.0, 5.0], [5.0, 0.0]]]), time_unit="s")
+    simulator = Simulator(graph, cluster, costs)
+    placement = place(graph, {"a": 0, "b": 1})
+    assert simulator.score(placement) == (7.0, 0.0)
+    assert simulator.score(placement, cutoff=7.0) == (7.0, 0.0)
+    arguments = simulator._schedule_args(placement, (simulator._op_rank, simulator._rank_op))
+    makespan, *_, transfers_sent = kernel._schedule(*arguments, 6.5, True)[:7]
+    assert makespan == np.inf and transfers_sent == 0
+
+
 def test_cutoff_for_follows_the_search_key() -> None:
     assert cutoff_for(None) == np.inf
     assert cutoff_for((5.0, 1.0)) == np.inf  # an overflowing placement loses to any that fits
