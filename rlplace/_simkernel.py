@@ -159,8 +159,9 @@ def _schedule(
     has not started, and a finished instance's instant plus its *tail*, the heaviest path of
     op times from its successors to the end of its micro-batch, with each edge between two
     devices adding its ``edge_time`` (a transfer carries the largest of its edges' times, and
-    waits for its link, so takes at least that long; ops are in topological order). Both are true lower bounds on the makespan, so a finite makespan is
-    always exact and ``inf`` means "above ``cutoff``"; the arrays are then partial.
+    waits for its link, so takes at least that long; ops are in topological order). Both are
+    true lower bounds on the makespan, so a finite makespan is always exact and ``inf`` means
+    "above ``cutoff``"; the arrays are then partial.
 
     ``record``: fill the per-instance and per-transfer times (start, finish, ready, the
     previous instance or transfer of each device and link); False leaves them as 1-element
@@ -263,9 +264,10 @@ def _schedule(
             a = placement[i]
             for e in range(succ_ptr[i], succ_ptr[i + 1]):
                 j = succ_op[e]
-                path = op_time[j, placement[j]] / divisor + tail[j]
-                if placement[j] != a:  # the transfer to j's device takes at least this edge's time
-                    path += edge_time[succ_edge[e], link_class[a, placement[j]]] / divisor
+                b = placement[j]
+                path = op_time[j, b] / divisor + tail[j]
+                if b != a:  # the transfer to j's device takes at least this edge's time
+                    path += edge_time[succ_edge[e], link_class[a, b]] / divisor
                 if path > tail[i]:
                     tail[i] = path
 
