@@ -103,11 +103,6 @@ LOCAL_SEARCH_FIRST = True
 #: METIS at this many seeds per search (`rlplace.baselines.local_search.seeded_restarts`,
 #: ~4 ms each). Chosen on the validation sets (8 and 16 against none: docs).
 METIS_RESTARTS = 8
-#: How the block phase orders its moves: None, `search_units`'s random scan with critical-path
-#: blocks first; "ranked", its ranked scan by the ranker's scores of the block's units (a
-#: uniform random ranking when there is no ranker: the ablation); "random", the ranked scan
-#: with a uniform random ranking even when there is a ranker.
-BLOCK_RANK: str | None = "ranked"
 
 
 @dataclass
@@ -301,8 +296,7 @@ def search_from_starts(
         block_deadline = None if budget_s is None else min(time.perf_counter() + block_share * budget_s, began + budget_s)
         block_limit = 10**9 if evaluations is None else max(1, int(block_share * evaluations))
         coarse, made = block_search(
-            blocks, problem.budget, problem.simulator, [*starts, *extra_starts], objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed,
-            rank=_block_ranking(problem, ranker, seed),
+            blocks, problem.budget, problem.simulator, [*starts, *extra_starts], objective=problem.objective, evaluations=block_limit, deadline=block_deadline, seed=seed
         )
         block_answers.append(coarse)
         return made
@@ -329,17 +323,6 @@ def search_from_starts(
     best, _, stats = guided_search(problem, [first, *block_answers, *starts, *extra_starts], ranker, evaluations=left_evaluations, budget_s=left_s, seed=seed, **options)  # type: ignore[arg-type]
     stats.simulations += made_blocks + made
     return best, stats
-
-
-def _block_ranking(problem: MoveProblem, ranker: Ranker | None, seed: int) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The block phase's move ranking (`BLOCK_RANK`): (u,) assignment -> (u, k) scores, or None
-    for the random scan."""
-    if BLOCK_RANK is None:
-        return None
-    if BLOCK_RANK == "ranked" and ranker is not None:
-        return lambda assignment: np.asarray(ranker(problem, assignment, observe(problem, assignment)), dtype=np.float64).reshape(problem.num_units, problem.num_devices)
-    rng = np.random.default_rng([seed, 1])
-    return lambda assignment: rng.random((problem.num_units, problem.num_devices))
 
 
 def metis_restarts(problem: MoveProblem, seed: int, count: int | None = None) -> list[np.ndarray]:

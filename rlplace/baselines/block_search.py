@@ -16,7 +16,6 @@ Shapes: u fine units, b <= ``max_blocks`` blocks, k devices, n ops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +53,6 @@ class Blocks:
     def to_fine(self, block_device: np.ndarray) -> np.ndarray:
         """(u,) device per fine unit from (b,) device per block."""
         return self.units.expand(block_device)
-
-    def mean_scores(self, unit_scores: np.ndarray) -> np.ndarray:
-        """(b, k) mean over each block's units of (u, k) ``unit_scores``."""
-        total = np.zeros((self.num_blocks, unit_scores.shape[1]))
-        np.add.at(total, self.units.of_op, unit_scores)
-        return total / np.bincount(self.units.of_op, minlength=self.num_blocks)[:, None]
 
     def from_fine(self, unit_device: np.ndarray) -> np.ndarray:
         """(b,) device per block from (u,) device per fine unit: the device holding most of the
@@ -130,19 +123,13 @@ def block_search(
     evaluations: int,
     deadline: float | None = None,
     seed: int = 0,
-    rank: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
     """`search_units` over ``blocks`` from (u,) fine-unit ``starts`` (each turned into a block
     assignment by `Blocks.from_fine`), scored by the fine ``simulator``; ``budget`` (k,) bytes of
     the memory estimate. Returns (the best (u,) fine-unit assignment found, simulations made).
-    Stops after ``evaluations`` simulations or at ``deadline`` (`time.perf_counter` seconds).
-
-    ``rank``: (u, k) scores of the fine units' moves from a (u,) fine assignment (a move
-    ranking, e.g. the policy's); a block's move then scores the mean of its units' scores for
-    that device, and the search uses `search_units`'s ranked scan."""
+    Stops after ``evaluations`` simulations or at ``deadline`` (`time.perf_counter` seconds)."""
     block_starts = [blocks.from_fine(start) for start in starts]
-    block_rank = None if rank is None else (lambda block_device: blocks.mean_scores(rank(blocks.to_fine(block_device))))
     best, made = search_units(
-        blocks.units, budget, _FineSimulator(simulator, blocks.fine), block_starts, objective=objective, evaluations=evaluations, deadline=deadline, seed=seed, rank=block_rank
+        blocks.units, budget, _FineSimulator(simulator, blocks.fine), block_starts, objective=objective, evaluations=evaluations, deadline=deadline, seed=seed
     )
     return blocks.to_fine(best), made

@@ -63,14 +63,6 @@ SWAP_PROBABILITY = 0.3
 SIDEWAYS_LIMIT = 50
 #: Try moves of critical-path units first.
 FOCUS_CRITICAL_PATH = True
-#: The ranked scan of `search_units` (``rank`` given): candidates per descent before a kick,
-#: share of them drawn uniformly at random, and moves taken before the order is drawn again.
-RANKED_SCAN = 48
-RANKED_RANDOM_SHARE = 0.2
-RANKED_RERANK = 4
-#: After a kick, order the kicked placement's moves by the scores of the placement it was kicked
-#: from (ranked once per new best) instead of ranking it afresh.
-RANKED_REUSE_AFTER_KICK = False
 
 Score = tuple[float, float]
 
@@ -171,20 +163,12 @@ def search_units(
     evaluations: int = DEFAULT_EVALUATIONS,
     deadline: float | None = None,
     seed: int = 0,
-    rank: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int]:
     """The search of the module docstring from (u,) unit assignments ``starts``, on ``units``
     with memory-estimate ``budget`` ((k,) bytes) and ``simulator``: (the best (u,) assignment,
     simulations made). Stops after ``evaluations`` simulations or at ``deadline``
-    (`time.perf_counter` seconds); with one seed, a larger budget only extends the same run.
-
-    ``rank``: a *ranked scan* instead of the random one: ``rank(assignment)`` gives (u, k)
-    scores of the moves of the current (u,) assignment (higher = try first), and each descent
-    tries at most `RANKED_SCAN` candidates in that order (a share `RANKED_RANDOM_SHARE` of them
-    uniformly random moves, random swaps interleaved as usual) before it kicks; the order is
-    kept after a move (the moved unit's moves dropped) and drawn again after
-    `RANKED_RERANK` moves and after every kick (`_RankedOrder`)."""
-    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations, deadline, rank)
+    (`time.perf_counter` seconds); with one seed, a larger budget only extends the same run."""
+    search = _Search(units, budget, simulator, np.random.default_rng(seed), objective, evaluations, deadline)
     best = search.run(starts)
     return best, search.made
 
@@ -268,18 +252,9 @@ class _Search:
     """State of one local search over (u,) unit assignments."""
 
     def __init__(
-        self,
-        units: Units,
-        budget: np.ndarray,
-        simulator,
-        rng: np.random.Generator,
-        objective: str,
-        evaluations: int,
-        deadline: float | None = None,
-        rank: Callable[[np.ndarray], np.ndarray] | None = None,
+        self, units: Units, budget: np.ndarray, simulator, rng: np.random.Generator, objective: str, evaluations: int, deadline: float | None = None
     ) -> None:
         self.units = units
-        self.ranked = None if rank is None else _RankedOrder(units, rank, rng)
         self.deadline = deadline
         self.budget = budget
         self.simulator = simulator
@@ -312,8 +287,7 @@ class _Search:
         sideways = 0
         while self.left > 0:
             improved = False
-            candidates = self._candidates(current) if self.ranked is None else self.ranked.candidates(current)
-            for candidate in candidates:
+            for candidate in self._candidates(current):
                 if self.left <= 0:
                     break
                 if self.check_memory and not _fits_after(candidate, current, ledger, self.units):
@@ -330,13 +304,9 @@ class _Search:
                     current, current_key = trial, key
                     if key_better(current_key, best_key):
                         best, best_key = current.copy(), current_key
-                    if self.ranked is not None:
-                        self.ranked.taken([unit for unit, _ in candidate])
                     improved = True
                     break
             if not improved and self.left > 0:
-                if self.ranked is not None:
-                    self.ranked.reset(best)
                 current = self._kick(best)
                 ledger = ledger_for(current, self.units, self.budget)
                 current_key = self.score(current)
@@ -373,7 +343,11 @@ class _Search:
         return focus
 
     def _random_swap(self, current: np.ndarray) -> list[tuple[int, int]] | None:
-        return _random_swap(self.units, current, self.rng)
+        first, second = (int(v) for v in self.rng.choice(self.units.num_units, size=2, replace=False))
+        a, b = int(current[first]), int(current[second])
+        if a == b or not (self.units.allowed[first, b] and self.units.allowed[second, a]):
+            return None
+        return [(first, b), (second, a)]
 
     def _kick(self, best: np.ndarray) -> np.ndarray:
         kicked = best.copy()
@@ -382,98 +356,6 @@ class _Search:
             devices = np.flatnonzero(self.units.allowed[unit])
             kicked[unit] = int(devices[self.rng.integers(devices.size)])
         return kicked
-
-
-class _RankedOrder:
-    """The ranked scan of `search_units` (its ``rank`` argument): an order of moves kept across
-    a descent's steps.
-
-    An order is up to `RANKED_SCAN` flat move ids (unit * k + device): at each position, with
-    probability `RANKED_RANDOM_SHARE` the next of a uniformly random permutation of the legal
-    moves, otherwise the next by ``rank``'s score (each move once). `candidates` walks it
-    (random swaps interleaved with probability `SWAP_PROBABILITY`, as the random scan does); a
-    taken move drops the moved units' other moves, and the order is drawn again once it is
-    used up, after `RANKED_RERANK` moves, or after a kick (`reset`). A scan that walks a whole
-    order without improving ends the descent.
-    """
-
-    def __init__(self, units: Units, rank: Callable[[np.ndarray], np.ndarray], rng: np.random.Generator) -> None:
-        self.units = units
-        self.rank = rank
-        self.rng = rng
-        self.order: list[int] = []
-        self.since_rank = RANKED_RERANK
-        self.kicked_from: np.ndarray | None = None
-        self.cached: tuple[bytes, np.ndarray] | None = None
-
-    def reset(self, kicked_from: np.ndarray | None = None) -> None:
-        self.order = []
-        self.since_rank = RANKED_RERANK
-        self.kicked_from = kicked_from.copy() if kicked_from is not None and RANKED_REUSE_AFTER_KICK else None
-
-    def _scores(self, current: np.ndarray) -> np.ndarray:
-        if self.kicked_from is None:
-            return np.asarray(self.rank(current), dtype=np.float64).reshape(-1)
-        key = self.kicked_from.tobytes()
-        if self.cached is None or self.cached[0] != key:
-            self.cached = (key, np.asarray(self.rank(self.kicked_from), dtype=np.float64).reshape(-1))
-        self.kicked_from = None
-        return self.cached[1]
-
-    def taken(self, moved: list[int]) -> None:
-        k = self.units.allowed.shape[1]
-        gone = set(moved)
-        self.order = [move for move in self.order if move // k not in gone]
-        self.since_rank += 1
-
-    def _draw(self, current: np.ndarray) -> list[int]:
-        legal_mask = self.units.allowed.copy()
-        legal_mask[np.arange(self.units.num_units), current] = False
-        legal = np.flatnonzero(legal_mask.reshape(-1))
-        if legal.size == 0:
-            return []
-        scores = self._scores(current)
-        ranked = legal[np.argsort(-scores[legal], kind="stable")].tolist()
-        shuffled = legal[self.rng.permutation(legal.size)].tolist()
-        order: list[int] = []
-        seen: set[int] = set()
-        sources = {True: iter(shuffled), False: iter(ranked)}
-        for pick_random in (self.rng.random(min(RANKED_SCAN, legal.size)) < RANKED_RANDOM_SHARE).tolist():
-            move = next((m for m in sources[pick_random] if m not in seen), None)
-            if move is None:
-                move = next((m for m in sources[not pick_random] if m not in seen), None)
-            if move is None:
-                break
-            seen.add(move)
-            order.append(move)
-        return order
-
-    def candidates(self, current: np.ndarray):
-        """Candidates (lists of (unit, new device)) of one descent step, in the kept order."""
-        if not self.order or self.since_rank >= RANKED_RERANK:
-            self.order = self._draw(current)
-            self.since_rank = 0
-        k = self.units.allowed.shape[1]
-        while self.order:
-            move = self.order.pop(0)
-            unit, device = divmod(move, k)
-            if int(current[unit]) == device:
-                continue
-            if self.units.num_units >= 2 and self.rng.random() < SWAP_PROBABILITY:
-                swap = _random_swap(self.units, current, self.rng)
-                if swap is not None:
-                    yield swap
-            yield [(unit, device)]
-
-
-def _random_swap(units: Units, current: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int]] | None:
-    """Two random units on different devices, each sent to the other's device (None when they
-    share a device or either cannot run on the other's)."""
-    first, second = (int(v) for v in rng.choice(units.num_units, size=2, replace=False))
-    a, b = int(current[first]), int(current[second])
-    if a == b or not (units.allowed[first, b] and units.allowed[second, a]):
-        return None
-    return [(first, b), (second, a)]
 
 
 def _fits_after(candidate: list[tuple[int, int]], current: np.ndarray, ledger: MemoryLedger, units: Units) -> bool:
