@@ -31,6 +31,7 @@ from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.rules import Units, make_simulator, prepare
+from rlplace.simulate import basic_lower_bound
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
 #: start/T, finish/T, on critical path, time here/T, fastest time/T, mean time/T, demand/cap,
@@ -64,6 +65,9 @@ class MoveProblem:
         cross_edge_unit: (x,) int64 unit edge of each crossing op edge.
         link_cost: (k,) float64 mean transfer seconds per byte from each device to the others.
         schedule: the pipeline schedule the simulator runs under ``pipelined`` (``gpipe`` ...).
+        observed_bound: the work and critical-path bound (`rlplace.simulate.basic_lower_bound`)
+            the observation's global feature holds: the one the shipped weights were trained
+            with (the simulator's own `lower_bound` has been tightened since).
     """
 
     graph: OpGraph
@@ -80,6 +84,7 @@ class MoveProblem:
     cross_edges: np.ndarray
     cross_edge_unit: np.ndarray
     link_cost: np.ndarray
+    observed_bound: float
     schedule: str = "gpipe"
 
     @property
@@ -143,6 +148,7 @@ def build_move_problem(
         cross_edges=cross,
         cross_edge_unit=inverse.reshape(-1).astype(np.int64),
         link_cost=link_cost,
+        observed_bound=basic_lower_bound(graph, cluster, costs, objective=objective, microbatches=simulator.microbatches),
         schedule=schedule,
     )
 
@@ -275,7 +281,7 @@ def observe(problem: MoveProblem, assignment: np.ndarray, *, start_time: float |
     )
     objective = np.zeros(3)
     objective[OBJECTIVES.index(problem.objective)] = 1.0
-    lower = float(result.lower_bound) if np.isfinite(result.lower_bound) else 0.0
+    lower = problem.observed_bound if np.isfinite(problem.observed_bound) else 0.0
     globals_ = np.concatenate([objective, [np.log2(problem.microbatches) / 4.0, k / 16.0, T / max(start_time, 1e-30), moves_left, lower / T]])
     max_bytes = np.log1p(float(problem.edge_bytes.max())) if problem.edge_bytes.size else 1.0
     cut = (assignment[problem.edge_src] != assignment[problem.edge_dst]).astype(np.float64)

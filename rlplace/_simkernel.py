@@ -807,6 +807,29 @@ def longest_path(succ_ptr: np.ndarray, succ_op: np.ndarray, weight: np.ndarray) 
 
 
 @njit(cache=True)
+def heads_and_tails(succ_ptr: np.ndarray, succ_op: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(head, tail), both (n,): per op of a DAG whose ids are in topological order, the
+    heaviest path of ``weight`` that ends just before it and the one that starts just after it
+    (the op's own weight in neither)."""
+    n = weight.shape[0]
+    head = np.zeros(n)
+    tail = np.zeros(n)
+    for i in range(n):
+        end = head[i] + weight[i]
+        for e in range(succ_ptr[i], succ_ptr[i + 1]):
+            consumer = succ_op[e]
+            if end > head[consumer]:
+                head[consumer] = end
+    for i in range(n - 1, -1, -1):
+        for e in range(succ_ptr[i], succ_ptr[i + 1]):
+            consumer = succ_op[e]
+            after = weight[consumer] + tail[consumer]
+            if after > tail[i]:
+                tail[i] = after
+    return head, tail
+
+
+@njit(cache=True)
 def first_out_of_range(placement: np.ndarray, num_devices: int) -> int:
     """Index of the first entry outside ``0..num_devices-1``, or -1."""
     for i in range(placement.shape[0]):

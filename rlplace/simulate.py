@@ -71,7 +71,22 @@ Lower bounds (placement-independent, in `lower_bound`):
   work bound holds for all three; the pipelined total busy time is the step's.
 - critical-path bound (``latency``, ``pipelined``): the longest path with every op on its
   fastest device and free communication; under ``pipelined`` one micro-batch's, i.e. divided
-  by M. ``throughput`` uses the work bound only.
+  by M. These two alone are `basic_lower_bound`.
+- one-op pipeline bound (``latency``, ``pipelined``): every op runs its M instances on one
+  device, one after another, so they take at least its fastest whole-step time t_o (fixed
+  parts paid M times); the first cannot start before ``head(o)``, one micro-batch's heaviest
+  path into o (each op on its fastest device, free communication), and after the last one
+  ``tail(o)``, the heaviest path out of o, still has to run. So the step takes at least
+  ``max_o head(o) + t_o + tail(o)``: the critical path when M = 1, and under ``pipelined``
+  far above path / M where one op (or a chain of heavy ops) dominates.
+- colocation bound (all objectives): the ops of a colocation class share a device (every
+  placement rlplace accepts keeps them together), which runs their instances one at a time:
+  at least ``min_c-head + min_d sum_{o in c} t_od + min_c-tail`` (the least head and least
+  tail over the class's ops; both 0 under ``throughput``, where a device's load is at least
+  its ops' time). A training graph's layer whose forward and backward ops form one class and
+  carry a large share of the work sets the bound this way.
+The work bound is taken on the whole-step op times too (M instances, fixed parts M times),
+the pipelined busy time. `lower_bound` is the best of all of these.
 """
 
 from __future__ import annotations
@@ -87,7 +102,7 @@ from rlplace import _simkernel as kernel
 from rlplace.cluster import CPU, Cluster
 from rlplace.costs import MESSAGE_CPU_META_KEY, CostTable
 from rlplace.errors import RlplaceError
-from rlplace.graph import OpGraph
+from rlplace.graph import NO_CLASS, OpGraph
 from rlplace.objectives import OBJECTIVES as OBJECTIVES
 from rlplace.objectives import check_objective, check_schedule
 from rlplace.schedules import Order, gpipe_order, pipeline_order
@@ -617,19 +632,65 @@ def simulate(
 
 
 def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
-    """The objective's placement-independent lower bound on the step time (see the module doc)."""
+    """The objective's placement-independent lower bound on the step time (see the module doc):
+    the best of `basic_lower_bound`, the one-op pipeline bound and the colocation bound, all
+    on the step's op times (fixed parts paid by every micro-batch)."""
+    check_objective(objective)
+    m = microbatches if objective == "pipelined" else 1
+    op_time = np.asarray(costs.microbatch_scaled(m)[0], dtype=np.float64)  # (n, k) one op's M instances
+    bound = max(basic_lower_bound(graph, cluster, costs, objective=objective, microbatches=microbatches), work_bound(op_time))
+    n = graph.num_ops
+    if n == 0:
+        return bound
+    fastest = op_time.min(axis=1)
+    if objective == "throughput":
+        head, tail = np.zeros(n), np.zeros(n)
+    else:
+        succ_ptr, succ_op = _successors(graph)
+        head, tail = kernel.heads_and_tails(succ_ptr, succ_op, np.ascontiguousarray(fastest / m))
+        bound = max(bound, float(np.max(head + fastest + tail)))
+    return max(bound, colocation_bound(graph, op_time, head, tail))
+
+
+def basic_lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
+    """The work bound and the critical-path bound alone, on the op times as given (module doc):
+    never above `lower_bound`. The improvement policy's observation carries this one, the
+    number its shipped weights were trained with (`rlplace.envs.improve_state.observe`)."""
     check_objective(objective)
     op_time = np.asarray(costs.op_time, dtype=np.float64)
     work = work_bound(op_time)
     if objective == "throughput" or graph.num_ops == 0:
         return work
-    order = np.argsort(graph.edge_src, kind="stable")
-    succ_ptr = np.searchsorted(graph.edge_src[order], np.arange(graph.num_ops + 1)).astype(np.int64)
-    succ_op = np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64)
+    succ_ptr, succ_op = _successors(graph)
     fastest = np.ascontiguousarray(op_time.min(axis=1))
     path = float(kernel.longest_path(succ_ptr, succ_op, fastest))
     divisor = microbatches if objective == "pipelined" else 1
     return max(work, path / divisor)
+
+
+def colocation_bound(graph: OpGraph, op_time: np.ndarray, head: np.ndarray, tail: np.ndarray) -> float:
+    """The largest, over colocation classes, of the time the class's ops take together on the
+    device where that is least, plus its least ``head`` and least ``tail`` (module doc); 0
+    without classes. Shapes: op_time (n, k) one op's M instances, head and tail (n,)."""
+    has_class = graph.coloc != NO_CLASS
+    if not np.any(has_class):
+        return 0.0
+    classes, members = np.unique(graph.coloc[has_class], return_inverse=True)
+    members = members.reshape(-1)
+    together = np.zeros((classes.size, op_time.shape[1]))
+    np.add.at(together, members, op_time[has_class])
+    least_head = np.full(classes.size, np.inf)
+    np.minimum.at(least_head, members, head[has_class])
+    least_tail = np.full(classes.size, np.inf)
+    np.minimum.at(least_tail, members, tail[has_class])
+    return float(np.max(least_head + together.min(axis=1) + least_tail))
+
+
+def _successors(graph: OpGraph) -> tuple[np.ndarray, np.ndarray]:
+    """(succ_ptr (n + 1,), succ_op (m,)): the consumers of op i are succ_op[succ_ptr[i]:succ_ptr[i + 1]]."""
+    order = np.argsort(graph.edge_src, kind="stable")
+    succ_ptr = np.searchsorted(graph.edge_src[order], np.arange(graph.num_ops + 1)).astype(np.int64)
+    return succ_ptr, np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64)
 
 
 def work_bound(op_time: np.ndarray) -> float:

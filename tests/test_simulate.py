@@ -24,7 +24,8 @@ from rlplace.errors import RlplaceError
 from rlplace.formats.dnn_partitioning import shared_data_dir
 from rlplace.graph import OpGraph
 from rlplace.objectives import SCHEDULES
-from rlplace.simulate import OBJECTIVES, Simulator, lower_bound, simulate, work_bound
+from rlplace.placement import respect_colocation
+from rlplace.simulate import OBJECTIVES, Simulator, basic_lower_bound, lower_bound, simulate, work_bound
 
 DATA = shared_data_dir()
 
@@ -382,7 +383,45 @@ def test_lower_bound_is_work_or_fastest_critical_path():
     costs = CostTable.build(graph, cluster)
     assert lower_bound(graph, cluster, costs) == 4.0  # a then c, free communication
     assert lower_bound(graph, cluster, costs, objective="throughput") == 3.0  # 6 / 2 devices
-    assert lower_bound(graph, cluster, costs, objective="pipelined", microbatches=2) == 3.0
+    assert basic_lower_bound(graph, cluster, costs, objective="pipelined", microbatches=2) == 3.0
+    # c's two instances (3 in all) after a's first half (0.5)
+    assert lower_bound(graph, cluster, costs, objective="pipelined", microbatches=2) == 3.5
+
+
+def test_lower_bound_counts_an_ops_microbatches_one_after_another():
+    # a (1) -> b (8) -> c (1), M = 4: b's four instances take 8 on one device, after a's first
+    # quarter and before c's last one: 0.25 + 8 + 0.25. The work (10 / 2) and the path over M
+    # (10 / 4) give only 5, which `basic_lower_bound` keeps.
+    graph = graph_of({"a": 1.0, "b": 8.0, "c": 1.0}, [("a", "b", 0.0), ("b", "c", 0.0)])
+    cluster = cluster_of(2)
+    costs = CostTable.build(graph, cluster)
+    assert basic_lower_bound(graph, cluster, costs, objective="pipelined", microbatches=4) == 5.0
+    assert lower_bound(graph, cluster, costs, objective="pipelined", microbatches=4) == 8.5
+    # ... and it is reached: a and c on one device, b on the other
+    assert Simulator(graph, cluster, costs, objective="pipelined", microbatches=4).step_time(place(graph, {"a": 0, "b": 1, "c": 0})) == 8.5
+    assert lower_bound(graph, cluster, costs) == 10.0  # M = 1: the critical path
+
+
+def test_lower_bound_keeps_a_colocation_class_on_one_device():
+    # x and y (3 each) must share a device; z (1) is free. Work over two devices says 3.5,
+    # the longest op 3; the class alone keeps one device busy for 6, under every objective.
+    graph = graph_of({"x": 3.0, "y": 3.0, "z": 1.0}, [("x", "z", 0.0)], coloc={"x": "layer", "y": "layer"})
+    cluster = cluster_of(2)
+    costs = CostTable.build(graph, cluster)
+    assert basic_lower_bound(graph, cluster, costs, objective="throughput") == 3.5
+    assert lower_bound(graph, cluster, costs, objective="throughput") == 6.0
+    assert lower_bound(graph, cluster, costs) == 6.0
+    # under latency z after x adds its tail: the class's least tail is y's (0), so still 6
+    assert Simulator(graph, cluster, costs).step_time(place(graph, {"x": 0, "y": 0, "z": 1})) == 6.0
+
+
+def test_lower_bound_pays_fixed_costs_per_microbatch():
+    # one op of time 4, of which 1 fixed: M = 2 micro-batches take 2 * (1 + 3 / 2) = 5
+    graph = graph_of({"a": 4.0}, [])
+    cluster = cluster_of(1)
+    costs = CostTable(op_time=np.array([[4.0]]), edge_time=np.zeros((0, 1, 1)), op_fixed=np.array([[1.0]]), time_unit="s")
+    assert lower_bound(graph, cluster, costs, objective="pipelined", microbatches=2) == 5.0
+    assert Simulator(graph, cluster, costs, objective="pipelined", microbatches=2).step_time(np.zeros(1, dtype=np.int64)) == 5.0
 
 
 # ---------------------------------------------------------------------- errors
@@ -517,6 +556,22 @@ def test_schedule_matches_an_independent_reference(problem):
     expected = reference_schedule(costs.op_time, graph.edge_src, graph.edge_dst, costs.edge_time, graph.is_backward, placement, microbatches)
     objective = "pipelined" if microbatches > 1 else "latency"
     assert Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches).step_time(placement) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@RANDOM
+@given(problems(), st.sampled_from(OBJECTIVES), st.sampled_from(SCHEDULES), st.data())
+def test_step_time_is_at_least_the_lower_bound_with_classes_and_fixed_costs(problem, objective, schedule, data):
+    graph, cluster, costs, placement, microbatches = problem
+    n = graph.num_ops
+    classes = data.draw(st.lists(st.integers(-1, 1), min_size=n, max_size=n))  # -1: no class
+    graph = dataclasses.replace(graph, coloc=np.array(classes, dtype=np.int64))
+    share = data.draw(st.sampled_from([0.0, 0.5, 1.0]))
+    costs = CostTable(op_time=costs.op_time, edge_time=costs.edge_time, op_fixed=share * costs.op_time, time_unit="s")
+    placement = respect_colocation(graph, placement)
+    step = Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule).step_time(placement)
+    bound = lower_bound(graph, cluster, costs, objective=objective, microbatches=microbatches)
+    assert step >= bound * (1 - 1e-9)
+    assert bound >= basic_lower_bound(graph, cluster, costs, objective=objective, microbatches=microbatches)
 
 
 @RANDOM
