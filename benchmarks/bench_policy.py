@@ -53,6 +53,7 @@ import json
 import math
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,32 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     print(f"decision time of policy (warm process): median {np.median(decide):.2f} s, max {max(decide):.2f} s; local-search at 2000 simulations: median {np.median([r['local_search_s'] for r in rows]):.2f} s")
 
 
+def rebound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` of an earlier run with each ``lower_bound`` recomputed by today's
+    `rlplace.simulate.lower_bound` (the cases looked up by label in the held-out split and the
+    three validation sets); prints, per case, the geomean of LB/best over its seeds then and now."""
+    from rlplace.simulate import lower_bound
+
+    cases = {case.label: case for _, case in held_out_cases(False)}
+    for specs in (VALIDATION, WIDE_VALIDATION, FAMILY_VALIDATION):
+        cases.update({case.label: case for _, case in validation_cases(False, specs)})
+    bounds: dict[str, float] = {}
+    updated, per_case = [], defaultdict(list)
+    for row in rows:
+        case = cases.get(row["case"])
+        if case is None:
+            raise SystemExit(f"case {row['case']!r} is in none of the bench's sets; cannot recompute its bound")
+        if case.label not in bounds:
+            bounds[case.label] = lower_bound(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
+        per_case[(row["regime"], row["case"])].append((row["lower_bound"] / row["best_time"], bounds[case.label] / row["best_time"]))
+        updated.append({**row, "lower_bound": bounds[case.label]})
+    print(f"{'regime':6} {'case':44} {'LB/best then':>12} {'now':>6}")
+    for (regime, label), pairs in per_case.items():
+        print(f"{regime:6} {label[:44]:44} {geomean([a for a, _ in pairs]):12.3f} {geomean([b for _, b in pairs]):6.3f}")
+    print()
+    return updated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="policy checkpoint folder (default checkpoints/default)")
@@ -348,10 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
     parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
     parser.add_argument("--report", default=None, metavar="FILE", help="print the summary of a --json file of an earlier run and stop")
+    parser.add_argument(
+        "--bounds-now", action="store_true", help="with --report: each row's lower bound recomputed with today's rlplace.simulate.lower_bound (per case: then -> now)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="searches side by side for policy, LS@B and the ablation alike (default: the policy's, one per core up to 4)")
     args = parser.parse_args(argv)
     if args.report:
-        print_summary(json.loads(Path(args.report).read_text()))
+        rows = json.loads(Path(args.report).read_text())
+        print_summary(rebound(rows) if args.bounds_now else rows)
         return 0
     from rlplace.portfolio import resolve_workers
 

@@ -774,6 +774,38 @@ def test_bench_policy_report_prints_the_summary_of_a_saved_run(tmp_path: Path, c
     assert lines["B-D"][1] == "0.896" and lines["all"][1] == "0.921"
 
 
+def test_bench_policy_report_recomputes_bounds_with_todays_lower_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--report FILE --bounds-now``: a row saved with the old bound (5 = work 10 / 2 devices)
+    of a 1-8-1 chain at M = 4 gets today's one-op pipeline bound, 0.25 + 8 + 0.25 = 8.5, so
+    LB/best with a best classic of 10 goes from 0.500 to 0.850; a case in no set is refused."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_policy
+
+    from rlplace.cluster import Cluster, Device
+    from rlplace.envs.improve_env import make_case
+
+    ops = [{"name": name, "times": {"accelerator": t}} for name, t in (("a", 1.0), ("b", 8.0), ("c", 1.0))]
+    graph = OpGraph.build(ops, [{"src": "a", "dst": "b", "bytes": 0.0, "time": 0.0}, {"src": "b", "dst": "c", "bytes": 0.0, "time": 0.0}], time_classes=("accelerator",))
+    cluster = Cluster.build("two", [Device(f"d{i}", "custom", "accelerator", 1e12, 1e12, 1e12, 1e12) for i in range(2)], intra_host=(1e9, 0.0))
+    case = make_case("chain@two M=4", graph, cluster, objective="pipelined", microbatches=4)
+    monkeypatch.setattr(bench_policy, "held_out_cases", lambda quick: [("B", case)])
+    monkeypatch.setattr(bench_policy, "validation_cases", lambda quick, specs=(): [])
+    row = {
+        "regime": "B", "case": case.label, "seed": 0, "policy": 9.0, "best_time": 10.0, "local_search_budget": 10.0, "ablation": 9.0,
+        "policy_sims_to_ls": 10.0, "ablation_sims_to_ls": 20.0, "lower_bound": 5.0, "policy_decide_s": 1.8, "local_search_s": 0.1,
+    }  # fmt: skip
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps([row]))
+    assert bench_policy.main(["--report", str(saved), "--bounds-now"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[-2:] == ["0.500", "0.850"] for line in out.splitlines() if line.startswith("B      chain"))
+    saved.write_text(json.dumps([{**row, "case": "elsewhere"}]))
+    with pytest.raises(SystemExit, match="in none of the bench's sets"):
+        bench_policy.main(["--report", str(saved), "--bounds-now"])
+
+
 def test_screen_policy_parses_variants_patches_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A variant sets module constants only while it runs; the report's geomeans come from the
     rows: base (0.9 * 1.0) ** 0.5 = 0.9487, the variant (0.8 * 1.0) ** 0.5 = 0.8944, its
