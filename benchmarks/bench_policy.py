@@ -44,6 +44,7 @@ method at its own defaults (local-search: one search).
 
     python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
     python benchmarks/bench_policy.py --report FILE   # the summary of an earlier --json run, again
+    python benchmarks/bench_policy.py --report FILE --bounds-now   # ... with today's lower bound
 """
 
 from __future__ import annotations
