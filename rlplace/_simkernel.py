@@ -790,23 +790,6 @@ def max_load(
 
 # ---------------------------------------------------------------------------- bounds
 @njit(cache=True)
-def longest_path(succ_ptr: np.ndarray, succ_op: np.ndarray, weight: np.ndarray) -> float:
-    """Length of the heaviest path through a DAG whose ids are in topological order."""
-    n = weight.shape[0]
-    ready = np.zeros(n)
-    longest = 0.0
-    for i in range(n):
-        end = ready[i] + weight[i]
-        if end > longest:
-            longest = end
-        for e in range(succ_ptr[i], succ_ptr[i + 1]):
-            consumer = succ_op[e]
-            if end > ready[consumer]:
-                ready[consumer] = end
-    return longest
-
-
-@njit(cache=True)
 def heads_and_tails(succ_ptr: np.ndarray, succ_op: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(head, tail), both (n,): per op of a DAG whose ids are in topological order, the
     heaviest path of ``weight`` that ends just before it and the one that starts just after it

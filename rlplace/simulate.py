@@ -267,10 +267,10 @@ class Simulator:
         self.num_ops = n
         self.num_devices = k
 
-        order = np.argsort(graph.edge_src, kind="stable")
-        self._succ_ptr = _frozen(np.searchsorted(graph.edge_src[order], np.arange(n + 1)), np.int64)
-        self._succ_op = _frozen(graph.edge_dst[order], np.int64)
-        self._succ_edge = _frozen(order, np.int64)
+        succ_ptr, succ_op, succ_edge = successors(graph)
+        self._succ_ptr = _frozen(succ_ptr, np.int64)
+        self._succ_op = _frozen(succ_op, np.int64)
+        self._succ_edge = _frozen(succ_edge, np.int64)
         self._indegree = _frozen(np.bincount(graph.edge_dst, minlength=n), np.int64)
         # pipelined: per-op launch costs and link latencies are paid by every micro-batch in full
         op_time, edge_time = costs.microbatch_scaled(self.microbatches)
@@ -633,12 +633,14 @@ def simulate(
 
 def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective: str = "latency", microbatches: int = 1) -> float:
     """The objective's placement-independent lower bound on the step time (see the module doc):
-    the best of `basic_lower_bound`, the one-op pipeline bound and the colocation bound, all
-    on the step's op times (fixed parts paid by every micro-batch)."""
+    the best of the work bound (on the op times as given and on the step's, fixed parts paid
+    by every micro-batch), the one-op pipeline bound and the colocation bound. The one-op
+    bound is never below `basic_lower_bound`'s critical path, so this is never below it."""
     check_objective(objective)
     m = microbatches if objective == "pipelined" else 1
+    given = np.asarray(costs.op_time, dtype=np.float64)
     op_time = np.asarray(costs.microbatch_scaled(m)[0], dtype=np.float64)  # (n, k) one op's M instances
-    bound = max(basic_lower_bound(graph, cluster, costs, objective=objective, microbatches=microbatches), work_bound(op_time))
+    bound = work_bound(given) if op_time is given else max(work_bound(given), work_bound(op_time))
     n = graph.num_ops
     if n == 0:
         return bound
@@ -646,7 +648,7 @@ def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective
     if objective == "throughput":
         head, tail = np.zeros(n), np.zeros(n)
     else:
-        succ_ptr, succ_op = _successors(graph)
+        succ_ptr, succ_op, _ = successors(graph)
         head, tail = kernel.heads_and_tails(succ_ptr, succ_op, np.ascontiguousarray(fastest / m))
         bound = max(bound, float(np.max(head + fastest + tail)))
     return max(bound, colocation_bound(graph, op_time, head, tail))
@@ -661,9 +663,10 @@ def basic_lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, obj
     work = work_bound(op_time)
     if objective == "throughput" or graph.num_ops == 0:
         return work
-    succ_ptr, succ_op = _successors(graph)
+    succ_ptr, succ_op, _ = successors(graph)
     fastest = np.ascontiguousarray(op_time.min(axis=1))
-    path = float(kernel.longest_path(succ_ptr, succ_op, fastest))
+    head, _ = kernel.heads_and_tails(succ_ptr, succ_op, fastest)
+    path = float(np.max(head + fastest))
     divisor = microbatches if objective == "pipelined" else 1
     return max(work, path / divisor)
 
@@ -686,11 +689,12 @@ def colocation_bound(graph: OpGraph, op_time: np.ndarray, head: np.ndarray, tail
     return float(np.max(least_head + together.min(axis=1) + least_tail))
 
 
-def _successors(graph: OpGraph) -> tuple[np.ndarray, np.ndarray]:
-    """(succ_ptr (n + 1,), succ_op (m,)): the consumers of op i are succ_op[succ_ptr[i]:succ_ptr[i + 1]]."""
-    order = np.argsort(graph.edge_src, kind="stable")
+def successors(graph: OpGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(succ_ptr (n + 1,), succ_op (m,), succ_edge (m,)), all int64: the consumers of op i are
+    ``succ_op[succ_ptr[i]:succ_ptr[i + 1]]``, through edges ``succ_edge[...]``, in edge order."""
+    order = np.argsort(graph.edge_src, kind="stable").astype(np.int64)
     succ_ptr = np.searchsorted(graph.edge_src[order], np.arange(graph.num_ops + 1)).astype(np.int64)
-    return succ_ptr, np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64)
+    return succ_ptr, np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64), order
 
 
 def work_bound(op_time: np.ndarray) -> float:
