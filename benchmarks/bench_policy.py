@@ -343,8 +343,9 @@ def rebound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from rlplace.simulate import lower_bound
 
     cases = {case.label: case for _, case in held_out_cases(False)}
-    for specs in (VALIDATION, WIDE_VALIDATION, FAMILY_VALIDATION):
-        cases.update({case.label: case for _, case in validation_cases(False, specs)})
+    if any(row["case"] not in cases for row in rows):  # the validation sets only when needed (zoo captures)
+        for specs in (VALIDATION, WIDE_VALIDATION, FAMILY_VALIDATION):
+            cases.update({case.label: case for _, case in validation_cases(False, specs)})
     bounds: dict[str, float] = {}
     updated, per_case = [], defaultdict(list)
     for row in rows:
