@@ -180,10 +180,16 @@ class OpGraph:
 
     def successors(self) -> list[np.ndarray]:
         """Per op, the ids of its consumers (int64 arrays)."""
-        order = np.argsort(self.edge_src, kind="stable")
-        bounds = np.searchsorted(self.edge_src[order], np.arange(self.num_ops + 1))
-        dst = self.edge_dst[order]
+        bounds, dst, _ = self.successor_table()
         return [dst[bounds[i] : bounds[i + 1]] for i in range(self.num_ops)]
+
+    def successor_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The consumers in compressed form, for kernels: (ptr (n + 1,), op (m,), edge (m,)),
+        all int64; the consumers of op i are ``op[ptr[i]:ptr[i + 1]]``, reached through edges
+        ``edge[ptr[i]:ptr[i + 1]]``, in edge order."""
+        order = np.argsort(self.edge_src, kind="stable").astype(np.int64)
+        ptr = np.searchsorted(self.edge_src[order], np.arange(self.num_ops + 1)).astype(np.int64)
+        return ptr, np.ascontiguousarray(self.edge_dst[order], dtype=np.int64), order
 
     def index_of(self, op_name: str) -> int:
         """Id of the op called ``op_name``; `RlplaceError` when there is none."""

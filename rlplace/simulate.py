@@ -267,7 +267,7 @@ class Simulator:
         self.num_ops = n
         self.num_devices = k
 
-        succ_ptr, succ_op, succ_edge = successors(graph)
+        succ_ptr, succ_op, succ_edge = graph.successor_table()
         self._succ_ptr = _frozen(succ_ptr, np.int64)
         self._succ_op = _frozen(succ_op, np.int64)
         self._succ_edge = _frozen(succ_edge, np.int64)
@@ -648,7 +648,7 @@ def lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, objective
     if objective == "throughput":
         head, tail = np.zeros(n), np.zeros(n)
     else:
-        succ_ptr, succ_op, _ = successors(graph)
+        succ_ptr, succ_op, _ = graph.successor_table()
         head, tail = kernel.heads_and_tails(succ_ptr, succ_op, np.ascontiguousarray(fastest / m))
         bound = max(bound, float(np.max(head + fastest + tail)))
     return max(bound, colocation_bound(graph, op_time, head, tail))
@@ -663,7 +663,7 @@ def basic_lower_bound(graph: OpGraph, cluster: Cluster, costs: CostTable, *, obj
     work = work_bound(op_time)
     if objective == "throughput" or graph.num_ops == 0:
         return work
-    succ_ptr, succ_op, _ = successors(graph)
+    succ_ptr, succ_op, _ = graph.successor_table()
     fastest = np.ascontiguousarray(op_time.min(axis=1))
     head, _ = kernel.heads_and_tails(succ_ptr, succ_op, fastest)
     path = float(np.max(head + fastest))
@@ -687,14 +687,6 @@ def colocation_bound(graph: OpGraph, op_time: np.ndarray, head: np.ndarray, tail
     least_tail = np.full(classes.size, np.inf)
     np.minimum.at(least_tail, members, tail[has_class])
     return float(np.max(least_head + together.min(axis=1) + least_tail))
-
-
-def successors(graph: OpGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(succ_ptr (n + 1,), succ_op (m,), succ_edge (m,)), all int64: the consumers of op i are
-    ``succ_op[succ_ptr[i]:succ_ptr[i + 1]]``, through edges ``succ_edge[...]``, in edge order."""
-    order = np.argsort(graph.edge_src, kind="stable").astype(np.int64)
-    succ_ptr = np.searchsorted(graph.edge_src[order], np.arange(graph.num_ops + 1)).astype(np.int64)
-    return succ_ptr, np.ascontiguousarray(graph.edge_dst[order], dtype=np.int64), order
 
 
 def work_bound(op_time: np.ndarray) -> float:

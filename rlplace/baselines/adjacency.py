@@ -28,10 +28,9 @@ class EdgeIndex:
     def build(cls, graph: OpGraph) -> EdgeIndex:
         n = graph.num_ops
         by_dst = np.argsort(graph.edge_dst, kind="stable")
-        by_src = np.argsort(graph.edge_src, kind="stable")
         in_start = np.searchsorted(graph.edge_dst[by_dst], np.arange(n + 1))
-        out_start = np.searchsorted(graph.edge_src[by_src], np.arange(n + 1))
-        return cls(in_start=in_start, in_edges=by_dst.astype(np.int64), out_start=out_start, out_edges=by_src.astype(np.int64))
+        out_start, _, out_edges = graph.successor_table()
+        return cls(in_start=in_start, in_edges=by_dst.astype(np.int64), out_start=out_start, out_edges=out_edges)
 
     def incoming(self, op: int) -> np.ndarray:
         return self.in_edges[self.in_start[op] : self.in_start[op + 1]]

@@ -543,9 +543,8 @@ def _run_program(
 
     n = graph.num_ops
     edge_cost = graph.edge_given_time if graph.edge_given_time is not None else mean_edge_time(costs)
-    order = np.argsort(graph.edge_src, kind="stable")
-    out_ptr = np.searchsorted(graph.edge_src[order], np.arange(n + 1)).astype(np.int64)
-    out_block = blocks.of_op[graph.edge_dst[order]].astype(np.int64)
+    out_ptr, out_op, order = graph.successor_table()
+    out_block = blocks.of_op[out_op].astype(np.int64)
     out_cost = edge_cost[order].astype(np.float64)
     touch: list[set[int]] = [set() for _ in range(nb)]
     for u in range(n):
