@@ -10,7 +10,8 @@ there (finite time), the device differs from the unit's current one, and the uni
 the device's room under the baselines' memory estimate (`rlplace.rules.MemoryLedger`).
 
 `observe` turns a placement into features computed from ONE ``Simulator.run`` (critical path
-included) plus vectorised numpy over the edges; all times are divided by the current step
+included) plus two compiled passes over the units and crossing edges
+(`rlplace.envs.feature_kernel`; what no placement changes is computed once per problem); all times are divided by the current step
 time T and all bytes by the device capacity (or the graph's total bytes when uncapped), so the
 features do not depend on the time or memory scale.
 
@@ -22,7 +23,8 @@ Shapes (u units, k devices, e unit edges, x op edges crossing units):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,8 @@ from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
 from rlplace.rules import Units, make_simulator, prepare
 from rlplace.simulate import basic_lower_bound
+
+from . import feature_kernel
 
 OBJECTIVES = ("latency", "pipelined", "throughput")
 #: start/T, finish/T, on critical path, time here/T, fastest time/T, mean time/T, demand/cap,
@@ -86,6 +90,8 @@ class MoveProblem:
     link_cost: np.ndarray
     observed_bound: float
     schedule: str = "gpipe"
+    #: Derived arrays built on first use (`observe`'s placement-independent features).
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def num_units(self) -> int:
@@ -179,123 +185,127 @@ class Observation:
 
 
 def observe(problem: MoveProblem, assignment: np.ndarray, *, start_time: float | None = None, moves_left: float = 1.0) -> Observation:
-    """Features of the (u,) ``assignment`` from one simulation (module docstring)."""
-    units, costs, graph = problem.units, problem.costs, problem.graph
-    u, k = problem.num_units, problem.num_devices
+    """Features of the (u,) ``assignment`` from one simulation (module docstring); the
+    per-unit and per-pair ones come from `rlplace.envs.feature_kernel`."""
+    units = problem.units
+    fixed = _fixed_features(problem)
+    assignment = np.asarray(assignment, dtype=np.int64)
     placement = units.expand(assignment)
     result = problem.simulator.run(placement)
     T = float(result.step_time) if np.isfinite(result.step_time) and result.step_time > 0 else 1.0
     start_time = T if start_time is None else start_time
-    capacity = np.where(np.isfinite(problem.cluster.memory), problem.cluster.memory, max(float(units.demand.sum()), 1.0))
     used = problem.used(assignment)
+    room = problem.budget - used
     legal = legal_moves(problem, assignment, used)
-    arange_u = np.arange(u)
-
-    # per unit, from the simulation
-    of_op = units.of_op
-    if result.op_start is not None:
-        start = np.full(u, np.inf)
-        np.minimum.at(start, of_op, result.op_start)
-        finish = np.zeros(u)
-        np.maximum.at(finish, of_op, result.op_finish)
-    else:
-        start = np.zeros(u)
-        finish = np.zeros(u)
-    critical = np.zeros(u)
-    if result.critical_path:
-        critical[of_op[np.asarray(result.critical_path, dtype=np.int64)]] = 1.0
-    time = np.where(units.allowed, units.time, 0.0)
-    scale = max(u, 1) / T  # per-unit quantities relative to the average unit's share of T
-    time_here = time[arange_u, assignment]
-    finite_time = np.where(units.allowed, units.time, np.nan)
-    fastest = np.nanmin(np.where(units.allowed, units.time, np.inf), axis=1)
-    mean_time = np.nanmean(finite_time, axis=1)
-
-    # communication: comm[u, d] = transfer time of u's crossing edges if u sat on d (others fixed)
-    comm = np.zeros((u, k))
-    nb_bytes = np.zeros((u, k))
-    edge_comm = np.zeros(problem.edge_src.size)
-    x = problem.cross_edges
-    if x.size:
-        src_op, dst_op = graph.edge_src[x], graph.edge_dst[x]
-        ps, pd = placement[src_op], placement[dst_op]
-        et = costs.edge_time[x]  # (x, k, k)
-        rows = np.arange(x.size)
-        np.add.at(comm, of_op[src_op], et[rows, :, pd])
-        np.add.at(comm, of_op[dst_op], et[rows, ps, :])
-        byts = graph.edge_bytes[x]
-        np.add.at(nb_bytes, (of_op[src_op], pd), byts)
-        np.add.at(nb_bytes, (of_op[dst_op], ps), byts)
-        np.add.at(edge_comm, problem.cross_edge_unit, et[rows, ps, pd])
-    comm_here = comm[arange_u, assignment]
-    nb_total = np.maximum(nb_bytes.sum(axis=1), 1.0)
-    nb_here = nb_bytes[arange_u, assignment]
+    has_times = result.op_start is not None
+    start, finish, critical, comm, nb_bytes, edge_comm = feature_kernel.unit_sums(
+        assignment,
+        placement,
+        units.of_op,
+        result.op_start if has_times else fixed.no_times,
+        result.op_finish if has_times else fixed.no_times,
+        has_times,
+        np.asarray(result.critical_path, dtype=np.int64),
+        problem.cross_edges,
+        problem.graph.edge_src,
+        problem.graph.edge_dst,
+        fixed.edge_time,
+        problem.graph.edge_bytes,
+        problem.cross_edge_unit,
+        problem.edge_src.size,
+        problem.num_devices,
+    )
     busy = np.asarray(result.busy_time, dtype=np.float64)
     load = np.asarray(result.device_load if result.device_load is not None else busy, dtype=np.float64)
-    busiest = int(np.argmax(load))
-
-    nodes = np.stack(
-        [
-            np.where(np.isfinite(start), start, 0.0) / T,
-            finish / T,
-            critical,
-            time_here * scale,
-            np.where(np.isfinite(fastest), fastest, 0.0) * scale,
-            np.nan_to_num(mean_time) * scale,
-            units.demand / capacity[assignment],
-            1.0 - nb_here / nb_total,
-            comm_here * scale,
-            (assignment == busiest).astype(np.float64),
-        ],
-        axis=1,
-    )
-    room = problem.budget - used
-    fits = (units.demand[:, None] <= room[None, :]).astype(np.float64)
-    room_after = (room[None, :] - units.demand[:, None]) / capacity[None, :]
-    is_current = np.zeros((u, k))
-    is_current[arange_u, assignment] = 1.0
-    pairs = np.stack(
-        [
-            time * scale,
-            (time - time_here[:, None]) * scale,
-            comm * scale,
-            (comm - comm_here[:, None]) * scale,
-            nb_bytes / nb_total[:, None],
-            is_current,
-            fits,
-            np.clip(room_after, -4.0, 4.0),
-            np.broadcast_to(load[None, :] / T, (u, k)),
-            (load[None, :] + time) / T,
-            legal.astype(np.float64),
-            _max_load_after(busy, assignment, time, time_here) / T - 1.0,
-        ],
-        axis=2,
-    )
-    totals = np.where(units.allowed.all(axis=0), time.sum(axis=0), np.inf)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        speed = np.min(totals) / totals if np.isfinite(np.min(totals)) else np.ones(k)
-    link = problem.link_cost / max(float(problem.link_cost[problem.link_cost > 0].min()) if np.any(problem.link_cost > 0) else 1.0, 1e-30)
+    nodes, pairs = feature_kernel.unit_and_pair_features(
+        assignment, T, start, finish, critical, comm, nb_bytes, np.maximum(nb_bytes.sum(axis=1), 1.0),
+        fixed.time, fixed.fastest, fixed.mean_time, units.demand, fixed.capacity, room, legal, busy, load, FEATURE_LIMIT,
+    )  # fmt: skip
     devices = np.stack(
-        [load / T, np.asarray(result.peak_memory) / capacity, room / capacity, np.nan_to_num(speed), np.log1p(link), np.ones(k)],
+        [load / T, np.asarray(result.peak_memory) / fixed.capacity, room / fixed.capacity, fixed.speed, fixed.link, np.ones(problem.num_devices)],
         axis=1,
     )
-    objective = np.zeros(3)
-    objective[OBJECTIVES.index(problem.objective)] = 1.0
     lower = problem.observed_bound if np.isfinite(problem.observed_bound) else 0.0
-    globals_ = np.concatenate([objective, [np.log2(problem.microbatches) / 4.0, k / 16.0, T / max(start_time, 1e-30), moves_left, lower / T]])
-    max_bytes = np.log1p(float(problem.edge_bytes.max())) if problem.edge_bytes.size else 1.0
+    globals_ = np.concatenate([fixed.objective, [np.log2(problem.microbatches) / 4.0, problem.num_devices / 16.0, T / max(start_time, 1e-30), moves_left, lower / T]])
     cut = (assignment[problem.edge_src] != assignment[problem.edge_dst]).astype(np.float64)
-    edge_attr = np.stack([np.log1p(problem.edge_bytes) / max(max_bytes, 1e-9), edge_comm / T, cut], axis=1) if problem.edge_src.size else np.zeros((0, EDGE_FEATURES))
+    edge_attr = np.stack([fixed.edge_size, edge_comm / T, cut], axis=1) if problem.edge_src.size else np.zeros((0, EDGE_FEATURES))
     return Observation(
-        nodes=finite_features(nodes),
-        pairs=finite_features(pairs),
+        nodes=nodes,
+        pairs=pairs,
         devices=finite_features(devices),
         globals=finite_features(globals_),
-        edge_index=np.stack([problem.edge_src, problem.edge_dst]).astype(np.int64),
+        edge_index=fixed.edge_index,
         edge_attr=finite_features(edge_attr),
         legal=legal,
         step_time=float(result.step_time),
         overflow=float(result.total_overflow),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _FixedFeatures:
+    """What `observe` needs that no placement changes, computed once per problem.
+
+    Shapes (u units, k devices, m op edges, e unit edges):
+        time: (u, k) unit time per device, 0 where it cannot run; fastest, mean_time: (u,)
+            its fastest and mean time over the devices that can run it (0 where none can).
+        capacity: (k,) bytes the memory features divide by (the graph's total demand where a
+            device is uncapped); speed: (k,) total time of the fastest device / its total time;
+            link: (k,) log1p(mean time per byte / the fastest link's); objective: (3,) one-hot.
+        edge_time: (m, k, k) the cost table's dense edge times; edge_size: (e,) log1p(bytes)
+            / log1p(largest); edge_index: (2, e) int64; no_times: (0,) float64 placeholder.
+    """
+
+    time: np.ndarray
+    fastest: np.ndarray
+    mean_time: np.ndarray
+    capacity: np.ndarray
+    speed: np.ndarray
+    link: np.ndarray
+    objective: np.ndarray
+    edge_time: np.ndarray
+    edge_size: np.ndarray
+    edge_index: np.ndarray
+    no_times: np.ndarray
+
+
+def _fixed_features(problem: MoveProblem) -> _FixedFeatures:
+    """``problem``'s `_FixedFeatures`, built on first use and kept on the problem."""
+    fixed = problem.cache.get("fixed_features")
+    if fixed is None:
+        fixed = problem.cache["fixed_features"] = _build_fixed_features(problem)
+    return fixed
+
+
+def _build_fixed_features(problem: MoveProblem) -> _FixedFeatures:
+    units, k = problem.units, problem.num_devices
+    time = np.where(units.allowed, units.time, 0.0)
+    fastest = np.nanmin(np.where(units.allowed, units.time, np.inf), axis=1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a unit no device can run: mean of nothing
+        mean_time = np.nanmean(np.where(units.allowed, units.time, np.nan), axis=1)
+    capacity = np.where(np.isfinite(problem.cluster.memory), problem.cluster.memory, max(float(units.demand.sum()), 1.0))
+    totals = np.where(units.allowed.all(axis=0), time.sum(axis=0), np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        speed = np.min(totals) / totals if np.isfinite(np.min(totals)) else np.ones(k)
+    positive = problem.link_cost[problem.link_cost > 0]
+    link = problem.link_cost / max(float(positive.min()) if positive.size else 1.0, 1e-30)
+    objective = np.zeros(3)
+    objective[OBJECTIVES.index(problem.objective)] = 1.0
+    max_bytes = np.log1p(float(problem.edge_bytes.max())) if problem.edge_bytes.size else 1.0
+    m = problem.graph.num_edges
+    return _FixedFeatures(
+        time=time,
+        fastest=np.where(np.isfinite(fastest), fastest, 0.0),
+        mean_time=np.nan_to_num(mean_time),
+        capacity=capacity,
+        speed=np.nan_to_num(speed),
+        link=np.log1p(link),
+        objective=objective,
+        edge_time=problem.costs.edge_time if m else np.zeros((0, k, k)),
+        edge_size=np.log1p(problem.edge_bytes) / max(max_bytes, 1e-9),
+        edge_index=np.stack([problem.edge_src, problem.edge_dst]).astype(np.int64),
+        no_times=np.zeros(0),
     )
 
 
@@ -308,16 +318,6 @@ def finite_features(values: np.ndarray) -> np.ndarray:
     out = np.clip(values, -FEATURE_LIMIT, FEATURE_LIMIT).astype(np.float32)  # +-inf -> +-limit
     out[np.isnan(out)] = 0.0
     return out
-
-
-def _max_load_after(busy: np.ndarray, assignment: np.ndarray, time: np.ndarray, time_here: np.ndarray) -> np.ndarray:
-    """(u, k) max device compute time after moving each unit to each device (others fixed)."""
-    u, k = time.shape
-    after = np.broadcast_to(busy, (u, k, k)).copy()  # [unit, target device, device]
-    after[np.arange(u), :, assignment] -= time_here[:, None]
-    after[:, np.arange(k), np.arange(k)] += time
-    after[np.arange(u), assignment, assignment] = busy[assignment]
-    return after.max(axis=2)
 
 
 def apply_move(assignment: np.ndarray, unit: int, device: int) -> np.ndarray:

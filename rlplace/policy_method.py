@@ -80,10 +80,15 @@ _LOADED: dict[str, Any] = {}
 
 
 def load_policy(checkpoint: str | Path | None = None) -> Any:
-    """The checkpoint's `MoveScorer` (cached per folder for the life of the process)."""
+    """The checkpoint's `MoveScorer` (cached per folder for the life of the process); the
+    first call also loads the compiled kernels of the policy's observation."""
     from rlplace.agents.improve_checkpoint import default_checkpoint_dir, load_scorer
 
     folder = str(Path(checkpoint) if checkpoint is not None else default_checkpoint_dir())
+    if not _LOADED:
+        from rlplace.envs.feature_kernel import load_kernels
+
+        load_kernels()
     if folder not in _LOADED:
         _LOADED[folder] = load_scorer(folder)[0]
     return _LOADED[folder]
