@@ -492,16 +492,21 @@ def _apply(problem: MoveProblem, current: np.ndarray, candidate: int) -> np.ndar
 
 def _with_swaps(order: np.ndarray, u: int, rng: np.random.Generator, swap_share: float) -> np.ndarray:
     """``order`` with a random swap id inserted before each entry with probability ``swap_share``
-    (as ``local-search`` interleaves swaps)."""
+    (as ``local-search`` interleaves swaps): an ordered pair of distinct units, uniform.
+    All draws are made at once; one ``Generator.choice`` per swap cost ~20 us, 0.6 ms per order
+    of 64 moves, which the ablation paid after every move."""
     if u < 2 or swap_share <= 0 or order.size == 0:
         return order
-    out: list[int] = []
-    for move in order.tolist():
-        if rng.random() < swap_share:
-            a, b = (int(v) for v in rng.choice(u, size=2, replace=False))
-            out.append(-(1 + a * u + b))
-        out.append(move)
-    return np.asarray(out, dtype=np.int64)
+    before = rng.random(order.size) < swap_share
+    count = int(before.sum())
+    first = rng.integers(0, u, size=count)
+    second = rng.integers(0, u - 1, size=count)
+    second += second >= first  # uniform over the other u - 1 units
+    position = np.arange(order.size) + np.cumsum(before)  # each move's place, after its swap
+    out = np.empty(order.size + count, dtype=np.int64)
+    out[position] = order
+    out[position[before] - 1] = -(1 + first * u + second)
+    return out
 
 
 def distinct_device_pairs(problem: MoveProblem) -> list[tuple[int, int]]:

@@ -633,6 +633,28 @@ def test_random_order_tries_critical_path_units_first() -> None:
     assert on_path[: critical.sum()].all() and not on_path[critical.sum():].any()
 
 
+def test_swaps_come_before_their_move_at_the_share_and_uniform_over_pairs_of_distinct_units() -> None:
+    from rlplace.agents.guided_search import _with_swaps
+
+    u, share, rounds = 6, 0.3, 300
+    order = np.arange(40, dtype=np.int64) * 3
+    rng = np.random.default_rng(7)
+    counts = np.zeros((u, u))
+    inserted = 0
+    for _ in range(rounds):
+        out = _with_swaps(order, u, rng, share)
+        assert np.array_equal(out[out >= 0], order)  # the moves, in their order
+        assert out[-1] >= 0 and np.all(out[1:][out[:-1] < 0] >= 0)  # every swap is followed by a move
+        first, second = np.divmod(-out[out < 0] - 1, u)
+        np.add.at(counts, (first, second), 1)
+        inserted += first.size
+    assert inserted / (rounds * order.size) == pytest.approx(share, abs=0.02)
+    assert np.all(np.diag(counts) == 0)  # never a unit with itself
+    off = counts[~np.eye(u, dtype=bool)]  # 30 ordered pairs, ~120 draws each
+    assert off.min() > 0.7 * off.mean() and off.max() < 1.3 * off.mean()
+    assert np.array_equal(_with_swaps(order, 1, rng, share), order)  # one unit: nothing to swap
+
+
 def test_the_ablation_and_the_policy_respect_the_simulation_budget() -> None:
     """``search(random_order=True)`` loads no checkpoint, counts its simulations (starts and
     observations included) against ``evaluations``, repeats exactly for a seed, and is never
