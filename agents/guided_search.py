@@ -468,9 +468,11 @@ def _still_legal(problem: MoveProblem, current: np.ndarray, order: np.ndarray, m
     if order.size == 0:
         return order
     legal = legal_moves(problem, current).reshape(-1) if problem.objective == "throughput" else problem.units.allowed.reshape(-1)
+    moved = np.zeros(problem.num_units, dtype=bool)
+    moved[moved_units] = True
     moves = order >= 0
     keep = ~moves  # swaps are checked when they are tried
-    keep[moves] = legal[order[moves]] & ~np.isin(order[moves] // problem.num_devices, moved_units)
+    keep[moves] = legal[order[moves]] & ~moved[order[moves] // problem.num_devices]
     return order[keep]
 
 

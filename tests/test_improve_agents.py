@@ -655,6 +655,18 @@ def test_swaps_come_before_their_move_at_the_share_and_uniform_over_pairs_of_dis
     assert np.array_equal(_with_swaps(order, 1, rng, share), order)  # one unit: nothing to swap
 
 
+def test_after_a_move_the_order_keeps_its_swaps_and_drops_the_moved_units_moves() -> None:
+    from rlplace.agents.guided_search import _still_legal
+
+    problem = problem_of(two_heavy_graph(4))  # 7 units on 2 devices: move id = unit * 2 + device
+    current = np.zeros(problem.num_units, np.int64)
+    current[[2, 5]] = 1
+    order = np.array([2 * 2 + 0, -(1 + 3 * 7 + 5), 3 * 2 + 1, 5 * 2 + 0, 6 * 2 + 1, -(1 + 2 * 7 + 4)], dtype=np.int64)
+    kept = _still_legal(problem, current, order, moved_units=np.array([2, 5]))
+    assert kept.tolist() == [-(1 + 3 * 7 + 5), 3 * 2 + 1, 6 * 2 + 1, -(1 + 2 * 7 + 4)]
+    assert _still_legal(problem, current, np.zeros(0, np.int64), np.array([1])).size == 0
+
+
 def test_the_ablation_and_the_policy_respect_the_simulation_budget() -> None:
     """``search(random_order=True)`` loads no checkpoint, counts its simulations (starts and
     observations included) against ``evaluations``, repeats exactly for a seed, and is never
