@@ -40,9 +40,11 @@ holds (gpt2, vit-base, t5-small, regnet), to judge a wider training set. ``--no-
 final device exchange, ``--group-kick-share S`` with that share of group kicks (0: none).
 ``--workers W`` runs W searches side by side (`rlplace.portfolio`) for the policy, LS@B and the
 ablation alike (default: the policy's, one per core up to 4); the best classic stays each
-method at its own defaults (local-search: one search).
+method at its own defaults (local-search: one search). ``--first-seed N`` runs seeds N, N+1,
+...: runs of one code at the default seeds land in the same basins run after run, so a second
+set of seeds is what shows how much a comparison of two codes owes to their random streams.
 
-    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
+    python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--first-seed 0] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
     python benchmarks/bench_policy.py --report FILE   # the summary of an earlier --json run, again
     python benchmarks/bench_policy.py --report FILE --bounds-now   # ... with today's lower bound
 """
@@ -367,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="policy checkpoint folder (default checkpoints/default)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0: the targets' seeds; others sample how much a run depends on its seeds)"
+    )
     parser.add_argument("--quick", action="store_true", help="every third case only")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     parser.add_argument("--budget-s", type=float, default=None, help="seconds per decision of every search (default: the policy's DEFAULT_BUDGET_S)")
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     chosen_slice = "families" if args.families else "wide" if args.wide else "validation" if args.validation else "held-out"
     for regime, case in slices[chosen_slice]():
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             row = {"regime": regime, "case": case.label, "seed": seed, **run_case(case, seed, args.checkpoint, args.budget_s, not args.no_polish, args.group_kick_share, args.workers, not args.no_blocks)}
             rows.append(row)
             best = row["best_time"]
