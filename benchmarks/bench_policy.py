@@ -45,7 +45,7 @@ method at its own defaults (local-search: one search). ``--first-seed N`` runs s
 set of seeds is what shows how much a comparison of two codes owes to their random streams.
 
     python benchmarks/bench_policy.py [--checkpoint checkpoints/default] [--seeds 3] [--first-seed 0] [--budget-s B] [--workers W] [--quick] [--validation | --wide | --families] [--no-polish] [--no-blocks] [--group-kick-share S] [--json FILE]
-    python benchmarks/bench_policy.py --report FILE   # the summary of an earlier --json run, again
+    python benchmarks/bench_policy.py --report FILE [FILE ...]   # the summary of earlier --json runs, again (rows pooled)
     python benchmarks/bench_policy.py --report FILE --bounds-now   # ... with today's lower bound
 """
 
@@ -381,14 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", action="store_true", help="the wider validation set WIDE_VALIDATION instead of the held-out split")
     parser.add_argument("--families", action="store_true", help="the unseen-family validation set FAMILY_VALIDATION instead of the held-out split")
     parser.add_argument("--group-kick-share", type=float, default=None, help="the guided search's share of group kicks (default: its own; 0: none)")
-    parser.add_argument("--report", default=None, metavar="FILE", help="print the summary of a --json file of an earlier run and stop")
+    parser.add_argument(
+        "--report", nargs="+", default=None, metavar="FILE", help="print the summary of --json files of earlier runs, their rows pooled (e.g. runs at other --first-seed), and stop"
+    )
     parser.add_argument(
         "--bounds-now", action="store_true", help="with --report: each row's lower bound recomputed with today's rlplace.simulate.lower_bound (per case: then -> now)"
     )
     parser.add_argument("--workers", type=int, default=None, help="searches side by side for policy, LS@B and the ablation alike (default: the policy's, one per core up to 4)")
     args = parser.parse_args(argv)
     if args.report:
-        rows = json.loads(Path(args.report).read_text())
+        rows = [row for path in args.report for row in json.loads(Path(path).read_text())]
         print_summary(rebound(rows) if args.bounds_now else rows)
         return 0
     from rlplace.portfolio import resolve_workers

@@ -806,6 +806,12 @@ def test_bench_policy_report_prints_the_summary_of_a_saved_run(tmp_path: Path, c
     assert main(["--report", str(saved)]) == 0
     lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("all ", "B-D "))}
     assert lines["B-D"][1] == "0.896" and lines["all"][1] == "0.921"
+    other = tmp_path / "other-seeds.json"  # a run at other seeds: its rows join the pool
+    other.write_text(json.dumps([{**row("B", 0.8), "seed": 3}, {**row("A", 1.0), "seed": 3}]))
+    assert main(["--report", str(saved), str(other)]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("all ", "B-D "))}
+    # B-D: (0.9 * 0.8 * 1.0 * 0.8) ** (1/4) = 0.871; all: (0.72 * 0.8) ** (1/6) = 0.912
+    assert lines["B-D"][1] == "0.871" and lines["all"][1] == "0.912"
 
 
 def test_bench_policy_report_recomputes_bounds_with_todays_lower_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
