@@ -5,9 +5,9 @@ thousands of times per decision. Written as vectorised numpy it was ~50 small ar
 operations (``np.add.at``, ``np.stack``, clipping) costing ~1.3 ms on 100-130 units, four
 times the simulation it summarises; these two kernels do the same arithmetic in two passes.
 
-Sums run in the order the numpy version took them (every crossing edge's producer side, then
-every consumer side, each in edge order), so the accumulated float64 values are the same; the
-features are then clipped to +-``limit`` and rounded to float32 as `finite_features` does (NaN -> 0).
+Sums run in the order the numpy version took them (into each array, every crossing edge's
+producer side, then every consumer side, each in edge order), so the accumulated float64
+values are the same (`observe` then clips and rounds them with `finite_features`).
 
 Shapes: u units, k devices, n ops, m op edges, x crossing op edges, e unit edges.
 """
@@ -70,34 +70,22 @@ def unit_sums(
     comm = np.zeros((u, k))
     nb_bytes = np.zeros((u, k))
     edge_comm = np.zeros(num_unit_edges)
-    for i in range(cross.shape[0]):  # producer sides, in edge order
+    for i in range(cross.shape[0]):  # producer sides, in edge order (and each edge's cost now)
         edge = cross[i]
-        unit, there = of_op[edge_src[edge]], placement[edge_dst[edge]]
+        src, dst = placement[edge_src[edge]], placement[edge_dst[edge]]
+        unit = of_op[edge_src[edge]]
         for d in range(k):
-            comm[unit, d] += edge_time[edge, d, there]
-    for i in range(cross.shape[0]):  # consumer sides
+            comm[unit, d] += edge_time[edge, d, dst]
+        nb_bytes[unit, dst] += edge_bytes[edge]
+        edge_comm[cross_edge_unit[i]] += edge_time[edge, src, dst]
+    for i in range(cross.shape[0]):  # then consumer sides, in edge order
         edge = cross[i]
-        unit, there = of_op[edge_dst[edge]], placement[edge_src[edge]]
+        src = placement[edge_src[edge]]
+        unit = of_op[edge_dst[edge]]
         for d in range(k):
-            comm[unit, d] += edge_time[edge, there, d]
-    for i in range(cross.shape[0]):
-        edge = cross[i]
-        nb_bytes[of_op[edge_src[edge]], placement[edge_dst[edge]]] += edge_bytes[edge]
-    for i in range(cross.shape[0]):
-        edge = cross[i]
-        nb_bytes[of_op[edge_dst[edge]], placement[edge_src[edge]]] += edge_bytes[edge]
-    for i in range(cross.shape[0]):
-        edge = cross[i]
-        edge_comm[cross_edge_unit[i]] += edge_time[edge, placement[edge_src[edge]], placement[edge_dst[edge]]]
+            comm[unit, d] += edge_time[edge, src, d]
+        nb_bytes[unit, src] += edge_bytes[edge]
     return start, finish, critical, comm, nb_bytes, edge_comm
-
-
-@njit(cache=True)
-def _clipped(value: float, limit: float) -> np.float32:
-    """``finite_features`` of one value: NaN -> 0, clipped to +-limit, rounded to float32."""
-    if np.isnan(value):
-        return np.float32(0.0)
-    return np.float32(min(max(value, -limit), limit))
 
 
 @njit(cache=True)
@@ -119,10 +107,9 @@ def unit_and_pair_features(
     legal: np.ndarray,
     busy: np.ndarray,
     load: np.ndarray,
-    limit: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(u, NODE_FEATURES) and (u, k, PAIR_FEATURES) float32 features, clipped (the columns are
-    listed in `rlplace.envs.improve_state`).
+    """(u, NODE_FEATURES) and (u, k, PAIR_FEATURES) float64 features, before `finite_features`
+    (the columns are listed in `rlplace.envs.improve_state`).
 
     Args:
         step_time: T, the current step time (> 0); start, finish, critical, comm, nb_bytes:
@@ -140,21 +127,21 @@ def unit_and_pair_features(
         if load[d] > load[busiest]:
             busiest = d
     highest_busy = busy.max() if k else 0.0
-    nodes = np.empty((u, 10), np.float32)
-    pairs = np.empty((u, k, 12), np.float32)
+    nodes = np.empty((u, 10))
+    pairs = np.empty((u, k, 12))
     for a in range(u):
         here = assignment[a]
         time_here = time[a, here]
         comm_here = comm[a, here]
-        nodes[a, 0] = _clipped((start[a] if np.isfinite(start[a]) else 0.0) / T, limit)
-        nodes[a, 1] = _clipped(finish[a] / T, limit)
-        nodes[a, 2] = _clipped(critical[a], limit)
-        nodes[a, 3] = _clipped(time_here * scale, limit)
-        nodes[a, 4] = _clipped(fastest[a] * scale, limit)
-        nodes[a, 5] = _clipped(mean_time[a] * scale, limit)
-        nodes[a, 6] = _clipped(demand[a] / capacity[here], limit)
-        nodes[a, 7] = _clipped(1.0 - nb_bytes[a, here] / nb_total[a], limit)
-        nodes[a, 8] = _clipped(comm_here * scale, limit)
+        nodes[a, 0] = (start[a] if np.isfinite(start[a]) else 0.0) / T
+        nodes[a, 1] = finish[a] / T
+        nodes[a, 2] = critical[a]
+        nodes[a, 3] = time_here * scale
+        nodes[a, 4] = fastest[a] * scale
+        nodes[a, 5] = mean_time[a] * scale
+        nodes[a, 6] = demand[a] / capacity[here]
+        nodes[a, 7] = 1.0 - nb_bytes[a, here] / nb_total[a]
+        nodes[a, 8] = comm_here * scale
         nodes[a, 9] = 1.0 if here == busiest else 0.0
         for d in range(k):
             room_after = (room[d] - demand[a]) / capacity[d]
@@ -171,18 +158,18 @@ def unit_and_pair_features(
                         value = value + time[a, d]
                     if value > most:
                         most = value
-            pairs[a, d, 0] = _clipped(time[a, d] * scale, limit)
-            pairs[a, d, 1] = _clipped((time[a, d] - time_here) * scale, limit)
-            pairs[a, d, 2] = _clipped(comm[a, d] * scale, limit)
-            pairs[a, d, 3] = _clipped((comm[a, d] - comm_here) * scale, limit)
-            pairs[a, d, 4] = _clipped(nb_bytes[a, d] / nb_total[a], limit)
+            pairs[a, d, 0] = time[a, d] * scale
+            pairs[a, d, 1] = (time[a, d] - time_here) * scale
+            pairs[a, d, 2] = comm[a, d] * scale
+            pairs[a, d, 3] = (comm[a, d] - comm_here) * scale
+            pairs[a, d, 4] = nb_bytes[a, d] / nb_total[a]
             pairs[a, d, 5] = 1.0 if d == here else 0.0
             pairs[a, d, 6] = 1.0 if demand[a] <= room[d] else 0.0
-            pairs[a, d, 7] = _clipped(min(max(room_after, -4.0), 4.0), limit)
-            pairs[a, d, 8] = _clipped(load[d] / T, limit)
-            pairs[a, d, 9] = _clipped((load[d] + time[a, d]) / T, limit)
+            pairs[a, d, 7] = min(max(room_after, -4.0), 4.0)
+            pairs[a, d, 8] = load[d] / T
+            pairs[a, d, 9] = (load[d] + time[a, d]) / T
             pairs[a, d, 10] = 1.0 if legal[a, d] else 0.0
-            pairs[a, d, 11] = _clipped(most / T - 1.0, limit)
+            pairs[a, d, 11] = most / T - 1.0
     return nodes, pairs
 
 
@@ -196,5 +183,5 @@ def load_kernels() -> None:
     )
     unit_and_pair_features(
         one, 1.0, start, finish, critical, comm, nb_bytes, np.ones(1), np.ones((1, 1)), np.ones(1), np.ones(1), np.zeros(1), np.ones(1), np.ones(1),
-        np.zeros((1, 1), np.bool_), np.ones(1), np.ones(1), 100.0,
+        np.zeros((1, 1), np.bool_), np.ones(1), np.ones(1),
     )  # fmt: skip

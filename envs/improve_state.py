@@ -202,8 +202,8 @@ def observe(problem: MoveProblem, assignment: np.ndarray, *, start_time: float |
         assignment,
         placement,
         units.of_op,
-        result.op_start if has_times else fixed.no_times,
-        result.op_finish if has_times else fixed.no_times,
+        result.op_start if has_times else _NO_TIMES,
+        result.op_finish if has_times else _NO_TIMES,
         has_times,
         np.asarray(result.critical_path, dtype=np.int64),
         problem.cross_edges,
@@ -219,7 +219,7 @@ def observe(problem: MoveProblem, assignment: np.ndarray, *, start_time: float |
     load = np.asarray(result.device_load if result.device_load is not None else busy, dtype=np.float64)
     nodes, pairs = feature_kernel.unit_and_pair_features(
         assignment, T, start, finish, critical, comm, nb_bytes, np.maximum(nb_bytes.sum(axis=1), 1.0),
-        fixed.time, fixed.fastest, fixed.mean_time, units.demand, fixed.capacity, room, legal, busy, load, FEATURE_LIMIT,
+        fixed.time, fixed.fastest, fixed.mean_time, units.demand, fixed.capacity, room, legal, busy, load,
     )  # fmt: skip
     devices = np.stack(
         [load / T, np.asarray(result.peak_memory) / fixed.capacity, room / fixed.capacity, fixed.speed, fixed.link, np.ones(problem.num_devices)],
@@ -230,8 +230,8 @@ def observe(problem: MoveProblem, assignment: np.ndarray, *, start_time: float |
     cut = (assignment[problem.edge_src] != assignment[problem.edge_dst]).astype(np.float64)
     edge_attr = np.stack([fixed.edge_size, edge_comm / T, cut], axis=1) if problem.edge_src.size else np.zeros((0, EDGE_FEATURES))
     return Observation(
-        nodes=nodes,
-        pairs=pairs,
+        nodes=finite_features(nodes),
+        pairs=finite_features(pairs),
         devices=finite_features(devices),
         globals=finite_features(globals_),
         edge_index=fixed.edge_index,
@@ -253,7 +253,7 @@ class _FixedFeatures:
             device is uncapped); speed: (k,) total time of the fastest device / its total time;
             link: (k,) log1p(mean time per byte / the fastest link's); objective: (3,) one-hot.
         edge_time: (m, k, k) the cost table's dense edge times; edge_size: (e,) log1p(bytes)
-            / log1p(largest); edge_index: (2, e) int64; no_times: (0,) float64 placeholder.
+            / log1p(largest); edge_index: (2, e) int64.
     """
 
     time: np.ndarray
@@ -266,7 +266,6 @@ class _FixedFeatures:
     edge_time: np.ndarray
     edge_size: np.ndarray
     edge_index: np.ndarray
-    no_times: np.ndarray
 
 
 def _fixed_features(problem: MoveProblem) -> _FixedFeatures:
@@ -305,9 +304,11 @@ def _build_fixed_features(problem: MoveProblem) -> _FixedFeatures:
         edge_time=problem.costs.edge_time if m else np.zeros((0, k, k)),
         edge_size=np.log1p(problem.edge_bytes) / max(max_bytes, 1e-9),
         edge_index=np.stack([problem.edge_src, problem.edge_dst]).astype(np.int64),
-        no_times=np.zeros(0),
     )
 
+
+#: `feature_kernel.unit_sums`' op times when the simulation has none.
+_NO_TIMES = np.zeros(0)
 
 #: Features are clipped to +-FEATURE_LIMIT (an uncapped device's room, a unit that cannot run anywhere else).
 FEATURE_LIMIT = 100.0
