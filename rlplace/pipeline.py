@@ -134,6 +134,10 @@ def decide(
     if not expert:
         with compile_phase():
             _load_simulator_kernels(work, cluster, work_costs)
+            if method == "local-search":
+                from rlplace.baselines import local_search
+
+                local_search.warm_up(cluster, objective=objective, microbatches=microbatches, schedule=schedule)
     options = dict(method_options or {})
     if method == "policy":
         # Importing torch + torch_geometric and loading the checkpoint is the cold start of a
