@@ -153,8 +153,11 @@ def warm_up(cluster: Cluster, *, objective: str = "latency", microbatches: int =
     _WARMED.add(key)
     from rlplace.synthetic import layered
 
-    graph = layered(24, seed=0, training=True)
-    place(graph, cluster, CostTable.build(graph, cluster), objective=objective, microbatches=min(microbatches, 2), schedule=schedule, evaluations=60)
+    graph = layered(48, seed=0, training=True)  # on 16 devices METIS complains (on stderr) below about 40 layers
+    try:
+        place(graph, cluster, CostTable.build(graph, cluster), objective=objective, microbatches=min(microbatches, 2), schedule=schedule, evaluations=60)
+    except RlplaceError:
+        pass  # e.g. a cluster too small for even this graph: the user's decision will say so
 
 
 def _unit_key(units: Units, simulator, assignment: np.ndarray) -> tuple[float, float]:
