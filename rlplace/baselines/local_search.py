@@ -37,6 +37,7 @@ contiguous split with the start's devices in the start's stage order.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -154,10 +155,8 @@ def warm_up(cluster: Cluster, *, objective: str = "latency", microbatches: int =
     from rlplace.synthetic import layered
 
     graph = layered(48, seed=0, training=True)  # on 16 devices METIS complains (on stderr) below about 40 layers
-    try:
+    with contextlib.suppress(RlplaceError):  # e.g. a cluster too small for this graph: the user's decision will say so
         place(graph, cluster, CostTable.build(graph, cluster), objective=objective, microbatches=min(microbatches, 2), schedule=schedule, evaluations=60)
-    except RlplaceError:
-        pass  # e.g. a cluster too small for even this graph: the user's decision will say so
 
 
 def _unit_key(units: Units, simulator, assignment: np.ndarray) -> tuple[float, float]:
