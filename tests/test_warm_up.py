@@ -94,3 +94,20 @@ def test_a_policy_decision_after_load_policy_imports_and_compiles_nothing() -> N
 def test_a_local_search_decision_after_its_warm_up_imports_and_compiles_nothing() -> None:
     reports = _reports(_LOCAL_SEARCH_PROBE)
     assert reports == [{"new_modules": [], "new_kernels": []}] * 3
+
+
+def test_local_search_warm_up_on_a_cluster_too_small_for_its_graph_is_silent() -> None:
+    from rlplace.baselines import local_search
+    from rlplace.cluster_spec import cluster_from_dict
+    from rlplace.costs import CostTable
+    from rlplace.errors import RlplaceError
+    from rlplace.synthetic import layered
+
+    spec = {"devices": [{"name": f"d{i}", "kind": "T4", "memory": "1KB"} for i in range(2)], "interconnect": {"intra_host": "pcie4"}}
+    cluster = cluster_from_dict(spec, "inline")
+    graph = layered(48, seed=0, training=True)
+    with pytest.raises(RlplaceError):  # the warm-up's own graph does not fit ...
+        local_search.place(graph, cluster, CostTable.build(graph, cluster), evaluations=10)
+    local_search._WARMED.discard(("latency", ""))
+    local_search.warm_up(cluster)  # ... and the warm-up says nothing: the user's decision will
+    assert ("latency", "") in local_search._WARMED
