@@ -121,16 +121,19 @@ def warm_up(checkpoint: str | Path | None = None, *, random_order: bool = False)
 
     cluster = resolve_cluster("2xA100+2xT4")  # mixed: the final device exchange runs too
     # forward and backward ops, more units than the block phase's 64; under throughput a
-    # smaller graph, since its start placements alone take about 1 s on 100 layers
-    for objective, microbatches, layers in (("latency", 1, 100), ("pipelined", 2, 100), ("throughput", 1, 40)):
+    # smaller graph, since its start placements alone take about 1 s on 100 layers. The
+    # pipelined one under interleaved-1f1b: it runs the schedule kernels gpipe never needs.
+    for objective, microbatches, schedule, layers in (
+        ("latency", 1, "gpipe", 100), ("pipelined", 2, "interleaved-1f1b", 100), ("throughput", 1, "gpipe", 40)
+    ):  # fmt: skip
         graph = layered(layers, seed=0, training=True)
         costs = CostTable.build(graph, cluster)
         placement, _ = search(
-            graph, cluster, costs, objective=objective, microbatches=microbatches,
+            graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule,
             checkpoint=checkpoint, budget_s=WARM_UP_BUDGET_S, random_order=random_order, workers=1,
         )  # fmt: skip
         # a full simulation with its critical path: a search reaches it only when it stalls
-        Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches).run(placement)
+        Simulator(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule).run(placement)
 
 
 def place(graph: OpGraph, cluster: Cluster, costs: CostTable, **options: Any) -> Placement:

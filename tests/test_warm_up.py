@@ -41,9 +41,10 @@ _COMPILED = textwrap.dedent(
         }))
 
     CASES = [
-        (series_parallel(90, seed=7), "4xT4", "pipelined", 4),
-        (fork_join(60, seed=8, training=True), "2x4xV100", "latency", 1),
-        (series_parallel(40, seed=9), "4xL4", "throughput", 1),
+        (series_parallel(90, seed=7), "4xT4", "pipelined", 4, "gpipe"),
+        (fork_join(50, seed=6, training=True), "4xL4", "pipelined", 4, "1f1b"),
+        (fork_join(60, seed=8, training=True), "2x4xV100", "latency", 1, "gpipe"),
+        (series_parallel(40, seed=9), "4xL4", "throughput", 1, "gpipe"),
     ]
     """
 )
@@ -54,9 +55,10 @@ _POLICY_PROBE = _COMPILED + textwrap.dedent(
 
     load_policy(None)
     modules, kernels = set(sys.modules), compiled()
-    for graph, cluster_name, objective, microbatches in CASES:
+    for graph, cluster_name, objective, microbatches, schedule in CASES:
         cluster = resolve_cluster(cluster_name)
-        search(graph, cluster, CostTable.build(graph, cluster), objective=objective, microbatches=microbatches, budget_s=0.3, workers=1, seed=3)
+        costs = CostTable.build(graph, cluster)
+        search(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, budget_s=0.3, workers=1, seed=3)
     report(modules, kernels)
     """
 )
@@ -67,13 +69,13 @@ _LOCAL_SEARCH_PROBE = _COMPILED + textwrap.dedent(
     from rlplace.baselines import local_search
     from rlplace.pipeline import _load_simulator_kernels
 
-    for graph, cluster_name, objective, microbatches in CASES:
+    for graph, cluster_name, objective, microbatches, schedule in CASES:
         cluster = resolve_cluster(cluster_name)
         costs = CostTable.build(graph, cluster)
         _load_simulator_kernels(graph, cluster, costs)
-        local_search.warm_up(cluster, objective=objective, microbatches=microbatches)
+        local_search.warm_up(cluster, objective=objective, microbatches=microbatches, schedule=schedule)
         modules, kernels = set(sys.modules), compiled()
-        local_search.place(graph, cluster, costs, objective=objective, microbatches=microbatches, evaluations=300, seed=3)
+        local_search.place(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule, evaluations=300, seed=3)
         report(modules, kernels)
     """
 )
@@ -93,7 +95,7 @@ def test_a_policy_decision_after_load_policy_imports_and_compiles_nothing() -> N
 
 def test_a_local_search_decision_after_its_warm_up_imports_and_compiles_nothing() -> None:
     reports = _reports(_LOCAL_SEARCH_PROBE)
-    assert reports == [{"new_modules": [], "new_kernels": []}] * 3
+    assert reports == [{"new_modules": [], "new_kernels": []}] * 4
 
 
 def test_local_search_warm_up_on_a_cluster_too_small_for_its_graph_is_silent() -> None:
