@@ -130,3 +130,37 @@ def test_workers_on_the_command_line_are_clean_errors(tmp_path: Path, capsys: py
     assert "workers must be between" in capsys.readouterr().err
     assert main([*base, "--method", "heft", "--workers", "2"]) == 2
     assert "--workers applies to the methods policy, local-search" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- cores a container grants
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: 1.5 CPUs
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+        ({"cpu.max": "garbage\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota_reads_v2_then_v1(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
+    assert portfolio.cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+
+
+def test_available_cores_is_capped_by_the_cgroup_quota_rounded_up(tmp_path: Path) -> None:
+    mask = len(os.sched_getaffinity(0))
+    assert portfolio.available_cores(_cgroup(tmp_path / "none", {})) == mask
+    assert portfolio.available_cores(_cgroup(tmp_path / "half", {"cpu.max": "50000 100000"})) == 1  # never 0
+    assert portfolio.available_cores(_cgroup(tmp_path / "big", {"cpu.max": f"{100000 * (mask + 5)} 100000"})) == mask
+    if mask >= 2:
+        assert portfolio.available_cores(_cgroup(tmp_path / "one-and-a-bit", {"cpu.max": "110000 100000"})) == 2
