@@ -9,7 +9,7 @@ start, outside the decision), and prints each one's simulations and the ratio of
 times (warm / cold, below 1: the warm decision found the faster placement), then the
 geometric means, over all cases and over B-D.
 
-    python benchmarks/bench_first_decision.py [--seeds 93,94] [--json FILE]
+    python benchmarks/bench_first_decision.py [--seeds 93,94] [--cases N] [--json FILE]
 
 About 25 s per case and seed on a 2-core VM (two interpreters, each importing torch).
 """
@@ -54,6 +54,7 @@ def geomean(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="93,94", help="comma-separated seeds")
+    parser.add_argument("--cases", type=int, default=None, help="only the first N cases of VALIDATION (a quick check)")
     parser.add_argument("--json", type=Path, help="append every decision's row to this JSON lines file")
     parser.add_argument("--one", nargs=3, metavar=("INDEX", "SEED", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -66,7 +67,7 @@ def main() -> None:
 
     ratios: list[tuple[str, float]] = []
     print(f"{'case':50} {'seed':>4} {'sims cold':>9} {'sims warm':>9} {'warm/cold':>9}")
-    for index in range(len(bench_policy.VALIDATION)):
+    for index in range(len(bench_policy.VALIDATION) if args.cases is None else min(args.cases, len(bench_policy.VALIDATION))):
         for seed in (int(s) for s in args.seeds.split(",")):
             rows = {}
             for mode in MODES:
@@ -84,7 +85,8 @@ def main() -> None:
             print(f"{rows['warm']['case'][:50]:50} {seed:>4} {rows['cold']['simulations']:>9} {rows['warm']['simulations']:>9} {ratio:>9.4f}", flush=True)
     every = [r for _, r in ratios]
     b_to_d = [r for regime, r in ratios if regime != "A"]
-    print(f"geomean warm/cold: {geomean(every):.4f} over {len(every)} decisions (better {sum(r < 1 for r in every)}, worse {sum(r > 1 for r in every)}); B-D {geomean(b_to_d):.4f}")
+    b_to_d_text = f"{geomean(b_to_d):.4f}" if b_to_d else "no case"
+    print(f"geomean warm/cold: {geomean(every):.4f} over {len(every)} decisions (better {sum(r < 1 for r in every)}, worse {sum(r > 1 for r in every)}); B-D {b_to_d_text}")
 
 
 if __name__ == "__main__":
