@@ -222,19 +222,40 @@ _reserved: list[TextIO] = []
 
 @contextlib.contextmanager
 def c_stdout_to_stderr() -> Iterator[int | None]:
-    """Inside the block, whatever is written to file descriptor 1 (C libraries such as METIS
-    print there) goes to stderr. Yields a duplicate of the original fd 1 (None when there is none)."""
+    """Inside the block, whatever is written to file descriptor 1 goes to stderr. Yields a
+    duplicate of the original fd 1 (None when there is none)."""
+    with _c_stdout_onto(2) as saved:
+        yield saved
+
+
+@contextlib.contextmanager
+def c_stdout_discarded() -> Iterator[None]:
+    """Inside the block, whatever C libraries write to file descriptor 1 is dropped (METIS
+    prints "***Cannot bisect a graph with 0 vertices!" while splitting small graphs many ways,
+    and still returns its partition: nothing a user can act on)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _c_stdout_onto(null):
+            yield
+    finally:
+        os.close(null)
+
+
+@contextlib.contextmanager
+def _c_stdout_onto(target: int) -> Iterator[int | None]:
+    """File descriptor 1 pointed at ``target`` inside the block; yields a duplicate of the
+    original fd 1 (None when there is none)."""
     try:
         saved = os.dup(1)
     except OSError:
         yield None
         return
     _flush_c_stdio()
-    os.dup2(2, 1)
+    os.dup2(target, 1)
     try:
         yield saved
     finally:
-        _flush_c_stdio()  # C stdio buffers what it printed; flush it to stderr before fd 1 comes back
+        _flush_c_stdio()  # C stdio buffers what it printed; flush it to the target before fd 1 comes back
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -537,3 +537,18 @@ def test_throughput_only_methods_are_feasible_or_say_why(problem: tuple[OpGraph,
             assert str(error)
             continue
         assert_feasible(graph, cluster, placement, "throughput")
+
+
+def test_metis_splitting_a_small_graph_sixteen_ways_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """METIS complains from C ("***Cannot bisect a graph with 0 vertices!") on this case and
+    still partitions; the complaint reaches neither stdout nor stderr."""
+    from rlplace.baselines import metis
+    from rlplace.load import resolve_cluster
+    from rlplace.synthetic import layered
+
+    graph = layered(20, seed=0, training=True)
+    cluster = resolve_cluster("2x8xA100")
+    placement = metis.place(graph, cluster, CostTable.build(graph, cluster))
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert len(set(placement.tolist())) > 1

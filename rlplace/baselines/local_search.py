@@ -154,7 +154,7 @@ def warm_up(cluster: Cluster, *, objective: str = "latency", microbatches: int =
     _WARMED.add(key)
     from rlplace.synthetic import layered
 
-    graph = layered(48, seed=0, training=True)  # on 16 devices METIS complains (on stderr) below about 40 layers
+    graph = layered(24, seed=0, training=True)
     with contextlib.suppress(RlplaceError):  # e.g. a cluster too small for this graph: the user's decision will say so
         place(graph, cluster, CostTable.build(graph, cluster), objective=objective, microbatches=min(microbatches, 2), schedule=schedule, evaluations=60)
 

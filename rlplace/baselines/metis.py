@@ -21,7 +21,7 @@ from rlplace.baselines.summaries import device_speed
 from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.graph import OpGraph
-from rlplace.io import c_stdout_to_stderr
+from rlplace.io import c_stdout_discarded
 from rlplace.placement import Placement
 from rlplace.rules import Units, finalize, prepare, repair_estimate
 
@@ -65,7 +65,7 @@ def partition(graph: OpGraph, units: Units, speed: np.ndarray, k: int, seed: int
     src, dst, weights = src[order], dst[order], _integer_weights(weights[order])
     adj_starts = np.searchsorted(src, np.arange(u + 1))
     targets = speed / speed.sum()
-    with c_stdout_to_stderr():  # METIS prints from C (e.g. "***Cannot bisect a graph with 0 vertices!")
+    with c_stdout_discarded():  # METIS prints from C (e.g. "***Cannot bisect a graph with 0 vertices!")
         result = pymetis.part_graph(
             k,
             pymetis.CSRAdjacency(adj_starts.tolist(), dst.tolist()),
