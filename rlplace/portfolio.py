@@ -46,8 +46,9 @@ def fork_available() -> bool:
 
 def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPU cores this process may run on: its affinity mask where the platform has one, at
-    most its cgroup's CPU quota rounded up (a container given 2 CPUs of a 64-core host sees 64
-    cores in its mask; 4 searches on 2 CPUs' worth of time would each get half a core)."""
+    most the CPU quota of the cgroup mounted at ``cgroup_root`` rounded up (in a container,
+    its own: a container given 2 CPUs of a 64-core host sees 64 cores in its mask, and 4
+    searches on 2 CPUs' worth of time would each get half a core)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota(cgroup_root)
     return max(1, min(cores, math.ceil(quota)) if quota is not None else cores)
