@@ -199,8 +199,9 @@ def search(
     problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
     failures: dict[str, str] = {}
     found = start_placements(
-        graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures, microbatches=microbatches, schedule=schedule
-    )
+        graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures, microbatches=microbatches, schedule=schedule,
+        budget_s=budget_s,
+    )  # fmt: skip
     if not found:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
         raise RlplaceError(f"policy: no fast baseline found a start placement for graph {graph.name!r} ({reasons})")

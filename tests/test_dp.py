@@ -284,6 +284,36 @@ def test_local_search_starts_give_dp_its_start_work_limit(monkeypatch: pytest.Mo
     assert exact.placement.tolist() != capped.placement.tolist()  # the limit changed the start
 
 
+def test_a_shorter_time_budget_scales_dp_start_work_limit_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below `DP_START_REFERENCE_S` the start's work limit shrinks in proportion (an uncapped
+    start had made a 0.3 s decision last 1.5 s); at or above it, and without a time budget, it
+    is `DP_START_WORK_LIMIT` (the default decisions are unchanged)."""
+    graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
+    cluster = dnn_partitioning_cluster(3, 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    monkeypatch.setattr(local_search, "DP_START_WORK_LIMIT", 2000)
+    monkeypatch.setattr(local_search, "DP_START_REFERENCE_S", 2.0)
+    assert [local_search.dp_work_limit(b) for b in (None, 4.0, 2.0, 1.0, 0.5)] == [2000, 2000, 2000, 1000, 500]
+    import rlplace.baselines as baselines
+
+    limits: list[float] = []
+    real_dp = baselines.METHODS["dp"]
+
+    def recording_dp(*args, work_limit: float | None = None, **kwargs):  # type: ignore[no-untyped-def]
+        limits.append(work_limit)
+        return real_dp(*args, work_limit=work_limit, **kwargs)
+
+    monkeypatch.setitem(baselines.METHODS, "dp", recording_dp)
+    for budget_s in (None, 1.0, 0.5):
+        local_search.start_placements(graph, cluster, costs, objective="throughput", seed=0, methods=("dp",), budget_s=budget_s)
+    local_search.place(graph, cluster, costs, objective="throughput", budget_s=1.0, start_methods=("dp",))
+    assert limits == [2000, 1000, 500, 1000]
+    from rlplace import policy_method
+
+    policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.9, random_order=True, workers=1)
+    assert limits[4] == 900  # the policy's starts too
+
+
 OLD_IDEAL_LIMIT = 4472  # isqrt(2 * 10_000_000): where dp used to linearize
 
 

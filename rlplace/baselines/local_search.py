@@ -60,6 +60,10 @@ START_METHODS = ("dp", "m-topo", "m-etf", "heft", "critical-path", "metis", "sin
 #: validation case of the policy bench uses 5.9e7; a 200-op layered graph on 2x8xA100 (21,866
 #: ideals, 1.5e8 pairs x 17 states) took 68 s without it.
 DP_START_WORK_LIMIT = 6e7
+#: The decision budget (seconds) `DP_START_WORK_LIMIT` is sized for (the policy's default); a
+#: search given less time scales the limit down in proportion, so that its starts do not
+#: outlast its budget (an uncapped start under ``--budget-s 0.3`` made a 1.5 s decision).
+DP_START_REFERENCE_S = 1.8
 SWAP_PROBABILITY = 0.3
 SIDEWAYS_LIMIT = 50
 #: Try moves of critical-path units first.
@@ -121,7 +125,7 @@ def place(
         failures: dict[str, str] = {}
         starts = start_placements(
             graph, cluster, costs, objective=objective, seed=seed, methods=start_methods, failures=failures,
-            microbatches=microbatches, schedule=schedule,
+            microbatches=microbatches, schedule=schedule, budget_s=budget_s,
         )
         if not starts:
             reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
@@ -217,10 +221,11 @@ def start_placements(
     failures: dict[str, str] | None = None,
     microbatches: int = 1,
     schedule: str = "gpipe",
+    budget_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
-    each under the search's ``microbatches`` and ``schedule``; ``dp`` with
-    `DP_START_WORK_LIMIT`.
+    each under the search's ``microbatches`` and ``schedule``; ``dp`` with `dp_work_limit`
+    of the search's ``budget_s`` (seconds; None: no time budget).
 
     ``failures``, when given, receives method name -> error message for those that raised.
     """
@@ -231,7 +236,7 @@ def start_placements(
         try:
             # dp's exact throughput program can take minutes on wide graphs over many devices;
             # as a start it is capped, past which it gives its linearized split
-            options = {"work_limit": DP_START_WORK_LIMIT} if name == "dp" else {}
+            options = {"work_limit": dp_work_limit(budget_s)} if name == "dp" else {}
             placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
             found[name] = np.asarray(placement, dtype=np.int64)
         except RlplaceError as error:
@@ -242,6 +247,14 @@ def start_placements(
             if error.name != "rlplace.baselines.dp":
                 raise
     return found
+
+
+def dp_work_limit(budget_s: float | None) -> float:
+    """``work_limit`` of ``dp`` as a start of a search with ``budget_s`` seconds (None: no time
+    budget): `DP_START_WORK_LIMIT`, scaled down below `DP_START_REFERENCE_S`."""
+    if budget_s is None:
+        return DP_START_WORK_LIMIT
+    return DP_START_WORK_LIMIT * min(1.0, budget_s / DP_START_REFERENCE_S)
 
 
 def seeded_restarts(
