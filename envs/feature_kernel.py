@@ -172,16 +172,3 @@ def unit_and_pair_features(
             pairs[a, d, 11] = most / T - 1.0
     return nodes, pairs
 
-
-def load_kernels() -> None:
-    """Compile both kernels, or load them from numba's on-disk cache, on a one-unit problem, so
-    that the first `observe` of a timed decision does not pay for it."""
-    one = np.zeros(1, np.int64)
-    empty_int, empty = np.zeros(0, np.int64), np.zeros(0)
-    start, finish, critical, comm, nb_bytes, _ = unit_sums(
-        one, one, one, np.zeros(1), np.ones(1), True, one, empty_int, empty_int, empty_int, np.zeros((0, 1, 1)), empty, empty_int, 0, 1
-    )
-    unit_and_pair_features(
-        one, 1.0, start, finish, critical, comm, nb_bytes, np.ones(1), np.ones((1, 1)), np.ones(1), np.ones(1), np.zeros(1), np.ones(1), np.ones(1),
-        np.zeros((1, 1), np.bool_), np.ones(1), np.ones(1),
-    )  # fmt: skip

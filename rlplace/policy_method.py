@@ -84,15 +84,11 @@ _WARMED: set[bool] = set()  # the ``random_order`` values `warm_up` has run for
 
 def load_policy(checkpoint: str | Path | None = None) -> Any:
     """The checkpoint's `MoveScorer` (cached per folder for the life of the process); the
-    first call also loads the compiled kernels of the policy's observation and runs
-    `warm_up`, so that it is the whole cold start of a process."""
+    first call also runs `warm_up` (which loads every compiled kernel a decision uses, the
+    observation's included), so that it is the whole cold start of a process."""
     from rlplace.agents.improve_checkpoint import default_checkpoint_dir, load_scorer
 
     folder = str(Path(checkpoint) if checkpoint is not None else default_checkpoint_dir())
-    if not _LOADED:
-        from rlplace.envs.feature_kernel import load_kernels
-
-        load_kernels()
     if folder not in _LOADED:
         _LOADED[folder] = load_scorer(folder)[0]
     warm_up(checkpoint)
