@@ -47,10 +47,6 @@ def one_decision(index: int, seed: int, mode: str) -> dict[str, Any]:
     return {"index": index, "regime": regime, "case": case.label, "seed": seed, "mode": mode, "step": step if overflow == 0 else math.inf, "simulations": stats.simulations}
 
 
-def geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="93,94", help="comma-separated seeds")
@@ -85,8 +81,8 @@ def main() -> None:
             print(f"{rows['warm']['case'][:50]:50} {seed:>4} {rows['cold']['simulations']:>9} {rows['warm']['simulations']:>9} {ratio:>9.4f}", flush=True)
     every = [r for _, r in ratios]
     b_to_d = [r for regime, r in ratios if regime != "A"]
-    b_to_d_text = f"{geomean(b_to_d):.4f}" if b_to_d else "no case"
-    print(f"geomean warm/cold: {geomean(every):.4f} over {len(every)} decisions (better {sum(r < 1 for r in every)}, worse {sum(r > 1 for r in every)}); B-D {b_to_d_text}")
+    b_to_d_text = f"{bench_policy.geomean(b_to_d):.4f}" if b_to_d else "no case"
+    print(f"geomean warm/cold: {bench_policy.geomean(every):.4f} over {len(every)} decisions (better {sum(r < 1 for r in every)}, worse {sum(r > 1 for r in every)}); B-D {b_to_d_text}")
 
 
 if __name__ == "__main__":
