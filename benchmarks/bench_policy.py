@@ -156,6 +156,22 @@ FAMILY_VALIDATION = (
 )
 
 
+
+#: Throughput-only cases of the training families at seeds never used elsewhere, on training
+#: clusters and a generated cluster of an unseen seed, mostly memory-bound: the other sets hold
+#: six `throughput` cases, most of which every method solves alike; built in the twelfth
+#: session to screen the `throughput` phase.
+THROUGHPUT_VALIDATION = (
+    ("C", "synthetic:layered:n=160:seed=608:training=true", "1xH100+3xA10G", "throughput", 1, True),
+    ("C", "synthetic:layered:n=140:seed=601:training=true", "2xA100+2xT4", "throughput", 1, True),
+    ("C", "synthetic:series-parallel:n=150:seed=602", "4xT4", "throughput", 1, True),
+    ("C", "synthetic:layered:n=100:seed=603:width=5", "2xV100+4xT4", "throughput", 1, True),
+    ("C", "synthetic:series-parallel:n=200:seed=604:training=true", "gen:1050", "throughput", 1, True),
+    ("B", "synthetic:series-parallel:n=160:seed=605", "2xV100+4xT4", "throughput", 1, False),
+    ("D", "synthetic:layered:n=120:seed=606", "1xH100+3xA10G", "throughput", 1, False),
+    ("C", "synthetic:layered:n=200:seed=607", "2xA100+2xT4", "throughput", 1, True),
+)
+
 def validation_cases(quick: bool, specs: tuple[tuple[str, str, str, str, int, bool], ...] = VALIDATION) -> list[tuple[str, Any]]:
     """(regime, Case) pairs of ``specs`` (`VALIDATION`, `WIDE_VALIDATION` or
     `FAMILY_VALIDATION`; memory-bound ones with `memory_bound` capacities; zoo models captured

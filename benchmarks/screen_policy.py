@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-SETS = ("validation", "wide", "families")
+SETS = ("validation", "wide", "families", "throughput")
 
 
 def parse_variant(text: str) -> tuple[str, dict[tuple[str, str], Any]]:
@@ -102,8 +102,8 @@ def report(path: Path) -> None:
         print(line)
 
 
-def screen(path: Path, seeds: list[int], variants: list[tuple[str, dict[tuple[str, str], Any]]]) -> None:
-    """Run every variant on every validation case and seed not yet in ``path``, appending rows."""
+def screen(path: Path, seeds: list[int], variants: list[tuple[str, dict[tuple[str, str], Any]]], sets: tuple[str, ...] = SETS[:3], objective: str | None = None) -> None:
+    """Run every variant on every case of ``sets`` (under ``objective`` only, when given) and seed not yet in ``path``, appending rows."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_policy
 
@@ -113,9 +113,13 @@ def screen(path: Path, seeds: list[int], variants: list[tuple[str, dict[tuple[st
 
     done = {(row["set"], row["case"], row["seed"], row["variant"]) for row in read_rows(path)}
     load_policy(None)  # the cold start, outside every decision
-    specs = {"validation": bench_policy.VALIDATION, "wide": bench_policy.WIDE_VALIDATION, "families": bench_policy.FAMILY_VALIDATION}
-    for set_name in SETS:
-        for regime, case in bench_policy.validation_cases(False, specs[set_name]):
+    specs = {
+        "validation": bench_policy.VALIDATION, "wide": bench_policy.WIDE_VALIDATION, "families": bench_policy.FAMILY_VALIDATION,
+        "throughput": bench_policy.THROUGHPUT_VALIDATION,
+    }  # fmt: skip
+    for set_name in sets:
+        chosen = tuple(spec for spec in specs[set_name] if objective is None or spec[3] == objective)
+        for regime, case in bench_policy.validation_cases(False, chosen):
             problem = build_move_problem(case.graph, case.cluster, case.costs, objective=case.objective, microbatches=case.microbatches)
 
             def scored(placement: np.ndarray, simulator: Any = problem.simulator) -> float:
@@ -142,12 +146,17 @@ def main() -> None:
     parser.add_argument("rows", type=Path, help="JSON lines file the rows are appended to (and read back)")
     parser.add_argument("--seeds", default="3,4,5", help="comma-separated seeds")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[:module.ATTR=VALUE,...]", help="a variant (repeat; the first is the reference)")
+    parser.add_argument("--sets", default=",".join(SETS[:3]), help=f"comma-separated validation sets, of {', '.join(SETS)}")
+    parser.add_argument("--objective", default=None, help="only the cases under this objective")
     parser.add_argument("--report", action="store_true", help="print the summary of the rows file and stop")
     args = parser.parse_args()
     if not args.report:
         if not args.variant:
             parser.error("give at least one --variant")
-        screen(args.rows, [int(s) for s in args.seeds.split(",")], [parse_variant(v) for v in args.variant])
+        sets = tuple(args.sets.split(","))
+        if unknown := set(sets) - set(SETS):
+            parser.error(f"unknown sets {sorted(unknown)}; use {', '.join(SETS)}")
+        screen(args.rows, [int(s) for s in args.seeds.split(",")], [parse_variant(v) for v in args.variant], sets, args.objective)
     report(args.rows)
 
 

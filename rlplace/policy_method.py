@@ -26,9 +26,11 @@ method gets) and the requested objective and M:
    the objective, M and schedule; then its final polish (exchanges of two devices' whole
    contents, at most 3 x the non-interchangeable device pairs in simulations past the budget,
    none on a homogeneous one-host cluster);
-4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to the
-   max-load integer program's large-neighbourhood search (`rlplace.baselines.ilp.improve`)
-   from the search's answer (phase 3 then gets what is left before it);
+4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to a tabu
+   search on the max-load objective with incrementally scored moves
+   (`rlplace.baselines.max_load_tabu`; ``PROGRAM_SEARCH = "lns"``: the max-load integer
+   program's large-neighbourhood search, `rlplace.baselines.ilp.improve`) from the search's
+   answer (phase 3 then gets what is left before it);
 5. side by side: phases 2-4 run as ``workers`` searches at once from the same starts, each with
    its own seed (`rlplace.portfolio`: forked processes; the first keeps ``seed``), and the best
    answer is kept; default one per core (at most 4) under a time budget, one with a simulation
@@ -73,9 +75,14 @@ from rlplace.rules import finalize
 #: for the full-graph check and repair after the search (measured: 0.03 s on 4,869 ops at M = 1,
 #: 0.13 s on llama-13b's 8,138 ops at M = 8 on 16 devices).
 DEFAULT_BUDGET_S = 1.8
-#: ``throughput`` with a time budget: share of the budget kept for the program's
-#: large-neighbourhood search (`rlplace.baselines.ilp.improve`) from the best placement found.
+#: ``throughput`` with a time budget: share of the budget kept for the max-load search of step 4
+#: (`PROGRAM_SEARCH`) from the best placement found.
 PROGRAM_SHARE = 0.7
+#: What that last share runs: ``"tabu"`` the incremental max-load tabu search
+#: (`rlplace.baselines.max_load_tabu`), ``"lns"`` the program's large-neighbourhood search
+#: (`rlplace.baselines.ilp.improve`; the pipeline before the twelfth session). Chosen on
+#: validation: docs/learned-placer-experiments.md, "A max-load tabu search".
+PROGRAM_SEARCH = "tabu"
 #: Seconds of each of `warm_up`'s tiny decisions (one per objective).
 WARM_UP_BUDGET_S = 0.1
 _LOADED: dict[str, Any] = {}
@@ -219,11 +226,7 @@ def search(
         finally:
             torch.set_num_threads(threads)
         if program_s > 0 and budget_s is not None:
-            from rlplace.baselines import ilp
-            from rlplace.baselines.max_load_program import MaxLoadProgram
-
-            program = MaxLoadProgram(graph, cluster, costs, problem.units, problem.budget)
-            best, _, _ = ilp.improve(program, problem.simulator, np.asarray(best), deadline=began + budget_s, seed=member_seed)
+            best = _max_load_phase(graph, cluster, costs, problem, np.asarray(best), began + budget_s, member_seed)
         return np.asarray(best), stats
 
     # Phases 1-4 once per worker, side by side, each with its own seed; the best result is kept.
@@ -238,3 +241,20 @@ def search(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule
     )
     return placement, stats
+
+
+def _max_load_phase(
+    graph: OpGraph, cluster: Cluster, costs: CostTable, problem: Any, best: np.ndarray, deadline: float, seed: int
+) -> np.ndarray:
+    """Step 4 (``throughput``): `PROGRAM_SEARCH` from the (u,) assignment ``best`` until
+    ``deadline`` (`time.perf_counter` seconds); returns the (u,) assignment it ends with."""
+    if PROGRAM_SEARCH == "tabu":
+        from rlplace.baselines.max_load_tabu import tabu_search
+
+        return tabu_search(problem.simulator, problem.units, problem.budget, best, deadline=deadline, seed=seed)[0]
+    from rlplace.baselines import ilp
+    from rlplace.baselines.max_load_program import MaxLoadProgram
+
+    program = MaxLoadProgram(graph, cluster, costs, problem.units, problem.budget)
+    best, _, _ = ilp.improve(program, problem.simulator, np.asarray(best), deadline=deadline, seed=seed)
+    return best

@@ -221,6 +221,32 @@ def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
     return result
 
 
+@dataclass(frozen=True, eq=False)
+class MaxLoadTables:
+    """What the ``throughput`` (max-load) model of a `Simulator` reads, for searches that score
+    moves incrementally (`rlplace.baselines.max_load_tabu`); n ops, m edges, k devices, L link classes.
+
+    Attributes:
+        succ_ptr, succ_op, succ_edge: (n+1,), (m,), (m,) int64, each op's consumers and the
+            edges to them (CSR, ops in id order).
+        pred_ptr, pred_op: (n+1,), (m,) int64, each op's producers (CSR).
+        op_time: (n, k) float64, seconds (the graph's time unit) of each op on each device.
+        edge_time: (m, L) float64, transfer time of each edge on each link class.
+        link_class: (k, k) int64, link class between two devices.
+        is_cpu: (k,) bool, devices that pay no transfer cost.
+    """
+
+    succ_ptr: np.ndarray
+    succ_op: np.ndarray
+    succ_edge: np.ndarray
+    pred_ptr: np.ndarray
+    pred_op: np.ndarray
+    op_time: np.ndarray
+    edge_time: np.ndarray
+    link_class: np.ndarray
+    is_cpu: np.ndarray
+
+
 class Simulator:
     """Precomputes graph structure once for (graph, cluster, costs); evaluates many placements fast.
 
@@ -304,6 +330,12 @@ class Simulator:
             return float(load.max())
         ranks = (self._op_rank, self._rank_op) if priority is None else self._ranks(priority)
         return float(kernel.schedule_makespan(*self._schedule_args(p, ranks)))
+
+    def max_load_tables(self) -> MaxLoadTables:
+        """The (read-only) arrays `step_time` reads under ``throughput`` (`MaxLoadTables`)."""
+        return MaxLoadTables(
+            self._succ_ptr, self._succ_op, self._succ_edge, self._pred_ptr, self._pred_op, self._op_time, self._edge_time, self._link_class, self._is_cpu
+        )
 
     def peak_memory(self, placement: np.ndarray | Sequence[int]) -> np.ndarray:
         """(k,) peak bytes per device (see the module doc for the memory model)."""

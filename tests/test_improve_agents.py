@@ -724,18 +724,26 @@ def test_generated_training_clusters_span_2_to_16_devices_and_never_a_held_out_l
     assert case.cluster.num_devices == generated_cluster(3).num_devices
 
 
-def test_under_throughput_the_pipeline_ends_with_the_program_phase_never_worse_than_local_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlplace.baselines import ilp, local_search
+@pytest.mark.parametrize(("program_search", "module_name", "function_name"), [("tabu", "max_load_tabu", "tabu_search"), ("lns", "ilp", "improve")])
+def test_under_throughput_the_pipeline_ends_with_the_program_phase_never_worse_than_local_search(
+    monkeypatch: pytest.MonkeyPatch, program_search: str, module_name: str, function_name: str
+) -> None:
+    import importlib
+
+    from rlplace import policy_method
+    from rlplace.baselines import local_search
     from rlplace.policy_method import PROGRAM_SHARE, search
 
+    module = importlib.import_module(f"rlplace.baselines.{module_name}")
     calls: list[float] = []
-    original = ilp.improve
+    original = getattr(module, function_name)
 
     def recorded(*args, **kwargs):
         calls.append(kwargs["deadline"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ilp, "improve", recorded)
+    monkeypatch.setattr(module, function_name, recorded)
+    monkeypatch.setattr(policy_method, "PROGRAM_SEARCH", program_search)
     graph = two_heavy_graph(6)
     cluster = two_devices()
     costs = CostTable.build(graph, cluster)

@@ -60,10 +60,12 @@ START_METHODS = ("dp", "m-topo", "m-etf", "heft", "critical-path", "metis", "sin
 #: validation case of the policy bench uses 5.9e7; a 200-op layered graph on 2x8xA100 (21,866
 #: ideals, 1.5e8 pairs x 17 states) took 68 s without it.
 DP_START_WORK_LIMIT = 6e7
-#: The decision budget (seconds) `DP_START_WORK_LIMIT` is sized for (the policy's default); a
-#: search given less time scales the limit down in proportion, so that its starts do not
-#: outlast its budget (an uncapped start under ``--budget-s 0.3`` made a 1.5 s decision).
-DP_START_REFERENCE_S = 1.8
+#: The decision budget (seconds) that gets the whole `DP_START_WORK_LIMIT`; a search given less
+#: time scales the limit down in proportion, so that its starts leave it time to search. The
+#: full limit takes 1.4-1.9 s on this project's 2-core VM (about 30 ns a pair), so at the
+#: policy's 1.8 s it left some `throughput` decisions about 80 simulations (twelfth session:
+#: 1.8 -> 3.6, chosen on validation with the max-load tabu search; docs/learned-placer-experiments.md).
+DP_START_REFERENCE_S = 3.6
 SWAP_PROBABILITY = 0.3
 SIDEWAYS_LIMIT = 50
 #: Try moves of critical-path units first.
