@@ -67,7 +67,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.portfolio import resolve_workers, run_seeds
+from rlplace.portfolio import resolve_workers, run_seeds, worker_seed
 from rlplace.rules import finalize
 
 #: Seconds of one decision (start placements and search, after the checkpoint is loaded) when
@@ -83,6 +83,15 @@ PROGRAM_SHARE = 0.7
 #: (`rlplace.baselines.ilp.improve`; the pipeline before the twelfth session). Chosen on
 #: validation: docs/learned-placer-experiments.md, "A max-load tabu search".
 PROGRAM_SEARCH = "tabu"
+#: ``throughput`` with two or more searches side by side and a time budget: the starts they share
+#: give `dp`'s exact program a small work limit (the whole `rlplace.baselines.local_search.DP_START_WORK_LIMIT`
+#: only at `DP_SPLIT_SHARED_REFERENCE_S` seconds), and when that cuts it short the second search
+#: runs it again with the limit reached at `DP_SPLIT_SECOND_REFERENCE_S` before searching. Where
+#: the exact program cannot finish (1.4-1.9 s on this VM), the first search still gets the whole
+#: budget; where it finishes late but its split is much the better start, the second has it.
+DP_SPLIT = True
+DP_SPLIT_SHARED_REFERENCE_S = 14.4
+DP_SPLIT_SECOND_REFERENCE_S = 1.8
 #: Seconds of each of `warm_up`'s tiny decisions (one per objective).
 WARM_UP_BUDGET_S = 0.1
 _LOADED: dict[str, Any] = {}
@@ -201,9 +210,11 @@ def search(
     began = time.perf_counter()
     problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
     failures: dict[str, str] = {}
+    cut_short: set[str] = set()
+    split_dp = DP_SPLIT and objective == "throughput" and count > 1 and budget_s is not None
     found = start_placements(
         graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures, microbatches=microbatches, schedule=schedule,
-        budget_s=budget_s,
+        budget_s=budget_s, dp_reference_s=DP_SPLIT_SHARED_REFERENCE_S if split_dp else None, cut_short=cut_short,
     )  # fmt: skip
     if not found:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
@@ -213,13 +224,21 @@ def search(
     def improve(member_seed: int) -> tuple[np.ndarray, Any]:
         """Phases 1-4 from ``starts`` (and, for phases 2-3, METIS at more seeds) with
         ``member_seed``: the best (u,) unit assignment and the statistics."""
+        member_starts = starts
+        if split_dp and "dp" in cut_short and member_seed == worker_seed(seed, 1):
+            # The second search gives dp's exact program the larger work limit the shared starts
+            # cut short, on its own clock; the first searches all the while (see DP_SPLIT).
+            exact = start_placements(
+                graph, cluster, costs, objective=objective, seed=seed, methods=("dp",), budget_s=budget_s, dp_reference_s=DP_SPLIT_SECOND_REFERENCE_S
+            )
+            member_starts = starts + [problem.units.contract(p) for p in exact.values()]
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
         try:
             kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
             best, stats = search_from_starts(
-                problem, starts, ranker, evaluations=evaluations, budget_s=budget_s,
+                problem, member_starts, ranker, evaluations=evaluations, budget_s=budget_s,
                 guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish,
                 block_share=BLOCK_SHARE if blocks else 0.0, extra_starts=metis_restarts(problem, member_seed), **kicks,
             )

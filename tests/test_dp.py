@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -294,16 +295,14 @@ def test_a_shorter_time_budget_scales_dp_start_work_limit_down(monkeypatch: pyte
     monkeypatch.setattr(local_search, "DP_START_WORK_LIMIT", 2000)
     monkeypatch.setattr(local_search, "DP_START_REFERENCE_S", 2.0)
     assert [local_search.dp_work_limit(b) for b in (None, 4.0, 2.0, 1.0, 0.5)] == [2000, 2000, 2000, 1000, 500]
-    import rlplace.baselines as baselines
-
     limits: list[float] = []
-    real_dp = baselines.METHODS["dp"]
+    real_solve = dp.solve
 
-    def recording_dp(*args, work_limit: float | None = None, **kwargs):  # type: ignore[no-untyped-def]
+    def recording_solve(*args, work_limit: float = math.inf, **kwargs):  # type: ignore[no-untyped-def]
         limits.append(work_limit)
-        return real_dp(*args, work_limit=work_limit, **kwargs)
+        return real_solve(*args, work_limit=work_limit, **kwargs)
 
-    monkeypatch.setitem(baselines.METHODS, "dp", recording_dp)
+    monkeypatch.setattr(dp, "solve", recording_solve)
     for budget_s in (None, 1.0, 0.5):
         local_search.start_placements(graph, cluster, costs, objective="throughput", seed=0, methods=("dp",), budget_s=budget_s)
     local_search.place(graph, cluster, costs, objective="throughput", budget_s=1.0, start_methods=("dp",))
@@ -492,3 +491,41 @@ def test_stage_search_moves_the_boundary_of_a_chain() -> None:
     assert moved.tolist() == [0, 0, 1, 1]
     with pytest.raises(RlplaceError, match="not a contiguous split"):
         local_search.place(graph, cluster, costs, objective="throughput", stages=True, start=np.array([0, 1, 0, 1]), evaluations=5)
+
+
+def test_two_searches_split_dp_the_second_runs_the_exact_program_the_shared_starts_cut_short(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under ``throughput`` with two searches side by side, the shared starts give dp a small work
+    limit; when that cuts the exact program short, the second search (a forked child, so the calls
+    are written to a file) runs it again with the larger limit, and reports its cut flag; the first
+    does not. With one search, or when the shared limit suffices, dp runs once."""
+    from rlplace import policy_method
+
+    graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
+    cluster = dnn_partitioning_cluster(3, 0, 1e9)
+    costs = CostTable.build(graph, cluster)
+    exact = dp.solve(graph, cluster, costs, objective="throughput")
+    needed = exact.ideal_pairs * 4 + 4 * 2**10  # enough for the exact program (test above)
+    monkeypatch.setattr(local_search, "DP_START_WORK_LIMIT", needed)
+    monkeypatch.setattr(policy_method, "DP_SPLIT_SHARED_REFERENCE_S", 1000.0)  # shared limit: needed / 1000, cut short
+    monkeypatch.setattr(policy_method, "DP_SPLIT_SECOND_REFERENCE_S", 0.5)  # the second: the whole limit
+    log = tmp_path / "dp_calls.txt"
+    real_solve = dp.solve
+
+    def recording_solve(*args, work_limit: float = math.inf, **kwargs):  # type: ignore[no-untyped-def]
+        solution = real_solve(*args, work_limit=work_limit, **kwargs)
+        with log.open("a") as out:
+            out.write(f"{os.getpid()} {work_limit} {solution.over_work_limit}\n")
+        return solution
+
+    monkeypatch.setattr(dp, "solve", recording_solve)
+    policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.5, random_order=True, workers=2)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [(float(limit), cut) for _, limit, cut in calls] == [(needed * 0.5 / 1000.0, "True"), (needed, "False")]
+    assert calls[0][0] == str(os.getpid()) and calls[1][0] != str(os.getpid())  # the second search ran it
+    log.unlink()
+    policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.5, random_order=True, workers=1)
+    assert len(log.read_text().splitlines()) == 1  # one search: the shared starts only
+    log.unlink()
+    monkeypatch.setattr(policy_method, "DP_SPLIT_SHARED_REFERENCE_S", 0.5)  # the shared limit suffices
+    policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.5, random_order=True, workers=2)
+    assert [line.split()[2] for line in log.read_text().splitlines()] == ["False"]

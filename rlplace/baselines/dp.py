@@ -158,6 +158,8 @@ class DpSolution:
             simulator agrees with the program's value (it does when edge times are given or
             links are alike). Always False for ``latency``/``pipelined`` (a proxy program).
         why_not_optimal: one line saying why ``optimal`` is False ("" when it is True).
+        over_work_limit: ``throughput``: the exact program passed ``work_limit`` and the
+            linearized one answered.
     """
 
     placement: Placement
@@ -170,6 +172,7 @@ class DpSolution:
     candidates: tuple[tuple[int, float, float, float, float], ...] = field(default_factory=tuple)
     optimal: bool = False
     why_not_optimal: str = ""
+    over_work_limit: bool = False
 
 
 def place(
@@ -655,6 +658,7 @@ def _solve_throughput(graph: OpGraph, cluster: Cluster, costs: CostTable, blocks
         linearized=lattice.linearized,
         optimal=not why,
         why_not_optimal=why,
+        over_work_limit=over_work,
     )
 
 

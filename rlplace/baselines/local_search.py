@@ -224,22 +224,35 @@ def start_placements(
     microbatches: int = 1,
     schedule: str = "gpipe",
     budget_s: float | None = None,
+    dp_reference_s: float | None = None,
+    cut_short: set[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
     each under the search's ``microbatches`` and ``schedule``; ``dp`` with `dp_work_limit`
-    of the search's ``budget_s`` (seconds; None: no time budget).
+    of the search's ``budget_s`` (seconds; None: no time budget) and ``dp_reference_s``
+    (None: `DP_START_REFERENCE_S`).
 
-    ``failures``, when given, receives method name -> error message for those that raised.
+    ``failures``, when given, receives method name -> error message for those that raised;
+    ``cut_short`` receives ``"dp"`` when dp's exact ``throughput`` program passed its work
+    limit and its linearized split is the start.
     """
     from rlplace.baselines import METHODS
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
         try:
-            # dp's exact throughput program can take minutes on wide graphs over many devices;
-            # as a start it is capped, past which it gives its linearized split
-            options = {"work_limit": dp_work_limit(budget_s)} if name == "dp" else {}
-            placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule, **options)
+            if name == "dp" and objective == "throughput":
+                from rlplace.baselines import dp
+
+                # dp's exact throughput program can take minutes on wide graphs over many devices;
+                # as a start it is capped, past which it gives its linearized split
+                limit = dp_work_limit(budget_s, dp_reference_s)
+                solution = dp.solve(graph, cluster, costs, objective=objective, work_limit=limit)
+                if solution.over_work_limit and cut_short is not None:
+                    cut_short.add(name)
+                placement = solution.placement
+            else:
+                placement = METHODS[name](graph, cluster, costs, objective=objective, seed=seed, microbatches=microbatches, schedule=schedule)
             found[name] = np.asarray(placement, dtype=np.int64)
         except RlplaceError as error:
             if failures is not None:
@@ -251,12 +264,13 @@ def start_placements(
     return found
 
 
-def dp_work_limit(budget_s: float | None) -> float:
+def dp_work_limit(budget_s: float | None, reference_s: float | None = None) -> float:
     """``work_limit`` of ``dp`` as a start of a search with ``budget_s`` seconds (None: no time
-    budget): `DP_START_WORK_LIMIT`, scaled down below `DP_START_REFERENCE_S`."""
+    budget): `DP_START_WORK_LIMIT`, scaled down below ``reference_s`` seconds (None:
+    `DP_START_REFERENCE_S`)."""
     if budget_s is None:
         return DP_START_WORK_LIMIT
-    return DP_START_WORK_LIMIT * min(1.0, budget_s / DP_START_REFERENCE_S)
+    return DP_START_WORK_LIMIT * min(1.0, budget_s / (DP_START_REFERENCE_S if reference_s is None else reference_s))
 
 
 def seeded_restarts(
