@@ -738,6 +738,39 @@ def peak_dynamic_memory(
 
 # ---------------------------------------------------------------------- throughput
 @njit(cache=True)
+def max_load_contribution(
+    i: int, placement: np.ndarray, sign: float, load: np.ndarray, best: np.ndarray,
+    succ_ptr: np.ndarray, succ_op: np.ndarray, succ_edge: np.ndarray, op_time: np.ndarray, edge_time: np.ndarray, link_class: np.ndarray, is_cpu: np.ndarray,
+) -> None:  # fmt: skip
+    """Add (``sign`` = 1) or take out (-1) op ``i``'s share of `max_load` under the (n,)
+    ``placement`` to the (k,) ``load``: its time on its device and, when it has consumers on
+    other devices, each such device's largest edge time from it and the largest of those on its
+    own device (CPUs pay no transfer cost). ``best`` is (k,) scratch, all -1 on entry and return."""
+    a = placement[i]
+    load[a] += sign * op_time[i, a]
+    remote = False
+    for e in range(succ_ptr[i], succ_ptr[i + 1]):
+        d = placement[succ_op[e]]
+        if d != a:
+            cost = edge_time[succ_edge[e], link_class[a, d]]
+            if cost > best[d]:
+                best[d] = cost
+            remote = True
+    if remote:
+        send = 0.0
+        for d in range(best.shape[0]):
+            if best[d] < 0.0:
+                continue
+            if not is_cpu[d]:
+                load[d] += sign * best[d]
+            if best[d] > send:
+                send = best[d]
+            best[d] = -1.0
+        if not is_cpu[a]:
+            load[a] += sign * send
+
+
+@njit(cache=True)
 def max_load(
     num_ops: int,
     num_devices: int,
@@ -754,37 +787,15 @@ def max_load(
 
     Load of a device = time of its ops + transfer costs: for every op u with consumers on
     other devices, each such device pays the largest edge time of u's edges to it on the link
-    from u's device, and u's device pays the largest of those; CPUs pay no transfer cost.
+    from u's device, and u's device pays the largest of those; CPUs pay no transfer cost
+    (`max_load_contribution`, one op's share).
     """
-    k = num_devices
-    load = np.zeros(k)
-    compute = np.zeros(k)
-    best = np.full(k, -1.0)
+    load = np.zeros(num_devices)
+    compute = np.zeros(num_devices)
+    best = np.full(num_devices, -1.0)
     for i in range(num_ops):
-        a = placement[i]
-        t = op_time[i, a]
-        load[a] += t
-        compute[a] += t
-        remote = False
-        for e in range(succ_ptr[i], succ_ptr[i + 1]):
-            d = placement[succ_op[e]]
-            if d != a:
-                cost = edge_time[succ_edge[e], link_class[a, d]]
-                if cost > best[d]:
-                    best[d] = cost
-                remote = True
-        if remote:
-            send = 0.0
-            for d in range(k):
-                if best[d] < 0.0:
-                    continue
-                if not is_cpu[d]:
-                    load[d] += best[d]
-                if best[d] > send:
-                    send = best[d]
-                best[d] = -1.0
-            if not is_cpu[a]:
-                load[a] += send
+        compute[placement[i]] += op_time[i, placement[i]]
+        max_load_contribution(i, placement, 1.0, load, best, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
     return load, compute
 
 

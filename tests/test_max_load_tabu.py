@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ilp import brute_force, chain, fork_join, max_load_problems
 
+from rlplace._simkernel import max_load
 from rlplace.baselines import ilp
-from rlplace.baselines.max_load_tabu import _loads, _score_move, tabu_search, unit_tables
+from rlplace.baselines.max_load_tabu import _score_move, tabu_search, unit_tables
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.rules import prepare
@@ -33,7 +34,7 @@ def test_a_moves_incremental_score_is_the_simulators_max_load(problem, random) -
     allowed = units.allowed
     assign = np.array([random.choice(np.flatnonzero(allowed[x])) for x in range(units.num_units)], dtype=np.int64)
     p = units.expand(assign)
-    load = _loads(p, cluster.num_devices, tables.succ_ptr, tables.succ_op, tables.succ_edge, tables.op_time, tables.edge_time, tables.link_class, tables.is_cpu)
+    load, _ = max_load(graph.num_ops, cluster.num_devices, tables.succ_ptr, tables.succ_op, tables.succ_edge, tables.op_time, tables.edge_time, tables.link_class, p, tables.is_cpu)
     assert load.max() == pytest.approx(simulator.step_time(p))
     for x in range(units.num_units):
         for d in np.flatnonzero(allowed[x]):

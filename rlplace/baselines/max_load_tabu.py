@@ -28,56 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from rlplace._simkernel import max_load, max_load_contribution
 from rlplace.errors import RlplaceError
 from rlplace.rules import Units
 from rlplace.simulate import MaxLoadTables, Simulator
 
 #: Steps one compiled call runs before the clock is checked (a few ms on 256 units x 16 devices).
 STEPS_PER_CALL = 64
-
-
-@njit(cache=True)
-def _contribute(
-    i: int, p: np.ndarray, sign: float, load: np.ndarray, best: np.ndarray,
-    succ_ptr: np.ndarray, succ_op: np.ndarray, succ_edge: np.ndarray, op_time: np.ndarray, edge_time: np.ndarray, link_class: np.ndarray, is_cpu: np.ndarray,
-) -> None:  # fmt: skip
-    """Add (``sign`` = 1) or take out (-1) op ``i``'s contribution under the (n,) placement ``p``
-    to the (k,) ``load``; ``best`` is (k,) scratch, all -1 on entry and on return."""
-    a = p[i]
-    load[a] += sign * op_time[i, a]
-    remote = False
-    for e in range(succ_ptr[i], succ_ptr[i + 1]):
-        d = p[succ_op[e]]
-        if d != a:
-            cost = edge_time[succ_edge[e], link_class[a, d]]
-            if cost > best[d]:
-                best[d] = cost
-            remote = True
-    if remote:
-        send = 0.0
-        for d in range(best.shape[0]):
-            if best[d] < 0.0:
-                continue
-            if not is_cpu[d]:
-                load[d] += sign * best[d]
-            if best[d] > send:
-                send = best[d]
-            best[d] = -1.0
-        if not is_cpu[a]:
-            load[a] += sign * send
-
-
-@njit(cache=True)
-def _loads(
-    p: np.ndarray, k: int, succ_ptr: np.ndarray, succ_op: np.ndarray, succ_edge: np.ndarray, op_time: np.ndarray, edge_time: np.ndarray,
-    link_class: np.ndarray, is_cpu: np.ndarray,
-) -> np.ndarray:  # fmt: skip
-    """(k,) max-load of each device under the (n,) placement ``p`` (`rlplace._simkernel.max_load`'s)."""
-    load = np.zeros(k)
-    best = np.full(k, -1.0)
-    for i in range(p.shape[0]):
-        _contribute(i, p, 1.0, load, best, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
-    return load
 
 
 @njit(cache=True)
@@ -88,15 +45,15 @@ def _score_move(
 ) -> tuple[float, float]:  # fmt: skip
     """(max load, sum of squared loads) once unit ``x`` is on device ``d``, from the (k,) loads
     ``load`` of (u,) ``assign`` / (n,) ``p`` (left as they were); ``scratch`` (k,) receives the
-    new loads, ``spare`` is `_contribute`'s scratch."""
+    new loads, ``spare`` is `max_load_contribution`'s scratch."""
     for t in range(load.shape[0]):
         scratch[t] = load[t]
     for j in range(touch_ptr[x], touch_ptr[x + 1]):
-        _contribute(touch_op[j], p, -1.0, scratch, spare, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
+        max_load_contribution(touch_op[j], p, -1.0, scratch, spare, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
     for j in range(member_ptr[x], member_ptr[x + 1]):
         p[member_op[j]] = d
     for j in range(touch_ptr[x], touch_ptr[x + 1]):
-        _contribute(touch_op[j], p, 1.0, scratch, spare, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
+        max_load_contribution(touch_op[j], p, 1.0, scratch, spare, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
     for j in range(member_ptr[x], member_ptr[x + 1]):
         p[member_op[j]] = assign[x]
     top_value = 0.0
@@ -123,7 +80,7 @@ def _tabu_steps(
     used = np.zeros(k)
     for x in range(u):
         used[assign[x]] += demand[x]
-    load = _loads(p, k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
+    load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
     scratch = np.empty(k)
     spare = np.full(k, -1.0)
     for step in range(step0, step0 + steps):
@@ -146,7 +103,7 @@ def _tabu_steps(
                 assign[x] = d
                 for j in range(member_ptr[x], member_ptr[x + 1]):
                     p[member_op[j]] = d
-            load = _loads(p, k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
+            load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
             stale = 0
         top = 0
         for d in range(1, k):
@@ -184,7 +141,7 @@ def _tabu_steps(
         for j in range(member_ptr[chosen_x], member_ptr[chosen_x + 1]):
             p[member_op[j]] = chosen_d
         tabu_until[chosen_x, a] = step + tenure_low + np.random.randint(tenure_high - tenure_low + 1)
-        load = _loads(p, k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, is_cpu)
+        load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
         value = load.max()
         if value < best_value * (1.0 - 1e-12):
             best_value = value
