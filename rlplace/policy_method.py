@@ -8,6 +8,9 @@ method gets) and the requested objective and M:
    same starts local search uses; for phases 2-3 only, METIS at
    `rlplace.agents.guided_search.METIS_RESTARTS` more seeds drawn from each search's seed
    (`rlplace.baselines.local_search.seeded_restarts`: its answer depends much on the seed);
+   under ``throughput`` `dp`'s exact program gets a work limit scaled to the budget, and with
+   two or more searches side by side the second runs it again with a larger one when the
+   shared starts cut it short (`DP_SPLIT`);
 2. local-search's own run from the classic starts (never from the block answer or a METIS
    restart; `rlplace.baselines.local_search.search_units`: its default 2000 simulations, cut
    at `rlplace.agents.guided_search.LOCAL_SEARCH_SHARE` of the budget, the starts' time
