@@ -14,6 +14,7 @@ from test_ilp import brute_force, chain, fork_join, max_load_problems
 from rlplace._simkernel import max_load
 from rlplace.baselines import ilp
 from rlplace.baselines.max_load_tabu import _score_move, tabu_search, unit_tables
+from rlplace.cluster import Cluster
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.rules import prepare
@@ -120,3 +121,13 @@ def test_other_objectives_are_a_clear_error() -> None:
     simulator = Simulator(graph, cluster, costs, objective="latency")
     with pytest.raises(RlplaceError, match="needs 'throughput'"):
         tabu_search(simulator, units, budget, np.zeros(units.num_units, dtype=np.int64), deadline=time.perf_counter() + 0.01)
+
+
+def test_one_device_has_nothing_to_search() -> None:
+    graph, cluster, costs = fork_join()
+    one = Cluster.build("one", [cluster.devices[0]], intra_host=(1e9, 0.0))
+    costs = CostTable.build(graph, one)
+    units, budget = prepare(graph, one, costs, "throughput")
+    simulator = Simulator(graph, one, costs, objective="throughput")
+    found, value, steps = tabu_search(simulator, units, budget, np.zeros(units.num_units, dtype=np.int64), deadline=time.perf_counter() + 5.0)
+    assert steps == 0 and value == pytest.approx(10.0) and found.tolist() == [0] * units.num_units

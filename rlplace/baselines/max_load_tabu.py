@@ -198,7 +198,8 @@ def tabu_search(
     kick_size: int = 8,
 ) -> tuple[np.ndarray, float, int]:
     """Tabu search (module docstring) from the (u,) unit assignment ``start`` until
-    ``deadline`` (`time.perf_counter` seconds), on ``simulator`` (a ``throughput``
+    ``deadline`` (`time.perf_counter` seconds; checked every `STEPS_PER_CALL` steps, and those
+    first steps always run), on ``simulator`` (a ``throughput``
     `rlplace.simulate.Simulator` whose ops ``units`` partitions) under the (k,) memory
     ``budget`` (bytes, the estimate's; ``start`` must fit it). ``patience``: steps without a new
     best before a kick (default max(50, 2u)); ``kick_size``: random moves per kick.
@@ -214,6 +215,8 @@ def tabu_search(
     p = units.expand(assign).astype(np.int64)
     best_assign = assign.copy()
     best_value = float(simulator.step_time(p))
+    if k < 2 or u == 0:
+        return best_assign, best_value, 0  # no move to make
     tabu_until = np.zeros((u, k), dtype=np.int64)
     patience = max(50, 2 * u) if patience is None else patience
     tenure_low, tenure_high = 5, 5 + max(2, u // 10)
@@ -224,14 +227,13 @@ def tabu_search(
     demand = np.asarray(units.demand, dtype=np.float64)
     budget = np.asarray(budget, dtype=np.float64)
     while True:
-        # Past the deadline one call of no steps still runs, so that the kernel is always
-        # loaded (`rlplace.policy_method.warm_up` counts on it) at the cost of one load sum.
-        steps = STEPS_PER_CALL if time.perf_counter() < deadline else 0
+        # The first call always runs (a few ms at most), so the kernel is always loaded
+        # (`rlplace.policy_method.warm_up` counts on it) and a search started late still searches.
         best_value, stale = _tabu_steps(
-            assign, p, tabu_until, step, steps, best_assign, best_value, stale, patience, kick_size, tenure_low, tenure_high, int(rng.integers(2**31)),
+            assign, p, tabu_until, step, STEPS_PER_CALL, best_assign, best_value, stale, patience, kick_size, tenure_low, tenure_high, int(rng.integers(2**31)),
             lists.member_ptr, lists.member_op, lists.touch_ptr, lists.touch_op, lists.near_ptr, lists.near_op, allowed, demand, budget,
             tables.succ_ptr, tables.succ_op, tables.succ_edge, tables.op_time, tables.edge_time, tables.link_class, tables.is_cpu,
         )  # fmt: skip
-        step += steps
-        if not steps:
+        step += STEPS_PER_CALL
+        if time.perf_counter() >= deadline:
             return best_assign, float(best_value), step
