@@ -882,3 +882,8 @@ def test_screen_policy_parses_variants_patches_and_reports(tmp_path: Path, capsy
     out = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert out["base"][1] == "0.9487" and out["more"][1] == "0.8944" and out["more"][3] == "0.8944"
     assert out["more"][5] == "0.8000" and out["more"][6] == "1.000" and out["more"][7] == "0.9428" and out["more"][-4:] == ["1,", "worse", "in", "0)"]
+    rows.write_text("".join(json.dumps({"set": "throughput", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x}) + "\n" for v, r, x in lines))
+    screen_policy.report(rows)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split()[2:7] == ["validation", "wide", "families", "throughput", "B-D"]  # a set outside the standing three shows when it ran
+    assert {line.split()[0]: line.split() for line in printed[2:]}["more"][5] == "0.8944"
