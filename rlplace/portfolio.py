@@ -44,27 +44,64 @@ def fork_available() -> bool:
     return hasattr(os, "fork") and sys.platform.startswith("linux")
 
 
-def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int:
     """CPU cores this process may run on: its affinity mask where the platform has one, at
-    most the CPU quota of the cgroup mounted at ``cgroup_root`` rounded up (in a container,
+    most the CPU quota of its cgroup under ``cgroup_root`` rounded up (`cgroup_cpu_quota`; in a container,
     its own: a container given 2 CPUs of a 64-core host sees 64 cores in its mask, and 4
     searches on 2 CPUs' worth of time would each get half a core)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cgroup_cpu_quota(cgroup_root)
+    quota = cgroup_cpu_quota(cgroup_root, membership)
     return max(1, min(cores, math.ceil(quota)) if quota is not None else cores)
 
 
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs' worth of time per second the cgroup allows (cgroup v2 ``cpu.max``, else v1
-    ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``), None without a limit or a readable file."""
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs' worth of time per second this process's cgroup allows, None without a limit or a
+    readable file: cgroup v2 ``cpu.max``, else v1 ``cpu/cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``. The process's own cgroup is read from ``membership`` (its path under
+    ``root``, e.g. ``0::/system.slice/job.scope``); a limit on any cgroup between it and the
+    root applies, so the smallest one found on that path counts."""
+    v2_path, v1_path = _cgroup_paths(membership)
+    quotas = [quota for directory in _up_to(root, v2_path) if (quota := _v2_quota(directory)) is not None]
+    if not quotas:
+        quotas = [quota for directory in _up_to(root / "cpu", v1_path) if (quota := _v1_quota(directory)) is not None]
+    return min(quotas) if quotas else None
+
+
+def _cgroup_paths(membership: Path) -> tuple[str, str]:
+    """(v2 path, v1 ``cpu`` controller path) of this process's cgroups, ``/`` where unknown."""
+    v2, v1 = "/", "/"
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2 = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1 = path or "/"
+    return v2, v1
+
+
+def _up_to(root: Path, path: str) -> list[Path]:
+    """``root``/``path`` and each folder above it up to ``root`` itself."""
+    parts = [part for part in path.split("/") if part and part != ".."]
+    return [root.joinpath(*parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
-        pass
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
     try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota_us = int((directory / "cpu.cfs_quota_us").read_text())
+        period_us = int((directory / "cpu.cfs_period_us").read_text())
         return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None

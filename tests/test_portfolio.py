@@ -154,13 +154,33 @@ def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     ],
 )
 def test_cgroup_cpu_quota_reads_v2_then_v1(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
-    assert portfolio.cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+    assert portfolio.cgroup_cpu_quota(_cgroup(tmp_path, files), membership=tmp_path / "no-such-file") == quota
+
+
+@pytest.mark.parametrize(
+    ("membership", "files", "quota"),
+    [
+        # v2, nested: the limit sits on a parent of the process's cgroup
+        ("0::/a/b\n", {"a/cpu.max": "200000 100000", "a/b/cpu.max": "max 100000", "cpu.max": "max 100000"}, 2.0),
+        # v2: the smallest limit on the path counts
+        ("0::/a/b\n", {"a/b/cpu.max": "50000 100000", "a/cpu.max": "300000 100000"}, 0.5),
+        # v2: a sibling's limit is not this process's
+        ("0::/a/b\n", {"a/c/cpu.max": "50000 100000"}, None),
+        # v1: the cpu controller's own path
+        ("4:cpu,cpuacct:/docker/x\n3:memory:/other\n", {"cpu/docker/x/cpu.cfs_quota_us": "150000", "cpu/docker/x/cpu.cfs_period_us": "100000"}, 1.5),
+    ],
+)
+def test_cgroup_cpu_quota_follows_the_process_cgroup_path(tmp_path: Path, membership: str, files: dict[str, str], quota: float | None) -> None:
+    (tmp_path / "cgroup-membership").write_text(membership)
+    root = _cgroup(tmp_path / "fs", files)
+    assert portfolio.cgroup_cpu_quota(root, membership=tmp_path / "cgroup-membership") == quota
 
 
 def test_available_cores_is_capped_by_the_cgroup_quota_rounded_up(tmp_path: Path) -> None:
     mask = len(os.sched_getaffinity(0))
-    assert portfolio.available_cores(_cgroup(tmp_path / "none", {})) == mask
-    assert portfolio.available_cores(_cgroup(tmp_path / "half", {"cpu.max": "50000 100000"})) == 1  # never 0
-    assert portfolio.available_cores(_cgroup(tmp_path / "big", {"cpu.max": f"{100000 * (mask + 5)} 100000"})) == mask
+    none = tmp_path / "no-such-file"  # membership unknown: the root's own files
+    assert portfolio.available_cores(_cgroup(tmp_path / "none", {}), none) == mask
+    assert portfolio.available_cores(_cgroup(tmp_path / "half", {"cpu.max": "50000 100000"}), none) == 1  # never 0
+    assert portfolio.available_cores(_cgroup(tmp_path / "big", {"cpu.max": f"{100000 * (mask + 5)} 100000"}), none) == mask
     if mask >= 2:
-        assert portfolio.available_cores(_cgroup(tmp_path / "one-and-a-bit", {"cpu.max": "110000 100000"})) == 2
+        assert portfolio.available_cores(_cgroup(tmp_path / "one-and-a-bit", {"cpu.max": "110000 100000"}), none) == 2
