@@ -156,7 +156,6 @@ FAMILY_VALIDATION = (
 )
 
 
-
 #: Throughput-only cases of the training families at seeds never used elsewhere, on training
 #: clusters and a generated cluster of an unseen seed, mostly memory-bound: the other sets hold
 #: six `throughput` cases, most of which every method solves alike; built in the twelfth
@@ -171,6 +170,7 @@ THROUGHPUT_VALIDATION = (
     ("D", "synthetic:layered:n=120:seed=606", "1xH100+3xA10G", "throughput", 1, False),
     ("C", "synthetic:layered:n=200:seed=607", "2xA100+2xT4", "throughput", 1, True),
 )
+
 
 def validation_cases(quick: bool, specs: tuple[tuple[str, str, str, str, int, bool], ...] = VALIDATION) -> list[tuple[str, Any]]:
     """(regime, Case) pairs of ``specs`` (`VALIDATION`, `WIDE_VALIDATION` or

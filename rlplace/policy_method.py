@@ -120,7 +120,7 @@ def warm_up(checkpoint: str | Path | None = None, *, random_order: bool = False)
     runs it; `search` does for the random-order ablation, which loads no checkpoint).
 
     A decision imports the start methods' libraries (pymetis, scipy.optimize, the block search,
-    the max-load program) and loads some twenty compiled kernels from numba's cache on first
+    the max-load tabu search) and loads some twenty compiled kernels from numba's cache on first
     use: about 0.5-1 s on this project's 2-core VM, i.e. up to half of a 1.8 s budget, which
     every ``rlplace place --method policy`` (a fresh process) used to lose. Costs about
     ``3 * WARM_UP_BUDGET_S`` seconds plus those loads, all of it outside any decision.

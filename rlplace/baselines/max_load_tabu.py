@@ -66,6 +66,16 @@ def _score_move(
 
 
 @njit(cache=True)
+def _put(x: int, d: int, assign: np.ndarray, p: np.ndarray, used: np.ndarray, demand: np.ndarray, member_ptr: np.ndarray, member_op: np.ndarray) -> None:
+    """Unit ``x`` onto device ``d``: (u,) ``assign``, its ops in (n,) ``p`` and the (k,) bytes ``used``."""
+    used[assign[x]] -= demand[x]
+    used[d] += demand[x]
+    assign[x] = d
+    for j in range(member_ptr[x], member_ptr[x + 1]):
+        p[member_op[j]] = d
+
+
+@njit(cache=True)
 def _tabu_steps(
     assign: np.ndarray, p: np.ndarray, tabu_until: np.ndarray, step0: int, steps: int, best_assign: np.ndarray, best_value: float, stale: int,
     patience: int, kick_size: int, tenure_low: int, tenure_high: int, seed: int,
@@ -88,21 +98,13 @@ def _tabu_steps(
             # Kick: back to the best, then a few random legal moves.
             for x in range(u):
                 if assign[x] != best_assign[x]:
-                    used[assign[x]] -= demand[x]
-                    used[best_assign[x]] += demand[x]
-                    assign[x] = best_assign[x]
-                    for j in range(member_ptr[x], member_ptr[x + 1]):
-                        p[member_op[j]] = assign[x]
+                    _put(x, best_assign[x], assign, p, used, demand, member_ptr, member_op)
             for _ in range(kick_size):
                 x = np.random.randint(u)
                 d = np.random.randint(k)
                 if d == assign[x] or not allowed[x, d] or used[d] + demand[x] > budget[d]:
                     continue
-                used[assign[x]] -= demand[x]
-                used[d] += demand[x]
-                assign[x] = d
-                for j in range(member_ptr[x], member_ptr[x + 1]):
-                    p[member_op[j]] = d
+                _put(x, d, assign, p, used, demand, member_ptr, member_op)
             load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
             stale = 0
         top = 0
@@ -135,11 +137,7 @@ def _tabu_steps(
             stale = patience
             continue
         a = assign[chosen_x]
-        used[a] -= demand[chosen_x]
-        used[chosen_d] += demand[chosen_x]
-        assign[chosen_x] = chosen_d
-        for j in range(member_ptr[chosen_x], member_ptr[chosen_x + 1]):
-            p[member_op[j]] = chosen_d
+        _put(chosen_x, chosen_d, assign, p, used, demand, member_ptr, member_op)
         tabu_until[chosen_x, a] = step + tenure_low + np.random.randint(tenure_high - tenure_low + 1)
         load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
         value = load.max()
