@@ -8,8 +8,8 @@ one case and seed back to back, so a loaded machine hurts them alike. A row is t
 time over ``local-search``'s at its defaults (same case and seed). Rows are appended to a JSON
 lines file as they come (a killed screen resumes where it stopped: rows already there are
 skipped); the summary prints, per variant, the geometric mean pooled and per set and over
-B-D, the worst row, and the geomean of its ratio to the first variant's with the runs it
-wins and loses.
+B-D, the worst row, the slowest decision (seconds, the whole `search` call; the shipped budget
+is 1.8 s), and the geomean of its ratio to the first variant's with the runs it wins and loses.
 
 This is how the search settings in docs/learned-placer-experiments.md were chosen (a rule
 fixed before a screen, on seeds no earlier screen used, then confirmed on other seeds), e.g.:
@@ -29,6 +29,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +92,14 @@ def report(path: Path) -> None:
     # the three standing sets always (a screen of them keeps its layout), any other one when it ran
     shown = [s for s in SETS if s in SETS[:3] or any(row["set"] == s for row in rows)]
     print(f"{len(complete)} runs (case x seed) with every variant; step time / local-search's at its defaults, geometric means")
-    print(f"{'variant':12s} {'pooled':>7s} " + " ".join(f"{s:>10s}" for s in shown) + f" {'B-D':>7s} {'worst':>6s}  vs {variants[0]}")
+    print(f"{'variant':12s} {'pooled':>7s} " + " ".join(f"{s:>10s}" for s in shown) + f" {'B-D':>7s} {'worst':>6s} {'max s':>6s}  vs {variants[0]}")
     for variant in variants:
         ratios = {key: runs[key][variant]["ratio"] for key in complete}
         per_set = [geomean([r for key, r in ratios.items() if key[0] == s]) for s in shown]
         b_to_d = geomean([r for key, r in ratios.items() if runs[key][variant]["regime"] != "A"])
-        line = f"{variant:12s} {geomean(list(ratios.values())):7.4f} " + " ".join(f"{v:10.4f}" for v in per_set) + f" {b_to_d:7.4f} {max(ratios.values()):6.3f}"
+        seconds = [runs[key][variant].get("decide_s", math.nan) for key in complete]  # rows before 12-02 lack it
+        slowest = max(seconds) if seconds and not any(math.isnan(s) for s in seconds) else math.nan
+        line = f"{variant:12s} {geomean(list(ratios.values())):7.4f} " + " ".join(f"{v:10.4f}" for v in per_set) + f" {b_to_d:7.4f} {max(ratios.values()):6.3f} {slowest:6.2f}"
         if variant != variants[0]:
             relative = [ratios[key] / runs[key][variants[0]]["ratio"] for key in complete]
             wins, losses = sum(r < 1 - 1e-9 for r in relative), sum(r > 1 + 1e-9 for r in relative)
@@ -136,8 +139,13 @@ def screen(path: Path, seeds: list[int], variants: list[tuple[str, dict[tuple[st
                 reference = scored(run_method("local-search", case.graph, case.cluster, case.costs, **inputs).placement)
                 for name, patches in todo:
                     with patched(patches):
+                        began = time.perf_counter()
                         placement, stats = search(case.graph, case.cluster, case.costs, **inputs)
-                    row = {"set": set_name, "regime": regime, "case": case.label, "seed": seed, "variant": name, "ratio": scored(placement) / reference, "simulations": stats.simulations}
+                        decide_s = time.perf_counter() - began
+                    row = {
+                        "set": set_name, "regime": regime, "case": case.label, "seed": seed, "variant": name, "ratio": scored(placement) / reference,
+                        "simulations": stats.simulations, "decide_s": decide_s,
+                    }  # fmt: skip
                     with path.open("a") as out:
                         out.write(json.dumps(row) + "\n")
                 print(f"{set_name:10s} {case.label:50s} seed {seed}", flush=True)

@@ -89,12 +89,15 @@ PROGRAM_SEARCH = "tabu"
 #: ``throughput`` with two or more searches side by side and a time budget: the starts they share
 #: give `dp`'s exact program a small work limit (the whole `rlplace.baselines.local_search.DP_START_WORK_LIMIT`
 #: only at `DP_SPLIT_SHARED_REFERENCE_S` seconds), and when that cuts it short the second search
-#: runs it again with the limit reached at `DP_SPLIT_SECOND_REFERENCE_S` before searching. Where
-#: the exact program cannot finish (1.4-1.9 s on this VM), the first search still gets the whole
-#: budget; where it finishes late but its split is much the better start, the second has it.
+#: runs it again, before searching, with the larger limit that fits the decision's time left
+#: (`second_dp_limit`). Where the exact program cannot finish, the first search still gets the
+#: whole budget; where it finishes late but its split is much the better start, the second has it.
 DP_SPLIT = True
 DP_SPLIT_SHARED_REFERENCE_S = 14.4
-DP_SPLIT_SECOND_REFERENCE_S = 1.8
+#: Seconds of the decision the second search keeps for its own phases after that second run.
+DP_SPLIT_RESERVE_S = 0.1
+#: The second run is made only when the limit that fits is at least this many times the shared one.
+DP_SPLIT_MIN_GAIN = 2.0
 #: Seconds of each of `warm_up`'s tiny decisions (one per objective).
 WARM_UP_BUDGET_S = 0.1
 _LOADED: dict[str, Any] = {}
@@ -200,7 +203,7 @@ def search(
     import torch
 
     from rlplace.agents.guided_search import BLOCK_SHARE, metis_restarts, scorer_ranker, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, start_placements
+    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, dp_work_limit, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
@@ -214,10 +217,11 @@ def search(
     problem = build_move_problem(graph, cluster, costs, objective=objective, microbatches=microbatches, schedule=schedule)
     failures: dict[str, str] = {}
     cut_short: set[str] = set()
+    timings: dict[str, float] = {}
     split_dp = DP_SPLIT and objective == "throughput" and count > 1 and budget_s is not None
     found = start_placements(
         graph, cluster, costs, objective=objective, seed=seed, methods=START_METHODS, failures=failures, microbatches=microbatches, schedule=schedule,
-        budget_s=budget_s, dp_reference_s=DP_SPLIT_SHARED_REFERENCE_S if split_dp else None, cut_short=cut_short,
+        budget_s=budget_s, dp_reference_s=DP_SPLIT_SHARED_REFERENCE_S if split_dp else None, cut_short=cut_short, timings=timings,
     )  # fmt: skip
     if not found:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(failures.items())[:2])
@@ -228,13 +232,15 @@ def search(
         """Phases 1-4 from ``starts`` (and, for phases 2-3, METIS at more seeds) with
         ``member_seed``: the best (u,) unit assignment and the statistics."""
         member_starts = starts
-        if split_dp and "dp" in cut_short and member_seed == worker_seed(seed, 1):
+        if split_dp and budget_s is not None and "dp" in cut_short and member_seed == worker_seed(seed, 1):
             # The second search gives dp's exact program the larger work limit the shared starts
             # cut short, on its own clock; the first searches all the while (see DP_SPLIT).
-            exact = start_placements(
-                graph, cluster, costs, objective=objective, seed=seed, methods=("dp",), budget_s=budget_s, dp_reference_s=DP_SPLIT_SECOND_REFERENCE_S
-            )
-            member_starts = starts + [problem.units.contract(p) for p in exact.values()]
+            shared_limit = dp_work_limit(budget_s, DP_SPLIT_SHARED_REFERENCE_S)
+            left_s = began + budget_s - DP_SPLIT_RESERVE_S - time.perf_counter()
+            limit = second_dp_limit(timings["dp"], shared_limit, left_s)
+            if limit >= DP_SPLIT_MIN_GAIN * shared_limit:
+                exact = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=("dp",), dp_limit=limit)
+                member_starts = starts + [problem.units.contract(p) for p in exact.values()]
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
@@ -263,6 +269,19 @@ def search(
         graph, cluster, costs, result, objective=objective, method="policy", simulator=problem.simulator, microbatches=microbatches, schedule=schedule
     )
     return placement, stats
+
+
+def second_dp_limit(shared_s: float, shared_limit: float, left_s: float) -> float:
+    """Work limit (pairs of ideals x device states) of the second search's run of dp's exact
+    program: what fits ``left_s`` seconds at the rate of the shared run, which took
+    ``shared_s`` seconds (its fixed costs and linearized fallback included, so the estimate
+    errs short) under ``shared_limit``; never more than `DP_START_WORK_LIMIT`, 0 when no
+    time is left."""
+    from rlplace.baselines.local_search import DP_START_WORK_LIMIT
+
+    if left_s <= 0 or shared_s <= 0:
+        return 0.0 if left_s <= 0 else DP_START_WORK_LIMIT
+    return min(DP_START_WORK_LIMIT, left_s * shared_limit / shared_s)
 
 
 def _max_load_phase(

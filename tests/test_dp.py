@@ -283,6 +283,13 @@ def test_local_search_starts_give_dp_its_start_work_limit(monkeypatch: pytest.Mo
     assert found["dp"].tolist() == capped.placement.tolist()
     exact = dp.solve(graph, cluster, costs, objective="throughput")
     assert exact.placement.tolist() != capped.placement.tolist()  # the limit changed the start
+    # dp_limit overrides the budget-scaled limit; timings holds each method's seconds
+    timings: dict[str, float] = {}
+    roomy = local_search.start_placements(
+        graph, cluster, costs, objective="throughput", seed=0, methods=("dp", "m-topo"), dp_limit=exact.ideal_pairs * 4 + 4 * 2**10, timings=timings
+    )
+    assert roomy["dp"].tolist() == exact.placement.tolist()
+    assert set(timings) == {"dp", "m-topo"} and all(seconds > 0 for seconds in timings.values())
 
 
 def test_a_shorter_time_budget_scales_dp_start_work_limit_down(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -496,8 +503,10 @@ def test_stage_search_moves_the_boundary_of_a_chain() -> None:
 def test_two_searches_split_dp_the_second_runs_the_exact_program_the_shared_starts_cut_short(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Under ``throughput`` with two searches side by side, the shared starts give dp a small work
     limit; when that cuts the exact program short, the second search (a forked child, so the calls
-    are written to a file) runs it again with the larger limit, and reports its cut flag; the first
-    does not. With one search, or when the shared limit suffices, dp runs once."""
+    are written to a file) runs it again with the larger limit that fits its time
+    (`second_dp_limit`, replaced here by the limit the program needs), and reports its cut flag;
+    the first does not. With one search, when the shared limit suffices, or when the limit that
+    fits is below `DP_SPLIT_MIN_GAIN` times the shared one, dp runs once."""
     from rlplace import policy_method
 
     graph = profiled_graph([op(f"o{i}", 1.0 + i) for i in range(10)], [])
@@ -507,7 +516,8 @@ def test_two_searches_split_dp_the_second_runs_the_exact_program_the_shared_star
     needed = exact.ideal_pairs * 4 + 4 * 2**10  # enough for the exact program (test above)
     monkeypatch.setattr(local_search, "DP_START_WORK_LIMIT", needed)
     monkeypatch.setattr(policy_method, "DP_SPLIT_SHARED_REFERENCE_S", 1000.0)  # shared limit: needed / 1000, cut short
-    monkeypatch.setattr(policy_method, "DP_SPLIT_SECOND_REFERENCE_S", 0.5)  # the second: the whole limit
+    fitting = {"limit": float(needed)}
+    monkeypatch.setattr(policy_method, "second_dp_limit", lambda shared_s, shared_limit, left_s: fitting["limit"])
     log = tmp_path / "dp_calls.txt"
     real_solve = dp.solve
 
@@ -529,3 +539,19 @@ def test_two_searches_split_dp_the_second_runs_the_exact_program_the_shared_star
     monkeypatch.setattr(policy_method, "DP_SPLIT_SHARED_REFERENCE_S", 0.5)  # the shared limit suffices
     policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.5, random_order=True, workers=2)
     assert [line.split()[2] for line in log.read_text().splitlines()] == ["False"]
+    log.unlink()
+    monkeypatch.setattr(policy_method, "DP_SPLIT_SHARED_REFERENCE_S", 1000.0)  # cut short again ...
+    fitting["limit"] = 1.5 * needed * 0.5 / 1000.0  # ... but the time left fits too little more
+    policy_method.search(graph, cluster, costs, objective="throughput", budget_s=0.5, random_order=True, workers=2)
+    assert [line.split()[2] for line in log.read_text().splitlines()] == ["True"]
+
+
+def test_second_dp_limit_fits_the_time_left_at_the_shared_runs_rate() -> None:
+    """The shared run did 1e6 pairs in 0.2 s: 0.5 s left fits 2.5e6 pairs; the cap is the full
+    start limit; no time left, no run."""
+    from rlplace import policy_method
+
+    assert policy_method.second_dp_limit(0.2, 1e6, 0.5) == pytest.approx(2.5e6)
+    assert policy_method.second_dp_limit(0.2, 1e6, 1e6) == local_search.DP_START_WORK_LIMIT
+    assert policy_method.second_dp_limit(0.2, 1e6, -0.1) == 0.0
+    assert policy_method.second_dp_limit(0.0, 1e6, 0.5) == local_search.DP_START_WORK_LIMIT

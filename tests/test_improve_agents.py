@@ -857,7 +857,8 @@ def test_bench_policy_report_recomputes_bounds_with_todays_lower_bound(tmp_path:
 def test_screen_policy_parses_variants_patches_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A variant sets module constants only while it runs; the report's geomeans come from the
     rows: base (0.9 * 1.0) ** 0.5 = 0.9487, the variant (0.8 * 1.0) ** 0.5 = 0.8944, its
-    ratio to base (0.8 / 0.9) ** 0.5 = 0.9428, better in 1 run, worse in none."""
+    ratio to base (0.8 / 0.9) ** 0.5 = 0.9428, better in 1 run, worse in none; its slowest
+    decision 1.70 s (rows without decision times show nan)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -876,14 +877,16 @@ def test_screen_policy_parses_variants_patches_and_reports(tmp_path: Path, capsy
         screen_policy.parse_variant("bad:METIS_RESTARTS")
 
     rows = tmp_path / "rows.jsonl"
-    lines = [("base", "B", 0.9), ("more", "B", 0.8), ("base", "A", 1.0), ("more", "A", 1.0)]
-    rows.write_text("".join(json.dumps({"set": "wide", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x}) + "\n" for v, r, x in lines))
+    lines = [("base", "B", 0.9, 1.8), ("more", "B", 0.8, 1.7), ("base", "A", 1.0, 1.9), ("more", "A", 1.0, 1.6)]
+    rows.write_text("".join(json.dumps({"set": "wide", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x, "decide_s": t}) + "\n" for v, r, x, t in lines))
     screen_policy.report(rows)
     out = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert out["base"][1] == "0.9487" and out["more"][1] == "0.8944" and out["more"][3] == "0.8944"
-    assert out["more"][5] == "0.8000" and out["more"][6] == "1.000" and out["more"][7] == "0.9428" and out["more"][-4:] == ["1,", "worse", "in", "0)"]
-    rows.write_text("".join(json.dumps({"set": "throughput", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x}) + "\n" for v, r, x in lines))
+    assert out["more"][5] == "0.8000" and out["more"][6] == "1.000" and out["base"][7] == "1.90" and out["more"][7] == "1.70"
+    assert out["more"][8] == "0.9428" and out["more"][-4:] == ["1,", "worse", "in", "0)"]
+    rows.write_text("".join(json.dumps({"set": "throughput", "regime": r, "case": r, "seed": 3, "variant": v, "ratio": x}) + "\n" for v, r, x, _ in lines))
     screen_policy.report(rows)
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].split()[2:7] == ["validation", "wide", "families", "throughput", "B-D"]  # a set outside the standing three shows when it ran
     assert {line.split()[0]: line.split() for line in printed[2:]}["more"][5] == "0.8944"
+    assert {line.split()[0]: line.split() for line in printed[2:]}["more"][8] == "nan"

@@ -225,28 +225,32 @@ def start_placements(
     schedule: str = "gpipe",
     budget_s: float | None = None,
     dp_reference_s: float | None = None,
+    dp_limit: float | None = None,
     cut_short: set[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Placements of the fast baselines ``methods`` that succeed (a missing dp is skipped),
     each under the search's ``microbatches`` and ``schedule``; ``dp`` with `dp_work_limit`
     of the search's ``budget_s`` (seconds; None: no time budget) and ``dp_reference_s``
-    (None: `DP_START_REFERENCE_S`).
+    (None: `DP_START_REFERENCE_S`), or with the work limit ``dp_limit`` (pairs) when given.
 
     ``failures``, when given, receives method name -> error message for those that raised;
     ``cut_short`` receives ``"dp"`` when dp's exact ``throughput`` program passed its work
-    limit and its linearized split is the start.
+    limit and its linearized split is the start; ``timings`` receives method name -> wall
+    seconds it took (those that raised too).
     """
     from rlplace.baselines import METHODS
 
     found: dict[str, np.ndarray] = {}
     for name in methods:
+        began = time.perf_counter()
         try:
             if name == "dp" and objective == "throughput":
                 from rlplace.baselines import dp
 
                 # dp's exact throughput program can take minutes on wide graphs over many devices;
                 # as a start it is capped, past which it gives its linearized split
-                limit = dp_work_limit(budget_s, dp_reference_s)
+                limit = dp_work_limit(budget_s, dp_reference_s) if dp_limit is None else dp_limit
                 solution = dp.solve(graph, cluster, costs, objective=objective, work_limit=limit)
                 if solution.over_work_limit and cut_short is not None:
                     cut_short.add(name)
@@ -261,6 +265,9 @@ def start_placements(
         except ModuleNotFoundError as error:
             if error.name != "rlplace.baselines.dp":
                 raise
+        finally:
+            if timings is not None:
+                timings[name] = time.perf_counter() - began
     return found
 
 

@@ -35,6 +35,15 @@ from rlplace.simulate import MaxLoadTables, Simulator
 
 #: Steps one compiled call runs before the clock is checked (a few ms on 256 units x 16 devices).
 STEPS_PER_CALL = 64
+#: Steps without a new best before a kick: max(MIN_PATIENCE, PATIENCE_PER_UNIT x units).
+PATIENCE_PER_UNIT = 2.0
+MIN_PATIENCE = 50
+#: Random legal moves per kick.
+KICK_SIZE = 8
+#: A unit may not return to the device it left for TENURE_MIN + rand(0..spread) steps, spread =
+#: max(2, TENURE_SPREAD_PER_UNIT x units).
+TENURE_MIN = 5
+TENURE_SPREAD_PER_UNIT = 0.1
 
 
 @njit(cache=True)
@@ -193,14 +202,15 @@ def tabu_search(
     deadline: float,
     seed: int = 0,
     patience: int | None = None,
-    kick_size: int = 8,
+    kick_size: int | None = None,
 ) -> tuple[np.ndarray, float, int]:
     """Tabu search (module docstring) from the (u,) unit assignment ``start`` until
     ``deadline`` (`time.perf_counter` seconds; checked every `STEPS_PER_CALL` steps, and those
     first steps always run), on ``simulator`` (a ``throughput``
     `rlplace.simulate.Simulator` whose ops ``units`` partitions) under the (k,) memory
     ``budget`` (bytes, the estimate's; ``start`` must fit it). ``patience``: steps without a new
-    best before a kick (default max(50, 2u)); ``kick_size``: random moves per kick.
+    best before a kick (default from `PATIENCE_PER_UNIT` and `MIN_PATIENCE`); ``kick_size``:
+    random moves per kick (default `KICK_SIZE`).
     Returns (best (u,) assignment, its max load in the graph's time unit, steps run)."""
     if simulator.objective != "throughput":
         raise RlplaceError(f"max-load tabu search: the simulator's objective is {simulator.objective!r}; it needs 'throughput'")
@@ -216,8 +226,9 @@ def tabu_search(
     if k < 2 or u == 0:
         return best_assign, best_value, 0  # no move to make
     tabu_until = np.zeros((u, k), dtype=np.int64)
-    patience = max(50, 2 * u) if patience is None else patience
-    tenure_low, tenure_high = 5, 5 + max(2, u // 10)
+    patience = max(MIN_PATIENCE, int(PATIENCE_PER_UNIT * u)) if patience is None else patience
+    kick_size = KICK_SIZE if kick_size is None else kick_size
+    tenure_low, tenure_high = TENURE_MIN, TENURE_MIN + max(2, int(TENURE_SPREAD_PER_UNIT * u))
     stale = 0
     step = 0
     rng = np.random.default_rng(seed)
