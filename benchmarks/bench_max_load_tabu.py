@@ -4,7 +4,7 @@ Each graph on its own cluster under ``throughput`` (the paper's max-load model):
 of ``local-search`` (seed 0, its default 2000 simulations), then of the tabu search run from
 that answer for each of ``--seconds`` (seed 0), with the steps it made. Compare with the
 proven optima of ``bench_ilp.py`` (README, "Exact max-load optima"). This is the search that
-the ``policy`` method runs in the last 70 % of a ``throughput`` decision.
+the ``policy`` method runs at the end of a ``throughput`` decision.
 
     python benchmarks/bench_max_load_tabu.py [--seconds 2,10]
 """

@@ -29,11 +29,12 @@ method gets) and the requested objective and M:
    the objective, M and schedule; then its final polish (exchanges of two devices' whole
    contents, at most 3 x the non-interchangeable device pairs in simulations past the budget,
    none on a homogeneous one-host cluster);
-4. under ``throughput`` with a time budget, the last ``PROGRAM_SHARE`` of it goes to a tabu
-   search on the max-load objective with incrementally scored moves
-   (`rlplace.baselines.max_load_tabu`; ``PROGRAM_SEARCH = "lns"``: the max-load integer
-   program's large-neighbourhood search, `rlplace.baselines.ilp.improve`) from the search's
-   answer (phase 3 then gets what is left before it);
+4. under ``throughput`` with a time budget, what is left of it goes to a tabu search on the
+   max-load objective with incrementally scored moves (`rlplace.baselines.max_load_tabu`;
+   ``PROGRAM_SEARCH = "lns"``: the max-load integer program's large-neighbourhood search,
+   `rlplace.baselines.ilp.improve`) from the search's answer. Phase 3 ends at
+   1 - ``PROGRAM_SHARE`` of the budget, but phase 2 keeps its own shares, so the tabu search
+   gets less than ``PROGRAM_SHARE`` (0.5-1.05 s of 1.8 s on the validation cases);
 5. side by side: phases 2-4 run as ``workers`` searches at once from the same starts, each with
    its own seed (`rlplace.portfolio`: forked processes; the first keeps ``seed``), and the best
    answer is kept; default one per core (at most 4) under a time budget, one with a simulation
@@ -78,8 +79,9 @@ from rlplace.rules import finalize
 #: for the full-graph check and repair after the search (measured: 0.03 s on 4,869 ops at M = 1,
 #: 0.13 s on llama-13b's 8,138 ops at M = 8 on 16 devices).
 DEFAULT_BUDGET_S = 1.8
-#: ``throughput`` with a time budget: share of the budget kept for the max-load search of step 4
-#: (`PROGRAM_SEARCH`) from the best placement found.
+#: ``throughput`` with a time budget: the guided search (step 3) ends this share of the budget
+#: early, for the max-load search of step 4 (`PROGRAM_SEARCH`) from the best placement found
+#: (step 2's phases keep their own shares, so step 4 may get less).
 PROGRAM_SHARE = 0.7
 #: What that last share runs: ``"tabu"`` the incremental max-load tabu search
 #: (`rlplace.baselines.max_load_tabu`), ``"lns"`` the program's large-neighbourhood search
