@@ -71,7 +71,7 @@ from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.graph import OpGraph
 from rlplace.placement import Placement
-from rlplace.portfolio import resolve_workers, run_seeds, worker_seed
+from rlplace.portfolio import resolve_workers, run_seeds, run_until, worker_seed
 from rlplace.rules import finalize
 
 #: Seconds of one decision (start placements and search, after the checkpoint is loaded) when
@@ -91,14 +91,18 @@ PROGRAM_SEARCH = "tabu"
 #: ``throughput`` with two or more searches side by side and a time budget: the starts they share
 #: give `dp`'s exact program a small work limit (the whole `rlplace.baselines.local_search.DP_START_WORK_LIMIT`
 #: only at `DP_SPLIT_SHARED_REFERENCE_S` seconds), and when that cuts it short the second search
-#: runs it again, before searching, with the larger limit that fits the decision's time left
-#: (`second_dp_limit`). Where the exact program cannot finish, the first search still gets the
-#: whole budget; where it finishes late but its split is much the better start, the second has it.
+#: runs it again with the whole limit before searching, in a child killed when the decision's
+#: time is up (`rlplace.portfolio.run_until`), and only when the time left fits at least
+#: `DP_SPLIT_MIN_GAIN` times the shared limit at the shared run's rate (`second_dp_limit`).
+#: Where the exact program cannot finish, the first search still gets the whole budget; where
+#: it finishes late but its split is much the better start, the second has it.
 DP_SPLIT = True
 DP_SPLIT_SHARED_REFERENCE_S = 14.4
-#: Seconds of the decision the second search keeps for its own phases after that second run.
+#: Seconds of the decision the second search keeps for its own phases after that second run
+#: (the run's deadline is the decision's end less these).
 DP_SPLIT_RESERVE_S = 0.1
-#: The second run is made only when the limit that fits is at least this many times the shared one.
+#: The second run is made only when the work that fits the time left is at least this many
+#: times the shared limit.
 DP_SPLIT_MIN_GAIN = 2.0
 #: Seconds of each of `warm_up`'s tiny decisions (one per objective).
 WARM_UP_BUDGET_S = 0.1
@@ -205,7 +209,7 @@ def search(
     import torch
 
     from rlplace.agents.guided_search import BLOCK_SHARE, metis_restarts, scorer_ranker, search_from_starts
-    from rlplace.baselines.local_search import START_METHODS, _refereed, check_search_budget, dp_work_limit, start_placements
+    from rlplace.baselines.local_search import DP_START_WORK_LIMIT, START_METHODS, _refereed, check_search_budget, dp_work_limit, start_placements
     from rlplace.envs.improve_state import build_move_problem
 
     check_search_budget(evaluations, budget_s)
@@ -237,12 +241,14 @@ def search(
         if split_dp and budget_s is not None and "dp" in cut_short and member_seed == worker_seed(seed, 1):
             # The second search gives dp's exact program the larger work limit the shared starts
             # cut short, on its own clock; the first searches all the while (see DP_SPLIT).
+            # It runs in a child killed at the deadline, since its time can only be estimated.
             shared_limit = dp_work_limit(budget_s, DP_SPLIT_SHARED_REFERENCE_S)
-            left_s = began + budget_s - DP_SPLIT_RESERVE_S - time.perf_counter()
-            limit = second_dp_limit(timings["dp"], shared_limit, left_s)
-            if limit >= DP_SPLIT_MIN_GAIN * shared_limit:
-                exact = start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=("dp",), dp_limit=limit)
-                member_starts = starts + [problem.units.contract(p) for p in exact.values()]
+            deadline = began + budget_s - DP_SPLIT_RESERVE_S
+            if second_dp_limit(timings["dp"], shared_limit, deadline - time.perf_counter()) >= DP_SPLIT_MIN_GAIN * shared_limit:
+                exact = run_until(
+                    lambda: start_placements(graph, cluster, costs, objective=objective, seed=seed, methods=("dp",), dp_limit=DP_START_WORK_LIMIT), deadline
+                )
+                member_starts = starts + [problem.units.contract(p) for p in (exact or {}).values()]
         program_s = PROGRAM_SHARE * budget_s if budget_s is not None and objective == "throughput" else 0.0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one small forward pass per ranking: threads only add contention
@@ -274,11 +280,11 @@ def search(
 
 
 def second_dp_limit(shared_s: float, shared_limit: float, left_s: float) -> float:
-    """Work limit (pairs of ideals x device states) of the second search's run of dp's exact
-    program: what fits ``left_s`` seconds at the rate of the shared run, which took
-    ``shared_s`` seconds (its fixed costs and linearized fallback included, so the estimate
-    errs short) under ``shared_limit``; never more than `DP_START_WORK_LIMIT`, 0 when no
-    time is left."""
+    """Work (pairs of ideals x device states) of dp's exact program that fits ``left_s``
+    seconds at the rate of the shared run, which took ``shared_s`` seconds (its fixed costs and
+    linearized fallback included, so the estimate errs short) under ``shared_limit``; never more
+    than `DP_START_WORK_LIMIT`, 0 when no time is left. The second search reruns the program
+    only when this is well above the shared limit."""
     from rlplace.baselines.local_search import DP_START_WORK_LIMIT
 
     if left_s <= 0 or shared_s <= 0:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import select
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -183,6 +185,43 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
             if pid:
                 _kill(pid)
                 os.close(read_fd)
+
+
+def run_until(task: Callable[[], T], deadline: float) -> T | None:
+    """``task()`` in a forked child; its result when the child ends by ``deadline``
+    (`time.perf_counter` seconds), else None, the child killed at the deadline. A task that
+    raises makes this raise `RlplaceError`. Needs `fork_available`."""
+    if not fork_available():
+        raise RlplaceError(f"a task with a deadline needs os.fork (Linux); on {sys.platform} use one worker")
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in run_forked
+        pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        _child(task, write_fd, parent)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                return None  # the finally kills it
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        outcome = pickle.loads(b"".join(chunks)) if chunks else ("error", f"exited with status {os.waitstatus_to_exitcode(status)} and no result")
+        if outcome[0] != "ok":
+            raise RlplaceError(f"a task with a deadline failed: {outcome[1]}")
+        return outcome[1]
+    finally:
+        if pid:
+            _kill(pid)
+        os.close(read_fd)
 
 
 def _child(task: Callable[[], Any], write_fd: int, parent: int) -> None:

@@ -20,7 +20,7 @@ from rlplace.cli import main
 from rlplace.costs import CostTable
 from rlplace.errors import RlplaceError
 from rlplace.load import resolve_cluster
-from rlplace.portfolio import MAX_WORKERS, resolve_workers, run_forked, worker_seed
+from rlplace.portfolio import MAX_WORKERS, resolve_workers, run_forked, run_until, worker_seed
 from rlplace.simulate import Simulator
 from rlplace.synthetic import layered
 
@@ -42,6 +42,28 @@ def test_a_child_that_raises_or_dies_is_named_in_one_error() -> None:
         run_forked([lambda: 1, lambda: 1 // 0])
     with pytest.raises(RlplaceError, match=r"search 2: exited with status 3"):
         run_forked([lambda: 1, lambda: 2, lambda: os._exit(3)])
+
+
+@needs_fork
+def test_a_task_with_a_deadline_returns_its_result_or_none_with_the_child_killed(tmp_path: Path) -> None:
+    """A task that ends in time gives its result (from another process); one that would sleep
+    for a minute gives None at its deadline and its child is gone (its pid file names a dead
+    process); one that raises is one error."""
+    value, pid = run_until(lambda: (7 * 6, os.getpid()), time.perf_counter() + 30.0) or (None, None)
+    assert value == 42 and pid != os.getpid()
+    pid_file = tmp_path / "pid"
+
+    def sleeper() -> int:
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60.0)
+        return 1
+
+    began = time.perf_counter()
+    assert run_until(sleeper, time.perf_counter() + 0.5) is None
+    assert time.perf_counter() - began < 30.0  # not the minute: the child was not waited for
+    assert not psutil.pid_exists(int(pid_file.read_text()))
+    with pytest.raises(RlplaceError, match=r"ZeroDivisionError"):
+        run_until(lambda: 1 // 0, time.perf_counter() + 30.0)
 
 
 @needs_fork
