@@ -40,10 +40,6 @@ PATIENCE_PER_UNIT = 2.0
 MIN_PATIENCE = 50
 #: Random legal moves per kick.
 KICK_SIZE = 8
-#: Share of the kicks that are group kicks instead: up to GROUP_KICK_SIZE random units of one
-#: device moved together to one other device (where they fit).
-GROUP_KICK_SHARE = 0.0
-GROUP_KICK_SIZE = 8
 #: A unit may not return to the device it left for TENURE_MIN + rand(0..spread) steps, spread =
 #: max(2, TENURE_SPREAD_PER_UNIT x units).
 TENURE_MIN = 5
@@ -89,32 +85,9 @@ def _put(x: int, d: int, assign: np.ndarray, p: np.ndarray, used: np.ndarray, de
 
 
 @njit(cache=True)
-def _group_kick(
-    size: int, assign: np.ndarray, p: np.ndarray, used: np.ndarray, allowed: np.ndarray, demand: np.ndarray, budget: np.ndarray,
-    member_ptr: np.ndarray, member_op: np.ndarray,
-) -> None:  # fmt: skip
-    """Up to ``size`` random units of a random unit's device onto one other random device,
-    each where it can run and fits (4u draws at most)."""
-    u, k = allowed.shape
-    source = assign[np.random.randint(u)]
-    target = np.random.randint(k - 1)
-    if target >= source:
-        target += 1
-    moved = 0
-    for _ in range(4 * u):
-        if moved >= size:
-            break
-        x = np.random.randint(u)
-        if assign[x] != source or not allowed[x, target] or used[target] + demand[x] > budget[target]:
-            continue
-        _put(x, target, assign, p, used, demand, member_ptr, member_op)
-        moved += 1
-
-
-@njit(cache=True)
 def _tabu_steps(
     assign: np.ndarray, p: np.ndarray, tabu_until: np.ndarray, step0: int, steps: int, best_assign: np.ndarray, best_value: float, stale: int,
-    patience: int, kick_size: int, group_share: float, group_size: int, tenure_low: int, tenure_high: int, seed: int,
+    patience: int, kick_size: int, tenure_low: int, tenure_high: int, seed: int,
     member_ptr: np.ndarray, member_op: np.ndarray, touch_ptr: np.ndarray, touch_op: np.ndarray, near_ptr: np.ndarray, near_op: np.ndarray,
     allowed: np.ndarray, demand: np.ndarray, budget: np.ndarray,
     succ_ptr: np.ndarray, succ_op: np.ndarray, succ_edge: np.ndarray, op_time: np.ndarray, edge_time: np.ndarray, link_class: np.ndarray, is_cpu: np.ndarray,
@@ -135,15 +108,12 @@ def _tabu_steps(
             for x in range(u):
                 if assign[x] != best_assign[x]:
                     _put(x, best_assign[x], assign, p, used, demand, member_ptr, member_op)
-            if group_share > 0.0 and np.random.random() < group_share:
-                _group_kick(group_size, assign, p, used, allowed, demand, budget, member_ptr, member_op)
-            else:
-                for _ in range(kick_size):
-                    x = np.random.randint(u)
-                    d = np.random.randint(k)
-                    if d == assign[x] or not allowed[x, d] or used[d] + demand[x] > budget[d]:
-                        continue
-                    _put(x, d, assign, p, used, demand, member_ptr, member_op)
+            for _ in range(kick_size):
+                x = np.random.randint(u)
+                d = np.random.randint(k)
+                if d == assign[x] or not allowed[x, d] or used[d] + demand[x] > budget[d]:
+                    continue
+                _put(x, d, assign, p, used, demand, member_ptr, member_op)
             load = max_load(p.shape[0], k, succ_ptr, succ_op, succ_edge, op_time, edge_time, link_class, p, is_cpu)[0]
             stale = 0
         top = 0
@@ -269,8 +239,7 @@ def tabu_search(
         # The first call always runs (a few ms at most), so the kernel is always loaded
         # (`rlplace.policy_method.warm_up` counts on it) and a search started late still searches.
         best_value, stale = _tabu_steps(
-            assign, p, tabu_until, step, STEPS_PER_CALL, best_assign, best_value, stale, patience, kick_size, GROUP_KICK_SHARE, GROUP_KICK_SIZE, tenure_low, tenure_high,
-            int(rng.integers(2**31)),
+            assign, p, tabu_until, step, STEPS_PER_CALL, best_assign, best_value, stale, patience, kick_size, tenure_low, tenure_high, int(rng.integers(2**31)),
             lists.member_ptr, lists.member_op, lists.touch_ptr, lists.touch_op, lists.near_ptr, lists.near_op, allowed, demand, budget,
             tables.succ_ptr, tables.succ_op, tables.succ_edge, tables.op_time, tables.edge_time, tables.link_class, tables.is_cpu,
         )  # fmt: skip
