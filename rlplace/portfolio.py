@@ -152,18 +152,7 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
     parent = os.getpid()
     try:
         for task in tasks[1:]:
-            read_fd, write_fd = os.pipe()
-            with warnings.catch_warnings():
-                # Python 3.12+ warns when a process with threads forks. The children run the
-                # search single-threaded (numpy, numba, torch with one thread) and leave with
-                # os._exit, never through the parent's atexit handlers or thread pools.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-            if pid == 0:  # the child
-                os.close(read_fd)
-                _child(task, write_fd, parent)
-            os.close(write_fd)
-            children.append((pid, read_fd))
+            children.append(_spawn(task, parent))
         own = tasks[0]()
         results: list[Any] = [own]
         failures: list[str] = []
@@ -172,7 +161,7 @@ def run_forked(tasks: Sequence[Callable[[], T]]) -> list[T]:
             os.close(read_fd)
             _, status = os.waitpid(pid, 0)
             children[number - 1] = (0, -1)
-            outcome = pickle.loads(payload) if payload else ("error", f"exited with status {os.waitstatus_to_exitcode(status)} and no result")
+            outcome = _outcome(payload, status)
             if outcome[0] == "ok":
                 results.append(outcome[1])
             else:
@@ -193,15 +182,7 @@ def run_until(task: Callable[[], T], deadline: float) -> T | None:
     raises makes this raise `RlplaceError`. Needs `fork_available`."""
     if not fork_available():
         raise RlplaceError(f"a task with a deadline needs os.fork (Linux); on {sys.platform} use one worker")
-    read_fd, write_fd = os.pipe()
-    parent = os.getpid()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # as in run_forked
-        pid = os.fork()
-    if pid == 0:  # the child
-        os.close(read_fd)
-        _child(task, write_fd, parent)
-    os.close(write_fd)
+    pid, read_fd = _spawn(task, os.getpid())
     chunks: list[bytes] = []
     try:
         while True:
@@ -214,7 +195,7 @@ def run_until(task: Callable[[], T], deadline: float) -> T | None:
             chunks.append(chunk)
         _, status = os.waitpid(pid, 0)
         pid = 0
-        outcome = pickle.loads(b"".join(chunks)) if chunks else ("error", f"exited with status {os.waitstatus_to_exitcode(status)} and no result")
+        outcome = _outcome(b"".join(chunks), status)
         if outcome[0] != "ok":
             raise RlplaceError(f"a task with a deadline failed: {outcome[1]}")
         return outcome[1]
@@ -222,6 +203,27 @@ def run_until(task: Callable[[], T], deadline: float) -> T | None:
         if pid:
             _kill(pid)
         os.close(read_fd)
+
+
+def _spawn(task: Callable[[], Any], parent: int) -> tuple[int, int]:
+    """Fork a child that runs ``task`` (`_child`): (its pid, the read end of its result pipe)."""
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns when a process with threads forks. The children run the
+        # search single-threaded (numpy, numba, torch with one thread) and leave with
+        # os._exit, never through the parent's atexit handlers or thread pools.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        _child(task, write_fd, parent)
+    os.close(write_fd)
+    return pid, read_fd
+
+
+def _outcome(payload: bytes, status: int) -> tuple[str, Any]:
+    """A child's ("ok", result) or ("error", message) from what it sent and its wait status."""
+    return pickle.loads(payload) if payload else ("error", f"exited with status {os.waitstatus_to_exitcode(status)} and no result")
 
 
 def _child(task: Callable[[], Any], write_fd: int, parent: int) -> None:
