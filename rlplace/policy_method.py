@@ -287,8 +287,10 @@ def second_dp_limit(shared_s: float, shared_limit: float, left_s: float) -> floa
     only when this is well above the shared limit."""
     from rlplace.baselines.local_search import DP_START_WORK_LIMIT
 
-    if left_s <= 0 or shared_s <= 0:
-        return 0.0 if left_s <= 0 else DP_START_WORK_LIMIT
+    if left_s <= 0:
+        return 0.0
+    if shared_s <= 0:
+        return DP_START_WORK_LIMIT
     return min(DP_START_WORK_LIMIT, left_s * shared_limit / shared_s)
 
 
