@@ -255,9 +255,18 @@ def search(
         try:
             kicks = {} if group_kick_share is None else {"group_kick_share": group_kick_share}
             best, stats = search_from_starts(
-                problem, member_starts, ranker, evaluations=evaluations, budget_s=budget_s,
-                guided_until_s=None if budget_s is None else budget_s - program_s, began=began, seed=member_seed, polish=polish,
-                block_share=BLOCK_SHARE if blocks else 0.0, extra_starts=metis_restarts(problem, member_seed), **kicks,
+                problem,
+                member_starts,
+                ranker,
+                evaluations=evaluations,
+                budget_s=budget_s,
+                guided_until_s=None if budget_s is None else budget_s - program_s,
+                began=began,
+                seed=member_seed,
+                polish=polish,
+                block_share=BLOCK_SHARE if blocks else 0.0,
+                extra_starts=metis_restarts(problem, member_seed),
+                **kicks,
             )
         finally:
             torch.set_num_threads(threads)
