@@ -352,6 +352,9 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     print(f"cases where a classic method placed and policy did not: {missing}")
     decide = [r["policy_decide_s"] for r in rows]
     print(f"decision time of policy (warm process): median {np.median(decide):.2f} s, max {max(decide):.2f} s; local-search at 2000 simulations: median {np.median([r['local_search_s'] for r in rows]):.2f} s")
+    sims = [r["policy_sims"] for r in rows if "policy_sims" in r]
+    if sims:  # the host's speed: runs on one VM differ by up to 3x here, worth about 0.5 % of B-D
+        print(f"simulations per policy decision: median {np.median(sims):.0f} (compare runs only at similar counts)")
 
 
 def rebound(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -817,9 +817,15 @@ def test_bench_policy_report_prints_the_summary_of_a_saved_run(tmp_path: Path, c
     other = tmp_path / "other-seeds.json"  # a run at other seeds: its rows join the pool
     other.write_text(json.dumps([{**row("B", 0.8), "seed": 3}, {**row("A", 1.0), "seed": 3}]))
     assert main(["--report", str(saved), str(other)]) == 0
-    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("all ", "B-D "))}
+    printed = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in printed.splitlines() if line.startswith(("all ", "B-D "))}
     # B-D: (0.9 * 0.8 * 1.0 * 0.8) ** (1/4) = 0.871; all: (0.72 * 0.8) ** (1/6) = 0.912
     assert lines["B-D"][1] == "0.871" and lines["all"][1] == "0.912"
+    assert "decision time of policy" in printed and "simulations per policy decision" not in printed  # rows without the count print none
+    counted = tmp_path / "counted.json"
+    counted.write_text(json.dumps([{**row("A", 1.0), "policy_sims": 100}, {**row("B", 0.9), "policy_sims": 300}, {**row("C", 0.8), "policy_sims": 900}]))
+    assert main(["--report", str(counted)]) == 0
+    assert "simulations per policy decision: median 300 " in capsys.readouterr().out
 
 
 def test_bench_policy_report_recomputes_bounds_with_todays_lower_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
